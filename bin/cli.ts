@@ -1,0 +1,42 @@
+// berth's command line. Subcommands are loaded lazily so `berth version` stays fast.
+const VERSION = "0.1.0";
+
+const USAGE = `usage: berth <command>
+
+commands:
+  version   print berth's version
+  doctor    check that this host has what berth needs
+`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case "version":
+    case "--version":
+      console.log(`berth ${VERSION} (node ${process.version})`);
+      return 0;
+    case "doctor": {
+      const { runDoctor } = await import("./doctor.ts");
+      return runDoctor(rest);
+    }
+    case undefined:
+    case "help":
+    case "--help":
+    case "-h":
+      process.stdout.write(USAGE);
+      return cmd === undefined ? 2 : 0;
+    default:
+      process.stderr.write(`berth: unknown command "${cmd}"\n${USAGE}`);
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`berth: ${err instanceof Error ? err.message : String(err)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -1,0 +1,98 @@
+// Typed handle on the compiled addon (native/build/Release/berth_native.node).
+// Everything here is a thin syscall wrapper; failures throw a SysError-shaped Error.
+import { createRequire } from "node:module";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+
+export interface LoopStatus {
+  number: number;
+  backingDevice: number;
+  backingInode: number;
+  offset: number;
+  sizeLimit: number;
+  flags: number;
+  directIo: boolean;
+  readOnly: boolean;
+  autoClear: boolean;
+  fileName: string;
+  sizeBytes: number;
+}
+
+export interface StatFs {
+  type: number;
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  namelen: number;
+  flags: number;
+}
+
+export interface FdWatcher {
+  stop(): void;
+}
+
+export interface Addon {
+  netnsOpen(path: string): number;
+  netnsCurrent(): number;
+  setns(fd: number): void;
+  netnsCreate(dir: string, name: string): string;
+  netnsDelete(path: string): void;
+  close(fd: number): void;
+  nlOpen(protocol: number, groups?: number, nsFd?: number): number;
+  nlTransact(fd: number, request: Buffer): Buffer;
+  nlTransactAsync(fd: number, request: Buffer): Promise<Buffer>;
+  nlRecv(fd: number): Buffer | null;
+  nlAddMembership(fd: number, group: number): void;
+  FdWatcher: new (fd: number, onReadable: (status: number) => void) => FdWatcher;
+  getPeerCred(fd: number): { pid: number; uid: number; gid: number };
+  mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
+  umount2(target: string, flags: number): void;
+  statfs(path: string): StatFs;
+  loopAttach(file: string, options: { directIo?: boolean; readOnly?: boolean }): number;
+  loopDetach(n: number): void;
+  loopSetCapacity(n: number): void;
+  loopStatus(n: number): LoopStatus | null;
+  fallocate(fd: number, mode: number, offset: number, length: number): void;
+  ficlone(destFd: number, srcFd: number): void;
+  flock(fd: number, operation: number): boolean;
+}
+
+/** Error thrown by the addon: `code` is the errno name (EEXIST, ENODEV, ...). */
+export interface SysError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+  path?: string;
+}
+
+export function isSysError(e: unknown, code?: string): e is SysError {
+  return e instanceof Error && typeof (e as SysError).errno === "number" && (code === undefined || (e as SysError).code === code);
+}
+
+function locate(): string {
+  // Works from the source tree (native/addon.ts) and from bundles (build/**), via BERTH_NATIVE or by walking up.
+  const fromEnv = process.env.BERTH_NATIVE;
+  if (fromEnv) return fromEnv;
+  let dir = typeof __dirname === "string" ? __dirname : dirname(new URL(import.meta.url).pathname);
+  for (let i = 0; i < 6; i++) {
+    for (const candidate of [join(dir, "native/build/Release/berth_native.node"), join(dir, "build/Release/berth_native.node")]) {
+      if (existsSync(candidate)) return candidate;
+    }
+    dir = dirname(dir);
+  }
+  throw new Error("berth native addon not found: run `npm run build` (native/build/Release/berth_native.node)");
+}
+
+let loaded: Addon | undefined;
+
+export function addon(): Addon {
+  if (!loaded) {
+    const req = createRequire(typeof __filename === "string" ? __filename : import.meta.url);
+    loaded = req(locate()) as Addon;
+  }
+  return loaded;
+}

@@ -1,0 +1,254 @@
+// Storage syscalls for the CSI driver: mount/umount2, statfs, loop-device ioctls,
+// fallocate, FICLONE and flock.
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <linux/loop.h>
+#include <sys/file.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include "common.h"
+
+#ifndef LOOP_CONFIGURE
+#define LOOP_CONFIGURE 0x4C0A
+struct loop_config {
+  __u32 fd;
+  __u32 block_size;
+  struct loop_info64 info;
+  __u64 __reserved[8];
+};
+#endif
+
+namespace berth {
+namespace {
+
+// mount(source, target, fstype, flags, data): null/undefined strings become NULL.
+Napi::Value Mount(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string source, target, fstype, data;
+  bool hasSource = OptStrArg(info, 0, &source);
+  target = StrArg(info, 1, "target");
+  bool hasType = OptStrArg(info, 2, &fstype);
+  unsigned long flags = info.Length() > 3 && info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : 0;
+  bool hasData = OptStrArg(info, 4, &data);
+  if (mount(hasSource ? source.c_str() : nullptr, target.c_str(), hasType ? fstype.c_str() : nullptr, flags,
+            hasData ? data.c_str() : nullptr) != 0) {
+    ThrowSys(env, errno, "mount", target);
+  }
+  return env.Undefined();
+}
+
+Napi::Value Umount2(const Napi::CallbackInfo& info) {
+  std::string target = StrArg(info, 0, "target");
+  int flags = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  if (umount2(target.c_str(), flags) != 0) ThrowSys(info.Env(), errno, "umount2", target);
+  return info.Env().Undefined();
+}
+
+Napi::Value Statfs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StrArg(info, 0, "path");
+  struct statfs s = {};
+  if (statfs(path.c_str(), &s) != 0) ThrowSys(env, errno, "statfs", path);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("type", Napi::Number::New(env, static_cast<double>(static_cast<unsigned long>(s.f_type))));
+  o.Set("bsize", Napi::Number::New(env, static_cast<double>(s.f_bsize)));
+  o.Set("frsize", Napi::Number::New(env, static_cast<double>(s.f_frsize)));
+  o.Set("blocks", Napi::Number::New(env, static_cast<double>(s.f_blocks)));
+  o.Set("bfree", Napi::Number::New(env, static_cast<double>(s.f_bfree)));
+  o.Set("bavail", Napi::Number::New(env, static_cast<double>(s.f_bavail)));
+  o.Set("files", Napi::Number::New(env, static_cast<double>(s.f_files)));
+  o.Set("ffree", Napi::Number::New(env, static_cast<double>(s.f_ffree)));
+  o.Set("namelen", Napi::Number::New(env, static_cast<double>(s.f_namelen)));
+  o.Set("flags", Napi::Number::New(env, static_cast<double>(s.f_flags)));
+  return o;
+}
+
+// Opens /dev/loopN, creating the node when the host's /dev lacks it (as in containers).
+int OpenLoop(int n, int flags) {
+  std::string dev = "/dev/loop" + std::to_string(n);
+  int fd = open(dev.c_str(), flags | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) {
+    mknod(dev.c_str(), S_IFBLK | 0660, makedev(7, n));
+    fd = open(dev.c_str(), flags | O_CLOEXEC);
+  }
+  return fd;
+}
+
+// loopAttach(file, {directIo, readOnly}): attaches file to a free loop device with
+// LOOP_CONFIGURE (no autoclear, partscan off) and returns the device number.
+// Retries when another process grabs the same free device first.
+Napi::Value LoopAttach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string file = StrArg(info, 0, "file");
+  bool directIo = false, readOnly = false;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    auto o = info[1].As<Napi::Object>();
+    directIo = o.Get("directIo").ToBoolean().Value();
+    readOnly = o.Get("readOnly").ToBoolean().Value();
+  }
+  int ffd = open(file.c_str(), (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC | (directIo ? O_DIRECT : 0));
+  if (ffd < 0 && directIo && errno == EINVAL) {
+    // Filesystem without O_DIRECT: attach buffered instead.
+    directIo = false;
+    ffd = open(file.c_str(), (readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+  }
+  if (ffd < 0) ThrowSys(env, errno, "open", file);
+  int ctl = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+  if (ctl < 0) {
+    int err = errno;
+    close(ffd);
+    ThrowSys(env, err, "open", "/dev/loop-control");
+  }
+  int lastErr = 0;
+  for (int attempt = 0; attempt < 64; attempt++) {
+    int n = ioctl(ctl, LOOP_CTL_GET_FREE);
+    if (n < 0) {
+      lastErr = errno;
+      break;
+    }
+    int lfd = OpenLoop(n, readOnly ? O_RDONLY : O_RDWR);
+    if (lfd < 0) {
+      lastErr = errno;
+      break;
+    }
+    struct loop_config cfg = {};
+    cfg.fd = static_cast<__u32>(ffd);
+    cfg.info.lo_flags = (readOnly ? LO_FLAGS_READ_ONLY : 0) | (directIo ? LO_FLAGS_DIRECT_IO : 0);
+    strncpy(reinterpret_cast<char*>(cfg.info.lo_file_name), file.c_str(), LO_NAME_SIZE - 1);
+    int rc = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+    if (rc != 0 && errno == EINVAL && directIo) {
+      // Backing filesystem refuses direct I/O with this block size: fall back to buffered.
+      cfg.info.lo_flags &= ~LO_FLAGS_DIRECT_IO;
+      rc = ioctl(lfd, LOOP_CONFIGURE, &cfg);
+    }
+    int err = errno;
+    close(lfd);
+    if (rc == 0) {
+      close(ctl);
+      close(ffd);
+      return Napi::Number::New(env, n);
+    }
+    lastErr = err;
+    if (err != EBUSY) break;
+  }
+  close(ctl);
+  close(ffd);
+  ThrowSys(env, lastErr, "LOOP_CONFIGURE", file);
+  return env.Undefined();
+}
+
+Napi::Value LoopDetach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int n = IntArg(info, 0, "loop number");
+  int fd = OpenLoop(n, O_RDONLY);
+  if (fd < 0) ThrowSys(env, errno, "open", "/dev/loop" + std::to_string(n));
+  int rc = ioctl(fd, LOOP_CLR_FD, 0);
+  int err = errno;
+  close(fd);
+  if (rc != 0) ThrowSys(env, err, "LOOP_CLR_FD", "/dev/loop" + std::to_string(n));
+  return env.Undefined();
+}
+
+Napi::Value LoopSetCapacity(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int n = IntArg(info, 0, "loop number");
+  int fd = OpenLoop(n, O_RDONLY);
+  if (fd < 0) ThrowSys(env, errno, "open", "/dev/loop" + std::to_string(n));
+  int rc = ioctl(fd, LOOP_SET_CAPACITY, 0);
+  int err = errno;
+  close(fd);
+  if (rc != 0) ThrowSys(env, err, "LOOP_SET_CAPACITY", "/dev/loop" + std::to_string(n));
+  return env.Undefined();
+}
+
+// loopStatus(n): LOOP_GET_STATUS64, or null when the device has no backing file (ENXIO).
+Napi::Value LoopStatus(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int n = IntArg(info, 0, "loop number");
+  int fd = OpenLoop(n, O_RDONLY);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENXIO) return env.Null();
+    ThrowSys(env, errno, "open", "/dev/loop" + std::to_string(n));
+  }
+  struct loop_info64 li = {};
+  int rc = ioctl(fd, LOOP_GET_STATUS64, &li);
+  int err = errno;
+  unsigned long long size = 0;
+  if (rc == 0) ioctl(fd, BLKGETSIZE64, &size);
+  close(fd);
+  if (rc != 0) {
+    if (err == ENXIO) return env.Null();
+    ThrowSys(env, err, "LOOP_GET_STATUS64", "/dev/loop" + std::to_string(n));
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("number", Napi::Number::New(env, li.lo_number));
+  o.Set("backingDevice", Napi::Number::New(env, static_cast<double>(li.lo_device)));
+  o.Set("backingInode", Napi::Number::New(env, static_cast<double>(li.lo_inode)));
+  o.Set("offset", Napi::Number::New(env, static_cast<double>(li.lo_offset)));
+  o.Set("sizeLimit", Napi::Number::New(env, static_cast<double>(li.lo_sizelimit)));
+  o.Set("flags", Napi::Number::New(env, li.lo_flags));
+  o.Set("directIo", Napi::Boolean::New(env, (li.lo_flags & LO_FLAGS_DIRECT_IO) != 0));
+  o.Set("readOnly", Napi::Boolean::New(env, (li.lo_flags & LO_FLAGS_READ_ONLY) != 0));
+  o.Set("autoClear", Napi::Boolean::New(env, (li.lo_flags & LO_FLAGS_AUTOCLEAR) != 0));
+  o.Set("fileName", Napi::String::New(env, reinterpret_cast<const char*>(li.lo_file_name)));
+  o.Set("sizeBytes", Napi::Number::New(env, static_cast<double>(size)));
+  return o;
+}
+
+// fallocate(fd, mode, offset, length).
+Napi::Value Fallocate(const Napi::CallbackInfo& info) {
+  int fd = IntArg(info, 0, "fd");
+  int mode = IntArg(info, 1, "mode");
+  double off = info[2].As<Napi::Number>().DoubleValue();
+  double len = info[3].As<Napi::Number>().DoubleValue();
+  if (fallocate(fd, mode, static_cast<off_t>(off), static_cast<off_t>(len)) != 0) {
+    ThrowSys(info.Env(), errno, "fallocate");
+  }
+  return info.Env().Undefined();
+}
+
+// ficlone(destFd, srcFd): reflink the whole file. EOPNOTSUPP/EXDEV/EINVAL mean "not supported here".
+Napi::Value Ficlone(const Napi::CallbackInfo& info) {
+  int dst = IntArg(info, 0, "destination fd");
+  int src = IntArg(info, 1, "source fd");
+  if (ioctl(dst, FICLONE, src) != 0) ThrowSys(info.Env(), errno, "FICLONE");
+  return info.Env().Undefined();
+}
+
+// flock(fd, op): op is LOCK_SH/LOCK_EX/LOCK_UN, optionally | LOCK_NB. Returns false when
+// LOCK_NB was given and the lock is held elsewhere.
+Napi::Value Flock(const Napi::CallbackInfo& info) {
+  int fd = IntArg(info, 0, "fd");
+  int op = IntArg(info, 1, "operation");
+  int rc;
+  do {
+    rc = flock(fd, op);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
+    ThrowSys(info.Env(), errno, "flock");
+  }
+  return Napi::Boolean::New(info.Env(), true);
+}
+
+}  // namespace
+
+void InitStorage(Napi::Env env, Napi::Object exports) {
+  exports.Set("mount", Napi::Function::New(env, Mount));
+  exports.Set("umount2", Napi::Function::New(env, Umount2));
+  exports.Set("statfs", Napi::Function::New(env, Statfs));
+  exports.Set("loopAttach", Napi::Function::New(env, LoopAttach));
+  exports.Set("loopDetach", Napi::Function::New(env, LoopDetach));
+  exports.Set("loopSetCapacity", Napi::Function::New(env, LoopSetCapacity));
+  exports.Set("loopStatus", Napi::Function::New(env, LoopStatus));
+  exports.Set("fallocate", Napi::Function::New(env, Fallocate));
+  exports.Set("ficlone", Napi::Function::New(env, Ficlone));
+  exports.Set("flock", Napi::Function::New(env, Flock));
+}
+
+}  // namespace berth

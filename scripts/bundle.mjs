@@ -1,0 +1,1 @@
+// Placeholder until plugins exist: bundles entry points with esbuild.

@@ -1,0 +1,126 @@
+// The CNI contract every berth plugin is written against. Plugin logic is a plain async
+// function from a parsed Request to a Result (newest shape, 1.1.0): it never reads
+// process.env, stdin or stdout. The executable entry (cni/spec/entry.ts) and, later, the
+// agent's fast path do the I/O and the version conversion.
+
+/** Spec error codes (SPEC.md "Error" section) plus libcni's extras. */
+export const ErrorCode = {
+  IncompatibleVersion: 1,
+  UnsupportedField: 2,
+  UnknownContainer: 3,
+  InvalidEnvironment: 4,
+  IoFailure: 5,
+  DecodeFailure: 6,
+  InvalidConfig: 7,
+  TryAgainLater: 11,
+  PluginNotAvailable: 50,
+  PluginNotAvailableExistingDegraded: 51,
+  Internal: 999,
+} as const;
+
+/** A spec-shaped failure: printed as {cniVersion, code, msg, details} on stdout. */
+export class CniError extends Error {
+  constructor(
+    readonly code: number,
+    msg: string,
+    readonly details?: string,
+  ) {
+    super(msg);
+    this.name = "CniError";
+  }
+}
+
+export type Command = "ADD" | "DEL" | "CHECK" | "VERSION" | "GC" | "STATUS";
+
+export interface Route {
+  dst: string; // CIDR
+  gw?: string;
+  mtu?: number;
+  advmss?: number;
+  priority?: number;
+  table?: number;
+  scope?: number;
+}
+
+export interface Dns {
+  nameservers?: string[];
+  domain?: string;
+  search?: string[];
+  options?: string[];
+}
+
+export interface Interface {
+  name: string;
+  mac?: string;
+  mtu?: number;
+  sandbox?: string;
+  socketPath?: string;
+  pciID?: string;
+}
+
+export interface IpConfig {
+  address: string; // CIDR, e.g. 10.1.0.5/24
+  gateway?: string;
+  interface?: number; // index into interfaces
+}
+
+/** A result in the newest shape (1.0.0 / 1.1.0). Conversion to older versions is the spec layer's job. */
+export interface Result {
+  cniVersion: string;
+  interfaces?: Interface[];
+  ips?: IpConfig[];
+  routes?: Route[];
+  dns?: Dns;
+}
+
+export interface Attachment {
+  containerID: string;
+  ifname: string;
+}
+
+/** The network configuration as the plugin receives it (one plugin's object from a conflist, with name/cniVersion injected). */
+export interface NetConf {
+  cniVersion: string;
+  name: string;
+  type: string;
+  ipMasq?: boolean;
+  ipam?: { type: string; [key: string]: unknown };
+  dns?: Dns;
+  runtimeConfig?: Record<string, unknown>;
+  args?: Record<string, unknown>;
+  prevResult?: Result; // already converted to the newest shape by the spec layer
+  "cni.dev/valid-attachments"?: Attachment[];
+  "cni.dev/attachments"?: Attachment[];
+  [key: string]: unknown;
+}
+
+/** Everything a plugin gets for one invocation. */
+export interface Request {
+  command: Command;
+  containerId: string; // "" for GC/STATUS/VERSION
+  netns: string; // "" when absent (DEL may omit it)
+  ifname: string;
+  /** CNI_ARGS parsed into key/value pairs (IgnoreUnknown handled by the spec layer). */
+  args: Record<string, string>;
+  /** CNI_PATH split on ':' */
+  path: string[];
+  config: NetConf;
+  /** The raw stdin bytes, for delegating to another plugin with the same input. */
+  stdin: Buffer;
+  /** The original environment subset (CNI_*) for delegation. */
+  env: Record<string, string>;
+}
+
+/**
+ * A plugin: one async function per command. Missing GC/STATUS mean "nothing to do" (success).
+ * ADD returns a Result; CHECK/DEL/GC/STATUS return void; throwing a CniError reports it.
+ */
+export interface Plugin {
+  /** e.g. "berth-bridge" */
+  name: string;
+  add(req: Request): Promise<Result>;
+  del(req: Request): Promise<void>;
+  check(req: Request): Promise<void>;
+  gc?(req: Request): Promise<void>;
+  status?(req: Request): Promise<void>;
+}

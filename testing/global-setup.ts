@@ -1,5 +1,5 @@
 // Vitest global setup: tags the run and, at the end, fails the run if any netns, link,
-// loop device or mount created by the tests (named bt<run>...) is still there.
+// loop device, mount or nftables table created by the tests (named bt<run>...) is still there.
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
@@ -18,6 +18,14 @@ export function leftovers(run: string): string[] {
     loopdevices: { name: string; "back-file": string | null }[];
   };
   for (const l of loops.loopdevices ?? []) if ((l["back-file"] ?? "").includes(tag)) found.push(`loop ${l.name} (${l["back-file"]})`);
+  try {
+    const tables = JSON.parse(execFileSync("nft", ["-j", "list", "tables"], { encoding: "utf8" })) as {
+      nftables: { table?: { name: string } }[];
+    };
+    for (const t of tables.nftables) if (t.table?.name.startsWith(tag)) found.push(`nftables table ${t.table.name}`);
+  } catch {
+    // nft missing: nothing of ours can be there
+  }
   for (const line of readFileSync("/proc/self/mountinfo", "utf8").split("\n")) {
     const target = line.split(" ")[4];
     if (target?.includes(tag)) found.push(`mount ${target}`);

@@ -1,0 +1,149 @@
+// IP prefixes as BigInt arithmetic: parse, format, split a cluster network into host subnets.
+// Only what the overlay needs; both families.
+import { isIPv4, isIPv6 } from "node:net";
+
+export type Family = 4 | 6;
+
+export interface Cidr {
+  family: Family;
+  /** Network address (host bits cleared). */
+  address: bigint;
+  prefixLength: number;
+}
+
+export class CidrError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CidrError";
+  }
+}
+
+const BITS: Record<Family, number> = { 4: 32, 6: 128 };
+
+export function ipFamily(ip: string): Family | null {
+  if (isIPv4(ip)) return 4;
+  if (isIPv6(ip)) return 6;
+  return null;
+}
+
+export function parseIp(ip: string): { family: Family; value: bigint } {
+  if (isIPv4(ip)) {
+    const value = ip.split(".").reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
+    return { family: 4, value };
+  }
+  if (isIPv6(ip)) {
+    let text = ip;
+    // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hextets.
+    const v4Tail = text.match(/(\d+\.\d+\.\d+\.\d+)$/);
+    if (v4Tail) {
+      const v = parseIp(v4Tail[1]!).value;
+      text = text.slice(0, -v4Tail[1]!.length) + `${(v >> 16n).toString(16)}:${(v & 0xffffn).toString(16)}`;
+    }
+    const [head, tail] = text.includes("::") ? text.split("::") : [text, undefined];
+    const headParts = head ? head.split(":") : [];
+    const tailParts = tail ? tail.split(":") : [];
+    const fill = tail === undefined ? [] : new Array(8 - headParts.length - tailParts.length).fill("0");
+    const parts = [...headParts, ...fill, ...tailParts];
+    const value = parts.reduce((acc, h) => (acc << 16n) | BigInt(Number.parseInt(h, 16)), 0n);
+    return { family: 6, value };
+  }
+  throw new CidrError(`"${ip}" is not an IP address`);
+}
+
+export function formatIp(family: Family, value: bigint): string {
+  if (family === 4) {
+    return [24n, 16n, 8n, 0n].map((s) => String((value >> s) & 0xffn)).join(".");
+  }
+  const hextets: number[] = [];
+  for (let i = 7; i >= 0; i--) hextets.push(Number((value >> BigInt(i * 16)) & 0xffffn));
+  // RFC 5952: compress the longest run (length >= 2) of zero hextets, the first one on a tie.
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (hextets[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && hextets[j] === 0) j++;
+    if (j - i > bestLen) {
+      bestStart = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = hextets.map((h) => h.toString(16));
+  if (bestStart < 0) return hex.join(":");
+  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLen).join(":")}`;
+}
+
+/** Parses "10.244.0.0/16"; host bits must be zero unless `allowHostBits`. */
+export function parseCidr(text: string, allowHostBits = false): Cidr {
+  const slash = text.indexOf("/");
+  if (slash < 0) throw new CidrError(`"${text}" is not a CIDR (expected address/length)`);
+  const ip = text.slice(0, slash);
+  const lenText = text.slice(slash + 1);
+  const family = ipFamily(ip);
+  if (!family) throw new CidrError(`"${text}" is not a CIDR: "${ip}" is not an IP address`);
+  const prefixLength = Number(lenText);
+  if (!/^\d{1,3}$/.test(lenText) || prefixLength > BITS[family]) {
+    throw new CidrError(`"${text}" is not a CIDR: prefix length must be 0-${BITS[family]}`);
+  }
+  const { value } = parseIp(ip);
+  const address = value & networkMask(family, prefixLength);
+  if (address !== value && !allowHostBits) {
+    throw new CidrError(`"${text}" has host bits set (did you mean ${formatIp(family, address)}/${prefixLength}?)`);
+  }
+  return { family, address, prefixLength };
+}
+
+export function formatCidr(c: Cidr): string {
+  return `${formatIp(c.family, c.address)}/${c.prefixLength}`;
+}
+
+function networkMask(family: Family, prefixLength: number): bigint {
+  const bits = BigInt(BITS[family]);
+  const all = (1n << bits) - 1n;
+  return (all >> BigInt(prefixLength)) ^ all;
+}
+
+export function maxPrefixLength(family: Family): number {
+  return BITS[family];
+}
+
+/** Number of /subnetLen subnets in `network`. */
+export function subnetCount(network: Cidr, subnetLen: number): bigint {
+  return 1n << BigInt(subnetLen - network.prefixLength);
+}
+
+/** The index-th /subnetLen subnet of `network`. */
+export function subnetAt(network: Cidr, subnetLen: number, index: bigint): Cidr {
+  const shift = BigInt(BITS[network.family] - subnetLen);
+  return { family: network.family, address: network.address + (index << shift), prefixLength: subnetLen };
+}
+
+/** Index of `subnet` inside `network`, or null when it is not one of its /len subnets. */
+export function subnetIndex(network: Cidr, subnet: Cidr): bigint | null {
+  if (!cidrContains(network, subnet) || subnet.prefixLength < network.prefixLength) return null;
+  return (subnet.address - network.address) >> BigInt(BITS[network.family] - subnet.prefixLength);
+}
+
+/** True when `inner` lies entirely inside `outer`. */
+export function cidrContains(outer: Cidr, inner: Cidr): boolean {
+  if (outer.family !== inner.family || inner.prefixLength < outer.prefixLength) return false;
+  return (inner.address & networkMask(outer.family, outer.prefixLength)) === outer.address;
+}
+
+export function cidrEquals(a: Cidr, b: Cidr): boolean {
+  return a.family === b.family && a.address === b.address && a.prefixLength === b.prefixLength;
+}
+
+/** The network address of the subnet as a host address string (flannel's VTEP address). */
+export function networkAddress(c: Cidr): string {
+  return formatIp(c.family, c.address);
+}
+
+/** The first usable address (gateway for the pod bridge): network + 1. */
+export function firstHost(c: Cidr): string {
+  return formatIp(c.family, c.address + 1n);
+}

@@ -1,0 +1,233 @@
+// The LeaseStore contract, run against both implementations: the embedded SQLite store and a
+// real etcd process (random loopback ports, temp data dir, killed by PID afterwards).
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Etcd3 } from "etcd3";
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { EtcdStore } from "./etcd.ts";
+import { EtcdProcess } from "./etcd-process.ts";
+import { LocalStore } from "./local.ts";
+import type { LeaseStore, ResetReason, WatchEvent } from "./store.ts";
+
+interface Harness {
+  open(): LeaseStore;
+  compact(revision: number): Promise<void>;
+}
+
+let etcd: EtcdProcess | undefined;
+let tmp: string;
+
+beforeAll(async () => {
+  tmp = mkdtempSync(join(tmpdir(), "berth-store-"));
+  etcd = await EtcdProcess.start();
+});
+
+afterAll(async () => {
+  await etcd?.destroy();
+  rmSync(tmp, { recursive: true, force: true });
+});
+
+const localStores: LocalStore[] = [];
+const harnesses: Record<string, () => Harness> = {
+  local: () => {
+    const path = join(tmp, `${Math.random().toString(16).slice(2)}.db`);
+    return {
+      open: () => {
+        const s = new LocalStore({ path, pollIntervalMs: 20 });
+        localStores.push(s);
+        return s;
+      },
+      compact: async (revision) => localStores.at(-1)!.compact(revision),
+    };
+  },
+  etcd: () => ({
+    open: () => new EtcdStore({ endpoints: [etcd!.endpoint] }),
+    compact: async (revision) => {
+      const c = new Etcd3({ hosts: etcd!.endpoint });
+      try {
+        await c.kv.compact({ revision: String(revision), physical: true });
+      } finally {
+        c.close();
+      }
+    },
+  }),
+};
+
+async function until<T>(probe: () => Promise<T> | T, ok: (v: T) => boolean, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await probe();
+    if (ok(v)) return v;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms (last value ${JSON.stringify(v)})`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe.each(Object.keys(harnesses))("LeaseStore contract: %s", (kind) => {
+  let harness: Harness;
+  let store: LeaseStore;
+  let prefix: string;
+  const opened: LeaseStore[] = [];
+
+  beforeEach(() => {
+    harness = harnesses[kind]!();
+    store = harness.open();
+    opened.push(store);
+    prefix = `/berth-test/${Math.random().toString(16).slice(2)}/`;
+  });
+
+  afterEach(async () => {
+    for (const s of opened.splice(0)) await s.close();
+  });
+
+  it("creates a key only when it is absent", async () => {
+    const first = await store.create(`${prefix}a`, "one", null);
+    expect(first.ok).toBe(true);
+    const second = await store.create(`${prefix}a`, "two", null);
+    expect(second.ok).toBe(false);
+    const got = await store.get(`${prefix}a`);
+    expect(got).toMatchObject({ key: `${prefix}a`, value: "one", leaseId: null });
+    if (first.ok) expect(got?.modRevision).toBe(first.revision);
+  });
+
+  it("lists a prefix with the revision of the listing, and nothing outside it", async () => {
+    await store.create(`${prefix}x/1`, "1", null);
+    await store.create(`${prefix}x/2`, "2", null);
+    await store.create(`${prefix}y`, "3", null);
+    const { entries, revision } = await store.list(`${prefix}x/`);
+    expect(entries.map((e) => [e.key, e.value])).toEqual([
+      [`${prefix}x/1`, "1"],
+      [`${prefix}x/2`, "2"],
+    ]);
+    expect(revision).toBeGreaterThanOrEqual(Math.max(...entries.map((e) => e.modRevision)));
+  });
+
+  it("replaces and deletes only at the expected revision", async () => {
+    const created = await store.create(`${prefix}k`, "v1", null);
+    if (!created.ok) throw new Error("create failed");
+    expect((await store.replace(`${prefix}k`, "v2", null, created.revision + 1000)).ok).toBe(false);
+    const replaced = await store.replace(`${prefix}k`, "v2", 30, created.revision);
+    expect(replaced.ok).toBe(true);
+    const got = await store.get(`${prefix}k`);
+    expect(got?.value).toBe("v2");
+    expect(got?.leaseId).not.toBeNull();
+    expect(await store.delete(`${prefix}k`, created.revision)).toBe(false);
+    expect(await store.delete(`${prefix}k`, got!.modRevision)).toBe(true);
+    expect(await store.get(`${prefix}k`)).toBeNull();
+    expect(await store.delete(`${prefix}k`)).toBe(false);
+  });
+
+  it("expires a TTL key that is not kept alive, and keeps one that is", async () => {
+    const dying = await store.create(`${prefix}dying`, "x", 1);
+    const living = await store.create(`${prefix}living`, "y", 2);
+    if (!dying.ok || !living.ok) throw new Error("create failed");
+    expect(dying.leaseId).toBeTruthy();
+    const keeper = setInterval(() => void store.keepAlive(living.leaseId!), 300);
+    try {
+      await until(
+        () => store.get(`${prefix}dying`),
+        (v) => v === null,
+      );
+      // The kept-alive key outlives several of its TTLs.
+      await new Promise((r) => setTimeout(r, 2500));
+      expect(await store.get(`${prefix}living`)).not.toBeNull();
+    } finally {
+      clearInterval(keeper);
+    }
+    expect(await store.keepAlive(dying.leaseId!)).toBe(false);
+    await store.revoke(living.leaseId!);
+    expect(await store.get(`${prefix}living`)).toBeNull();
+    expect(await store.keepAlive(living.leaseId!)).toBe(false);
+  });
+
+  it("watches from a revision: replays history, then streams puts and deletes in order", async () => {
+    const start = (await store.list(prefix)).revision + 1;
+    await store.create(`${prefix}w1`, "a", null);
+    const events: WatchEvent[] = [];
+    const resets: ResetReason[] = [];
+    // A second handle (another process, for the local store) sees the first one's writes.
+    const other = harness.open();
+    opened.push(other);
+    const w = await other.watch(
+      prefix,
+      start,
+      (e) => events.push(e),
+      (r) => resets.push(r),
+    );
+    await store.create(`${prefix}w2`, "b", 30);
+    await store.delete(`${prefix}w1`);
+    await store.create(`${prefix}elsewhere`.replace(prefix, "/berth-other/"), "c", null);
+    await until(
+      () => events.length,
+      (n) => n >= 3,
+    );
+    await w.cancel();
+    expect(events.map((e) => [e.type, e.key])).toEqual([
+      ["put", `${prefix}w1`],
+      ["put", `${prefix}w2`],
+      ["delete", `${prefix}w1`],
+    ]);
+    const revisions = events.map((e) => e.revision);
+    expect([...revisions].sort((a, b) => a - b)).toEqual(revisions);
+    expect(events[1]).toMatchObject({ value: "b" });
+    expect((events[1] as { leaseId: string | null }).leaseId).toBeTruthy();
+    expect(resets).toEqual([]);
+    await store.delete(`/berth-other/elsewhere`);
+  });
+
+  it("ends a watch with a 'compacted' reset when its start revision is gone", async () => {
+    const first = await store.create(`${prefix}c1`, "1", null);
+    await store.create(`${prefix}c2`, "2", null);
+    const { revision } = await store.list(prefix);
+    if (!first.ok) throw new Error("create failed");
+    await harness.compact(revision);
+    const events: WatchEvent[] = [];
+    const resets: ResetReason[] = [];
+    await store.watch(
+      prefix,
+      first.revision,
+      (e) => events.push(e),
+      (r) => resets.push(r),
+    );
+    await until(
+      () => resets.length,
+      (n) => n > 0,
+    );
+    expect(resets).toEqual(["compacted"]);
+    expect(events).toEqual([]);
+  });
+});
+
+describe("etcd store outage", () => {
+  it("ends the watch with a reset when etcd goes away, fails fast while it is down, and works again after", async () => {
+    const store = new EtcdStore({ endpoints: [etcd!.endpoint], requestTimeoutMs: 1500 });
+    try {
+      const { revision } = await store.list("/berth-outage/");
+      const resets: ResetReason[] = [];
+      await store.watch(
+        "/berth-outage/",
+        revision + 1,
+        () => undefined,
+        (r) => resets.push(r),
+      );
+      await etcd!.stop();
+      await until(
+        () => resets.length,
+        (n) => n > 0,
+      );
+      expect(resets[0]).toBe("disconnected");
+      await expect(store.list("/berth-outage/")).rejects.toMatchObject({ name: "StoreUnavailableError" });
+      await etcd!.resume();
+      const created = await until(
+        () => store.create(`/berth-outage/${Math.random()}`, "v", null).catch(() => ({ ok: false })),
+        (r) => r.ok,
+        20_000,
+      );
+      expect(created.ok).toBe(true);
+    } finally {
+      await etcd!.resume();
+      await store.close();
+    }
+  });
+});

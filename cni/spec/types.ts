@@ -12,6 +12,8 @@ export const ErrorCode = {
   IoFailure: 5,
   DecodeFailure: 6,
   InvalidConfig: 7,
+  /** libcni: CNI_NETNS is the plugin's own network namespace (CNI_NETNS_OVERRIDE=1 bypasses). */
+  InvalidNetns: 8,
   TryAgainLater: 11,
   PluginNotAvailable: 50,
   PluginNotAvailableExistingDegraded: 51,
@@ -118,6 +120,8 @@ export interface Request {
 export interface Plugin {
   /** e.g. "berth-bridge" */
   name: string;
+  /** CNI_ARGS keys this plugin reads (e.g. "IP", "MAC"); others are refused unless IgnoreUnknown=1. */
+  cniArgs?: readonly string[];
   add(req: Request): Promise<Result>;
   del(req: Request): Promise<void>;
   check(req: Request): Promise<void>;

@@ -1,0 +1,229 @@
+// A small declarative validator for a plugin's own config keys. A plugin declares each key
+// with its type once and gets back a typed object, or a CniError naming the key and what is
+// wrong with it:
+//
+//   const bridgeSchema = configSchema(
+//     { bridge: field.string().default("cni0"), mtu: field.int(68, 65535), hairpinMode: field.boolean(), ... },
+//     { exclusive: [["hairpinMode", "promiscMode"]] },
+//   );
+//   const conf = validateConfig(req.config, bridgeSchema); // conf.mtu: number | undefined
+//
+// Type and range errors are code 7 (InvalidConfig). Valid values the plugin does not support
+// (a value listed in .unsupported(), two keys declared exclusive) are code 2 (UnsupportedField),
+// whose message must carry key and value. Keys not declared are allowed (SPEC: plugins MAY reject).
+import { cidrFamily, type Family, ipFamily, isMac } from "./address.ts";
+import { CniError, ErrorCode } from "./types.ts";
+
+/** Thrown for a value with the wrong type or range. */
+function invalid(path: string, what: string, got: unknown): never {
+  throw new CniError(ErrorCode.InvalidConfig, `invalid config: "${path}" ${what}, got ${show(got)}`);
+}
+
+function show(v: unknown): string {
+  const s = JSON.stringify(v) ?? String(v);
+  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
+}
+
+type Check<T> = (v: unknown, path: string) => T;
+
+/** One declared key: how to check it, whether it must be present, its default. */
+export class Field<T, Present extends boolean = false> {
+  /** Type-level only: whether the validated object always has this key. */
+  declare readonly present: Present;
+
+  constructor(
+    readonly check: Check<T>,
+    readonly required: boolean = false,
+    readonly fallback: T | undefined = undefined,
+    readonly unsupportedValues: readonly { value: unknown; reason: string }[] = [],
+  ) {}
+
+  /** The key must be present (code 7 when missing). */
+  require(): Field<T, true> {
+    return new Field<T, true>(this.check, true, undefined, this.unsupportedValues);
+  }
+
+  /** Used when the key is absent; the result type then always has the key. */
+  default(value: T): Field<T, true> {
+    return new Field<T, true>(this.check, false, value, this.unsupportedValues);
+  }
+
+  /** A well-formed value the plugin refuses (code 2), e.g. a backend it does not implement. */
+  unsupported(value: T, reason: string): Field<T, Present> {
+    return new Field<T, Present>(this.check, this.required, this.fallback, [...this.unsupportedValues, { value, reason }]);
+  }
+}
+
+export type Shape = Record<string, Field<unknown, boolean>>;
+type ValueOf<F> = F extends Field<infer T, boolean> ? T : never;
+type PresentKeys<S extends Shape> = { [K in keyof S]: S[K] extends Field<unknown, true> ? K : never }[keyof S];
+type OptionalKeys<S extends Shape> = Exclude<keyof S, PresentKeys<S>>;
+/** The typed object a schema produces. */
+export type Infer<S extends Shape> = Flatten<
+  { [K in PresentKeys<S>]: ValueOf<S[K]> } & { [K in OptionalKeys<S>]?: ValueOf<S[K]> }
+>;
+/** Merges an intersection into one object type, so editors show plain shapes. */
+type Flatten<T> = { [K in keyof T]: T[K] } & {};
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function familyWord(f?: Family): string {
+  return f === undefined ? "" : f === 4 ? "IPv4 " : "IPv6 ";
+}
+
+/** Field constructors. */
+export const field = {
+  string(opts: { oneOf?: readonly string[]; pattern?: RegExp; patternName?: string; nonEmpty?: boolean } = {}): Field<string> {
+    return new Field((v, path) => {
+      if (typeof v !== "string") invalid(path, "must be a string", v);
+      if (opts.nonEmpty && v === "") invalid(path, "must not be empty", v);
+      if (opts.oneOf && !opts.oneOf.includes(v)) invalid(path, `must be one of ${opts.oneOf.map((o) => `"${o}"`).join(", ")}`, v);
+      if (opts.pattern && !opts.pattern.test(v))
+        invalid(path, `must be ${opts.patternName ?? `a string matching ${opts.pattern}`}`, v);
+      return v;
+    });
+  },
+
+  boolean(): Field<boolean> {
+    return new Field((v, path) => {
+      if (typeof v !== "boolean") invalid(path, "must be true or false", v);
+      return v;
+    });
+  },
+
+  int(min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): Field<number> {
+    return new Field((v, path) => {
+      if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
+        invalid(path, rangeText("an integer", min, max), v);
+      return v;
+    });
+  },
+
+  number(min = -Infinity, max = Infinity): Field<number> {
+    return new Field((v, path) => {
+      if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max) invalid(path, rangeText("a number", min, max), v);
+      return v;
+    });
+  },
+
+  /** "address/prefix"; the host bits may be set (as in an interface address). */
+  cidr(family?: Family): Field<string> {
+    return new Field((v, path) => {
+      const f = typeof v === "string" ? cidrFamily(v) : null;
+      if (f === null || (family !== undefined && f !== family))
+        invalid(path, `must be an ${familyWord(family)}address in CIDR notation`, v);
+      return v as string;
+    });
+  },
+
+  ip(family?: Family): Field<string> {
+    return new Field((v, path) => {
+      const f = typeof v === "string" ? ipFamily(v) : null;
+      if (f === null || (family !== undefined && f !== family)) invalid(path, `must be an ${familyWord(family)}IP address`, v);
+      return v as string;
+    });
+  },
+
+  mac(): Field<string> {
+    return new Field((v, path) => {
+      if (typeof v !== "string" || !isMac(v)) invalid(path, `must be a MAC address like "02:42:ac:11:00:02"`, v);
+      return v;
+    });
+  },
+
+  array<T>(items: Field<T, boolean>, opts: { minItems?: number; maxItems?: number } = {}): Field<T[]> {
+    return new Field((v, path) => {
+      if (!Array.isArray(v)) invalid(path, "must be an array", v);
+      if (opts.minItems !== undefined && v.length < opts.minItems)
+        invalid(path, `must have at least ${opts.minItems} item(s)`, v);
+      if (opts.maxItems !== undefined && v.length > opts.maxItems) invalid(path, `must have at most ${opts.maxItems} item(s)`, v);
+      return v.map((item, i) => checkValue(items, item, `${path}[${i}]`));
+    });
+  },
+
+  /** A nested object with its own declared keys (undeclared ones are dropped from the result). */
+  object<S extends Shape>(shape: S): Field<Infer<S>> {
+    return new Field((v, path) => {
+      if (!isObject(v)) invalid(path, "must be an object", v);
+      return checkShape(shape, v, `${path}.`);
+    });
+  },
+
+  /** Any JSON object, unchecked inside (for pass-through sections such as a delegate's config). */
+  anyObject(): Field<Record<string, unknown>> {
+    return new Field((v, path) => {
+      if (!isObject(v)) invalid(path, "must be an object", v);
+      return v;
+    });
+  },
+};
+
+function rangeText(noun: string, min: number, max: number): string {
+  const lo = Number.isFinite(min) && min > Number.MIN_SAFE_INTEGER;
+  const hi = Number.isFinite(max) && max < Number.MAX_SAFE_INTEGER;
+  if (lo && hi) return `must be ${noun} between ${min} and ${max}`;
+  if (lo) return `must be ${noun} ≥ ${min}`;
+  if (hi) return `must be ${noun} ≤ ${max}`;
+  return `must be ${noun}`;
+}
+
+function checkValue<T>(f: Field<T, boolean>, v: unknown, path: string): T {
+  const value = f.check(v, path);
+  for (const u of f.unsupportedValues) {
+    if (u.value === value) {
+      throw new CniError(
+        ErrorCode.UnsupportedField,
+        `unsupported field: "${path}": ${show(value)} is not supported (${u.reason})`,
+      );
+    }
+  }
+  return value;
+}
+
+function checkShape<S extends Shape>(shape: S, obj: Record<string, unknown>, prefix: string): Infer<S> {
+  const out: Record<string, unknown> = {};
+  for (const [key, f] of Object.entries(shape)) {
+    const path = `${prefix}${key}`;
+    const v = obj[key];
+    // JSON null reads as absent, as Go's decoder (and so every other plugin) treats it.
+    if (v === undefined || v === null) {
+      if (f.required) throw new CniError(ErrorCode.InvalidConfig, `invalid config: "${path}" is required`);
+      if (f.fallback !== undefined) out[key] = f.fallback;
+      continue;
+    }
+    out[key] = checkValue(f, v, path);
+  }
+  return out as Infer<S>;
+}
+
+export interface SchemaRules<S extends Shape> {
+  /** Pairs of keys that must not both be set (present and not false). */
+  exclusive?: readonly (readonly [keyof S & string, keyof S & string])[];
+}
+
+export interface ConfigSchema<S extends Shape> {
+  fields: S;
+  rules: SchemaRules<S>;
+}
+
+export function configSchema<S extends Shape>(fields: S, rules: SchemaRules<S> = {}): ConfigSchema<S> {
+  return { fields, rules };
+}
+
+/** Checks a plugin's declared keys in `config` and returns them typed (defaults applied). */
+export function validateConfig<S extends Shape>(config: Readonly<Record<string, unknown>>, schema: ConfigSchema<S>): Infer<S> {
+  const out = checkShape(schema.fields, config, "");
+  const values = out as Record<string, unknown>;
+  const isSet = (k: string) => config[k] !== undefined && config[k] !== null && config[k] !== false;
+  for (const [a, b] of schema.rules.exclusive ?? []) {
+    if (isSet(a) && isSet(b)) {
+      throw new CniError(
+        ErrorCode.UnsupportedField,
+        `unsupported field: "${b}": ${show(values[b])} cannot be combined with "${a}": ${show(values[a])}`,
+      );
+    }
+  }
+  return out;
+}

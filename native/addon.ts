@@ -1,7 +1,8 @@
 // Typed handle on the compiled addon (native/build/Release/berth_native.node).
 // Everything here is a thin syscall wrapper; failures throw a SysError-shaped Error.
-import { createRequire } from "node:module";
+
 import { existsSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 
 export interface LoopStatus {
@@ -59,6 +60,10 @@ export interface Addon {
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   ficlone(destFd: number, srcFd: number): void;
   flock(fd: number, operation: number): boolean;
+  /** Copies only the data extents of srcFd into dstFd (holes stay holes), on the thread pool. */
+  copyDataExtents(srcFd: number, dstFd: number): Promise<{ size: number; copiedBytes: number }>;
+  /** Q_GETINFO via quotactl_fd for the filesystem holding path; type 0 user, 1 group, 2 project; null when not enabled. */
+  quotaGetInfo(path: string, type: number): { blockGrace: number; inodeGrace: number; flags: number } | null;
 }
 
 /** Error thrown by the addon: `code` is the errno name (EEXIST, ENODEV, ...). */

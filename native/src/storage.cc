@@ -4,14 +4,23 @@
 #include <linux/fs.h>
 #include <linux/loop.h>
 #include <sys/file.h>
+#include <linux/quota.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common.h"
+
+#ifndef SYS_quotactl_fd
+#define SYS_quotactl_fd 443
+#endif
 
 #ifndef LOOP_CONFIGURE
 #define LOOP_CONFIGURE 0x4C0A
@@ -236,6 +245,127 @@ Napi::Value Flock(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), true);
 }
 
+// Copies the data extents of srcFd into dstFd at the same offsets, leaving holes as holes.
+// dstFd must be empty (or already truncated); it is sized to the source at the end.
+// Returns 0 or an errno, with *copied = bytes of data copied.
+int CopyDataExtents(int src, int dst, off_t* size, off_t* copied) {
+  struct stat st = {};
+  if (fstat(src, &st) != 0) return errno;
+  *size = st.st_size;
+  *copied = 0;
+  if (ftruncate(dst, st.st_size) != 0) return errno;
+  bool useCfr = true;
+  std::vector<char> buf;
+  off_t pos = 0;
+  while (pos < st.st_size) {
+    off_t data = lseek(src, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno == ENXIO) break;  // only a hole remains
+      if (errno != EINVAL && errno != EOPNOTSUPP) return errno;
+      data = pos;  // filesystem without SEEK_DATA: everything is data
+    }
+    off_t hole = lseek(src, data, SEEK_HOLE);
+    if (hole < 0) hole = st.st_size;
+    if (hole > st.st_size) hole = st.st_size;
+    off_t in = data, out = data;
+    while (in < hole) {
+      ssize_t n = -1;
+      if (useCfr) {
+        loff_t li = in, lo = out;
+        n = copy_file_range(src, &li, dst, &lo, static_cast<size_t>(hole - in), 0);
+        if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL)) {
+          useCfr = false;  // fall back to read/write for this pair of files
+          continue;
+        }
+      } else {
+        if (buf.empty()) buf.resize(1 << 20);
+        size_t want = static_cast<size_t>(std::min<off_t>(hole - in, static_cast<off_t>(buf.size())));
+        n = pread(src, buf.data(), want, in);
+        if (n > 0) {
+          ssize_t done = 0;
+          while (done < n) {
+            ssize_t w = pwrite(dst, buf.data() + done, n - done, out + done);
+            if (w < 0) {
+              if (errno == EINTR) continue;
+              return errno;
+            }
+            done += w;
+          }
+        }
+      }
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return errno;
+      }
+      if (n == 0) break;  // source shrank under us
+      in += n;
+      out += n;
+      *copied += n;
+    }
+    pos = hole;
+  }
+  return 0;
+}
+
+class CopyExtentsWorker : public Napi::AsyncWorker {
+ public:
+  CopyExtentsWorker(Napi::Env env, int src, int dst)
+      : Napi::AsyncWorker(env), src_(src), dst_(dst), deferred_(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { err_ = CopyDataExtents(src_, dst_, &size_, &copied_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (err_ != 0) {
+      deferred_.Reject(SysError(env, err_, "copy_file_range").Value());
+      return;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("size", Napi::Number::New(env, static_cast<double>(size_)));
+    o.Set("copiedBytes", Napi::Number::New(env, static_cast<double>(copied_)));
+    deferred_.Resolve(o);
+  }
+
+ private:
+  int src_, dst_;
+  int err_ = 0;
+  off_t size_ = 0, copied_ = 0;
+  Napi::Promise::Deferred deferred_;
+};
+
+// copyDataExtents(srcFd, dstFd): Promise<{size, copiedBytes}>, on the thread pool because
+// volume images run to gigabytes. Both fds must stay open until it settles.
+Napi::Value CopyDataExtentsAsync(const Napi::CallbackInfo& info) {
+  int src = IntArg(info, 0, "source fd");
+  int dst = IntArg(info, 1, "destination fd");
+  auto* w = new CopyExtentsWorker(info.Env(), src, dst);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// quotaGetInfo(path, type): Q_GETINFO through quotactl_fd on the filesystem holding path
+// (type 0 user, 1 group, 2 project). null when that quota type is not enabled (ESRCH).
+Napi::Value QuotaGetInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string path = StrArg(info, 0, "path");
+  int type = IntArg(info, 1, "quota type");
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) ThrowSys(env, errno, "open", path);
+  struct if_dqinfo dq = {};
+  long rc = syscall(SYS_quotactl_fd, fd, QCMD(Q_GETINFO, type), 0, &dq);
+  int err = errno;
+  close(fd);
+  if (rc != 0) {
+    if (err == ESRCH) return env.Null();
+    ThrowSys(env, err, "quotactl_fd", path);
+  }
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("blockGrace", Napi::Number::New(env, static_cast<double>(dq.dqi_bgrace)));
+  o.Set("inodeGrace", Napi::Number::New(env, static_cast<double>(dq.dqi_igrace)));
+  o.Set("flags", Napi::Number::New(env, dq.dqi_flags));
+  return o;
+}
+
 }  // namespace
 
 void InitStorage(Napi::Env env, Napi::Object exports) {
@@ -249,6 +379,8 @@ void InitStorage(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("ficlone", Napi::Function::New(env, Ficlone));
   exports.Set("flock", Napi::Function::New(env, Flock));
+  exports.Set("copyDataExtents", Napi::Function::New(env, CopyDataExtentsAsync));
+  exports.Set("quotaGetInfo", Napi::Function::New(env, QuotaGetInfo));
 }
 
 }  // namespace berth

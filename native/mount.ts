@@ -1,0 +1,320 @@
+// Mounts: read the mount table (/proc/self/mountinfo), bind mounts (read-only done right),
+// filesystem mounts with fstab-style options, and idempotent unmount.
+import { readFileSync, realpathSync } from "node:fs";
+import { resolve } from "node:path";
+import { addon, isSysError } from "./addon.ts";
+
+/** One line of /proc/<pid>/mountinfo (see proc(5)), with escapes decoded. */
+export interface MountInfo {
+  id: number;
+  parentId: number;
+  /** "major:minor" of the filesystem's device (st_dev). */
+  majorMinor: string;
+  major: number;
+  minor: number;
+  /** Path inside the filesystem that is mounted here ("/" unless a bind of a subtree). */
+  root: string;
+  mountPoint: string;
+  /** Per-mount options: rw/ro, nosuid, nodev, noexec, relatime... */
+  mountOptions: string[];
+  /** Propagation tags: "shared:N", "master:N", "propagate_from:N", "unbindable". */
+  optionalFields: string[];
+  fsType: string;
+  source: string;
+  /** Per-superblock options, as the filesystem reports them. */
+  superOptions: string[];
+}
+
+/** A mount, unmount or mount-table failure; `code` is the errno name (EPERM, EBUSY, EROFS...). */
+export class MountError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly target: string,
+    readonly syscall?: string,
+  ) {
+    super(message);
+    this.name = "MountError";
+  }
+}
+
+// mount(2) flag bits (linux/mount.h).
+const MS_RDONLY = 0x1;
+const MS_NOSUID = 0x2;
+const MS_NODEV = 0x4;
+const MS_NOEXEC = 0x8;
+const MS_SYNCHRONOUS = 0x10;
+const MS_REMOUNT = 0x20;
+const MS_DIRSYNC = 0x80;
+const MS_NOSYMFOLLOW = 0x100;
+const MS_NOATIME = 0x400;
+const MS_NODIRATIME = 0x800;
+const MS_BIND = 0x1000;
+const MS_REC = 0x4000;
+const MS_SILENT = 0x8000;
+const MS_RELATIME = 0x200000;
+const MS_STRICTATIME = 0x1000000;
+const MS_LAZYTIME = 0x2000000;
+const MNT_DETACH = 0x2;
+
+// statfs(2) f_flags bits that describe the per-mount flags of an existing mount.
+const ST_RDONLY = 0x1;
+const ST_NOSUID = 0x2;
+const ST_NODEV = 0x4;
+const ST_NOEXEC = 0x8;
+const ST_SYNCHRONOUS = 0x10;
+const ST_NOATIME = 0x400;
+const ST_NODIRATIME = 0x800;
+const ST_RELATIME = 0x1000;
+const ST_NOSYMFOLLOW = 0x2000;
+
+/** Option words that are mount(2) flags rather than filesystem data; `false` clears the flag. */
+const FLAG_OPTIONS: Record<string, [number, boolean]> = {
+  ro: [MS_RDONLY, true],
+  rw: [MS_RDONLY, false],
+  nosuid: [MS_NOSUID, true],
+  suid: [MS_NOSUID, false],
+  nodev: [MS_NODEV, true],
+  dev: [MS_NODEV, false],
+  noexec: [MS_NOEXEC, true],
+  exec: [MS_NOEXEC, false],
+  sync: [MS_SYNCHRONOUS, true],
+  async: [MS_SYNCHRONOUS, false],
+  dirsync: [MS_DIRSYNC, true],
+  noatime: [MS_NOATIME, true],
+  atime: [MS_NOATIME, false],
+  nodiratime: [MS_NODIRATIME, true],
+  diratime: [MS_NODIRATIME, false],
+  relatime: [MS_RELATIME, true],
+  norelatime: [MS_RELATIME, false],
+  strictatime: [MS_STRICTATIME, true],
+  lazytime: [MS_LAZYTIME, true],
+  nolazytime: [MS_LAZYTIME, false],
+  nosymfollow: [MS_NOSYMFOLLOW, true],
+  silent: [MS_SILENT, true],
+  loud: [MS_SILENT, false],
+};
+
+/** Flags a bind mount may carry (the atime and sync ones belong to filesystem mounts). */
+export type BindFlag = "nosuid" | "nodev" | "noexec" | "noatime" | "nodiratime" | "relatime" | "nosymfollow";
+const BIND_FLAGS: ReadonlySet<string> = new Set<BindFlag>([
+  "nosuid",
+  "nodev",
+  "noexec",
+  "noatime",
+  "nodiratime",
+  "relatime",
+  "nosymfollow",
+]);
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+function unescapeMountField(s: string): string {
+  return s.includes("\\") ? s.replace(/\\([0-7]{3})/g, (_, oct: string) => String.fromCharCode(Number.parseInt(oct, 8))) : s;
+}
+
+/** Parses mountinfo text; exported for tests and for /proc/<pid>/mountinfo of other namespaces. */
+export function parseMountInfo(text: string): MountInfo[] {
+  const mounts: MountInfo[] = [];
+  for (const line of text.split("\n")) {
+    if (line === "") continue;
+    const fields = line.split(" ");
+    const sep = fields.indexOf("-", 6);
+    const [id, parentId, majorMinor, root, mountPoint, mountOptions] = fields;
+    const [fsType, source, superOptions] = fields.slice(sep + 1);
+    if (sep < 0 || mountOptions === undefined || fsType === undefined || source === undefined || superOptions === undefined) {
+      throw new MountError(`malformed mountinfo line: ${line}`, "EINVAL", "");
+    }
+    const [major = Number.NaN, minor = Number.NaN] = majorMinor?.split(":").map(Number) ?? [];
+    mounts.push({
+      id: Number(id),
+      parentId: Number(parentId),
+      majorMinor: majorMinor ?? "",
+      major,
+      minor,
+      root: unescapeMountField(root ?? ""),
+      mountPoint: unescapeMountField(mountPoint ?? ""),
+      mountOptions: mountOptions.split(","),
+      optionalFields: fields.slice(6, sep),
+      fsType: unescapeMountField(fsType),
+      source: unescapeMountField(source),
+      superOptions: superOptions === "" ? [] : superOptions.split(","),
+    });
+  }
+  return mounts;
+}
+
+/** The mount table of this process's mount namespace (or of `file`, e.g. /proc/PID/mountinfo). */
+export function readMountInfo(file = "/proc/self/mountinfo"): MountInfo[] {
+  return parseMountInfo(readFileSync(file, "utf8"));
+}
+
+// Mount points in mountinfo are canonical; resolve symlinks when the path exists.
+function canonical(path: string): string {
+  try {
+    return realpathSync(path);
+  } catch {
+    return resolve(path);
+  }
+}
+
+/** Everything mounted exactly at `path`, bottom first (the last entry is the visible one). */
+export function mountsAt(path: string, table: MountInfo[] = readMountInfo()): MountInfo[] {
+  const target = canonical(path);
+  return table.filter((m) => m.mountPoint === target);
+}
+
+/** True when something is mounted at `path` (bind mounts of the same filesystem included). */
+export function isMountPoint(path: string): boolean {
+  return mountsAt(path).length > 0;
+}
+
+function mountError(e: unknown, what: string, target: string): never {
+  if (isSysError(e)) {
+    const hint =
+      e.code === "EPERM"
+        ? " (needs CAP_SYS_ADMIN in the mount namespace)"
+        : e.code === "ENOENT"
+          ? " (source or target does not exist)"
+          : "";
+    throw new MountError(`${what}: ${e.message}${hint}`, e.code, target, e.syscall);
+  }
+  throw e;
+}
+
+export interface BindOptions {
+  readOnly?: boolean;
+  /** Per-mount flags for the new mount. */
+  flags?: BindFlag[];
+  /** Also bind the mounts below source (MS_REC). */
+  recursive?: boolean;
+}
+
+// Per-mount flags a remount must repeat so that it does not clear them by accident
+// (and so it does not fail with EPERM on flags that are locked in a user namespace).
+function currentMountFlags(target: string): number {
+  const f = addon().statfs(target).flags;
+  let flags = 0;
+  if (f & ST_NOSUID) flags |= MS_NOSUID;
+  if (f & ST_NODEV) flags |= MS_NODEV;
+  if (f & ST_NOEXEC) flags |= MS_NOEXEC;
+  if (f & ST_SYNCHRONOUS) flags |= MS_SYNCHRONOUS;
+  if (f & ST_NOATIME) flags |= MS_NOATIME;
+  if (f & ST_NODIRATIME) flags |= MS_NODIRATIME;
+  if (f & ST_RELATIME) flags |= MS_RELATIME;
+  if (f & ST_NOSYMFOLLOW) flags |= MS_NOSYMFOLLOW;
+  if (f & ST_RDONLY) flags |= MS_RDONLY;
+  return flags;
+}
+
+/**
+ * Bind-mounts `source` (a directory, or a file/device node onto a file) at `target`.
+ * The kernel ignores MS_RDONLY and per-mount flags on the bind itself, so they are
+ * applied by a second MS_REMOUNT|MS_BIND; if that fails the bind is undone.
+ */
+export function bindMount(source: string, target: string, options: BindOptions = {}): void {
+  let extra = 0;
+  for (const f of options.flags ?? []) {
+    const flag = BIND_FLAGS.has(f) ? FLAG_OPTIONS[f] : undefined;
+    if (!flag)
+      throw new MountError(`unsupported bind mount flag "${f}" (allowed: ${[...BIND_FLAGS].join(", ")})`, "EINVAL", target);
+    extra |= flag[0];
+  }
+  if (options.readOnly) extra |= MS_RDONLY;
+  const a = addon();
+  try {
+    a.mount(source, target, null, MS_BIND | (options.recursive ? MS_REC : 0), null);
+  } catch (e) {
+    mountError(e, `bind mount ${source} on ${target}`, target);
+  }
+  if (extra === 0) return;
+  try {
+    a.mount(null, target, null, MS_REMOUNT | MS_BIND | currentMountFlags(target) | extra, null);
+  } catch (e) {
+    try {
+      a.umount2(target, MNT_DETACH);
+    } catch {
+      // the bind is gone already; report the remount failure
+    }
+    mountError(e, `remount ${target} ${options.readOnly ? "read-only" : "with flags"}`, target);
+  }
+}
+
+export interface FilesystemMountOptions {
+  readOnly?: boolean;
+  /** fstab-style words: flags (ro, nosuid, noatime...) and filesystem data (discard, prjquota...). */
+  options?: string[];
+}
+
+/** Splits fstab-style option words into mount(2) flags and the filesystem's data string. */
+export function splitMountOptions(options: string[]): { flags: number; data: string } {
+  let flags = 0;
+  const data: string[] = [];
+  for (const raw of options) {
+    const word = raw.trim();
+    if (word === "" || word === "defaults") continue;
+    if (word === "bind" || word === "rbind" || word === "remount" || word === "move") {
+      throw new MountError(`mount option "${word}" is not a filesystem option (use bindMount)`, "EINVAL", "");
+    }
+    const flag = FLAG_OPTIONS[word];
+    if (flag) {
+      flags = flag[1] ? flags | flag[0] : flags & ~flag[0];
+      // strictatime replaces relatime; relatime is the kernel default otherwise.
+      if (word === "strictatime") flags &= ~MS_RELATIME;
+    } else {
+      if (word.includes(",")) throw new MountError(`mount option "${word}" contains a comma`, "EINVAL", "");
+      data.push(word);
+    }
+  }
+  return { flags, data: data.join(",") };
+}
+
+/** Mounts the filesystem on `device` (a block device, or a source like "tmpfs") at `target`. */
+export function mountFilesystem(device: string, target: string, fsType: string, options: FilesystemMountOptions = {}): void {
+  if (!/^[a-z0-9._-]+$/i.test(fsType)) throw new MountError(`invalid filesystem type "${fsType}"`, "EINVAL", target);
+  let split: { flags: number; data: string };
+  try {
+    split = splitMountOptions(options.options ?? []);
+  } catch (e) {
+    throw e instanceof MountError ? new MountError(e.message, e.code, target) : e;
+  }
+  const flags = split.flags | (options.readOnly ? MS_RDONLY : 0);
+  try {
+    addon().mount(device, target, fsType, flags, split.data === "" ? null : split.data);
+  } catch (e) {
+    if (isSysError(e, "EINVAL")) {
+      throw new MountError(
+        `mount ${device} (${fsType}) on ${target}: invalid argument — wrong filesystem type, bad option (${split.data || "none"}) or bad superblock; see dmesg`,
+        "EINVAL",
+        target,
+        "mount",
+      );
+    }
+    mountError(e, `mount ${device} (${fsType}) on ${target}`, target);
+  }
+}
+
+export interface UnmountOptions {
+  /** Lazy unmount (MNT_DETACH): detach now, clean up when the last user goes. */
+  detach?: boolean;
+}
+
+/**
+ * Unmounts the topmost mount at `target`. Returns false when nothing is mounted there
+ * (EINVAL) or the path does not exist (ENOENT), so callers can repeat it safely.
+ */
+export function unmount(target: string, options: UnmountOptions = {}): boolean {
+  try {
+    addon().umount2(target, options.detach ? MNT_DETACH : 0);
+    return true;
+  } catch (e) {
+    if (isSysError(e, "EINVAL") || isSysError(e, "ENOENT")) return false;
+    if (isSysError(e, "EBUSY"))
+      throw new MountError(
+        `unmount ${target}: busy (open files or mounts below it); retry or use detach`,
+        "EBUSY",
+        target,
+        "umount2",
+      );
+    mountError(e, `unmount ${target}`, target);
+  }
+}

@@ -1,0 +1,73 @@
+// Test scaffolding for storage tests: a scratch directory named with the test prefix, and a
+// cleanup that unmounts, detaches and removes everything under it using the system tools
+// (never the code under test), so a failing test still leaves nothing behind.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { sh, testPrefix } from "./kernel.ts";
+
+export interface Scratch {
+  prefix: string;
+  /** Absolute directory containing the prefix; every image and mount point lives below it. */
+  dir: string;
+  path(name: string): string;
+  cleanup(): void;
+}
+
+export function makeScratch(): Scratch {
+  const prefix = testPrefix();
+  const dir = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  return { prefix, dir, path: (name) => join(dir, name), cleanup: () => cleanupScratch(prefix, dir) };
+}
+
+interface FindmntFs {
+  target: string;
+  children?: FindmntFs[];
+}
+
+/** Mount points below `dir`, deepest (and most recent) first. */
+export function mountsUnder(dir: string): string[] {
+  let out = "";
+  try {
+    out = sh("findmnt", ["-J", "-l", "-o", "TARGET"]);
+  } catch {
+    return [];
+  }
+  const list = (JSON.parse(out) as { filesystems: FindmntFs[] }).filesystems;
+  return list
+    .map((f) => f.target)
+    .filter((t) => t === dir || t.startsWith(`${dir}/`))
+    .reverse();
+}
+
+/** Loop devices whose backing file path contains `tag`. */
+export function loopsTagged(tag: string): { name: string; backFile: string }[] {
+  const out = JSON.parse(sh("losetup", ["-J", "-l"]) || '{"loopdevices":[]}') as {
+    loopdevices?: { name: string; "back-file": string | null }[];
+  };
+  return (out.loopdevices ?? [])
+    .filter((l) => (l["back-file"] ?? "").includes(tag))
+    .map((l) => ({ name: l.name, backFile: l["back-file"] ?? "" }));
+}
+
+function cleanupScratch(prefix: string, dir: string): void {
+  for (let round = 0; round < 5; round++) {
+    const mounts = mountsUnder(dir);
+    if (mounts.length === 0) break;
+    for (const m of mounts) {
+      try {
+        sh("umount", ["-l", m]);
+      } catch {
+        // unmounted with its parent already
+      }
+    }
+  }
+  for (const l of loopsTagged(prefix)) {
+    try {
+      sh("losetup", ["-d", l.name]);
+    } catch {
+      // detached meanwhile
+    }
+  }
+  rmSync(dir, { recursive: true, force: true });
+}

@@ -171,19 +171,22 @@ export function parseRoutes(raw: unknown, key: string): Route[] {
 
 /** nameserver/domain/search/options from a resolv.conf; undefined when it sets none of them. */
 export function parseResolvConf(text: string): Dns | undefined {
+  const nameservers: string[] = [];
+  const options: string[] = [];
   const dns: Dns = {};
   for (const line of text.split("\n")) {
-    const words = line
+    const [keyword, ...rest] = line
       .replace(/[#;].*$/, "")
       .trim()
       .split(/\s+/);
-    const [keyword, ...rest] = words;
     if (!keyword || rest.length === 0) continue;
-    if (keyword === "nameserver") (dns.nameservers ??= []).push(rest[0]!);
+    if (keyword === "nameserver") nameservers.push(rest[0]!);
     else if (keyword === "domain") dns.domain = rest[0]!;
     else if (keyword === "search") dns.search = rest;
-    else if (keyword === "options") (dns.options ??= []).push(...rest);
+    else if (keyword === "options") options.push(...rest);
   }
+  if (nameservers.length > 0) dns.nameservers = nameservers;
+  if (options.length > 0) dns.options = options;
   return Object.keys(dns).length > 0 ? dns : undefined;
 }
 

@@ -1,0 +1,274 @@
+// Side-by-side CNI benchmark (not a test): the same workloads, in the same run, against each
+// implementation given on the command line, timed as a runtime sees them (spawn to exit).
+//
+//   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
+//
+// Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
+// + berth-host-local when they exist. Prints a table, with berth/reference ratios when both ran.
+import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import { type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
+import { addressOf, attachmentView } from "../lib/cni-result.ts";
+import { type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
+import { ipv4ToInt, Sandbox } from "../lib/sandbox.ts";
+
+interface Implementation extends PluginTarget {
+  label: string;
+}
+
+interface Measurements {
+  [metric: string]: number;
+}
+
+const CNI_VERSION = "1.0.0";
+
+function percentile(samples: number[], p: number): number {
+  const s = [...samples].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))] ?? Number.NaN;
+}
+
+function intToIpv4(n: number): string {
+  return [24, 16, 8, 0].map((s) => (n >>> s) & 255).join(".");
+}
+
+/** Runs `jobs` with at most `limit` in flight. */
+async function pooled<T>(jobs: (() => Promise<T>)[], limit: number): Promise<T[]> {
+  const out: T[] = new Array(jobs.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < jobs.length) {
+      const i = next++;
+      out[i] = await jobs[i]!();
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, jobs.length) }, worker));
+  return out;
+}
+
+class Bench {
+  private seq = 0;
+  constructor(
+    readonly impl: Implementation,
+    readonly sandbox: Sandbox,
+  ) {}
+
+  network(prefixLen = 24): NetworkShape {
+    const { subnet, base } = this.sandbox.allocateSubnet(prefixLen);
+    return { name: `${this.sandbox.prefix}-bench${this.seq++}`, subnet, base };
+  }
+
+  run(
+    command: "ADD" | "DEL",
+    net: NetworkShape,
+    cid: string,
+    netnsPath: string | undefined,
+    prevResult?: unknown,
+  ): Promise<CniOutcome> {
+    const conf = networkConfig(this.impl, this.sandbox, net, CNI_VERSION);
+    return execPlugin({
+      cniPath: this.impl.cniPath,
+      type: this.impl.type,
+      env: { CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: netnsPath, CNI_IFNAME: "eth0" },
+      stdin: prevResult ? { ...conf, prevResult } : conf,
+    });
+  }
+
+  /** IPAM-only ADD/DEL: how leases are pre-filled for implementations whose store we cannot write. */
+  ipam(command: "ADD" | "DEL", net: NetworkShape, cid: string): Promise<CniOutcome> {
+    const conf = networkConfig(this.impl, this.sandbox, net, CNI_VERSION);
+    return execPlugin({
+      cniPath: this.impl.cniPath,
+      type: this.impl.ipam,
+      env: { CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: "/proc/self/ns/net", CNI_IFNAME: "eth0" },
+      // A main plugin hands its IPAM delegate the whole network config unchanged.
+      stdin: conf,
+    });
+  }
+
+  cid(): string {
+    return `${this.sandbox.prefix}-${this.seq++}`;
+  }
+}
+
+function mustSucceed(o: CniOutcome, what: string): Record<string, unknown> {
+  if (o.exitCode !== 0) throw new Error(`${what} failed: ${describeOutcome(o)}`);
+  return (o.json ?? {}) as Record<string, unknown>;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      impl: { type: "string", multiple: true },
+      n: { type: "string", default: "100" },
+      leases: { type: "string", default: "2000" },
+    },
+  });
+  const n = Number(values.n);
+  const leases = Number(values.leases);
+  const impls = values.impl?.length ? values.impl.map(parseImpl) : defaultImplementations();
+  if (process.getuid?.() !== 0) throw new Error("the CNI benchmark needs root (netns, links)");
+  const table: { label: string; m: Measurements }[] = [];
+  for (const impl of impls) {
+    process.stderr.write(`benchmarking ${impl.label}: ${impl.cniPath}/${impl.type} + ${impl.ipam}\n`);
+    const sandbox = new Sandbox();
+    try {
+      table.push({ label: impl.label, m: await measure(new Bench(impl, sandbox), n, leases) });
+    } finally {
+      sandbox.cleanup();
+    }
+  }
+  printTable(table, n, leases);
+}
+
+function parseImpl(spec: string): Implementation {
+  const m = /^([^=]+)=([^,]+),([^,]+),([^,]+)$/.exec(spec);
+  if (!m) throw new Error(`--impl ${spec}: expected LABEL=DIR,TYPE,IPAM`);
+  const impl = { label: m[1]!, cniPath: resolve(m[2]!), type: m[3]!, ipam: m[4]! };
+  for (const exe of [impl.type, impl.ipam]) {
+    if (!existsSync(join(impl.cniPath, exe))) throw new Error(`--impl ${spec}: no executable ${exe} in ${impl.cniPath}`);
+  }
+  return impl;
+}
+
+function defaultImplementations(): Implementation[] {
+  const impls: Implementation[] = [{ label: "reference", cniPath: "/usr/lib/cni", type: "bridge", ipam: "host-local" }];
+  const berth = resolve("build/cni");
+  if (existsSync(join(berth, "berth-bridge")) && existsSync(join(berth, "berth-host-local"))) {
+    impls.push({ label: "berth", cniPath: berth, type: "berth-bridge", ipam: "berth-host-local" });
+  } else {
+    process.stderr.write("build/cni/berth-bridge not built: benchmarking the reference alone\n");
+  }
+  return impls;
+}
+
+async function measure(b: Bench, n: number, leases: number): Promise<Measurements> {
+  const m: Measurements = {};
+
+  // 1. Sequential ADD, then sequential DEL, one netns each.
+  {
+    const net = b.network();
+    const netns = Array.from({ length: n }, () => b.sandbox.createNetns("s"));
+    const adds: { cid: string; path: string; result: unknown }[] = [];
+    const addMs: number[] = [];
+    for (const ns of netns) {
+      const cid = b.cid();
+      const o = await b.run("ADD", net, cid, ns.path);
+      adds.push({ cid, path: ns.path, result: mustSucceed(o, "sequential ADD") });
+      addMs.push(o.durationMs);
+    }
+    const delMs: number[] = [];
+    for (const a of adds) {
+      const o = await b.run("DEL", net, a.cid, a.path, a.result);
+      mustSucceed(o, "sequential DEL");
+      delMs.push(o.durationMs);
+    }
+    m["ADD sequential p50 (ms)"] = percentile(addMs, 50);
+    m["ADD sequential p90 (ms)"] = percentile(addMs, 90);
+    m["DEL sequential p50 (ms)"] = percentile(delMs, 50);
+    m["DEL sequential p90 (ms)"] = percentile(delMs, 90);
+    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
+  }
+
+  // 2. n ADDs all at once (a node starting n pods), then n DELs all at once.
+  {
+    const net = b.network();
+    const netns = Array.from({ length: n }, () => b.sandbox.createNetns("p"));
+    const cids = netns.map(() => b.cid());
+    let t0 = performance.now();
+    const outs = await Promise.all(netns.map((ns, i) => b.run("ADD", net, cids[i]!, ns.path)));
+    m[`${n} parallel ADD wall (ms)`] = performance.now() - t0;
+    const results = outs.map((o) => mustSucceed(o, "parallel ADD"));
+    const addrs = results.map((r) => addressOf(attachmentView(r).ips[0]?.address ?? ""));
+    const distinct = new Set(addrs).size;
+    if (distinct !== n) throw new Error(`parallel ADD handed out ${n - distinct} duplicate addresses`);
+    t0 = performance.now();
+    const dels = await Promise.all(netns.map((ns, i) => b.run("DEL", net, cids[i]!, ns.path, results[i])));
+    m[`${n} parallel DEL wall (ms)`] = performance.now() - t0;
+    for (const o of dels) mustSucceed(o, "parallel DEL");
+    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
+  }
+
+  // 3. ADD and DEL on a network that already holds `leases` addresses.
+  {
+    const net = b.network(20);
+    const held = await prefill(b, net, leases);
+    const samples = 30;
+    const netns = Array.from({ length: samples }, () => b.sandbox.createNetns("l"));
+    const adds: { cid: string; path: string; result: unknown }[] = [];
+    const addMs: number[] = [];
+    for (const ns of netns) {
+      const cid = b.cid();
+      const o = await b.run("ADD", net, cid, ns.path);
+      adds.push({ cid, path: ns.path, result: mustSucceed(o, `ADD with ${leases} leases`) });
+      addMs.push(o.durationMs);
+    }
+    const delMs: number[] = [];
+    for (const a of adds) {
+      const o = await b.run("DEL", net, a.cid, a.path, a.result);
+      mustSucceed(o, `DEL with ${leases} leases`);
+      delMs.push(o.durationMs);
+    }
+    m[`ADD p50 @${leases} leases (ms)`] = percentile(addMs, 50);
+    m[`ADD p90 @${leases} leases (ms)`] = percentile(addMs, 90);
+    m[`DEL p50 @${leases} leases (ms)`] = percentile(delMs, 50);
+    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
+    await release(b, net, held);
+  }
+  return m;
+}
+
+/**
+ * Holds `count` addresses on `net`. The reference host-local's store is one file per address
+ * (named by the IP, holding "<cid>\r\n<ifname>"), so it is written directly; any other IPAM
+ * gets real IPAM ADDs. Returns the container ids that need an IPAM DEL afterwards.
+ */
+async function prefill(b: Bench, net: NetworkShape, count: number): Promise<string[]> {
+  if (b.impl.ipam === "host-local" && b.impl.cniPath === "/usr/lib/cni") {
+    const dir = join(b.sandbox.dataDir, net.name);
+    mkdirSync(dir, { recursive: true });
+    const first = ipv4ToInt(`${net.base}.2`);
+    for (let i = 0; i < count; i++) writeFileSync(join(dir, intToIpv4(first + i)), `${b.sandbox.prefix}-held${i}\r\neth0`);
+    writeFileSync(join(dir, "last_reserved_ip.0"), intToIpv4(first + count - 1));
+    return [];
+  }
+  const cids = Array.from({ length: count }, (_, i) => `${b.sandbox.prefix}-held${i}`);
+  await pooled(
+    cids.map((cid) => async () => mustSucceed(await b.ipam("ADD", net, cid), "IPAM pre-fill ADD")),
+    8,
+  );
+  return cids;
+}
+
+async function release(b: Bench, net: NetworkShape, cids: string[]): Promise<void> {
+  await pooled(
+    cids.map((cid) => () => b.ipam("DEL", net, cid)),
+    8,
+  );
+}
+
+function fmt(x: number | undefined): string {
+  return x === undefined || Number.isNaN(x) ? "-" : x >= 100 ? x.toFixed(0) : x.toFixed(1);
+}
+
+function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number): void {
+  const metrics = [...new Set(rows.flatMap((r) => Object.keys(r.m)))];
+  const ref = rows.find((r) => r.label === "reference");
+  const berth = rows.find((r) => r.label === "berth");
+  const header = ["metric", ...rows.map((r) => r.label), ...(ref && berth ? ["berth/reference"] : [])];
+  const lines = metrics.map((metric) => [
+    metric,
+    ...rows.map((r) => fmt(r.m[metric])),
+    ...(ref && berth ? [`${((berth.m[metric] ?? Number.NaN) / (ref.m[metric] ?? Number.NaN)).toFixed(2)}x`] : []),
+  ]);
+  const widths = header.map((_, i) => Math.max(...[header, ...lines].map((l) => l[i]!.length)));
+  const show = (l: string[]) => l.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
+  process.stdout.write(`CNI benchmark: n=${n} namespaces, ${leases} leases held, cniVersion ${CNI_VERSION}\n`);
+  process.stdout.write(`${show(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}\n`);
+  for (const l of lines) process.stdout.write(`${show(l)}\n`);
+}
+
+main().catch((e) => {
+  process.stderr.write(`cni bench failed: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exitCode = 1;
+});

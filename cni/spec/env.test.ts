@@ -139,10 +139,13 @@ describe("parseCniArgs", () => {
     expect(err.message).toContain('"10.0.0.2"');
   });
 
-  it.each(["IgnoreUnknown=1", "IgnoreUnknown=true", "IgnoreUnknown=True"])("%s drops undeclared keys, wherever it appears", (flag) => {
-    expect(parseCniArgs(`FOO=1;${flag};IP=10.0.0.2`, ["IP"])).toEqual({ IgnoreUnknown: flag.split("=")[1], IP: "10.0.0.2" });
-    expect(parseCniArgs(`${flag};FOO=1`)).not.toHaveProperty("FOO");
-  });
+  it.each(["IgnoreUnknown=1", "IgnoreUnknown=true", "IgnoreUnknown=True"])(
+    "%s drops undeclared keys, wherever it appears",
+    (flag) => {
+      expect(parseCniArgs(`FOO=1;${flag};IP=10.0.0.2`, ["IP"])).toEqual({ IgnoreUnknown: flag.split("=")[1], IP: "10.0.0.2" });
+      expect(parseCniArgs(`${flag};FOO=1`)).not.toHaveProperty("FOO");
+    },
+  );
 
   it("IgnoreUnknown=0 still refuses", () => {
     expect(failure(() => parseCniArgs("IgnoreUnknown=0;FOO=1")).code).toBe(2);

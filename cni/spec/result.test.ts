@@ -9,7 +9,14 @@ const full: Result = {
   interfaces: [
     { name: "cni0", mac: "02:00:00:00:00:01", mtu: 1450 },
     { name: "veth1234", mac: "02:00:00:00:00:02", mtu: 1450 },
-    { name: "eth0", mac: "02:00:00:00:00:03", mtu: 1450, sandbox: "/var/run/netns/x", socketPath: "/run/x.sock", pciID: "0000:00:1f.6" },
+    {
+      name: "eth0",
+      mac: "02:00:00:00:00:03",
+      mtu: 1450,
+      sandbox: "/var/run/netns/x",
+      socketPath: "/run/x.sock",
+      pciID: "0000:00:1f.6",
+    },
   ],
   ips: [
     { address: "10.1.0.5/24", gateway: "10.1.0.1", interface: 2 },
@@ -110,7 +117,11 @@ describe("parseResult (upconvert to the newest shape)", () => {
   });
 
   it("reads 0.3.x/0.4.0 by dropping ips[].version", () => {
-    const r = parseResult({ cniVersion: "0.3.1", ips: [{ version: "4", address: "10.0.0.2/8", interface: 0 }], interfaces: [{ name: "eth0" }] });
+    const r = parseResult({
+      cniVersion: "0.3.1",
+      ips: [{ version: "4", address: "10.0.0.2/8", interface: 0 }],
+      interfaces: [{ name: "eth0" }],
+    });
     expect(r).toEqual({ cniVersion: "1.1.0", interfaces: [{ name: "eth0" }], ips: [{ address: "10.0.0.2/8", interface: 0 }] });
   });
 

@@ -1,0 +1,255 @@
+// File and filesystem operations for volume back ends: capacity (statfs), preallocation and
+// hole punching, reflink clones with a caller-side fallback, sparse copies, and flock locks.
+import { closeSync, constants, fstatSync, openSync, unlinkSync } from "node:fs";
+import { setTimeout as sleep } from "node:timers/promises";
+import { addon, isSysError } from "./addon.ts";
+
+/** A filesystem operation failure; `code` is the errno name. */
+export class FsError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly path?: string,
+  ) {
+    super(message);
+    this.name = "FsError";
+  }
+}
+
+function fsError(e: unknown, what: string, path?: string): never {
+  if (isSysError(e)) throw new FsError(`${what}: ${e.message}`, e.code, path);
+  throw e;
+}
+
+export interface FsUsage {
+  total: number;
+  free: number;
+  /** What an unprivileged user may still use (free minus the root reserve). */
+  available: number;
+  used: number;
+}
+
+export interface FilesystemStats {
+  /** f_type magic, e.g. 0xef53 ext4, 0x58465342 xfs, 0x01021994 tmpfs. */
+  type: number;
+  blockSize: number;
+  bytes: FsUsage;
+  inodes: FsUsage;
+  readOnly: boolean;
+}
+
+const ST_RDONLY = 0x1;
+
+/** Capacity of the filesystem holding `path`, in bytes and inodes. */
+export function statFs(path: string): FilesystemStats {
+  let s: ReturnType<ReturnType<typeof addon>["statfs"]>;
+  try {
+    s = addon().statfs(path);
+  } catch (e) {
+    fsError(e, `statfs ${path}`, path);
+  }
+  // Block counts are in f_frsize units (the fundamental block size), not f_bsize.
+  const unit = s.frsize || s.bsize;
+  return {
+    type: s.type,
+    blockSize: unit,
+    bytes: { total: s.blocks * unit, free: s.bfree * unit, available: s.bavail * unit, used: (s.blocks - s.bfree) * unit },
+    // statfs has no "available inodes" distinct from free ones.
+    inodes: { total: s.files, free: s.ffree, available: s.ffree, used: s.files - s.ffree },
+    readOnly: (s.flags & ST_RDONLY) !== 0,
+  };
+}
+
+const FALLOC_FL_KEEP_SIZE = 0x1;
+const FALLOC_FL_PUNCH_HOLE = 0x2;
+
+function checkRange(offset: number, length: number): void {
+  if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0) {
+    throw new FsError(`invalid range offset=${offset} length=${length}`, "EINVAL");
+  }
+}
+
+/** Reserves blocks for [offset, offset+length), growing the file if needed (ENOSPC when full). */
+export function allocate(fd: number, offset: number, length: number): void {
+  checkRange(offset, length);
+  try {
+    addon().fallocate(fd, 0, offset, length);
+  } catch (e) {
+    fsError(e, `fallocate ${length} bytes at ${offset}`);
+  }
+}
+
+/** Frees the blocks of [offset, offset+length) without changing the file size (reads return zeros). */
+export function punchHole(fd: number, offset: number, length: number): void {
+  checkRange(offset, length);
+  try {
+    addon().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+  } catch (e) {
+    fsError(e, `punch hole of ${length} bytes at ${offset}`);
+  }
+}
+
+// FICLONE errors that mean "this filesystem (pair) cannot share extents", not a real failure.
+const NO_REFLINK = new Set(["EOPNOTSUPP", "ENOTSUP", "EXDEV", "EINVAL", "ENOTTY", "ENOSYS"]);
+
+function openSource(src: string): number {
+  try {
+    const fd = openSync(src, constants.O_RDONLY);
+    if (!fstatSync(fd).isFile()) {
+      closeSync(fd);
+      throw new FsError(`${src} is not a regular file`, "EINVAL", src);
+    }
+    return fd;
+  } catch (e) {
+    if (e instanceof FsError) throw e;
+    fsError(e, `open ${src}`, src);
+  }
+}
+
+// Creates dst with the source's permission bits; never overwrites (EEXIST), so a failed
+// clone can always be removed without losing anything that was there before.
+function createDestination(dst: string, srcFd: number): number {
+  const mode = fstatSync(srcFd).mode & 0o7777;
+  try {
+    return openSync(dst, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
+  } catch (e) {
+    fsError(e, `create ${dst}`, dst);
+  }
+}
+
+/**
+ * Makes the new file `dst` a copy-on-write clone of `src` (FICLONE). Returns false, leaving
+ * no file behind, when the filesystem cannot reflink (ext4, tmpfs, across filesystems): the
+ * caller falls back to sparseCopyFile. Throws FsError EEXIST when `dst` exists.
+ */
+export function reflinkFile(src: string, dst: string): boolean {
+  const srcFd = openSource(src);
+  try {
+    const fd = createDestination(dst, srcFd);
+    let ok = false;
+    try {
+      addon().ficlone(fd, srcFd);
+      ok = true;
+    } catch (e) {
+      if (!(isSysError(e) && NO_REFLINK.has(e.code))) fsError(e, `reflink ${src} to ${dst}`, dst);
+    } finally {
+      closeSync(fd);
+      if (!ok) unlinkSync(dst);
+    }
+    return ok;
+  } finally {
+    closeSync(srcFd);
+  }
+}
+
+/**
+ * Copies `src` to the new file `dst`, writing only the source's data extents so holes stay
+ * holes (on a reflink filesystem the kernel may share the extents instead). Runs on the
+ * thread pool. Throws FsError EEXIST when `dst` exists; removes a partial `dst` on failure.
+ */
+export async function sparseCopyFile(src: string, dst: string): Promise<{ size: number; copiedBytes: number }> {
+  const srcFd = openSource(src);
+  try {
+    const fd = createDestination(dst, srcFd);
+    let result: { size: number; copiedBytes: number } | undefined;
+    try {
+      result = await addon().copyDataExtents(srcFd, fd);
+    } catch (e) {
+      fsError(e, `copy ${src} to ${dst}`, dst);
+    } finally {
+      closeSync(fd);
+      if (!result) unlinkSync(dst);
+    }
+    return result;
+  } finally {
+    closeSync(srcFd);
+  }
+}
+
+const LOCK_SH = 1;
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const LOCK_UN = 8;
+
+export type LockMode = "shared" | "exclusive";
+
+/** A held flock lock; release() unlocks and closes (safe to call twice). */
+export interface FileLock {
+  readonly path: string;
+  readonly mode: LockMode;
+  release(): void;
+}
+
+function openLockFile(path: string): number {
+  try {
+    return openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+  } catch (e) {
+    fsError(e, `open lock file ${path}`, path);
+  }
+}
+
+function heldLock(fd: number, path: string, mode: LockMode): FileLock {
+  let open = true;
+  return {
+    path,
+    mode,
+    release() {
+      if (!open) return;
+      open = false;
+      try {
+        addon().flock(fd, LOCK_UN);
+      } finally {
+        closeSync(fd);
+      }
+    },
+  };
+}
+
+/** Takes the lock without waiting; null when another holder has a conflicting lock. */
+export function tryFileLock(path: string, mode: LockMode): FileLock | null {
+  const fd = openLockFile(path);
+  let got = false;
+  try {
+    got = addon().flock(fd, (mode === "shared" ? LOCK_SH : LOCK_EX) | LOCK_NB);
+  } catch (e) {
+    closeSync(fd);
+    fsError(e, `flock ${path}`, path);
+  }
+  if (!got) {
+    closeSync(fd);
+    return null;
+  }
+  return heldLock(fd, path, mode);
+}
+
+export interface LockWaitOptions {
+  /** Give up after this many milliseconds with an FsError code "ETIMEDOUT"; default: wait forever. */
+  timeoutMs?: number;
+}
+
+/**
+ * Runs `fn` while holding a flock lock on `path` (created 0600). Waiting polls with LOCK_NB
+ * and backs off, because a blocking flock would freeze the event loop (or pin a pool thread).
+ */
+export async function withFileLock<T>(
+  path: string,
+  mode: LockMode,
+  fn: () => T | Promise<T>,
+  options: LockWaitOptions = {},
+): Promise<T> {
+  const deadline = options.timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + options.timeoutMs;
+  let delay = 1;
+  let lock = tryFileLock(path, mode);
+  while (!lock) {
+    if (Date.now() >= deadline)
+      throw new FsError(`timed out after ${options.timeoutMs} ms waiting for ${mode} lock on ${path}`, "ETIMEDOUT", path);
+    await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
+    delay = Math.min(delay * 2, 50);
+    lock = tryFileLock(path, mode);
+  }
+  try {
+    return await fn();
+  } finally {
+    lock.release();
+  }
+}

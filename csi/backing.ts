@@ -1,0 +1,236 @@
+// Volume back ends on the node: every volume is a sparse image file under the data dir
+// (names we generate), attached to a loop device when used. A `dir` volume and a formatted
+// `block` volume hold a filesystem (ext4/xfs) in the image; that is what enforces capacity
+// when the data dir's filesystem has no project quotas. Raw `block` volumes are the bare image.
+import { execFile } from "node:child_process";
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  ftruncateSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { reflinkFile, sparseCopyFile } from "../native/fs.ts";
+import { attachLoop, detachLoop, findLoopForFile, type LoopDevice, refreshLoopCapacity } from "../native/loop.ts";
+import { isMountPoint, mountFilesystem, unmount } from "../native/mount.ts";
+import type { MountOptions } from "./mount-flags.ts";
+
+const run = promisify(execFile);
+
+export type CopyMethod = "reflink" | "sparse-copy";
+
+/** How capacity of `dir` volumes is enforced on this data dir. */
+export type Enforcement = "project-quota" | "loop-filesystem";
+
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+/** Smallest image we make for a filesystem (xfs refuses anything under 300 MiB). */
+export function minimumSize(fsType: string): number {
+  if (fsType === "xfs") return 300 * MiB;
+  if (fsType === "ext4") return 16 * MiB;
+  return 1 * MiB;
+}
+
+export class BackingStore {
+  readonly imageDir: string;
+  readonly mountDir: string;
+  readonly snapshotDir: string;
+
+  constructor(readonly dataDir: string) {
+    this.imageDir = join(dataDir, "images");
+    this.mountDir = join(dataDir, "mounts");
+    this.snapshotDir = join(dataDir, "snapshots");
+    for (const d of [this.imageDir, this.mountDir, this.snapshotDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+  }
+
+  imagePath(volumeId: string): string {
+    return join(this.imageDir, `${volumeId}.img`);
+  }
+
+  snapshotPath(snapshotId: string): string {
+    return join(this.snapshotDir, `${snapshotId}.img`);
+  }
+
+  /** Where a dir volume's filesystem is mounted on this node. */
+  dirMountPath(volumeId: string): string {
+    return join(this.mountDir, volumeId);
+  }
+
+  /** The directory a dir volume exposes (inside its filesystem, so lost+found stays hidden). */
+  dirDataPath(volumeId: string): string {
+    return join(this.dirMountPath(volumeId), "data");
+  }
+
+  /** The data dir's filesystem decides whether project quotas could be used instead of loops. */
+  detectEnforcement(): { enforcement: Enforcement; reason: string } {
+    const fs = readFileSync("/proc/self/mountinfo", "utf8");
+    let best: { target: string; fsType: string; opts: string } | undefined;
+    for (const line of fs.split("\n")) {
+      const [left, right] = line.split(" - ");
+      if (!left || !right) continue;
+      const target = left.split(" ")[4] ?? "";
+      if (!(this.dataDir === target || this.dataDir.startsWith(target.endsWith("/") ? target : `${target}/`))) continue;
+      if (best && best.target.length > target.length) continue;
+      const [fsType = "", , superOpts = ""] = right.split(" ");
+      best = { target, fsType, opts: superOpts };
+    }
+    const opts = best?.opts.split(",") ?? [];
+    const hasPrj = opts.includes("prjquota") || opts.includes("pquota") || opts.includes("pqnoenforce");
+    if (best && hasPrj && (best.fsType === "xfs" || best.fsType === "ext4")) {
+      // Detected, but berth does not drive project quotas yet: it still uses loop filesystems.
+      return { enforcement: "loop-filesystem", reason: `${best.fsType} with project quotas at ${best.target} (not used yet)` };
+    }
+    return {
+      enforcement: "loop-filesystem",
+      reason: `${best?.fsType ?? "unknown"} at ${best?.target ?? "?"} has no project quota option (prjquota/pquota)`,
+    };
+  }
+
+  /** Creates a sparse image (through a temp name, so a crash never leaves a half-made one). */
+  async createImage(path: string, size: number, fsType: string): Promise<void> {
+    const tmp = `${path}.tmp`;
+    rmSync(tmp, { force: true });
+    const fd = openSync(tmp, "wx", 0o600);
+    try {
+      ftruncateSync(fd, size);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      if (fsType) await this.format(tmp, fsType);
+      renameSync(tmp, path);
+    } catch (e) {
+      rmSync(tmp, { force: true });
+      throw e;
+    }
+  }
+
+  async format(target: string, fsType: string): Promise<void> {
+    if (fsType === "ext4") {
+      // -m 0: a volume's size is all the user's; nodiscard keeps mkfs from touching every block.
+      await run("mkfs.ext4", ["-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", target]);
+    } else if (fsType === "xfs") {
+      await run("mkfs.xfs", ["-q", "-f", "-K", target]);
+    } else {
+      throw new Error(`unsupported filesystem ${fsType}`);
+    }
+  }
+
+  /**
+   * Copies an image (reflink when the data dir can share extents, else a sparse copy). When
+   * the source filesystem is mounted it is frozen for the copy, so the copy is consistent.
+   */
+  async copyImage(src: string, dst: string, frozenMount?: string): Promise<CopyMethod> {
+    const tmp = `${dst}.tmp`;
+    rmSync(tmp, { force: true });
+    if (frozenMount) await run("fsfreeze", ["--freeze", frozenMount]);
+    let method: CopyMethod;
+    try {
+      if (reflinkFile(src, tmp)) method = "reflink";
+      else {
+        await sparseCopyFile(src, tmp);
+        method = "sparse-copy";
+      }
+    } finally {
+      if (frozenMount) await run("fsfreeze", ["--unfreeze", frozenMount]);
+    }
+    const fd = openSync(tmp, "r+");
+    try {
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, dst);
+    return method;
+  }
+
+  /** Grows an image file (never shrinks). */
+  growImage(path: string, size: number): void {
+    const fd = openSync(path, "r+");
+    try {
+      if (statSync(path).size < size) ftruncateSync(fd, size);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  imageSize(path: string): number {
+    return statSync(path).size;
+  }
+
+  /** Bytes the image holds on disk now (sparse files grow into their size later). */
+  allocatedBytes(path: string): number {
+    try {
+      return statSync(path).blocks * 512;
+    } catch {
+      return 0;
+    }
+  }
+
+  loopFor(path: string): LoopDevice | undefined {
+    return findLoopForFile(path) ?? undefined;
+  }
+
+  /** Attaches the image to a loop device unless one already backs it (idempotent). */
+  ensureAttached(path: string): LoopDevice {
+    const existing = this.loopFor(path);
+    if (existing) return existing;
+    if (!existsSync(path)) throw new Error(`backing file ${path} is missing`);
+    return attachLoop(path, { directIo: true });
+  }
+
+  detachAll(path: string): void {
+    for (let loop = this.loopFor(path); loop; loop = this.loopFor(path)) {
+      if (!detachLoop(loop.number)) break;
+    }
+  }
+
+  /** Mounts the image's filesystem at target unless something is already mounted there. */
+  ensureMounted(path: string, target: string, fsType: string, opts: MountOptions): LoopDevice {
+    const loop = this.ensureAttached(path);
+    mkdirSync(target, { recursive: true, mode: 0o750 });
+    if (!isMountPoint(target)) {
+      // xfs refuses a second filesystem with the same UUID, which every clone and snapshot has.
+      const words = fsType === "xfs" ? [...opts.filesystem, "nouuid"] : opts.filesystem;
+      mountFilesystem(loop.device, target, fsType, { readOnly: opts.readOnly, options: words });
+    }
+    return loop;
+  }
+
+  /** Picks up a grown image: the loop device re-reads its size, the filesystem grows online. */
+  async growFilesystem(loop: LoopDevice, fsType: string, mountPoint: string | undefined): Promise<void> {
+    refreshLoopCapacity(loop.number);
+    if (fsType === "ext4") await run("resize2fs", [loop.device]);
+    else if (fsType === "xfs" && mountPoint) await run("xfs_growfs", [mountPoint]);
+  }
+
+  unmountAndDetach(path: string, mountPoint: string | undefined): void {
+    if (mountPoint) unmountAll(mountPoint);
+    this.detachAll(path);
+  }
+
+  removeFile(path: string): void {
+    rmSync(path, { force: true });
+    rmSync(`${path}.tmp`, { force: true });
+  }
+}
+
+/** Unmounts everything stacked at target. */
+export function unmountAll(target: string): void {
+  for (let i = 0; i < 16 && unmount(target); i++);
+}
+
+/** Current size of /dev/loopN in bytes (sysfs counts 512-byte sectors). */
+export function loopSizeBytes(n: number): number {
+  return Number(readFileSync(`/sys/block/loop${n}/size`, "utf8").trim()) * 512;
+}

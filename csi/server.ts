@@ -1,0 +1,362 @@
+// `berth csi`: Identity, Controller and Node services on one gRPC unix socket.
+import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
+import { connect } from "node:net";
+import { hostname } from "node:os";
+import { dirname, join } from "node:path";
+import { parseArgs } from "node:util";
+import * as grpc from "@grpc/grpc-js";
+import pino, { type Logger } from "pino";
+import { Counter, Histogram, Registry } from "prom-client";
+import { BackingStore } from "./backing.ts";
+import { ControllerService } from "./controller.ts";
+import type { Driver } from "./driver.ts";
+import { CsiError } from "./errors.ts";
+import { InFlight } from "./locks.ts";
+import { NodeService } from "./node.ts";
+import { loadCsiPackage } from "./proto/load.ts";
+import { reconcile } from "./reconcile.ts";
+import { VolumeStore } from "./state.ts";
+
+export const VENDOR_VERSION = "0.1.0";
+const DNS_LIKE = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$/;
+
+export type DriverMode = "controller" | "node" | "both";
+
+export interface CsiDriverOptions {
+  endpoint: string;
+  nodeId?: string;
+  driverName?: string;
+  dataDir?: string;
+  stateDir?: string;
+  mode?: DriverMode;
+  metricsListen?: string;
+  maxVolumesPerNode?: number;
+  logger?: Logger;
+}
+
+export interface RunningCsiDriver {
+  endpoint: string;
+  /** Address of the metrics server when one was asked for (host:port). */
+  metricsAddress?: string;
+  close(): Promise<void>;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+/** unix:///abs/path.sock → /abs/path.sock */
+export function socketPathOf(endpoint: string): string {
+  const m = /^unix:\/\/(\/.+)$/.exec(endpoint) ?? /^unix:(\/.+)$/.exec(endpoint);
+  if (!m?.[1]) throw new ConfigError(`endpoint must look like unix:///path/csi.sock, got ${JSON.stringify(endpoint)}`);
+  return m[1];
+}
+
+/** Fails when a live server answers on the socket; removes a stale socket file. */
+async function claimSocket(path: string): Promise<void> {
+  if (!existsSync(path)) return;
+  if (!lstatSync(path).isSocket()) throw new ConfigError(`${path} exists and is not a socket`);
+  const alive = await new Promise<boolean>((resolve) => {
+    const c = connect(path);
+    c.once("connect", () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once("error", () => resolve(false));
+  });
+  if (alive) throw new ConfigError(`another server is listening on ${path}`);
+  unlinkSync(path);
+}
+
+// Secrets never reach the log: every `secrets` field is replaced, wherever it sits.
+const REDACT = ["request.secrets", "request.mount_flags", "request.volume_capability.mount.mount_flags"];
+
+class RpcMetrics {
+  readonly registry = new Registry();
+  private readonly count = new Counter({
+    name: "berth_csi_operations_total",
+    help: "CSI RPCs handled, by method and gRPC status",
+    labelNames: ["method", "status"],
+    registers: [this.registry],
+  });
+  private readonly latency = new Histogram({
+    name: "berth_csi_operation_seconds",
+    help: "CSI RPC latency, by method and gRPC status",
+    labelNames: ["method", "status"],
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+
+  observe(method: string, code: grpc.status, seconds: number): void {
+    const labels = { method, status: grpc.status[code] ?? String(code) };
+    this.count.inc(labels);
+    this.latency.observe(labels, seconds);
+  }
+}
+
+type Handler = (request: any) => Promise<unknown> | unknown;
+
+function wrap(name: string, fn: Handler, log: Logger, metrics: RpcMetrics): grpc.handleUnaryCall<any, any> {
+  return (call, callback) => {
+    const started = process.hrtime.bigint();
+    const done = (code: grpc.status, err: string | null, reply?: unknown) => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      metrics.observe(name, code, seconds);
+      const entry = { method: name, status: grpc.status[code], ms: Math.round(seconds * 1000) };
+      if (code === grpc.status.OK) {
+        log.debug(entry, "rpc");
+        callback(null, reply);
+      } else {
+        (code === grpc.status.INTERNAL ? log.error.bind(log) : log.info.bind(log))({ ...entry, error: err }, "rpc failed");
+        callback({ code, details: err ?? "" });
+      }
+    };
+    log.trace(
+      { method: name, request: { ...call.request, secrets: call.request?.secrets ? "[redacted]" : undefined } },
+      "rpc start",
+    );
+    Promise.resolve()
+      .then(() => fn(call.request))
+      .then(
+        (reply) => done(grpc.status.OK, null, reply ?? {}),
+        (e: unknown) => {
+          if (e instanceof CsiError) done(e.code, e.message);
+          else done(grpc.status.INTERNAL, e instanceof Error ? e.message : String(e));
+        },
+      );
+  };
+}
+
+export async function startCsiDriver(options: CsiDriverOptions): Promise<RunningCsiDriver> {
+  const log = options.logger ?? pino({ name: "berth-csi", redact: REDACT }, pino.destination(2));
+  const driverName = options.driverName ?? "berth.csi.local";
+  if (driverName.length > 63 || !DNS_LIKE.test(driverName)) {
+    throw new ConfigError(
+      `driver name ${JSON.stringify(driverName)} must be at most 63 characters, alphanumeric at both ends, with - and . between`,
+    );
+  }
+  const nodeId = options.nodeId ?? hostname();
+  if (!nodeId || Buffer.byteLength(nodeId) > 256) throw new ConfigError("node id must be 1-256 bytes");
+  const mode = options.mode ?? "both";
+  if (!["controller", "node", "both"].includes(mode)) throw new ConfigError(`mode must be controller, node or both, got ${mode}`);
+  const socketPath = socketPathOf(options.endpoint);
+  const dataDir = options.dataDir ?? "/var/lib/berth/csi/volumes";
+  const stateDir = options.stateDir ?? "/var/lib/berth/csi";
+  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  mkdirSync(dirname(socketPath), { recursive: true });
+  await claimSocket(socketPath);
+
+  const store = new VolumeStore(join(stateDir, "csi.db"));
+  const backing = new BackingStore(dataDir);
+  const { enforcement, reason } = backing.detectEnforcement();
+  log.info({ enforcement, reason, dataDir }, "capacity of dir volumes is enforced by a loop-mounted filesystem per volume");
+  const d: Driver = {
+    store,
+    backing,
+    locks: new InFlight(),
+    nodeId,
+    driverName,
+    log,
+    enforcement,
+    maxVolumesPerNode: options.maxVolumesPerNode ?? 0,
+  };
+  const controller = new ControllerService(d);
+  const node = mode === "controller" ? undefined : new NodeService(d, controller);
+  const report = await reconcile(d, node);
+  if (report.removed.length + report.repaired.length + report.abnormal.length > 0) log.warn(report, "reconciled state on start");
+
+  const metrics = new RpcMetrics();
+  const pkg = loadCsiPackage();
+  const server = new grpc.Server();
+  const w = (name: string, fn: Handler) => wrap(name, fn, log, metrics);
+  server.addService(pkg.csi.v1.Identity.service, {
+    GetPluginInfo: w("GetPluginInfo", () => ({
+      name: driverName,
+      vendor_version: VENDOR_VERSION,
+      manifest: { "capacity-enforcement": enforcement, mode },
+    })),
+    GetPluginCapabilities: w("GetPluginCapabilities", () => ({
+      capabilities: [
+        { service: { type: "CONTROLLER_SERVICE" } },
+        { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
+        { volume_expansion: { type: "ONLINE" } },
+      ],
+    })),
+    Probe: w("Probe", () => {
+      store.volume("vol-probe"); // the database answers
+      return { ready: { value: true } };
+    }),
+  });
+  if (mode !== "node") {
+    const c = controller;
+    const rpc = (...types: string[]) => types.map((type) => ({ rpc: { type } }));
+    server.addService(pkg.csi.v1.Controller.service, {
+      CreateVolume: w("CreateVolume", (r) => c.createVolume(r)),
+      DeleteVolume: w("DeleteVolume", (r) => c.deleteVolume(r)),
+      ValidateVolumeCapabilities: w("ValidateVolumeCapabilities", (r) => c.validateVolumeCapabilities(r)),
+      ListVolumes: w("ListVolumes", (r) => c.listVolumes(r)),
+      GetCapacity: w("GetCapacity", (r) => c.getCapacity(r)),
+      ControllerGetCapabilities: w("ControllerGetCapabilities", () => ({
+        capabilities: rpc(
+          "CREATE_DELETE_VOLUME",
+          "LIST_VOLUMES",
+          "GET_CAPACITY",
+          "CREATE_DELETE_SNAPSHOT",
+          "LIST_SNAPSHOTS",
+          "CLONE_VOLUME",
+          "EXPAND_VOLUME",
+          "LIST_VOLUMES_PUBLISHED_NODES",
+          "VOLUME_CONDITION",
+          "GET_VOLUME",
+          "SINGLE_NODE_MULTI_WRITER",
+          "GET_SNAPSHOT",
+        ),
+      })),
+      CreateSnapshot: w("CreateSnapshot", (r) => c.createSnapshot(r)),
+      DeleteSnapshot: w("DeleteSnapshot", (r) => c.deleteSnapshot(r)),
+      ListSnapshots: w("ListSnapshots", (r) => c.listSnapshots(r)),
+      GetSnapshot: w("GetSnapshot", (r) => c.getSnapshot(r)),
+      ControllerExpandVolume: w("ControllerExpandVolume", (r) => c.controllerExpandVolume(r)),
+      ControllerGetVolume: w("ControllerGetVolume", (r) => c.controllerGetVolume(r)),
+    });
+  }
+  if (node) {
+    const n = node;
+    server.addService(pkg.csi.v1.Node.service, {
+      NodeStageVolume: w("NodeStageVolume", (r) => n.stage(r)),
+      NodeUnstageVolume: w("NodeUnstageVolume", (r) => n.unstage(r)),
+      NodePublishVolume: w("NodePublishVolume", (r) => n.publish(r)),
+      NodeUnpublishVolume: w("NodeUnpublishVolume", (r) => n.unpublish(r)),
+      NodeGetVolumeStats: w("NodeGetVolumeStats", (r) => n.volumeStats(r)),
+      NodeExpandVolume: w("NodeExpandVolume", (r) => n.expand(r)),
+      NodeGetCapabilities: w("NodeGetCapabilities", () => ({
+        capabilities: [
+          "STAGE_UNSTAGE_VOLUME",
+          "GET_VOLUME_STATS",
+          "EXPAND_VOLUME",
+          "VOLUME_CONDITION",
+          "SINGLE_NODE_MULTI_WRITER",
+        ].map((type) => ({ rpc: { type } })),
+      })),
+      NodeGetInfo: w("NodeGetInfo", () => n.getInfo()),
+    });
+  }
+
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+  );
+  chmodSync(socketPath, 0o660);
+
+  let http: HttpServer | undefined;
+  let metricsAddress: string | undefined;
+  if (options.metricsListen) {
+    const m = /^(.+):(\d+)$/.exec(options.metricsListen);
+    if (!m) throw new ConfigError(`--metrics-listen must be host:port, got ${options.metricsListen}`);
+    http = createHttpServer((req, res) => {
+      if (req.url !== "/metrics") {
+        res.writeHead(404).end();
+        return;
+      }
+      metrics.registry.metrics().then(
+        (text) => res.writeHead(200, { "content-type": metrics.registry.contentType }).end(text),
+        () => res.writeHead(500).end(),
+      );
+    });
+    const h = http;
+    await new Promise<void>((resolve, reject) => {
+      h.once("error", reject);
+      h.listen(Number(m[2]), m[1]!.replace(/^\[|\]$/g, ""), () => resolve());
+    });
+    const a = h.address();
+    metricsAddress = typeof a === "object" && a ? `${a.address}:${a.port}` : options.metricsListen;
+  }
+  log.info({ endpoint: options.endpoint, nodeId, driverName, mode, metrics: metricsAddress }, "csi driver listening");
+
+  let closed = false;
+  return {
+    endpoint: options.endpoint,
+    metricsAddress,
+    async close() {
+      if (closed) return;
+      closed = true;
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(() => {
+          server.forceShutdown();
+          resolve();
+        }, 5000);
+        server.tryShutdown(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+      if (http) await new Promise<void>((resolve) => http.close(() => resolve()));
+      store.close();
+      try {
+        unlinkSync(socketPath);
+      } catch {
+        // already gone
+      }
+    },
+  };
+}
+
+const USAGE = `usage: berth csi [--endpoint unix:///path/csi.sock] [--node-id ID] [--driver-name NAME]
+                 [--data-dir DIR] [--state-dir DIR] [--mode controller|node|both]
+                 [--metrics-listen HOST:PORT]`;
+
+/** `berth csi ...`: runs until SIGINT/SIGTERM; returns the exit code. */
+export async function runCsiCommand(argv: string[]): Promise<number> {
+  let values: Record<string, string | boolean | undefined>;
+  try {
+    ({ values } = parseArgs({
+      args: argv,
+      options: {
+        endpoint: { type: "string" },
+        "node-id": { type: "string" },
+        "driver-name": { type: "string" },
+        "data-dir": { type: "string" },
+        "state-dir": { type: "string" },
+        mode: { type: "string" },
+        "metrics-listen": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+      strict: true,
+    }));
+  } catch (e) {
+    process.stderr.write(`berth csi: ${(e as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+  const endpoint = (values.endpoint as string | undefined) ?? process.env.CSI_ENDPOINT;
+  if (!endpoint) {
+    process.stderr.write(`berth csi: --endpoint or CSI_ENDPOINT is required\n${USAGE}\n`);
+    return 2;
+  }
+  let driver: RunningCsiDriver;
+  try {
+    driver = await startCsiDriver({
+      endpoint,
+      nodeId: values["node-id"] as string | undefined,
+      driverName: values["driver-name"] as string | undefined,
+      dataDir: values["data-dir"] as string | undefined,
+      stateDir: values["state-dir"] as string | undefined,
+      mode: values.mode as DriverMode | undefined,
+      metricsListen: values["metrics-listen"] as string | undefined,
+    });
+  } catch (e) {
+    process.stderr.write(`berth csi: ${(e as Error).message}\n`);
+    return e instanceof ConfigError ? 2 : 1;
+  }
+  const signal = await new Promise<string>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  process.stderr.write(`berth csi: ${signal}, shutting down\n`);
+  await driver.close();
+  return 0;
+}

@@ -1,0 +1,119 @@
+// Test harness: a real driver on a unix socket in a temp dir named with the test prefix, a
+// real gRPC client, and cleanup that unmounts and detaches everything under that dir.
+import { execFileSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import pino from "pino";
+import { detachLoop, listLoops } from "../native/loop.ts";
+import { readMountInfo, unmount } from "../native/mount.ts";
+import { loadCsiPackage } from "./proto/load.ts";
+import { type CsiDriverOptions, type RunningCsiDriver, startCsiDriver } from "./server.ts";
+
+type Unary = (req: object, cb: (err: grpc.ServiceError | null, res: any) => void) => void;
+
+/** Promise-returning view of a grpc-js client: await c.CreateVolume({...}). */
+export type AsyncClient = Record<string, (req?: object) => Promise<any>>;
+
+function promisify(client: grpc.Client): AsyncClient {
+  return new Proxy({} as AsyncClient, {
+    get(_, method: string) {
+      return (req: object = {}) =>
+        new Promise((resolve, reject) => {
+          const fn = (client as unknown as Record<string, Unary>)[method];
+          if (!fn) throw new Error(`no method ${method}`);
+          fn.call(client, req, (err, res) => (err ? reject(err) : resolve(res)));
+        });
+    },
+  });
+}
+
+export interface TestDriver {
+  root: string;
+  dataDir: string;
+  stateDir: string;
+  socket: string;
+  identity: AsyncClient;
+  controller: AsyncClient;
+  node: AsyncClient;
+  running: RunningCsiDriver | undefined;
+  start(extra?: Partial<CsiDriverOptions>): Promise<void>;
+  stop(): Promise<void>;
+  /** A fresh directory under root for staging or target paths. */
+  path(name: string): string;
+  cleanup(): Promise<void>;
+}
+
+export function teardownKernelObjects(root: string): void {
+  // Deepest mounts first, then loops whose backing file lives under root.
+  for (let pass = 0; pass < 4; pass++) {
+    const mine = readMountInfo()
+      .filter((m) => m.mountPoint.startsWith(`${root}/`))
+      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
+    if (mine.length === 0) break;
+    for (const m of mine) {
+      try {
+        execFileSync("fsfreeze", ["--unfreeze", m.mountPoint], { stdio: "ignore" });
+      } catch {}
+      unmount(m.mountPoint, { detach: true });
+    }
+  }
+  for (const l of listLoops()) if (l.backingFile.startsWith(`${root}/`)) detachLoop(l.number);
+}
+
+export async function createTestDriver(prefix: string, nodeId = "test-node"): Promise<TestDriver> {
+  const root = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  const pkg = loadCsiPackage();
+  const socket = join(root, "plugin", "csi.sock");
+  const endpoint = `unix://${socket}`;
+  const mk = () => ({
+    identity: promisify(new pkg.csi.v1.Identity(endpoint, grpc.credentials.createInsecure())),
+    controller: promisify(new pkg.csi.v1.Controller(endpoint, grpc.credentials.createInsecure())),
+    node: promisify(new pkg.csi.v1.Node(endpoint, grpc.credentials.createInsecure())),
+  });
+  const t: TestDriver = {
+    root,
+    dataDir: join(root, "data"),
+    stateDir: join(root, "state"),
+    socket,
+    ...mk(),
+    running: undefined,
+    async start(extra = {}) {
+      t.running = await startCsiDriver({
+        endpoint,
+        nodeId,
+        dataDir: t.dataDir,
+        stateDir: t.stateDir,
+        logger: pino({ level: process.env.BERTH_TEST_LOG ?? "silent" }),
+        ...extra,
+      });
+    },
+    async stop() {
+      await t.running?.close();
+      t.running = undefined;
+    },
+    path(name: string) {
+      const p = join(root, "kubelet", name);
+      mkdirSync(join(root, "kubelet"), { recursive: true });
+      return p;
+    },
+    async cleanup() {
+      await t.stop();
+      teardownKernelObjects(root);
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+  return t;
+}
+
+export const GiB = 1024 * 1024 * 1024;
+export const MiB = 1024 * 1024;
+
+export function mountCap(fsType = "", mode = "SINGLE_NODE_WRITER", mountFlags: string[] = []) {
+  return { mount: { fs_type: fsType, mount_flags: mountFlags }, access_mode: { mode } };
+}
+
+export function blockCap(mode = "SINGLE_NODE_WRITER") {
+  return { block: {}, access_mode: { mode } };
+}

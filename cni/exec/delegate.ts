@@ -1,7 +1,6 @@
 // Delegation: run another CNI plugin (usually IPAM) found in CNI_PATH with the caller's
 // CNI_* environment and a config on stdin, the way bridge runs host-local. The delegate's
 // result comes back in the newest shape; its error comes back as a CniError with its code.
-import { spawn } from "node:child_process";
 import { accessSync, constants, statSync } from "node:fs";
 import { join } from "node:path";
 import { MAX_CONFIG_BYTES } from "../spec/config.ts";
@@ -137,6 +136,8 @@ export async function runDelegate(
   opts: DelegateOptions = {},
 ): Promise<string> {
   const file = findPlugin(type, req.path);
+  // Loaded on first use: node:child_process costs a plugin process ~10 ms it mostly does not need.
+  const { spawn } = await import("node:child_process");
   const env: Record<string, string> = {
     // The delegate needs little beyond CNI_*, but a PATH lets it run helpers (dhcp, iptables).
     PATH: process.env.PATH ?? "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

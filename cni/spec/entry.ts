@@ -1,7 +1,7 @@
 // The executable side of a CNI plugin. `handleInvocation` is the whole protocol as a pure
 // function of (env, stdin) — the agent's fast path calls it in-process — and
 // `runPluginMain` wraps it with the process I/O of a short-lived plugin executable.
-import { appendFileSync, fstatSync, readSync, statSync } from "node:fs";
+import { appendFileSync, fstatSync, readSync, statSync, writeSync } from "node:fs";
 import { MAX_CONFIG_BYTES, parseNetConf, tooLargeError } from "./config.ts";
 import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
 import { convertResult } from "./result.ts";
@@ -188,7 +188,8 @@ export interface MainOptions {
 /**
  * The `main` of a plugin executable: reads process.env and stdin, runs the invocation,
  * writes the JSON to stdout and exits (0 on success, 1 on error). Logs go to stderr, or are
- * appended to BERTH_CNI_LOG / the config's logFile when set.
+ * appended to BERTH_CNI_LOG / the config's logFile when set. Call it as
+ * `void runPluginMain(plugin)`: plugin bundles are CommonJS, which has no top-level await.
  */
 export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Promise<never> {
   const env = process.env;
@@ -201,8 +202,8 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
     const err = e instanceof CniError ? e : new CniError(ErrorCode.IoFailure, String(e));
     if (env.CNI_COMMAND !== "VERSION") {
       log.write(`error ${err.code}: ${err.message}`);
-      process.stdout.write(json({ cniVersion: NEWEST_VERSION, code: err.code, msg: err.message }));
-      return exit(1);
+      writeAllSync(1, json({ cniVersion: NEWEST_VERSION, code: err.code, msg: err.message }));
+      process.exit(1);
     }
     stdin = Buffer.alloc(0);
   }
@@ -214,15 +215,26 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
     log.write(`internal error: ${(e as Error)?.stack ?? String(e)}`);
     outcome = { stdout: json({ cniVersion: NEWEST_VERSION, code: ErrorCode.Internal, msg: "internal error" }), exitCode: 1 };
   }
-  if (outcome.stdout) process.stdout.write(outcome.stdout);
-  return exit(outcome.exitCode);
+  if (outcome.stdout) writeAllSync(1, outcome.stdout);
+  // Exit now: a plugin may leave sockets or timers open that would keep Node alive.
+  process.exit(outcome.exitCode);
 }
 
-function exit(code: number): Promise<never> {
-  // Exit once stdout is flushed: a plugin may leave sockets or timers open that would keep Node alive.
-  return new Promise<never>(() => {
-    process.stdout.write("", () => process.exit(code));
-  });
+/**
+ * Writes straight to the fd: going through process.stdout would load Node's net and stream
+ * modules (several ms of a plugin's start-up) for one small write. Retries a non-blocking pipe.
+ */
+function writeAllSync(fd: number, text: string): void {
+  const buf = Buffer.from(text);
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += writeSync(fd, buf, off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EAGAIN") return; // reader gone: nothing left to tell
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+    }
+  }
 }
 
 function makeLogger(name: string, env: NodeJS.ProcessEnv) {
@@ -237,7 +249,7 @@ function makeLogger(name: string, env: NodeJS.ProcessEnv) {
         // fall back to stderr
       }
     }
-    process.stderr.write(text);
+    writeAllSync(2, text);
   };
   return {
     write,

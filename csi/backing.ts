@@ -39,6 +39,16 @@ export function minimumSize(fsType: string): number {
   return 1 * MiB;
 }
 
+export class OnlineResizeUnavailable extends Error {
+  override name = "OnlineResizeUnavailable";
+}
+
+/** CAP_SYS_RESOURCE (bit 24) in our effective set: ext4 online resize needs it. */
+export function canResizeExt4Online(): boolean {
+  const hex = /^CapEff:\s+([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0";
+  return (BigInt(`0x${hex}`) & (1n << 24n)) !== 0n;
+}
+
 export class BackingStore {
   readonly imageDir: string;
   readonly mountDir: string;
@@ -207,11 +217,43 @@ export class BackingStore {
     return loop;
   }
 
-  /** Picks up a grown image: the loop device re-reads its size, the filesystem grows online. */
-  async growFilesystem(loop: LoopDevice, fsType: string, mountPoint: string | undefined): Promise<void> {
-    refreshLoopCapacity(loop.number);
-    if (fsType === "ext4") await run("resize2fs", [loop.device]);
-    else if (fsType === "xfs" && mountPoint) await run("xfs_growfs", [mountPoint]);
+  /**
+   * Grows an unmounted ext4 to fill its device before it is mounted (restored or cloned to a
+   * bigger size, or expanded while unstaged). Offline resize needs no CAP_SYS_RESOURCE.
+   */
+  async growExt4Offline(loop: LoopDevice): Promise<boolean> {
+    const { stdout } = await run("dumpe2fs", ["-h", loop.device], { encoding: "utf8" }).catch(() => ({ stdout: "" }));
+    const blocks = Number(/^Block count:\s+(\d+)/m.exec(stdout)?.[1] ?? 0);
+    const blockSize = Number(/^Block size:\s+(\d+)/m.exec(stdout)?.[1] ?? 0);
+    if (!blocks || !blockSize || blocks * blockSize + blockSize > loopSizeBytes(loop.number)) return false;
+    try {
+      await run("e2fsck", ["-f", "-p", loop.device]);
+    } catch (e) {
+      // 1: errors corrected; anything above means resize2fs would refuse too.
+      if ((e as { code?: number }).code !== 1) throw e;
+    }
+    await run("resize2fs", [loop.device]);
+    return true;
+  }
+
+  /** Grows a mounted filesystem to its (already refreshed) device; xfs and ext4 online. */
+  async growMounted(loop: LoopDevice, fsType: string, mountPoint: string): Promise<void> {
+    if (fsType === "xfs") {
+      await run("xfs_growfs", [mountPoint]);
+      return;
+    }
+    if (fsType !== "ext4") return;
+    try {
+      await run("resize2fs", [loop.device]);
+    } catch (e) {
+      // The kernel's online resize ioctl demands CAP_SYS_RESOURCE.
+      if (/Permission denied/.test(String((e as { stderr?: string }).stderr ?? ""))) {
+        throw new OnlineResizeUnavailable(
+          "online ext4 resize needs CAP_SYS_RESOURCE, which this process lacks; the filesystem grows at the next NodeStageVolume",
+        );
+      }
+      throw e;
+    }
   }
 
   unmountAndDetach(path: string, mountPoint: string | undefined): void {

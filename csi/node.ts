@@ -4,8 +4,9 @@ import { randomUUID } from "node:crypto";
 import { closeSync, existsSync, lstatSync, mkdirSync, openSync, realpathSync, rmdirSync, statSync, unlinkSync } from "node:fs";
 import { dirname } from "node:path";
 import { statFs } from "../native/fs.ts";
+import { refreshLoopCapacity } from "../native/loop.ts";
 import { bindMount, isMountPoint } from "../native/mount.ts";
-import { GiB, loopSizeBytes, MiB, unmountAll } from "./backing.ts";
+import { GiB, loopSizeBytes, MiB, OnlineResizeUnavailable, unmountAll } from "./backing.ts";
 import type { ControllerService } from "./controller.ts";
 import {
   type Driver,
@@ -136,10 +137,15 @@ export class NodeService {
     if (row.accessType === "block" || !v.fsType) return;
     const mountPoint = v.kind === "dir" ? this.d.backing.dirMountPath(v.id) : row.stagingPath;
     const fresh = !isMountPoint(mountPoint);
-    this.d.backing.ensureMounted(image, mountPoint, v.fsType, opts);
     // The image may be bigger than its filesystem (restored or cloned to a larger size, or
     // expanded while unstaged): grow it before anyone publishes.
-    if (fresh && !isReadOnlyMode(row.mode)) await this.d.backing.growFilesystem(loop, v.fsType, mountPoint);
+    const grow = fresh && !opts.readOnly;
+    if (grow && v.fsType === "ext4") {
+      refreshLoopCapacity(loop.number);
+      if (await this.d.backing.growExt4Offline(loop)) this.d.log.info({ volumeId: v.id }, "filesystem grown to the volume size");
+    }
+    this.d.backing.ensureMounted(image, mountPoint, v.fsType, opts);
+    if (grow && v.fsType === "xfs") await this.d.backing.growMounted(loop, v.fsType, mountPoint);
     if (v.kind === "dir") mkdirSync(this.d.backing.dirDataPath(v.id), { recursive: true, mode: 0o777 });
   }
 
@@ -350,7 +356,15 @@ export class NodeService {
       const staging = this.d.store.staging(v.id);
       const mounted =
         v.fsType && staging?.accessType !== "block" && mountPoint && isMountPoint(mountPoint) ? mountPoint : undefined;
-      await this.d.backing.growFilesystem(loop, mounted ? v.fsType : "", mounted);
+      refreshLoopCapacity(loop.number);
+      if (mounted) {
+        try {
+          await this.d.backing.growMounted(loop, v.fsType, mounted);
+        } catch (e) {
+          if (e instanceof OnlineResizeUnavailable) throw failedPrecondition(e.message);
+          throw e;
+        }
+      }
       return { capacity_bytes: String(loopSizeBytes(loop.number)) };
     });
   }

@@ -8,7 +8,7 @@ import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import pino, { type Logger } from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
-import { BackingStore } from "./backing.ts";
+import { BackingStore, canResizeExt4Online } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
 import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
@@ -167,6 +167,11 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
   const report = await reconcile(d, node);
   if (report.removed.length + report.repaired.length + report.abnormal.length > 0) log.warn(report, "reconciled state on start");
 
+  // ext4 (every dir volume) can grow online only with CAP_SYS_RESOURCE; without it the CO
+  // must expand offline, and the filesystem grows at the next NodeStageVolume.
+  const expansion = canResizeExt4Online() ? "ONLINE" : "OFFLINE";
+  if (expansion === "OFFLINE")
+    log.warn("no CAP_SYS_RESOURCE: ext4 cannot grow while mounted; advertising OFFLINE volume expansion");
   const metrics = new RpcMetrics();
   const pkg = loadCsiPackage();
   const server = new grpc.Server();
@@ -175,13 +180,13 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
     GetPluginInfo: w("GetPluginInfo", () => ({
       name: driverName,
       vendor_version: VENDOR_VERSION,
-      manifest: { "capacity-enforcement": enforcement, mode },
+      manifest: { "capacity-enforcement": enforcement, "volume-expansion": expansion, mode },
     })),
     GetPluginCapabilities: w("GetPluginCapabilities", () => ({
       capabilities: [
         { service: { type: "CONTROLLER_SERVICE" } },
         { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
-        { volume_expansion: { type: "ONLINE" } },
+        { volume_expansion: { type: expansion } },
       ],
     })),
     Probe: w("Probe", () => {

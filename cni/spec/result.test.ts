@@ -32,13 +32,23 @@ const full: Result = {
   dns: { nameservers: ["10.1.0.1"], domain: "example.org", search: ["example.org"], options: ["ndots:2"] },
 };
 
+/** The JSON shape of a converted result, loosely typed for assertions. */
+interface Written {
+  cniVersion: string;
+  interfaces: Record<string, unknown>[];
+  ips: { version?: string }[];
+  routes: unknown[];
+  dns: { nameservers: string[] };
+}
+const written = (r: Result, v: CniVersion) => convertResult(r, v) as unknown as Written;
+
 describe("convertResult", () => {
   it("1.1.0 keeps every field", () => {
     expect(convertResult(full, "1.1.0")).toEqual({ ...full, cniVersion: "1.1.0" });
   });
 
   it("1.0.0 drops the 1.1-only interface and route fields", () => {
-    const out = convertResult(full, "1.0.0") as any;
+    const out = written(full, "1.0.0");
     expect(out.cniVersion).toBe("1.0.0");
     expect(out.interfaces[2]).toEqual({ name: "eth0", mac: "02:00:00:00:00:03", sandbox: "/var/run/netns/x" });
     expect(out.routes[0]).toEqual({ dst: "0.0.0.0/0", gw: "10.1.0.1" });
@@ -47,9 +57,9 @@ describe("convertResult", () => {
   });
 
   it.each(["0.3.0", "0.3.1", "0.4.0"] as const)("%s adds ips[].version and drops 1.1 fields", (v) => {
-    const out = convertResult(full, v) as any;
+    const out = written(full, v);
     expect(out.cniVersion).toBe(v);
-    expect(out.ips.map((ip: any) => ip.version)).toEqual(["4", "6", "4", "6"]);
+    expect(out.ips.map((ip) => ip.version)).toEqual(["4", "6", "4", "6"]);
     expect(out.ips[0]).toEqual({ version: "4", interface: 2, address: "10.1.0.5/24", gateway: "10.1.0.1" });
     expect(out.interfaces[2]).toEqual({ name: "eth0", mac: "02:00:00:00:00:03", sandbox: "/var/run/netns/x" });
     expect(out.routes).toEqual([{ dst: "0.0.0.0/0", gw: "10.1.0.1" }, { dst: "::/0", gw: "fd00::1" }, { dst: "192.168.0.0/16" }]);
@@ -92,9 +102,9 @@ describe("convertResult", () => {
   });
 
   it("does not alias the input", () => {
-    const out = convertResult(full, "1.1.0") as any;
+    const out = written(full, "1.1.0");
     out.dns.nameservers.push("x");
-    out.interfaces[0].name = "y";
+    out.interfaces[0]!.name = "y";
     expect(full.dns?.nameservers).toEqual(["10.1.0.1"]);
     expect(full.interfaces?.[0]?.name).toBe("cni0");
   });

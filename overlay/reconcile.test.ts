@@ -217,3 +217,18 @@ describe("Reconciler", () => {
     expect(r.stats.lastError).toMatch(/1 of 3/);
   });
 });
+
+describe("Reconciler before the first listing", () => {
+  it("creates the device but deletes nothing while the peers are not known yet (restart with the store down)", async () => {
+    const dp = new MemoryDataplane();
+    dp.state = desiredState([peer(2), peer(3)], { ipv6: false });
+    const r = new Reconciler(dp);
+    r.upsertPeer(peer(4)); // a watch event cannot stand in for a listing
+    await r.trigger();
+    expect(dp.applied).toEqual([]);
+    r.setPeers([peer(2), peer(3)], { ipv6: false });
+    await r.trigger();
+    expect(dp.applied).toEqual([]);
+    expect(r.stats.converged).toBe(true);
+  });
+});

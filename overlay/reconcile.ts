@@ -54,6 +54,31 @@ export interface Dataplane {
   apply(op: DataplaneOp): Promise<void>;
 }
 
+/** The VXLAN device the dataplane keeps in place. */
+export interface VxlanDeviceSpec {
+  /** berth.<vni> */
+  name: string;
+  vni: number;
+  /** UDP destination port. */
+  port: number;
+  /** Local underlay address (VXLAN source). */
+  local: string;
+  underlayIface: string;
+  mtu: number;
+  mac: string;
+  /** The lease's network address(es) as /32 (/128). */
+  addresses: string[];
+  /** Cluster networks: other addresses from them on the device are removed. */
+  clusterNetworks: string[];
+}
+
+/** A dataplane bound to one device, with a feed of kernel changes that concern it. */
+export interface ManagedDataplane extends Dataplane {
+  /** Calls `onChange` when the kernel reports a change to our device or its entries. */
+  watch(onChange: (what: string) => void): void;
+  close(): void;
+}
+
 function canonicalIp(ip: string): string {
   try {
     const { family, value } = parseIp(ip);
@@ -119,7 +144,7 @@ export function diffDataplane(desired: DataplaneState, actual: DataplaneState): 
   }
   for (const f of desired.fdb) {
     const dsts = actualFdb.get(f.mac);
-    if (!dsts || dsts.length !== 1 || dsts[0] !== f.dst) ops.push({ op: "fdb-replace", ...f });
+    if (dsts?.length !== 1 || dsts[0] !== f.dst) ops.push({ op: "fdb-replace", ...f });
   }
   for (const r of desired.routes) {
     if (actualRoutes.get(r.dst) !== r.gateway) ops.push({ op: "route-replace", ...r });
@@ -160,6 +185,8 @@ export interface ReconcilerHooks {
 /** Runs the diff against the kernel, serialised: a trigger during a run schedules one more run. */
 export class Reconciler {
   private peers = new Map<string, Peer>();
+  /** False until the first setPeers: an empty map then means "not listed yet", not "no peers". */
+  private peersKnown = false;
   private ipv6 = false;
   private desiredVersion = 0;
   private convergedVersion = -1;
@@ -185,7 +212,8 @@ export class Reconciler {
   /** Replaces the whole peer set (after a list). Unchanged peers cause no kernel operation. */
   setPeers(peers: Peer[], options: { ipv6: boolean }): void {
     const next = new Map(peers.map((p) => [p.key, p]));
-    if (!samePeers(this.peers, next) || this.ipv6 !== options.ipv6) {
+    if (!this.peersKnown || !samePeers(this.peers, next) || this.ipv6 !== options.ipv6) {
+      this.peersKnown = true;
       this.peers = next;
       this.ipv6 = options.ipv6;
       this.desiredVersion++;
@@ -193,6 +221,7 @@ export class Reconciler {
   }
 
   upsertPeer(peer: Peer): void {
+    if (!this.peersKnown) return;
     const old = this.peers.get(peer.key);
     if (old && samePeer(old, peer)) return;
     this.peers.set(peer.key, peer);
@@ -248,6 +277,12 @@ export class Reconciler {
     let ops: DataplaneOp[] = [];
     try {
       if (await this.dataplane.ensureDevice()) this.stats.deviceRecreations++;
+      if (!this.peersKnown) {
+        // A restart before the store answered: leave the entries of the last run in place.
+        this.stats.lastError = null;
+        this.hooks.onRun?.({ ops, drift, durationMs: performance.now() - started });
+        return;
+      }
       const desired = desiredState([...this.peers.values()], { ipv6: this.ipv6 });
       ops = diffDataplane(desired, await this.dataplane.read());
       let failed = 0;

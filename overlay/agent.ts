@@ -1,0 +1,548 @@
+// `berth agent` / `berth up`: the per-host overlay agent.
+// lease a subnet → program the VXLAN device → list + watch all leases → reconcile the kernel
+// (periodically, on store events, on netlink events for our device) → tell the CNI plugin
+// through <run-dir>/overlay.json → serve health, readiness, metrics and state over HTTP.
+//
+// When the store is unreachable nothing is torn down: the kernel keeps the last known peers,
+// the agent reports not-ready and retries with backoff, and on return it re-lists and applies
+// only the differences (unchanged peers see no kernel operation at all).
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import pino, { type Logger } from "pino";
+import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
+import { formatCidr, networkAddress } from "./cidr.ts";
+import { AGENT_USAGE, type AgentConfig, AgentConfigError, parseAgentConfig } from "./config.ts";
+import { type HostLease, LeaseError, type LeaseValue, networkConfig, parseLeaseEntry, SubnetLeaseManager } from "./lease.ts";
+import { AgentMetrics } from "./metrics.ts";
+import { type ManagedDataplane, type Peer, Reconciler, type VxlanDeviceSpec } from "./reconcile.ts";
+import { writeOverlayRuntime } from "./runtime-file.ts";
+import { EtcdStore } from "./store/etcd.ts";
+import { LocalStore } from "./store/local.ts";
+import type { LeaseStore, StoreWatch, WatchEvent } from "./store/store.ts";
+import { discoverUnderlay, type Underlay, UnderlayError, vxlanOverhead } from "./underlay.ts";
+
+export type DataplaneFactory = (spec: VxlanDeviceSpec, logger: Logger) => Promise<ManagedDataplane>;
+
+export interface AgentDeps {
+  /** Defaults to the rtnetlink VXLAN dataplane (overlay/vxlan.ts). */
+  dataplane?: DataplaneFactory;
+  store?: LeaseStore;
+  logger?: Logger;
+  /** Skips discovery (tests that keep the dataplane in another namespace than the process). */
+  underlay?: Underlay;
+}
+
+/** Exponential backoff with jitter, reset on success. */
+class Backoff {
+  private attempt = 0;
+  constructor(
+    private readonly minMs = 500,
+    private readonly maxMs = 30_000,
+  ) {}
+  next(): number {
+    const base = Math.min(this.maxMs, this.minMs * 2 ** this.attempt++);
+    return base / 2 + Math.random() * (base / 2);
+  }
+  reset(): void {
+    this.attempt = 0;
+  }
+}
+
+interface RemoteHost extends Peer {
+  hostname: string;
+}
+
+export class Agent {
+  readonly metrics = new AgentMetrics();
+  readonly logger: Logger;
+  private readonly store: LeaseStore;
+  private readonly ownsStore: boolean;
+  private readonly leases: SubnetLeaseManager;
+  private readonly underlay: Underlay;
+  private readonly mtu: number;
+  private readonly deviceName: string;
+  private readonly makeDataplane: DataplaneFactory;
+  private lease: HostLease | null = null;
+  private dataplane: ManagedDataplane | null = null;
+  private reconciler: Reconciler | null = null;
+  private remotes = new Map<string, RemoteHost>();
+  private storeUp = false;
+  private deviceReady = false;
+  private stopped = false;
+  private watch: StoreWatch | null = null;
+  private timers = new Set<NodeJS.Timeout>();
+  private api: { close(): Promise<void>; tcpPort?: number } | null = null;
+  private readonly leaseBackoff = new Backoff();
+  private readonly syncBackoff = new Backoff();
+  private syncing = false;
+  private peersListed = false;
+  private renewTimer: NodeJS.Timeout | undefined;
+  private renewing = false;
+
+  constructor(
+    readonly config: AgentConfig,
+    deps: AgentDeps = {},
+  ) {
+    this.logger = deps.logger ?? pino({ level: config.logLevel, base: { component: "berth-agent" } }, pino.destination(2));
+    const network = networkConfig(config.clusterCidrs, config.subnetLen, config.subnetLenV6);
+    this.underlay = deps.underlay ?? discoverUnderlay({ iface: config.underlayIface, publicIP: config.publicIP });
+    const maxMtu = this.underlay.mtu - vxlanOverhead(this.underlay.family);
+    if (config.mtu !== undefined && config.mtu > maxMtu) {
+      throw new AgentConfigError(
+        `--mtu ${config.mtu} is too large: ${this.underlay.iface} has MTU ${this.underlay.mtu}, VXLAN over IPv${this.underlay.family} needs ${vxlanOverhead(this.underlay.family)} bytes, so at most ${maxMtu}`,
+      );
+    }
+    this.mtu = config.mtu ?? maxMtu;
+    this.deviceName = `berth.${config.vni}`;
+    if (this.deviceName.length > 15)
+      throw new AgentConfigError(`--vni ${config.vni}: device name ${this.deviceName} is too long`);
+    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
+    mkdirSync(config.runDir, { recursive: true });
+    this.ownsStore = deps.store === undefined;
+    this.store =
+      deps.store ??
+      (config.store === "etcd"
+        ? new EtcdStore({
+            endpoints: config.etcdEndpoints,
+            caFile: config.etcdCa,
+            certFile: config.etcdCert,
+            keyFile: config.etcdKey,
+          })
+        : new LocalStore({ path: join(config.stateDir, "store.db") }));
+    this.leases = new SubnetLeaseManager({
+      store: this.store,
+      prefix: config.etcdPrefix,
+      network,
+      stateDir: config.stateDir,
+      publicIP: this.underlay.publicIP,
+      vni: config.vni,
+      ttlSeconds: config.leaseTtlSeconds,
+    });
+    this.makeDataplane =
+      deps.dataplane ??
+      (async (spec, logger) => {
+        const { openVxlanDataplane } = await import("./vxlan.ts");
+        return openVxlanDataplane(spec, logger);
+      });
+  }
+
+  get apiTcpPort(): number | undefined {
+    return this.api?.tcpPort;
+  }
+
+  async start(): Promise<void> {
+    this.logger.info(
+      {
+        underlay: this.underlay.iface,
+        publicIP: this.underlay.publicIP,
+        mtu: this.mtu,
+        store: this.store.kind,
+        vni: this.config.vni,
+      },
+      "berth agent starting",
+    );
+    this.writeRuntime(false);
+    const app = buildApi(this.view(), this.metrics.registry, this.logger);
+    this.api = await listenApi(app, this.config.apiSocket, this.config.apiListen);
+    this.logger.info({ socket: this.config.apiSocket, tcp: this.config.apiListen }, "API listening");
+    void this.acquireLease();
+  }
+
+  /** Stops the agent; the device, its entries and the lease stay (a restart picks them up). */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.reconciler?.stop();
+    await this.watch?.cancel().catch(() => undefined);
+    this.dataplane?.close();
+    this.writeRuntime(false);
+    await this.api?.close();
+    if (this.ownsStore) await this.store.close();
+    this.logger.info("berth agent stopped");
+  }
+
+  private later(ms: number, fn: () => void | Promise<void>): void {
+    if (this.stopped) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (!this.stopped) void fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  private markStore(up: boolean, error?: unknown): void {
+    if (up !== this.storeUp) {
+      if (up) this.logger.info("cluster store reachable");
+      else this.logger.warn({ err: (error as Error)?.message }, "cluster store unreachable; keeping the dataplane as it is");
+    }
+    this.storeUp = up;
+    this.metrics.storeUp.set(up ? 1 : 0);
+    this.updateReadyGauge();
+  }
+
+  // ---------------------------------------------------------------- lease
+
+  private async acquireLease(): Promise<void> {
+    try {
+      const lease = await this.metrics.time("lease_acquire", () => this.leases.acquire());
+      this.markStore(true);
+      this.leaseBackoff.reset();
+      await this.onLease(lease);
+      this.scheduleRenew(this.keepAliveMs());
+    } catch (e) {
+      if (e instanceof LeaseError) this.logger.error({ err: e.message }, "cannot lease a subnet");
+      else this.markStore(false, e);
+      this.later(this.leaseBackoff.next(), () => this.acquireLease());
+    }
+  }
+
+  private keepAliveMs(): number {
+    return Math.max(1000, Math.min((this.config.leaseTtlSeconds * 1000) / 3, 60_000));
+  }
+
+  /** One renewal loop: (re)arms its single timer; renewNow() pulls the next renewal forward. */
+  private scheduleRenew(ms: number): void {
+    if (this.renewTimer) {
+      clearTimeout(this.renewTimer);
+      this.timers.delete(this.renewTimer);
+    }
+    this.renewTimer = undefined;
+    if (this.stopped) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      this.renewTimer = undefined;
+      void this.renewLease();
+    }, ms);
+    this.timers.add(t);
+    this.renewTimer = t;
+  }
+
+  private renewNow(): void {
+    if (!this.renewing) this.scheduleRenew(0);
+  }
+
+  private async renewLease(): Promise<void> {
+    if (this.stopped || this.renewing) return;
+    this.renewing = true;
+    try {
+      const lease = await this.metrics.time("lease_renew", () => this.leases.renew());
+      this.markStore(true);
+      this.leaseBackoff.reset();
+      await this.onLease(lease);
+      this.scheduleRenew(this.keepAliveMs());
+    } catch (e) {
+      if (e instanceof LeaseError) this.logger.error({ err: e.message }, "lost the subnet lease and cannot get one back");
+      else this.markStore(false, e);
+      this.scheduleRenew(Math.min(this.keepAliveMs(), this.leaseBackoff.next()));
+    } finally {
+      this.renewing = false;
+    }
+  }
+
+  private async onLease(lease: HostLease): Promise<void> {
+    const old = this.lease;
+    this.lease = lease;
+    this.metrics.leaseHeld.set(1);
+    const sameSubnet =
+      old &&
+      formatCidr(old.subnet) === formatCidr(lease.subnet) &&
+      (old.subnetV6 ? formatCidr(old.subnetV6) : "") === (lease.subnetV6 ? formatCidr(lease.subnetV6) : "");
+    if (sameSubnet && this.dataplane) return;
+    this.logger.info(
+      { subnet: formatCidr(lease.subnet), subnetV6: lease.subnetV6 && formatCidr(lease.subnetV6), key: lease.key },
+      "subnet leased",
+    );
+    await this.setUpDataplane(lease);
+    if (!this.syncing) void this.syncPeers();
+  }
+
+  // ---------------------------------------------------------------- dataplane
+
+  private deviceSpec(lease: HostLease): VxlanDeviceSpec {
+    const addresses = [`${networkAddress(lease.subnet)}/32`];
+    if (lease.subnetV6) addresses.push(`${networkAddress(lease.subnetV6)}/128`);
+    return {
+      name: this.deviceName,
+      vni: this.config.vni,
+      port: this.config.vxlanPort,
+      local: this.underlay.publicIP,
+      underlayIface: this.underlay.iface,
+      mtu: this.mtu,
+      mac: this.leases.vtepMAC,
+      addresses,
+      clusterNetworks: this.config.clusterCidrs,
+    };
+  }
+
+  private async setUpDataplane(lease: HostLease): Promise<void> {
+    this.reconciler?.stop();
+    this.dataplane?.close();
+    this.deviceReady = false;
+    const dataplane = await this.makeDataplane(this.deviceSpec(lease), this.logger);
+    this.dataplane = dataplane;
+    const reconciler = new Reconciler(dataplane, {
+      onRun: ({ ops, drift, durationMs, error }) => {
+        this.metrics.operationSeconds.observe({ op: "reconcile" }, durationMs / 1000);
+        this.metrics.reconcileRuns.inc({ outcome: error ? "failed" : "ok" });
+        for (const o of ops) this.metrics.reconcileOps.inc({ op: o.op, reason: drift ? "drift" : "change" });
+        if (drift && ops.length > 0) this.logger.warn({ ops }, "repaired dataplane drift");
+        else if (ops.length > 0) this.logger.info({ ops: ops.length }, "dataplane updated");
+        if (error) this.logger.error({ err: (error as Error).message }, "reconcile failed");
+        if (!error && !this.deviceReady) {
+          this.deviceReady = true;
+          this.writeRuntime(true);
+        }
+        this.updateReadyGauge();
+      },
+      onOpError: (op, e) => this.logger.error({ op, err: (e as Error).message }, "dataplane operation failed"),
+    });
+    let first = true;
+    const origEnsure = dataplane.ensureDevice.bind(dataplane);
+    dataplane.ensureDevice = async () => {
+      const created = await origEnsure();
+      const wasFirst = first;
+      first = false;
+      if (created && !wasFirst) {
+        this.metrics.deviceRecreations.inc();
+        this.logger.warn({ device: this.deviceName }, "VXLAN device was gone; recreated it");
+      }
+      return created;
+    };
+    this.reconciler = reconciler;
+    if (this.peersListed) reconciler.setPeers([...this.remotes.values()], { ipv6: lease.subnetV6 !== undefined });
+    let pending: NodeJS.Timeout | undefined;
+    dataplane.watch((what) => {
+      // Our own operations echo back as events: coalesce them into one run.
+      if (pending) return;
+      pending = setTimeout(() => {
+        pending = undefined;
+        if (!this.stopped && this.reconciler === reconciler) {
+          this.logger.debug({ what }, "kernel change on our device");
+          void reconciler.trigger();
+        }
+      }, 50);
+    });
+    reconciler.start(this.config.reconcileIntervalMs);
+    await reconciler.trigger();
+  }
+
+  // ---------------------------------------------------------------- peers
+
+  private toRemote(entry: { key: string; value: string; modRevision: number; leaseId: string | null }): RemoteHost | null {
+    const lease = parseLeaseEntry(this.config.etcdPrefix, entry);
+    if (!lease) {
+      this.logger.warn({ key: entry.key }, "ignoring a malformed lease");
+      return null;
+    }
+    if (lease.key === this.lease?.key || lease.value.hostId === this.leases.hostId) return null;
+    return remoteOf(lease.key, lease.subnet, lease.subnetV6, lease.value);
+  }
+
+  /** List, apply, watch; on a reset or error, again after a backoff. */
+  private async syncPeers(): Promise<void> {
+    if (this.stopped) return;
+    this.syncing = true;
+    try {
+      const prefix = `${this.config.etcdPrefix}/subnets/`;
+      const { entries, revision } = await this.metrics.time("list", () => this.store.list(prefix));
+      this.markStore(true);
+      const next = new Map<string, RemoteHost>();
+      for (const e of entries) {
+        const r = this.toRemote(e);
+        if (r) next.set(r.key, r);
+      }
+      this.remotes = next;
+      this.peersListed = true;
+      this.metrics.peers.set(next.size);
+      if (this.lease && !entries.some((e) => e.key === this.lease?.key)) this.renewNow();
+      if (this.reconciler) {
+        this.reconciler.setPeers([...next.values()], { ipv6: this.lease?.subnetV6 !== undefined });
+        void this.reconciler.trigger();
+      }
+      this.watch = await this.store.watch(
+        prefix,
+        revision + 1,
+        (ev) => this.onWatchEvent(ev),
+        (reason, cause) => {
+          this.watch = null;
+          this.metrics.watchResets.inc({ reason });
+          if (reason !== "compacted") this.markStore(false, cause);
+          this.logger.info({ reason }, "watch ended; re-listing");
+          this.later(reason === "compacted" ? 0 : this.syncBackoff.next(), () => this.syncPeers());
+        },
+      );
+      this.syncBackoff.reset();
+    } catch (e) {
+      this.markStore(false, e);
+      this.metrics.storeErrors.inc({ op: "watch" });
+      this.later(this.syncBackoff.next(), () => this.syncPeers());
+    }
+  }
+
+  private onWatchEvent(ev: WatchEvent): void {
+    this.markStore(true);
+    if (ev.key === this.lease?.key) {
+      // Our own lease: deleted or expired under us → get it (or another) back now.
+      if (ev.type === "delete") this.renewNow();
+      return;
+    }
+    if (ev.type === "put") {
+      const r = this.toRemote({ key: ev.key, value: ev.value, modRevision: ev.revision, leaseId: ev.leaseId });
+      if (!r) return;
+      this.remotes.set(r.key, r);
+      this.reconciler?.upsertPeer(r);
+    } else {
+      this.remotes.delete(ev.key);
+      this.reconciler?.removePeer(ev.key);
+    }
+    this.metrics.peers.set(this.remotes.size);
+    void this.reconciler?.trigger();
+  }
+
+  // ---------------------------------------------------------------- state for the API and the CNI plugin
+
+  private writeRuntime(ready: boolean): void {
+    const lease = this.lease;
+    const subnets = lease ? [lease.subnet, ...(lease.subnetV6 ? [lease.subnetV6] : [])] : [];
+    const gateways = subnets.map((s) => networkAddress({ ...s, address: s.address + 1n }));
+    try {
+      writeOverlayRuntime(this.config.runDir, {
+        ready: ready && lease !== null,
+        network: this.config.clusterCidrs.find((c) => !c.includes(":")),
+        subnet: subnets[0] && formatCidr(subnets[0]),
+        gateway: gateways[0],
+        networks: [...this.config.clusterCidrs].sort((a, b) => Number(a.includes(":")) - Number(b.includes(":"))),
+        subnets: subnets.map(formatCidr),
+        gateways,
+        mtu: this.mtu,
+        vni: this.config.vni,
+        device: this.deviceName,
+        publicIP: this.underlay.publicIP,
+        updatedAt: new Date().toISOString(),
+      });
+    } catch (e) {
+      this.logger.error({ err: (e as Error).message }, "cannot write the overlay runtime file");
+    }
+  }
+
+  readiness(): Readiness {
+    const reasons: string[] = [];
+    if (!this.lease) reasons.push("no subnet lease held yet");
+    if (!this.deviceReady) reasons.push(`${this.deviceName} not programmed yet`);
+    if (!this.storeUp) reasons.push(`cluster store (${this.store.kind}) unreachable`);
+    if (this.stopped) reasons.push("stopping");
+    return { ready: reasons.length === 0, reasons };
+  }
+
+  private updateReadyGauge(): void {
+    this.metrics.ready.set(this.readiness().ready ? 1 : 0);
+  }
+
+  leaseView(): LeaseView | null {
+    const l = this.lease;
+    if (!l) return null;
+    const v: LeaseView = {
+      subnet: formatCidr(l.subnet),
+      network: this.config.clusterCidrs.find((c) => !c.includes(":"))!,
+      publicIP: l.value.publicIP,
+      vtepMAC: l.value.vtepMAC,
+      vni: l.value.vni,
+      key: l.key,
+      reservation: l.leaseId === null,
+    };
+    if (l.subnetV6) v.subnetV6 = formatCidr(l.subnetV6);
+    const v6 = this.config.clusterCidrs.find((c) => c.includes(":"));
+    if (v6) v.networkV6 = v6;
+    return v;
+  }
+
+  peerViews(): PeerView[] {
+    return [...this.remotes.values()]
+      .map((r) => {
+        const p: PeerView = {
+          key: r.key,
+          subnet: formatCidr(r.subnet),
+          publicIP: r.publicIP,
+          vtepMAC: r.vtepMAC,
+          hostname: r.hostname,
+        };
+        if (r.subnetV6) p.subnetV6 = formatCidr(r.subnetV6);
+        return p;
+      })
+      .sort((a, b) => (a.key < b.key ? -1 : 1));
+  }
+
+  private view(): AgentView {
+    return {
+      readiness: () => this.readiness(),
+      lease: () => this.leaseView(),
+      peers: () => this.peerViews(),
+      status: () => ({
+        device: this.deviceName,
+        mtu: this.mtu,
+        underlay: this.underlay,
+        store: { kind: this.store.kind, up: this.storeUp },
+        reconcile: this.reconciler?.stats ?? null,
+      }),
+    };
+  }
+}
+
+function remoteOf(key: string, subnet: HostLease["subnet"], subnetV6: HostLease["subnetV6"], value: LeaseValue): RemoteHost {
+  const r: RemoteHost = { key, subnet, publicIP: value.publicIP, vtepMAC: value.vtepMAC, hostname: value.hostname };
+  if (subnetV6) r.subnetV6 = subnetV6;
+  return r;
+}
+
+// ---------------------------------------------------------------- command entry points
+
+async function runUntilSignal(config: AgentConfig, deps: AgentDeps = {}): Promise<number> {
+  let agent: Agent;
+  try {
+    agent = new Agent(config, deps);
+    await agent.start();
+  } catch (e) {
+    if (e instanceof AgentConfigError || e instanceof UnderlayError || e instanceof LeaseError) {
+      process.stderr.write(`berth agent: ${e.message}\n`);
+      return 2;
+    }
+    throw e;
+  }
+  const signal = await new Promise<string>((resolve) => {
+    process.once("SIGINT", () => resolve("SIGINT"));
+    process.once("SIGTERM", () => resolve("SIGTERM"));
+  });
+  agent.logger.info({ signal }, "stopping");
+  await agent.stop();
+  return 0;
+}
+
+function parseOrExplain(argv: string[], defaults?: Parameters<typeof parseAgentConfig>[1]): AgentConfig | number {
+  if (argv.includes("--help") || argv.includes("-h")) {
+    process.stdout.write(AGENT_USAGE);
+    return 0;
+  }
+  try {
+    return parseAgentConfig(argv, defaults);
+  } catch (e) {
+    if (e instanceof AgentConfigError) {
+      process.stderr.write(`berth agent: ${e.message}\n(see berth agent --help)\n`);
+      return 2;
+    }
+    throw e;
+  }
+}
+
+/** `berth agent [flags]`: runs the overlay agent until SIGINT/SIGTERM. */
+export async function runAgentCommand(argv: string[]): Promise<number> {
+  const config = parseOrExplain(argv);
+  return typeof config === "number" ? config : runUntilSignal(config);
+}
+
+/** `berth up`: the agent on the embedded store with single-host defaults, in the foreground. */
+export async function runUp(argv: string[]): Promise<number> {
+  const config = parseOrExplain(argv, { store: "local", clusterCidrs: ["10.244.0.0/16"] });
+  return typeof config === "number" ? config : runUntilSignal(config);
+}

@@ -1,0 +1,36 @@
+// Test fixture: a throwaway network namespace (named with the test's prefix) with an
+// Rtnl socket inside it. Everything created in it disappears when it is deleted.
+import { addNetns, delNetns } from "../../testing/kernel.ts";
+import { Netns } from "../netns.ts";
+import { Rtnl } from "./socket.ts";
+
+export interface ScratchNetns {
+  name: string;
+  ns: Netns;
+  rtnl: Rtnl;
+  close(): void;
+}
+
+export function scratchNetns(name: string): ScratchNetns {
+  addNetns(name);
+  let ns: Netns | undefined;
+  try {
+    ns = Netns.open(name);
+    const rtnl = Rtnl.open(ns);
+    const opened = ns;
+    return {
+      name,
+      ns,
+      rtnl,
+      close() {
+        rtnl.close();
+        opened.close();
+        delNetns(name);
+      },
+    };
+  } catch (e) {
+    ns?.close();
+    delNetns(name);
+    throw e;
+  }
+}

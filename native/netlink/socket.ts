@@ -1,0 +1,576 @@
+// Rtnl: a NETLINK_ROUTE socket bound to one network namespace, with typed verbs for
+// links, addresses, routes, neighbours and FDB entries (vishvananda/netlink's shape).
+// Fast verbs are synchronous; slow ones (link delete, netns moves) have async variants
+// that run on the thread pool over a second socket, serialised by a per-socket queue.
+import { addon, isSysError } from "../addon.ts";
+import { Netns } from "../netns.ts";
+import { type Addr, type AddrFilter, type AddrSpec, decodeAddr, encodeAddr } from "./address.ts";
+import {
+  Attrs,
+  forEachMessage,
+  InvalidValueError,
+  type MessageView,
+  MessageWriter,
+  NLM_F_ACK,
+  NLM_F_ACK_TLVS,
+  NLM_F_APPEND,
+  NLM_F_CREATE,
+  NLM_F_DUMP,
+  NLM_F_DUMP_INTR,
+  NLM_F_EXCL,
+  NLM_F_REPLACE,
+  NLM_F_REQUEST,
+  NLMSG_DONE,
+  NLMSG_ERROR,
+  NLMSGERR_ATTR_MSG,
+  parseError,
+} from "./codec.ts";
+import {
+  AF_BRIDGE,
+  AF_INET,
+  AF_INET6,
+  AF_UNSPEC,
+  afOf,
+  NETLINK_ROUTE,
+  RTM_DELADDR,
+  RTM_DELLINK,
+  RTM_DELNEIGH,
+  RTM_DELROUTE,
+  RTM_GETADDR,
+  RTM_GETLINK,
+  RTM_GETNEIGH,
+  RTM_GETROUTE,
+  RTM_NEWADDR,
+  RTM_NEWLINK,
+  RTM_NEWNEIGH,
+  RTM_NEWROUTE,
+  RTM_SETLINK,
+} from "./constants.ts";
+import { errnoNumber, NetlinkError } from "./error.ts";
+import {
+  type BridgePortChanges,
+  type BridgeVlan,
+  type BridgeVlanOptions,
+  decodeBridgeVlans,
+  decodeLink,
+  encodeBridgePortSet,
+  encodeBridgeVlan,
+  encodeLinkAdd,
+  encodeLinkRef,
+  encodeLinkSet,
+  IFINFOMSG_LEN,
+  IFLA_EXT_MASK,
+  type Link,
+  type LinkChanges,
+  type LinkRef,
+  type LinkSpec,
+  linkIndexOf,
+  linkRefsOf,
+  RTEXT_FILTER_BRVLAN,
+  RTEXT_FILTER_SKIP_STATS,
+} from "./link.ts";
+import {
+  decodeFdb,
+  decodeNeigh,
+  encodeFdb,
+  encodeNeigh,
+  encodeNeighDump,
+  type FdbEntry,
+  type FdbSpec,
+  type Neigh,
+  type NeighFilter,
+  type NeighSpec,
+} from "./neigh.ts";
+import {
+  decodeRoute,
+  encodeRoute,
+  encodeRouteDump,
+  matchesRoute,
+  type Route,
+  type RouteFilter,
+  type RouteSpec,
+  routeTitle,
+} from "./route.ts";
+
+const ACK = NLM_F_REQUEST | NLM_F_ACK;
+const CREATE = ACK | NLM_F_CREATE | NLM_F_EXCL;
+const REPLACE = ACK | NLM_F_CREATE | NLM_F_REPLACE;
+const APPEND = ACK | NLM_F_CREATE | NLM_F_APPEND;
+const DUMP = NLM_F_REQUEST | NLM_F_DUMP;
+/** Dumps interrupted by concurrent changes (NLM_F_DUMP_INTR) are retried this often. */
+const DUMP_ATTEMPTS = 5;
+
+type Encode = (w: MessageWriter) => void;
+type Decode<T> = (m: MessageView) => T | undefined;
+
+function toNetlinkError(e: unknown, op: string): unknown {
+  if (e instanceof NetlinkError) return e;
+  if (e instanceof InvalidValueError) return new NetlinkError(op, errnoNumber("EINVAL"), undefined, e.message);
+  if (isSysError(e)) return new NetlinkError(op, e.errno);
+  return e;
+}
+
+/** Throws the first NLMSG_ERROR (or failed NLMSG_DONE) in `reply`; returns whether a dump was interrupted. */
+function checkReply(reply: Buffer, op: string): boolean {
+  let interrupted = false;
+  forEachMessage(reply, (m) => {
+    if (m.flags & NLM_F_DUMP_INTR) interrupted = true;
+    if (m.type === NLMSG_ERROR) {
+      const ack = parseError(m);
+      if (ack.errno !== 0) throw new NetlinkError(op, ack.errno, ack.kernelMessage);
+    } else if (m.type === NLMSG_DONE && m.end - m.payload >= 4) {
+      const err = -m.buf.readInt32LE(m.payload);
+      if (err > 0) {
+        // A failed dump reports its error (and extack TLVs) in NLMSG_DONE.
+        const tlvStart = m.payload + 4;
+        const msg = m.flags & NLM_F_ACK_TLVS ? new Attrs(m.buf, tlvStart, m.end).string(NLMSGERR_ATTR_MSG) : undefined;
+        throw new NetlinkError(op, err, msg);
+      }
+    }
+  });
+  return interrupted;
+}
+
+export class Rtnl {
+  private seq = (Math.random() * 0x7fffffff) >>> 0;
+  private readonly w = new MessageWriter(1024);
+  private asyncFd = -1;
+  private asyncQueue: Promise<unknown> = Promise.resolve();
+  private closed = false;
+
+  private constructor(
+    /** The synchronous socket. */
+    readonly fd: number,
+    /** Our own fd on the target netns (-1: the namespace current at open time). */
+    private readonly nsFd: number,
+    /** Where this socket lives, for messages. */
+    readonly netnsPath: string | undefined,
+  ) {}
+
+  /**
+   * Opens a NETLINK_ROUTE socket in `netns` (an open Netns, a path like /proc/PID/ns/net
+   * or /run/netns/x, or a bare name under /run/netns), or in the current namespace.
+   * The socket stays bound to that namespace whatever the thread does later.
+   */
+  static open(netns?: Netns | string): Rtnl {
+    const a = addon();
+    if (netns === undefined) {
+      try {
+        return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0), -1, undefined);
+      } catch (e) {
+        throw toNetlinkError(e, "open netlink socket");
+      }
+    }
+    // Keep our own handle on the namespace: async verbs open a second socket there later,
+    // and the caller may close its Netns as soon as this returns.
+    let nsFd: number;
+    let path: string;
+    if (typeof netns === "string") {
+      const ns = Netns.open(netns); // NetnsError: "network namespace /run/netns/x does not exist"
+      nsFd = ns.fd;
+      path = ns.path;
+    } else {
+      nsFd = a.netnsOpen(`/proc/self/fd/${netns.fd}`);
+      path = netns.path;
+    }
+    try {
+      return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path);
+    } catch (e) {
+      a.close(nsFd);
+      throw toNetlinkError(e, `open netlink socket in ${path}`);
+    }
+  }
+
+  /** Closes the socket(s); async requests already queued still finish first. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const a = addon();
+    a.close(this.fd);
+    void this.asyncQueue.finally(() => {
+      if (this.asyncFd >= 0) a.close(this.asyncFd);
+      if (this.nsFd >= 0) a.close(this.nsFd);
+    });
+  }
+
+  private nextSeq(): number {
+    this.seq = (this.seq + 1) >>> 0 || 1;
+    return this.seq;
+  }
+
+  private build(type: number, flags: number, encode: Encode): Buffer {
+    const w = this.w.begin(type, flags);
+    encode(w);
+    return w.finish(this.nextSeq());
+  }
+
+  private ensureOpen(op: string): void {
+    if (this.closed) throw new NetlinkError(op, errnoNumber("EBADF"), undefined, "netlink socket is closed");
+  }
+
+  // ---------------------------------------------------------------- generic exchange
+
+  /**
+   * Sends one request (set NLM_F_ACK in `flags` for anything but a get) and returns the raw
+   * reply messages. Kernel errors become NetlinkError named after `op`.
+   */
+  request(type: number, flags: number, encode: Encode, op: string): Buffer {
+    try {
+      this.ensureOpen(op);
+      const reply = addon().nlTransact(this.fd, this.build(type, flags, encode));
+      checkReply(reply, op);
+      return reply;
+    } catch (e) {
+      throw toNetlinkError(e, op);
+    }
+  }
+
+  /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
+  dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
+    try {
+      this.ensureOpen(op);
+      for (let attempt = 1; ; attempt++) {
+        const reply = addon().nlTransact(this.fd, this.build(type, DUMP, encode));
+        if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
+        return decodeAll(reply, type, decode);
+      }
+    } catch (e) {
+      throw toNetlinkError(e, op);
+    }
+  }
+
+  private asyncSocket(): number {
+    if (this.asyncFd < 0) {
+      this.asyncFd = this.nsFd >= 0 ? addon().nlOpen(NETLINK_ROUTE, 0, this.nsFd) : addon().nlOpen(NETLINK_ROUTE, 0);
+    }
+    return this.asyncFd;
+  }
+
+  /** `request` on the thread pool: for verbs where the kernel sleeps (link delete, netns move). */
+  requestAsync(type: number, flags: number, encode: Encode, op: string): Promise<Buffer> {
+    const run = async (): Promise<Buffer> => {
+      try {
+        this.ensureOpen(op);
+        // The addon copies the request before this returns, so the shared writer is free again.
+        const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, flags, encode));
+        checkReply(reply, op);
+        return reply;
+      } catch (e) {
+        throw toNetlinkError(e, op);
+      }
+    };
+    const p = this.asyncQueue.then(run, run);
+    this.asyncQueue = p.catch(() => undefined);
+    return p;
+  }
+
+  // ---------------------------------------------------------------- links
+
+  /** ifindex of a link given by name or index (ENODEV as a NetlinkError naming `op`). */
+  linkIndex(ref: LinkRef, op = `link ${ref}`): number {
+    if (typeof ref === "number") return ref;
+    try {
+      const reply = this.request(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS), op);
+      let index = 0;
+      forEachMessage(reply, (m) => {
+        if (m.type === RTM_NEWLINK) index = linkIndexOf(m);
+      });
+      return index;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === "ENODEV") {
+        throw new NetlinkError(op, e.errno, undefined, `no such device "${ref}"`);
+      }
+      throw e;
+    }
+  }
+
+  /** Resolves names to indexes before encoding starts (resolution reuses the writer). */
+  private resolveAll(refs: (LinkRef | null | undefined)[], op: string): (ref: LinkRef) => number {
+    const found = new Map<LinkRef, number>();
+    for (const ref of refs) if (ref !== undefined && ref !== null) found.set(ref, this.linkIndex(ref, op));
+    return (ref) => found.get(ref) ?? (typeof ref === "number" ? ref : 0);
+  }
+
+  /** Creates a link (veth with its peer directly in another netns, bridge, vxlan, macvlan, dummy). */
+  linkAdd(spec: LinkSpec): void {
+    const op = `link add ${spec.name}`;
+    const resolve = this.resolveAll(linkRefsOf(spec), op);
+    try {
+      this.request(RTM_NEWLINK, CREATE, (w) => encodeLinkAdd(w, spec, resolve), op);
+    } catch (e) {
+      // Missing kinds come with extack text ("Unknown device type"); missing options do not.
+      if (e instanceof NetlinkError && e.code === "EOPNOTSUPP" && !e.kernelMessage) {
+        throw new NetlinkError(op, e.errno, undefined, `this kernel does not support a requested ${spec.kind} option`);
+      }
+      throw e;
+    }
+  }
+
+  /** Changes a link; a name is resolved by the kernel (or first, when renaming). */
+  linkSet(ref: LinkRef, changes: LinkChanges): void {
+    const op = `link set ${ref}`;
+    this.request(RTM_SETLINK, ACK, this.linkSetEncoder(ref, changes, op), op);
+  }
+
+  /** linkSet on the thread pool, for moves to another netns (the kernel waits ~20 ms). */
+  linkSetAsync(ref: LinkRef, changes: LinkChanges): Promise<void> {
+    const op = `link set ${ref}`;
+    let encode: Encode;
+    try {
+      encode = this.linkSetEncoder(ref, changes, op);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.requestAsync(RTM_SETLINK, ACK, encode, op).then(() => undefined);
+  }
+
+  private linkSetEncoder(ref: LinkRef, changes: LinkChanges, op: string): Encode {
+    // A rename carries the new name in IFLA_IFNAME, so the link must then be named by index.
+    const renameByName = typeof ref === "string" && changes.name !== undefined;
+    const resolve = this.resolveAll([changes.master, renameByName ? ref : undefined], op);
+    const index = typeof ref === "number" ? ref : renameByName ? resolve(ref) : 0;
+    return (w) => encodeLinkSet(w, index, typeof ref === "string" ? ref : undefined, changes, resolve);
+  }
+
+  /** The link, or null when there is none by that name/index. */
+  linkGet(ref: LinkRef): Link | null {
+    const op = `link show ${ref}`;
+    try {
+      const reply = this.request(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS), op);
+      let link: Link | null = null;
+      forEachMessage(reply, (m) => {
+        if (m.type === RTM_NEWLINK) link = decodeLink(m);
+      });
+      return link;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === "ENODEV") return null;
+      throw e;
+    }
+  }
+
+  linkList(): Link[] {
+    return this.dump(
+      RTM_GETLINK,
+      (w) => {
+        w.struct(IFINFOMSG_LEN);
+        w.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+      },
+      decodeLink,
+      "link list",
+    );
+  }
+
+  /** Deletes a link (ENODEV when missing). Blocks ~20 ms in the kernel: prefer linkDelAsync. */
+  linkDel(ref: LinkRef): void {
+    this.request(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`);
+  }
+
+  linkDelAsync(ref: LinkRef): Promise<void> {
+    return this.requestAsync(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`).then(() => undefined);
+  }
+
+  /** Per-port bridge settings (hairpin, learning, isolated) via AF_BRIDGE IFLA_PROTINFO. */
+  bridgePortSet(port: LinkRef, changes: BridgePortChanges): void {
+    const op = `bridge link set ${port}`;
+    const index = this.linkIndex(port, op);
+    this.request(RTM_SETLINK, ACK, (w) => encodeBridgePortSet(w, index, changes), op);
+  }
+
+  /** Adds VLAN `vid` to a bridge port (or to the bridge itself with `self`). */
+  bridgeVlanAdd(dev: LinkRef, vid: number, options: BridgeVlanOptions = {}): void {
+    const op = `bridge vlan add vid ${vid} dev ${dev}`;
+    const index = this.linkIndex(dev, op);
+    try {
+      this.request(RTM_SETLINK, ACK, (w) => encodeBridgeVlan(w, index, vid, options), op);
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === "EOPNOTSUPP" && !e.kernelMessage) {
+        throw new NetlinkError(op, e.errno, undefined, "this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING)");
+      }
+      throw e;
+    }
+  }
+
+  bridgeVlanDel(dev: LinkRef, vid: number, options: { self?: boolean } = {}): void {
+    const op = `bridge vlan del vid ${vid} dev ${dev}`;
+    const index = this.linkIndex(dev, op);
+    this.request(RTM_DELLINK, ACK, (w) => encodeBridgeVlan(w, index, vid, options), op);
+  }
+
+  /** VLANs of every bridge port and bridge (optionally of one device). */
+  bridgeVlanList(dev?: LinkRef): BridgeVlan[] {
+    const ifindex = dev === undefined ? undefined : this.linkIndex(dev, `bridge vlan show dev ${dev}`);
+    const out: BridgeVlan[] = [];
+    this.dump(
+      RTM_GETLINK,
+      (w) => {
+        const h = w.struct(IFINFOMSG_LEN);
+        w.putU8(h, AF_BRIDGE);
+        w.u32(IFLA_EXT_MASK, RTEXT_FILTER_BRVLAN);
+      },
+      (m) => {
+        if (ifindex === undefined || linkIndexOf(m) === ifindex) decodeBridgeVlans(m, out);
+        return undefined;
+      },
+      "bridge vlan show",
+    );
+    return out;
+  }
+
+  // ---------------------------------------------------------------- addresses
+
+  private addr(type: number, flags: number, verb: string, dev: LinkRef, addr: string | AddrSpec): void {
+    const spec = typeof addr === "string" ? { cidr: addr } : addr;
+    const op = `addr ${verb} ${spec.cidr} dev ${dev}`;
+    const index = this.linkIndex(dev, op);
+    this.request(type, flags, (w) => encodeAddr(w, index, spec, type === RTM_DELADDR), op);
+  }
+
+  /** Adds an address ("10.0.0.2/24" or an AddrSpec with flags). EEXIST when present. */
+  addrAdd(dev: LinkRef, addr: string | AddrSpec): void {
+    this.addr(RTM_NEWADDR, CREATE, "add", dev, addr);
+  }
+
+  /** Adds or updates an address (idempotent). */
+  addrReplace(dev: LinkRef, addr: string | AddrSpec): void {
+    this.addr(RTM_NEWADDR, REPLACE, "replace", dev, addr);
+  }
+
+  /** Deletes an address (EADDRNOTAVAIL when absent). */
+  addrDel(dev: LinkRef, addr: string | AddrSpec): void {
+    this.addr(RTM_DELADDR, ACK, "del", dev, addr);
+  }
+
+  addrList(filter: AddrFilter = {}): Addr[] {
+    return this.dump(
+      RTM_GETADDR,
+      (w) => {
+        const h = w.struct(8);
+        w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
+      },
+      (m) => {
+        const a = decodeAddr(m);
+        return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
+      },
+      "addr list",
+    );
+  }
+
+  // ---------------------------------------------------------------- routes
+
+  private route(type: number, flags: number, verb: string, spec: RouteSpec): void {
+    const op = `route ${verb} ${routeTitle(spec)}`;
+    const oif = spec.dev === undefined ? 0 : this.linkIndex(spec.dev, op);
+    this.request(type, flags, (w) => encodeRoute(w, spec, oif, type === RTM_DELROUTE), op);
+  }
+
+  routeAdd(spec: RouteSpec): void {
+    this.route(RTM_NEWROUTE, CREATE, "add", spec);
+  }
+
+  /** Adds or replaces the route for this destination/table/metric (idempotent). */
+  routeReplace(spec: RouteSpec): void {
+    this.route(RTM_NEWROUTE, REPLACE, "replace", spec);
+  }
+
+  /** Deletes a route; ESRCH when none matches. */
+  routeDel(spec: RouteSpec): void {
+    this.route(RTM_DELROUTE, ACK, "del", spec);
+  }
+
+  /** Routes of the main table by default (`table: "all"` for every table); no cache clones. */
+  routeList(filter: RouteFilter = {}): Route[] {
+    return this.dump(
+      RTM_GETROUTE,
+      (w) => encodeRouteDump(w, filter.family),
+      (m) => {
+        const r = decodeRoute(m);
+        return r && matchesRoute(r, filter) ? r : undefined;
+      },
+      "route list",
+    );
+  }
+
+  // ---------------------------------------------------------------- neighbours
+
+  private neigh(type: number, flags: number, verb: string, spec: NeighSpec): void {
+    const op = `neigh ${verb} ${spec.dst} dev ${spec.dev}`;
+    const index = this.linkIndex(spec.dev, op);
+    this.request(type, flags, (w) => encodeNeigh(w, index, spec, type === RTM_DELNEIGH), op);
+  }
+
+  neighAdd(spec: NeighSpec): void {
+    this.neigh(RTM_NEWNEIGH, CREATE, "add", spec);
+  }
+
+  neighReplace(spec: NeighSpec): void {
+    this.neigh(RTM_NEWNEIGH, REPLACE, "replace", spec);
+  }
+
+  neighDel(spec: Pick<NeighSpec, "dev" | "dst">): void {
+    this.neigh(RTM_DELNEIGH, ACK, "del", spec);
+  }
+
+  /** ARP and NDP entries (not FDB entries: see fdbList). */
+  neighList(filter: NeighFilter = {}): Neigh[] {
+    const af = filter.family === undefined ? AF_UNSPEC : filter.family === 4 ? AF_INET : AF_INET6;
+    return this.dump(
+      RTM_GETNEIGH,
+      (w) => encodeNeighDump(w, af),
+      (m) => {
+        const n = decodeNeigh(m);
+        return n && (filter.ifindex === undefined || n.ifindex === filter.ifindex) ? n : undefined;
+      },
+      "neigh list",
+    );
+  }
+
+  // ---------------------------------------------------------------- FDB
+
+  private fdb(type: number, flags: number, verb: string, spec: FdbSpec): void {
+    const op = `fdb ${verb} ${spec.mac}${spec.dst ? ` dst ${spec.dst}` : ""} dev ${spec.dev}`;
+    const index = this.linkIndex(spec.dev, op);
+    this.request(type, flags, (w) => encodeFdb(w, index, spec), op);
+  }
+
+  fdbAdd(spec: FdbSpec): void {
+    this.fdb(RTM_NEWNEIGH, CREATE, "add", spec);
+  }
+
+  /** Adds another destination for the same MAC (VXLAN head-end replication with 00:00:00:00:00:00). */
+  fdbAppend(spec: FdbSpec): void {
+    this.fdb(RTM_NEWNEIGH, APPEND, "append", spec);
+  }
+
+  fdbReplace(spec: FdbSpec): void {
+    this.fdb(RTM_NEWNEIGH, REPLACE, "replace", spec);
+  }
+
+  fdbDel(spec: FdbSpec): void {
+    this.fdb(RTM_DELNEIGH, ACK, "del", spec);
+  }
+
+  /** Forwarding database entries of every bridge port and VXLAN device (optionally one device). */
+  fdbList(filter: { ifindex?: number } = {}): FdbEntry[] {
+    return this.dump(
+      RTM_GETNEIGH,
+      (w) => encodeNeighDump(w, AF_BRIDGE),
+      (m) => {
+        const e = decodeFdb(m);
+        return e && (filter.ifindex === undefined || e.ifindex === filter.ifindex) ? e : undefined;
+      },
+      "fdb list",
+    );
+  }
+}
+
+function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
+  const out: T[] = [];
+  // Replies to RTM_GETx are RTM_NEWx (= GETx - 2).
+  const want = type - 2;
+  forEachMessage(reply, (m) => {
+    if (m.type !== want) return;
+    const v = decode(m);
+    if (v !== undefined) out.push(v);
+  });
+  return out;
+}

@@ -1,0 +1,96 @@
+// What the main plugins share: deterministic host-side names, the undo stack of a
+// half-done ADD, and the container netns handling that DEL must survive without.
+import { createHash } from "node:crypto";
+import { isNetlinkError } from "../../native/netlink/error.ts";
+import { Rtnl } from "../../native/netlink/socket.ts";
+import { Netns, NetnsError } from "../../native/netns.ts";
+import { CniError, ErrorCode, type Request } from "../spec/types.ts";
+
+function hex(s: string, n: number): string {
+  return createHash("sha256").update(s).digest("hex").slice(0, n);
+}
+
+/**
+ * Host-side link name of an attachment: `<prefix><network 4 hex><attachment 8 hex>` (14 bytes).
+ * Deterministic, so DEL finds it without the netns and GC can tell a network's stale links
+ * from live ones by name alone.
+ */
+export function hostLinkName(prefix: "bv" | "bp", network: string, containerId: string, ifname: string): string {
+  return `${prefix}${networkTag(network)}${hex(`${containerId}/${ifname}`, 8)}`;
+}
+
+export function networkTag(network: string): string {
+  return hex(network, 4);
+}
+
+/** Undo steps of a half-done ADD, run in reverse on failure; their own errors are logged away. */
+export class Undo {
+  private readonly steps: (() => unknown)[] = [];
+  push(step: () => unknown): void {
+    this.steps.push(step);
+  }
+  async run(): Promise<void> {
+    for (const step of this.steps.reverse()) {
+      try {
+        await step();
+      } catch {
+        // best effort: the original error is what the runtime must see
+      }
+    }
+  }
+}
+
+/** Opens CNI_NETNS for ADD/CHECK; a missing or bogus path is a clear CNI error. */
+export function openContainerNetns(req: Request): Netns {
+  try {
+    return Netns.open(req.netns);
+  } catch (e) {
+    if (e instanceof NetnsError) throw new CniError(ErrorCode.InvalidEnvironment, `CNI_NETNS: ${e.message}`);
+    throw e;
+  }
+}
+
+/** For DEL: the container netns, or null when it is absent or already gone. */
+export function openNetnsIfPresent(req: Request): Netns | null {
+  if (!req.netns) return null;
+  try {
+    return Netns.open(req.netns);
+  } catch (e) {
+    if (e instanceof NetnsError) return null;
+    throw e;
+  }
+}
+
+/** Runs fn with an rtnetlink socket in ns; closes both. */
+export async function withRtnl<T>(ns: Netns | undefined, fn: (nl: Rtnl) => T | Promise<T>): Promise<T> {
+  const nl = Rtnl.open(ns);
+  try {
+    return await fn(nl);
+  } finally {
+    nl.close();
+  }
+}
+
+/** Deletes a link, treating "already gone" as success. */
+export async function deleteLinkIfPresent(nl: Rtnl, name: string): Promise<boolean> {
+  try {
+    await nl.linkDelAsync(name);
+    return true;
+  } catch (e) {
+    if (isNetlinkError(e, "ENODEV") || isNetlinkError(e, "ENOENT")) return false;
+    throw e;
+  }
+}
+
+/** berth-specific code (the spec leaves ≥100 to plugins): a bridge cannot take another port. */
+export const BRIDGE_FULL = 110;
+
+/** Kernel failures during ADD/DEL: the kernel's words plus what we were doing. */
+export function kernelError(what: string, e: unknown): CniError {
+  if (e instanceof CniError) return e;
+  const msg = e instanceof Error ? e.message : String(e);
+  if (isNetlinkError(e, "EXFULL")) {
+    return new CniError(BRIDGE_FULL, `${what}: the bridge has reached the kernel's limit of 1023 ports (${msg})`);
+  }
+  return new CniError(ErrorCode.Internal, `${what}: ${msg}`);
+}

@@ -1,0 +1,423 @@
+// berth-bridge: a veth pair per container, the host end enslaved to a Linux bridge, with
+// addresses from IPAM. Accepts the reference bridge plugin's option names. ADD reads top to
+// bottom: config → bridge → IPAM → veth (peer created directly in the container netns) →
+// container addresses/routes → gateway → masquerade/spoof check → result. Every step that
+// changed something registers its undo, so a failed ADD leaves nothing behind.
+import { randomBytes } from "node:crypto";
+import { isNetlinkError } from "../../../native/netlink/error.ts";
+import type { Link } from "../../../native/netlink/link.ts";
+import type { Rtnl } from "../../../native/netlink/socket.ts";
+import type { Netns } from "../../../native/netns.ts";
+import { writeSysctl } from "../../../native/sysctl.ts";
+import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
+import { addMasquerade, gcMasquerade, masqueradeOf, removeMasquerade } from "../../nft/masquerade.ts";
+import { DEFAULT_TABLE } from "../../nft/nft.ts";
+import { gcAttachments, requestedMac } from "../../spec/config.ts";
+import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
+import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
+import {
+  deleteLinkIfPresent,
+  hostLinkName,
+  kernelError,
+  networkTag,
+  openContainerNetns,
+  openNetnsIfPresent,
+  Undo,
+  withRtnl,
+} from "../attachment.ts";
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
+import { checkSandbox, configureSandbox, familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../sandbox.ts";
+
+/** The kernel refuses the 1,024th port of a bridge (EXFULL). */
+export const MAX_BRIDGE_PORTS = 1023;
+
+const schema = configSchema(
+  {
+    bridge: field
+      .string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name of 1-15 characters" })
+      .default("cni0"),
+    isGateway: field.boolean().default(false),
+    isDefaultGateway: field.boolean().default(false),
+    forceAddress: field.boolean().default(false),
+    ipMasq: field.boolean().default(false),
+    ipMasqBackend: field.string({ oneOf: ["nftables", "iptables"] }).unsupported("iptables", "berth uses nftables only"),
+    mtu: field.int(68, 65535),
+    hairpinMode: field.boolean().default(false),
+    promiscMode: field.boolean().default(false),
+    vlan: field.int(0, 4094),
+    preserveDefaultVlan: field.boolean().default(true),
+    macspoofchk: field.boolean().default(false),
+    enabledad: field.boolean().default(false),
+    disableContainerInterface: field.boolean().default(false),
+    portIsolation: field.boolean().default(false),
+    /** berth extension: the nftables table for masquerade and spoof-check rules. */
+    nftTable: field
+      .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
+      .default(DEFAULT_TABLE),
+  },
+  { exclusive: [["hairpinMode", "promiscMode"]] },
+);
+
+export type BridgeConf = Infer<typeof schema.fields>;
+
+export function parseBridgeConf(req: Request): BridgeConf {
+  const conf = validateConfig(req.config, schema);
+  if (conf.isDefaultGateway) conf.isGateway = true;
+  if (conf.vlan !== undefined && conf.vlan > 0 && conf.isGateway) {
+    throw new CniError(
+      ErrorCode.UnsupportedField,
+      `unsupported field: "vlan": ${conf.vlan} cannot be combined with "isGateway": true in berth`,
+    );
+  }
+  if (conf.disableContainerInterface && ipamType(req)) {
+    throw new CniError(
+      ErrorCode.UnsupportedField,
+      `unsupported field: "disableContainerInterface": true cannot be combined with "ipam"`,
+    );
+  }
+  return conf;
+}
+
+function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfe) | 0x02; // unicast, locally administered
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+}
+
+/**
+ * Creates the bridge if needed. Safe when many ADDs race on a new bridge: EEXIST means
+ * another one won, and everything after is idempotent. The MAC is pinned at creation so it
+ * does not change as ports come and go.
+ */
+export function ensureBridge(nl: Rtnl, conf: BridgeConf): Link {
+  let br = nl.linkGet(conf.bridge);
+  if (!br) {
+    try {
+      nl.linkAdd({
+        kind: "bridge",
+        name: conf.bridge,
+        mtu: conf.mtu,
+        mac: randomMac(),
+        up: true,
+        vlanFiltering: conf.vlan !== undefined ? true : undefined,
+      });
+    } catch (e) {
+      if (!isNetlinkError(e, "EEXIST")) throw kernelError(`create bridge ${conf.bridge}`, e);
+    }
+    br = nl.linkGet(conf.bridge);
+    if (!br) throw new CniError(ErrorCode.TryAgainLater, `bridge ${conf.bridge} vanished while being created`);
+  }
+  if (br.kind !== "bridge") {
+    throw new CniError(
+      ErrorCode.InvalidConfig,
+      `invalid config: "bridge": ${conf.bridge} exists but is a ${br.kind ?? "non-bridge"} device`,
+    );
+  }
+  const changes: Parameters<Rtnl["linkSet"]>[1] = {};
+  if (!br.up) changes.up = true;
+  if (conf.promiscMode && !br.promisc) changes.promisc = true;
+  if (Object.keys(changes).length > 0) nl.linkSet(br.index, changes);
+  if (conf.vlan !== undefined && !br.bridge?.vlanFiltering) {
+    throw new CniError(
+      ErrorCode.InvalidConfig,
+      `invalid config: "vlan" needs vlan_filtering, which existing bridge ${conf.bridge} has off`,
+    );
+  }
+  return br;
+}
+
+/** Gateway addresses on the bridge (isGateway). A different address in the same subnet fails unless forceAddress. */
+function ensureGateway(nl: Rtnl, br: Link, conf: BridgeConf, ips: IpConfig[]): void {
+  const existing = nl.addrList({ ifindex: br.index });
+  for (const ip of ips) {
+    if (!ip.gateway) continue;
+    const len = ip.address.split("/")[1];
+    const want = normalizeCidr(`${ip.gateway}/${len}`);
+    const subnet = subnetOf(ip.address);
+    if (existing.some((a) => a.cidr === want)) continue;
+    for (const a of existing) {
+      if (a.family !== familyOf(ip.address) || a.scope === "link") continue;
+      if (subnetOf(a.cidr) !== subnet && subnetOf(`${a.address}/${len}`) !== subnet) continue;
+      if (!conf.forceAddress) {
+        throw new CniError(
+          ErrorCode.InvalidConfig,
+          `bridge ${conf.bridge} already has an IP address ${a.cidr} different from the gateway ${want} (set "forceAddress" to replace it)`,
+        );
+      }
+      nl.addrDel(br.index, a.cidr);
+    }
+    try {
+      nl.addrAdd(br.index, { cidr: want, nodad: familyOf(want) === 6, broadcast: familyOf(want) === 4 ? "auto" : undefined });
+    } catch (e) {
+      if (!isNetlinkError(e, "EEXIST")) throw kernelError(`add gateway ${want} to ${conf.bridge}`, e);
+    }
+  }
+  if (ips.some((i) => familyOf(i.address) === 4)) writeSysctl("net.ipv4.ip_forward", "1");
+  if (ips.some((i) => familyOf(i.address) === 6)) writeSysctl("net.ipv6.conf.all.forwarding", "1");
+}
+
+function hostName(req: Request): string {
+  return hostLinkName("bv", req.config.name, req.containerId, req.ifname);
+}
+
+function attachment(req: Request) {
+  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
+}
+
+async function add(req: Request): Promise<Result> {
+  const conf = parseBridgeConf(req);
+  const mac = requestedMac(req);
+  const undo = new Undo();
+  const ns = openContainerNetns(req);
+  const host = hostName(req);
+  try {
+    return await withRtnl(undefined, async (hostNl) =>
+      withRtnl(ns, async (podNl) => {
+        if (podNl.linkGet(req.ifname)) {
+          throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
+        }
+        const br = ensureBridge(hostNl, conf);
+
+        // IPAM before any link: if it fails there is nothing to undo.
+        let ipam: Result | undefined;
+        if (ipamType(req)) {
+          ipam = await ipamAdd(req);
+          undo.push(() => ipamDel(req));
+        }
+        const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({
+          address: ip.address,
+          gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
+        }));
+
+        // A stale host end (a DEL that never ran for this attachment) would block the name.
+        if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
+        try {
+          hostNl.linkAdd({
+            kind: "veth",
+            name: host,
+            mtu: conf.mtu,
+            peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
+          });
+        } catch (e) {
+          throw kernelError(`create veth ${host}/${req.ifname}`, e);
+        }
+        undo.push(() => deleteLinkIfPresent(hostNl, host));
+        try {
+          hostNl.linkSet(host, { master: br.index, up: true });
+        } catch (e) {
+          throw kernelError(`attach ${host} to bridge ${conf.bridge}`, e);
+        }
+        if (conf.hairpinMode || conf.portIsolation) {
+          hostNl.bridgePortSet(host, { hairpin: conf.hairpinMode || undefined, isolated: conf.portIsolation || undefined });
+        }
+        if (conf.vlan !== undefined) {
+          hostNl.bridgeVlanAdd(host, conf.vlan, { pvid: true, untagged: true });
+          if (!conf.preserveDefaultVlan && conf.vlan !== 1) hostNl.bridgeVlanDel(host, 1);
+        }
+
+        const routes: Route[] = [...(ipam?.routes ?? [])];
+        if (conf.isDefaultGateway) {
+          for (const fam of [4, 6] as const) {
+            const gw = ips.find((i) => familyOf(i.address) === fam)?.gateway;
+            const dst = fam === 4 ? "0.0.0.0/0" : "::/0";
+            if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
+          }
+        }
+        try {
+          configureSandbox(podNl, req.ifname, ips, routes, {
+            nodad: !conf.enabledad,
+            down: conf.disableContainerInterface,
+          });
+        } catch (e) {
+          throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
+        }
+        if (conf.isGateway) ensureGateway(hostNl, br, conf, ips);
+
+        if (conf.ipMasq && ips.length > 0) {
+          await addMasquerade(
+            attachment(req),
+            ips.map((i) => i.address),
+            conf.nftTable,
+          );
+          undo.push(() =>
+            removeMasquerade(
+              attachment(req),
+              ips.map((i) => i.address),
+              conf.nftTable,
+            ),
+          );
+        }
+        const pod = podNl.linkGet(req.ifname)!;
+        if (conf.macspoofchk && pod.mac) {
+          await addMacSpoofCheck(host, pod.mac, conf.nftTable);
+          undo.push(() => removeMacSpoofCheck(host, conf.nftTable));
+        }
+
+        const hostLink = hostNl.linkGet(host)!;
+        const bridgeNow = hostNl.linkGet(br.index)!;
+        return {
+          cniVersion: req.config.cniVersion,
+          interfaces: [
+            { name: bridgeNow.name, mac: bridgeNow.mac },
+            { name: host, mac: hostLink.mac },
+            { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
+          ],
+          ips: ips.map((ip) => ({ ...ip, interface: 2 })),
+          routes,
+          dns: ipam?.dns ?? req.config.dns,
+        };
+      }),
+    );
+  } catch (e) {
+    await undo.run();
+    throw e;
+  } finally {
+    ns.close();
+  }
+}
+
+/** Addresses the attachment had: from prevResult, else from the container interface. */
+function knownAddresses(req: Request, podNl: Rtnl | null): string[] {
+  const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
+  if (prev.length > 0 || !podNl) return prev;
+  const link = podNl.linkGet(req.ifname);
+  if (!link) return [];
+  return podNl
+    .addrList({ ifindex: link.index })
+    .filter((a) => a.scope !== "link")
+    .map((a) => a.cidr);
+}
+
+async function del(req: Request): Promise<void> {
+  const conf = parseBridgeConf(req);
+  // The address is released first and always: a DEL must never leak an IP.
+  await ipamDel(req);
+  const ns = openNetnsIfPresent(req);
+  try {
+    await withRtnl(undefined, async (hostNl) => {
+      let addresses: string[] = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
+      if (ns) {
+        await withRtnl(ns, async (podNl) => {
+          addresses = knownAddresses(req, podNl);
+          // Deleting the container end removes the pair.
+          await deleteLinkIfPresent(podNl, req.ifname);
+        });
+      }
+      await deleteLinkIfPresent(hostNl, hostName(req));
+      if (conf.ipMasq) {
+        if (addresses.length > 0) await removeMasquerade(attachment(req), addresses, conf.nftTable);
+        else await gcMasquerade(req.config.name, null, [attachment(req)], conf.nftTable);
+      }
+      if (conf.macspoofchk) await removeMacSpoofCheck(hostName(req), conf.nftTable);
+    });
+  } finally {
+    ns?.close();
+  }
+}
+
+async function check(req: Request): Promise<void> {
+  const conf = parseBridgeConf(req);
+  const prev = req.config.prevResult;
+  if (!prev) throw new CniError(ErrorCode.InvalidConfig, "CHECK needs prevResult (the ADD result)");
+  if (ipamType(req)) await ipamCheck(req);
+  const ns: Netns = openContainerNetns(req);
+  try {
+    await withRtnl(undefined, async (hostNl) => {
+      const br = hostNl.linkGet(conf.bridge);
+      if (!br || br.kind !== "bridge") throw new CniError(ErrorCode.Internal, `CHECK: bridge ${conf.bridge} is missing`);
+      const host = hostNl.linkGet(hostName(req));
+      if (!host) throw new CniError(ErrorCode.Internal, `CHECK: host interface ${hostName(req)} is missing`);
+      if (host.masterIndex !== br.index)
+        throw new CniError(ErrorCode.Internal, `CHECK: ${host.name} is not attached to bridge ${conf.bridge}`);
+      await withRtnl(ns, (podNl) => {
+        checkSandbox(podNl, req.ifname, prev, req.netns);
+      });
+    });
+  } finally {
+    ns.close();
+  }
+  if (conf.ipMasq) {
+    const have = new Set(await masqueradeOf(attachment(req), conf.nftTable));
+    for (const ip of prev.ips ?? []) {
+      if (!have.has(ipOf(normalizeCidr(ip.address))))
+        throw new CniError(ErrorCode.Internal, `CHECK: masquerade for ${ip.address} is missing`);
+    }
+  }
+  if (conf.macspoofchk && !(await macSpoofPorts(conf.nftTable)).includes(hostName(req))) {
+    throw new CniError(ErrorCode.Internal, `CHECK: MAC spoof check for ${hostName(req)} is missing`);
+  }
+}
+
+/**
+ * GC: everything of this network whose attachment is not in the valid list — IP
+ * reservations (through IPAM), host veths (found by their deterministic names) and
+ * masquerade/spoof-check rules. The reference plugins implement none of this.
+ */
+async function gc(req: Request): Promise<void> {
+  const conf = parseBridgeConf(req);
+  const valid = gcAttachments(req.config);
+  const errors: string[] = [];
+  const keep = new Set(valid.map((a) => hostLinkName("bv", req.config.name, a.containerID, a.ifname)));
+  const tag = `bv${networkTag(req.config.name)}`;
+  try {
+    if (ipamType(req)) await ipamGc(req);
+  } catch (e) {
+    errors.push(`IPAM: ${(e as Error).message}`);
+  }
+  await withRtnl(undefined, async (hostNl) => {
+    for (const l of hostNl.linkList()) {
+      if (l.name.startsWith(tag) && l.name.length === 14 && !keep.has(l.name)) {
+        try {
+          await deleteLinkIfPresent(hostNl, l.name);
+        } catch (e) {
+          errors.push(`${l.name}: ${(e as Error).message}`);
+        }
+      }
+    }
+  });
+  try {
+    if (conf.ipMasq) {
+      await gcMasquerade(
+        req.config.name,
+        valid.map((a) => ({ network: req.config.name, containerId: a.containerID, ifname: a.ifname })),
+        [],
+        conf.nftTable,
+      );
+    }
+    if (conf.macspoofchk) {
+      for (const port of await macSpoofPorts(conf.nftTable)) {
+        if (port.startsWith(tag) && !keep.has(port)) await removeMacSpoofCheck(port, conf.nftTable);
+      }
+    }
+  } catch (e) {
+    errors.push(`nftables: ${(e as Error).message}`);
+  }
+  if (errors.length > 0) throw new CniError(ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
+}
+
+/** STATUS: 50 when an ADD cannot be served — IPAM not ready, or the bridge has no free port. */
+async function status(req: Request): Promise<void> {
+  const conf = parseBridgeConf(req);
+  await withRtnl(undefined, (nl) => {
+    const br = nl.linkGet(conf.bridge);
+    if (!br) return;
+    const ports = nl.linkList().filter((l) => l.masterIndex === br.index).length;
+    if (ports >= MAX_BRIDGE_PORTS) {
+      throw new CniError(
+        ErrorCode.PluginNotAvailable,
+        `bridge ${conf.bridge} has ${ports} ports, the kernel's limit is ${MAX_BRIDGE_PORTS}`,
+      );
+    }
+  });
+  if (ipamType(req)) await ipamStatus(req);
+}
+
+export const bridgePlugin: Plugin = {
+  name: "berth-bridge",
+  cniArgs: ["IP", "MAC"],
+  add,
+  del,
+  check,
+  gc,
+  status,
+};

@@ -1,0 +1,261 @@
+// berth-ptp: a point-to-point veth per container, routed (no bridge). Accepts the reference
+// ptp plugin's option names. Container side: the IPAM address without a connected route,
+// "gw/32 scope link" and everything else via gw. Host side: the gateway as a /32 on the
+// host veth (the same address on every veth) and "podIP/32 dev veth".
+import { isNetlinkError } from "../../../native/netlink/error.ts";
+import type { Rtnl } from "../../../native/netlink/socket.ts";
+import { writeSysctl } from "../../../native/sysctl.ts";
+import { addMasquerade, gcMasquerade, masqueradeOf, removeMasquerade } from "../../nft/masquerade.ts";
+import { DEFAULT_TABLE } from "../../nft/nft.ts";
+import { gcAttachments, requestedMac } from "../../spec/config.ts";
+import { configSchema, field, validateConfig } from "../../spec/schema.ts";
+import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
+import {
+  deleteLinkIfPresent,
+  hostLinkName,
+  kernelError,
+  networkTag,
+  openContainerNetns,
+  openNetnsIfPresent,
+  Undo,
+  withRtnl,
+} from "../attachment.ts";
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam.ts";
+import { checkSandbox, configureSandbox, familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../sandbox.ts";
+
+const schema = configSchema({
+  ipMasq: field.boolean().default(false),
+  ipMasqBackend: field.string({ oneOf: ["nftables", "iptables"] }).unsupported("iptables", "berth uses nftables only"),
+  mtu: field.int(68, 65535),
+  enabledad: field.boolean().default(false),
+  ipam: field.anyObject().require(),
+  nftTable: field
+    .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
+    .default(DEFAULT_TABLE),
+});
+
+function hostName(req: Request): string {
+  return hostLinkName("bp", req.config.name, req.containerId, req.ifname);
+}
+
+function attachment(req: Request) {
+  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
+}
+
+function hostPrefix(ip: string): string {
+  return `${ip}/${familyOf(ip) === 4 ? 32 : 128}`;
+}
+
+/** Container routes: gw as a link route, the subnet and IPAM's routes through gw. */
+function podRoutes(ips: IpConfig[], ipamRoutes: Route[]): { install: Route[]; report: Route[] } {
+  const install: Route[] = [];
+  const report: Route[] = [];
+  for (const ip of ips) {
+    const gw = ip.gateway!;
+    install.push({ dst: hostPrefix(gw), scope: 253 });
+    const subnet = { dst: subnetOf(ip.address), gw };
+    install.push(subnet);
+    report.push(subnet);
+  }
+  for (const r of ipamRoutes) {
+    const gw = r.gw ?? ips.find((i) => familyOf(i.address) === familyOf(r.dst))?.gateway;
+    const route = { ...r, gw };
+    install.push(route);
+    report.push(route);
+  }
+  return { install, report };
+}
+
+function configureHost(nl: Rtnl, host: string, ips: IpConfig[]): void {
+  for (const ip of ips) {
+    try {
+      nl.addrAdd(host, { cidr: hostPrefix(ip.gateway!), nodad: familyOf(ip.address) === 6, noprefixroute: true });
+    } catch (e) {
+      if (!isNetlinkError(e, "EEXIST")) throw e;
+    }
+  }
+  nl.linkSet(host, { up: true });
+  for (const ip of ips) {
+    nl.routeReplace({ dst: hostPrefix(ipOf(ip.address)), dev: host, scope: "link", family: familyOf(ip.address) });
+  }
+  if (ips.some((i) => familyOf(i.address) === 4)) writeSysctl("net.ipv4.ip_forward", "1");
+  if (ips.some((i) => familyOf(i.address) === 6)) writeSysctl("net.ipv6.conf.all.forwarding", "1");
+}
+
+async function add(req: Request): Promise<Result> {
+  const conf = validateConfig(req.config, schema);
+  const mac = requestedMac(req);
+  const undo = new Undo();
+  const ns = openContainerNetns(req);
+  const host = hostName(req);
+  try {
+    return await withRtnl(undefined, async (hostNl) =>
+      withRtnl(ns, async (podNl) => {
+        if (podNl.linkGet(req.ifname)) {
+          throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
+        }
+        const ipam = await ipamAdd(req);
+        undo.push(() => ipamDel(req));
+        const ips: IpConfig[] = (ipam.ips ?? []).map((ip) => ({
+          address: ip.address,
+          gateway: ip.gateway ?? firstHost(ip.address),
+        }));
+        for (const ip of ips) {
+          if (ipOf(ip.address) === ip.gateway) {
+            throw new CniError(ErrorCode.InvalidConfig, `IPAM gave ${ip.address} whose address is also its gateway`);
+          }
+        }
+
+        if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
+        try {
+          hostNl.linkAdd({ kind: "veth", name: host, mtu: conf.mtu, peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac } });
+        } catch (e) {
+          throw kernelError(`create veth ${host}/${req.ifname}`, e);
+        }
+        undo.push(() => deleteLinkIfPresent(hostNl, host));
+        const routes = podRoutes(ips, ipam.routes ?? []);
+        try {
+          configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
+          configureHost(hostNl, host, ips);
+        } catch (e) {
+          throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);
+        }
+        if (conf.ipMasq) {
+          await addMasquerade(
+            attachment(req),
+            ips.map((i) => i.address),
+            conf.nftTable,
+          );
+          undo.push(() =>
+            removeMasquerade(
+              attachment(req),
+              ips.map((i) => i.address),
+              conf.nftTable,
+            ),
+          );
+        }
+        const pod = podNl.linkGet(req.ifname)!;
+        const hostLink = hostNl.linkGet(host)!;
+        return {
+          cniVersion: req.config.cniVersion,
+          interfaces: [
+            { name: host, mac: hostLink.mac },
+            { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
+          ],
+          ips: ips.map((ip) => ({ ...ip, interface: 1 })),
+          routes: routes.report,
+          dns: ipam.dns ?? req.config.dns,
+        };
+      }),
+    );
+  } catch (e) {
+    await undo.run();
+    throw e;
+  } finally {
+    ns.close();
+  }
+}
+
+async function del(req: Request): Promise<void> {
+  const conf = validateConfig(req.config, schema);
+  await ipamDel(req);
+  const ns = openNetnsIfPresent(req);
+  try {
+    let addresses = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
+    if (ns) {
+      await withRtnl(ns, async (podNl) => {
+        const link = podNl.linkGet(req.ifname);
+        if (link && addresses.length === 0) {
+          addresses = podNl
+            .addrList({ ifindex: link.index })
+            .filter((a) => a.scope !== "link")
+            .map((a) => a.cidr);
+        }
+        await deleteLinkIfPresent(podNl, req.ifname);
+      });
+    }
+    await withRtnl(undefined, (hostNl) => deleteLinkIfPresent(hostNl, hostName(req)));
+    if (conf.ipMasq) {
+      if (addresses.length > 0) await removeMasquerade(attachment(req), addresses, conf.nftTable);
+      else await gcMasquerade(req.config.name, null, [attachment(req)], conf.nftTable);
+    }
+  } finally {
+    ns?.close();
+  }
+}
+
+async function check(req: Request): Promise<void> {
+  const conf = validateConfig(req.config, schema);
+  const prev = req.config.prevResult;
+  if (!prev) throw new CniError(ErrorCode.InvalidConfig, "CHECK needs prevResult (the ADD result)");
+  await ipamCheck(req);
+  const ns = openContainerNetns(req);
+  try {
+    await withRtnl(ns, (podNl) => {
+      checkSandbox(podNl, req.ifname, prev, req.netns);
+    });
+  } finally {
+    ns.close();
+  }
+  await withRtnl(undefined, (hostNl) => {
+    const host = hostNl.linkGet(hostName(req));
+    if (!host?.up) throw new CniError(ErrorCode.Internal, `CHECK: host interface ${hostName(req)} is missing or down`);
+    const routes = hostNl.routeList({ ifindex: host.index });
+    for (const ip of prev.ips ?? []) {
+      const dst = normalizeCidr(hostPrefix(ipOf(ip.address)));
+      if (!routes.some((r) => r.dst === dst))
+        throw new CniError(ErrorCode.Internal, `CHECK: host route ${dst} dev ${host.name} is missing`);
+    }
+  });
+  if (conf.ipMasq) {
+    const have = new Set(await masqueradeOf(attachment(req), conf.nftTable));
+    for (const ip of prev.ips ?? []) {
+      if (!have.has(ipOf(normalizeCidr(ip.address))))
+        throw new CniError(ErrorCode.Internal, `CHECK: masquerade for ${ip.address} is missing`);
+    }
+  }
+}
+
+async function gc(req: Request): Promise<void> {
+  const conf = validateConfig(req.config, schema);
+  const valid = gcAttachments(req.config);
+  const errors: string[] = [];
+  try {
+    await ipamGc(req);
+  } catch (e) {
+    errors.push(`IPAM: ${(e as Error).message}`);
+  }
+  const keep = new Set(valid.map((a) => hostLinkName("bp", req.config.name, a.containerID, a.ifname)));
+  const tag = `bp${networkTag(req.config.name)}`;
+  await withRtnl(undefined, async (nl) => {
+    for (const l of nl.linkList()) {
+      if (l.name.startsWith(tag) && l.name.length === 14 && !keep.has(l.name)) {
+        try {
+          await deleteLinkIfPresent(nl, l.name);
+        } catch (e) {
+          errors.push(`${l.name}: ${(e as Error).message}`);
+        }
+      }
+    }
+  });
+  if (conf.ipMasq) {
+    try {
+      await gcMasquerade(
+        req.config.name,
+        valid.map((a) => ({ network: req.config.name, containerId: a.containerID, ifname: a.ifname })),
+        [],
+        conf.nftTable,
+      );
+    } catch (e) {
+      errors.push(`nftables: ${(e as Error).message}`);
+    }
+  }
+  if (errors.length > 0) throw new CniError(ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
+}
+
+async function status(req: Request): Promise<void> {
+  validateConfig(req.config, schema);
+  await ipamStatus(req);
+}
+
+export const ptpPlugin: Plugin = { name: "berth-ptp", cniArgs: ["IP", "MAC"], add, del, check, gc, status };

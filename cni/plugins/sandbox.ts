@@ -1,0 +1,148 @@
+// The container side of an attachment: addresses, routes and link state inside CNI_NETNS,
+// plus the checks CHECK runs against what the kernel holds there.
+
+import { isNetlinkError } from "../../native/netlink/error.ts";
+import type { Link } from "../../native/netlink/link.ts";
+import type { Rtnl } from "../../native/netlink/socket.ts";
+import { CniError, ErrorCode, type IpConfig, type Result, type Route } from "../spec/types.ts";
+
+export function familyOf(cidrOrIp: string): 4 | 6 {
+  return cidrOrIp.includes(":") ? 6 : 4;
+}
+
+export function ipOf(cidr: string): string {
+  return cidr.split("/")[0]!;
+}
+
+/** "10.1.0.5/24" → "10.1.0.0/24" (v4 and v6). */
+export function subnetOf(cidr: string): string {
+  const [ip, lenText] = cidr.split("/");
+  const len = Number(lenText);
+  if (familyOf(ip!) === 4) {
+    const v = ip!.split(".").reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n);
+    const mask = len === 0 ? 0n : ((1n << 32n) - 1n) ^ ((1n << BigInt(32 - len)) - 1n);
+    const n = v & mask;
+    return `${[24n, 16n, 8n, 0n].map((s) => (n >> s) & 255n).join(".")}/${len}`;
+  }
+  const v = ipv6ToBigInt(ip!);
+  const mask = len === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - len)) - 1n);
+  return `${bigIntToIpv6(v & mask)}/${len}`;
+}
+
+/** First host address of a subnet (network + 1): the conventional gateway. */
+export function firstHost(cidr: string): string {
+  const net = subnetOf(cidr).split("/")[0]!;
+  if (familyOf(net) === 4) {
+    const v = net.split(".").reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) + 1n;
+    return [24n, 16n, 8n, 0n].map((s) => (v >> s) & 255n).join(".");
+  }
+  return bigIntToIpv6(ipv6ToBigInt(net) + 1n);
+}
+
+function ipv6ToBigInt(ip: string): bigint {
+  const [head, tail] = ip.split("::");
+  const h = head ? head.split(":") : [];
+  const t = tail ? tail.split(":") : [];
+  const groups = tail !== undefined ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
+  return groups.reduce((a, g) => (a << 16n) | BigInt(Number.parseInt(g || "0", 16)), 0n);
+}
+
+function bigIntToIpv6(v: bigint): string {
+  const g: number[] = [];
+  for (let i = 7; i >= 0; i--) g.push(Number((v >> BigInt(i * 16)) & 0xffffn));
+  // Compress the longest run of zero groups (RFC 5952).
+  let best = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen && j - i > 1) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hexes = g.map((x) => x.toString(16));
+  if (best < 0) return hexes.join(":");
+  return `${hexes.slice(0, best).join(":")}::${hexes.slice(best + bestLen).join(":")}`;
+}
+
+export interface SandboxOptions {
+  /** Skip IPv6 duplicate address detection (berth's default: DAD costs ~2 s per ADD). */
+  nodad: boolean;
+  /** Install no connected route for the addresses (ptp routes through the gateway instead). */
+  noprefixroute?: boolean;
+  /** Leave the interface down (bridge's disableContainerInterface). */
+  down?: boolean;
+}
+
+/** Adds addresses, brings the link up and installs the routes, in that order. */
+export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], routes: Route[], opts: SandboxOptions): void {
+  for (const ip of ips) {
+    const v6 = familyOf(ip.address) === 6;
+    nl.addrAdd(ifname, {
+      cidr: ip.address,
+      nodad: v6 && opts.nodad,
+      noprefixroute: opts.noprefixroute,
+      broadcast: v6 ? undefined : "auto",
+    });
+  }
+  if (!opts.down) nl.linkSet(ifname, { up: true });
+  for (const r of routes) {
+    const gw = r.gw;
+    try {
+      nl.routeAdd({
+        dst: r.dst === "0.0.0.0/0" || r.dst === "::/0" ? "default" : r.dst,
+        family: familyOf(r.dst),
+        gateway: gw,
+        dev: ifname,
+        priority: r.priority,
+        table: r.table,
+        mtu: r.mtu,
+        advmss: r.advmss,
+        scope: r.scope,
+      });
+    } catch (e) {
+      // The same route from two range sets (e.g. a shared default) is fine once.
+      if (!isNetlinkError(e, "EEXIST")) throw e;
+    }
+  }
+}
+
+/** CHECK of the container side: the interface, its MAC, addresses and routes are all there. */
+export function checkSandbox(nl: Rtnl, ifname: string, prev: Result, sandboxPath: string): Link {
+  const link = nl.linkGet(ifname);
+  if (!link) throw new CniError(ErrorCode.Internal, `CHECK: interface ${ifname} is missing in ${sandboxPath}`);
+  const mine = (prev.interfaces ?? []).findIndex((i) => i.name === ifname && i.sandbox);
+  const expectedMac = mine >= 0 ? prev.interfaces![mine]!.mac : undefined;
+  if (expectedMac && link.mac?.toLowerCase() !== expectedMac.toLowerCase()) {
+    throw new CniError(ErrorCode.Internal, `CHECK: ${ifname} has MAC ${link.mac}, the ADD result says ${expectedMac}`);
+  }
+  const have = new Set(nl.addrList({ ifindex: link.index }).map((a) => a.cidr));
+  for (const ip of prev.ips ?? []) {
+    if (mine >= 0 && ip.interface !== undefined && ip.interface !== mine) continue;
+    if (!have.has(normalizeCidr(ip.address))) {
+      throw new CniError(ErrorCode.Internal, `CHECK: address ${ip.address} is missing on ${ifname} in ${sandboxPath}`);
+    }
+  }
+  const routes = nl.routeList({ ifindex: link.index });
+  for (const r of prev.routes ?? []) {
+    const dst = r.dst === "0.0.0.0/0" || r.dst === "::/0" ? "default" : normalizeCidr(r.dst);
+    const found = routes.some((k) => (k.dst === dst || normalizeCidr(k.dst) === dst) && (!r.gw || k.gateway === r.gw));
+    if (!found)
+      throw new CniError(ErrorCode.Internal, `CHECK: route ${r.dst}${r.gw ? ` via ${r.gw}` : ""} is missing in ${sandboxPath}`);
+  }
+  return link;
+}
+
+/** Canonical text of a CIDR as the kernel reports it (IPv6 compressed, lowercase). */
+export function normalizeCidr(cidr: string): string {
+  if (cidr === "default") return cidr;
+  const [ip, len] = cidr.split("/");
+  if (familyOf(ip!) === 4) return cidr;
+  return `${bigIntToIpv6(ipv6ToBigInt(ip!.toLowerCase()))}/${len}`;
+}

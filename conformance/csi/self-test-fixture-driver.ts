@@ -325,7 +325,14 @@ export async function startFixtureDriver(opts: { socket: string; dataDir: string
   return {
     /** Stops serving and removes whatever volumes were left (the suite should have left none). */
     async stop(): Promise<void> {
-      await new Promise<void>((resolve) => server.tryShutdown(() => resolve()));
+      await new Promise<void>((resolve) => {
+        // a client that never closes its channel must not keep the fixture alive
+        const force = setTimeout(() => server.forceShutdown(), 2000);
+        server.tryShutdown(() => {
+          clearTimeout(force);
+          resolve();
+        });
+      });
       for (const target of published.keys()) execFileSync("umount", ["-l", target], { stdio: "ignore" });
       for (const v of volumes.values()) execFileSync("umount", ["-l", v.dir], { stdio: "ignore" });
       rmSync(opts.dataDir, { recursive: true, force: true });

@@ -1,0 +1,328 @@
+// CSI benchmark (`npm run bench:csi`, not a test):
+//   node --import tsx conformance/bench/csi.bench.ts [--endpoint unix:///path.sock --pid PID]
+//     [--iterations 20] [--volumes 1000]
+// 1. For 64 MiB dir, raw block and ext4 block volumes: p50/p90 of create+stage+publish and of
+//    unpublish+unstage+delete through the driver's gRPC endpoint, beside the same kernel work done
+//    directly with the command-line tools in the same run (truncate, losetup, mkfs.ext4, mount …).
+// 2. The driver's resident memory (VmRSS) after creating 1,000 small dir volumes.
+// Without --endpoint it starts berth's driver as a child process with temp dirs, and removes
+// everything (volumes, mounts, loop devices, dirs) at the end or on SIGINT.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { testPrefix } from "../../testing/kernel.ts";
+import { type CsiClient as Client, CsiClient, type Volume, type VolumeCapability } from "../csi/client.ts";
+import { forceUnmount, mountsUnder } from "../csi/kernel-view.ts";
+
+const MiB = 1024 * 1024;
+const ROOT = join(tmpdir(), `${testPrefix()}-csibench`);
+const REPO = new URL("../../", import.meta.url).pathname;
+
+interface Kind {
+  label: string;
+  params: Record<string, string>;
+  capability: VolumeCapability;
+  /** what the same work costs with the plain tools */
+  direct: { up: (dir: string) => void; down: (dir: string) => void; what: string };
+}
+
+const sh = (cmd: string, args: string[]) =>
+  execFileSync(cmd, args, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }).trim();
+const loopOf = new Map<string, string>();
+
+const KINDS: Kind[] = [
+  {
+    label: "dir 64 MiB",
+    params: { kind: "dir" },
+    capability: { mount: { fs_type: "", mount_flags: [] }, access_mode: { mode: "SINGLE_NODE_WRITER" } },
+    direct: {
+      what: "truncate+losetup+mkfs.ext4+mount / umount+losetup -d+rm",
+      up: (d) => directFsUp(d),
+      down: (d) => directFsDown(d),
+    },
+  },
+  {
+    label: "block raw 64 MiB",
+    params: { kind: "block" },
+    capability: { block: {}, access_mode: { mode: "SINGLE_NODE_WRITER" } },
+    direct: {
+      what: "truncate+losetup+bind-mount device / umount+losetup -d+rm",
+      up: (d) => {
+        mkdirSync(d, { recursive: true });
+        sh("truncate", ["-s", `${64 * MiB}`, join(d, "img")]);
+        const loop = sh("losetup", ["-f", "--show", join(d, "img")]);
+        loopOf.set(d, loop);
+        writeFileSync(join(d, "target"), "");
+        sh("mount", ["--bind", loop, join(d, "target")]);
+      },
+      down: (d) => {
+        sh("umount", [join(d, "target")]);
+        sh("losetup", ["-d", loopOf.get(d)!]);
+        loopOf.delete(d);
+        rmSync(d, { recursive: true });
+      },
+    },
+  },
+  {
+    label: "block ext4 64 MiB",
+    params: { kind: "block" },
+    capability: { mount: { fs_type: "ext4", mount_flags: [] }, access_mode: { mode: "SINGLE_NODE_WRITER" } },
+    direct: {
+      what: "truncate+losetup+mkfs.ext4+mount / umount+losetup -d+rm",
+      up: (d) => directFsUp(d),
+      down: (d) => directFsDown(d),
+    },
+  },
+];
+
+function directFsUp(d: string): void {
+  mkdirSync(join(d, "target"), { recursive: true });
+  sh("truncate", ["-s", `${64 * MiB}`, join(d, "img")]);
+  const loop = sh("losetup", ["-f", "--show", join(d, "img")]);
+  loopOf.set(d, loop);
+  sh("mkfs.ext4", ["-q", "-F", loop]);
+  sh("mount", [loop, join(d, "target")]);
+}
+
+function directFsDown(d: string): void {
+  sh("umount", [join(d, "target")]);
+  sh("losetup", ["-d", loopOf.get(d)!]);
+  loopOf.delete(d);
+  rmSync(d, { recursive: true });
+}
+
+function percentile(samples: number[], p: number): number {
+  const s = [...samples].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] ?? Number.NaN;
+}
+
+const ms = (n: number) => `${n.toFixed(1)} ms`;
+
+/** Starts berth's driver in a child process so that its memory can be read from /proc. */
+async function startDriverChild(): Promise<{ endpoint: string; child: ChildProcess }> {
+  const socket = join(ROOT, "csi.sock");
+  const opts = { endpoint: `unix://${socket}`, nodeId: "bench-node", dataDir: join(ROOT, "data"), stateDir: join(ROOT, "state") };
+  mkdirSync(opts.dataDir, { recursive: true });
+  mkdirSync(opts.stateDir, { recursive: true });
+  // `berth csi` may not be wired into the CLI yet: call startCsiDriver from a two-line script.
+  const script = `
+    const { startCsiDriver } = await import(${JSON.stringify(join(REPO, "csi/server.ts"))});
+    const { default: pino } = await import("pino");
+    const d = await startCsiDriver({ ...JSON.parse(process.env.BENCH_DRIVER_OPTS), logger: pino({ level: "warn" }) });
+    process.on("SIGTERM", () => d.close().then(() => process.exit(0)));
+    process.send?.("ready");`;
+  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
+    cwd: REPO,
+    env: { ...process.env, BENCH_DRIVER_OPTS: JSON.stringify(opts) },
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.once("message", () => resolve());
+    child.once("exit", (code) => reject(new Error(`the driver exited with ${code} before it was ready`)));
+  });
+  return { endpoint: opts.endpoint, child };
+}
+
+async function stopDriverChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  child.kill("SIGTERM");
+  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) : Number.NaN;
+}
+
+class Tracker {
+  readonly volumes = new Set<string>();
+  readonly published = new Map<string, string>();
+  readonly staged = new Map<string, string>();
+  async release(client: Client): Promise<void> {
+    for (const [t, v] of this.published)
+      await client.call("Node", "NodeUnpublishVolume", { volume_id: v, target_path: t }).catch(() => {});
+    for (const [s, v] of this.staged)
+      await client.call("Node", "NodeUnstageVolume", { volume_id: v, staging_target_path: s }).catch(() => {});
+    for (const v of this.volumes) await client.call("Controller", "DeleteVolume", { volume_id: v }).catch(() => {});
+    this.published.clear();
+    this.staged.clear();
+    this.volumes.clear();
+  }
+}
+
+async function benchKind(client: Client, kind: Kind, iterations: number, staged: boolean, track: Tracker) {
+  const up: number[] = [];
+  const down: number[] = [];
+  const directUp: number[] = [];
+  const directDown: number[] = [];
+  for (let i = 0; i < iterations; i++) {
+    const dir = join(ROOT, `${kind.params.kind}-${kind.capability.block ? "raw" : "fs"}-${i}`);
+    const staging = join(dir, "staging");
+    const target = join(dir, "target");
+    mkdirSync(staging, { recursive: true });
+    let t0 = performance.now();
+    const { volume } = await client.call<{ volume: Volume }>("Controller", "CreateVolume", {
+      name: `bench-${kind.label.replaceAll(" ", "-")}-${i}-${Date.now()}`,
+      capacity_range: { required_bytes: 64 * MiB },
+      volume_capabilities: [kind.capability],
+      parameters: kind.params,
+    });
+    track.volumes.add(volume.volume_id);
+    if (staged) {
+      track.staged.set(staging, volume.volume_id);
+      await client.call("Node", "NodeStageVolume", {
+        volume_id: volume.volume_id,
+        staging_target_path: staging,
+        volume_capability: kind.capability,
+        volume_context: volume.volume_context,
+      });
+    }
+    track.published.set(target, volume.volume_id);
+    await client.call("Node", "NodePublishVolume", {
+      volume_id: volume.volume_id,
+      staging_target_path: staged ? staging : "",
+      target_path: target,
+      volume_capability: kind.capability,
+      volume_context: volume.volume_context,
+    });
+    let t1 = performance.now();
+    await client.call("Node", "NodeUnpublishVolume", { volume_id: volume.volume_id, target_path: target });
+    track.published.delete(target);
+    if (staged) {
+      await client.call("Node", "NodeUnstageVolume", { volume_id: volume.volume_id, staging_target_path: staging });
+      track.staged.delete(staging);
+    }
+    await client.call("Controller", "DeleteVolume", { volume_id: volume.volume_id });
+    track.volumes.delete(volume.volume_id);
+    let t2 = performance.now();
+    up.push(t1 - t0);
+    down.push(t2 - t1);
+    rmSync(dir, { recursive: true, force: true });
+
+    const direct = join(ROOT, `direct-${i}`);
+    t0 = performance.now();
+    kind.direct.up(direct);
+    t1 = performance.now();
+    kind.direct.down(direct);
+    t2 = performance.now();
+    directUp.push(t1 - t0);
+    directDown.push(t2 - t1);
+  }
+  return { up, down, directUp, directDown };
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      endpoint: { type: "string" },
+      pid: { type: "string" },
+      iterations: { type: "string", default: "20" },
+      volumes: { type: "string", default: "1000" },
+    },
+    strict: true,
+  });
+  const iterations = Number(values.iterations);
+  const volumeCount = Number(values.volumes);
+  if (!Number.isInteger(iterations) || iterations < 1)
+    throw new Error(`--iterations ${values.iterations} is not a positive integer`);
+  if (!Number.isInteger(volumeCount) || volumeCount < 0) throw new Error(`--volumes ${values.volumes} is not a whole number`);
+  mkdirSync(ROOT, { recursive: true });
+
+  let child: ChildProcess | undefined;
+  let endpoint = values.endpoint;
+  let pid = values.pid ? Number(values.pid) : undefined;
+  if (!endpoint) {
+    const started = await startDriverChild();
+    child = started.child;
+    endpoint = started.endpoint;
+    pid = child.pid;
+  }
+  const client = CsiClient.connect(endpoint);
+  const track = new Tracker();
+  const cleanup = async () => {
+    await track.release(client);
+    client.close();
+    if (child) await stopDriverChild(child);
+    for (const m of mountsUnder(ROOT)) forceUnmount(m);
+    for (const loop of loopOf.values()) {
+      try {
+        sh("losetup", ["-d", loop]);
+      } catch {}
+    }
+    rmSync(ROOT, { recursive: true, force: true });
+  };
+  process.once("SIGINT", () => {
+    process.stderr.write("\nSIGINT: cleaning up…\n");
+    void cleanup().then(() => process.exit(130));
+  });
+
+  try {
+    await client.waitReady(10_000);
+    const nodeCaps = await client.call<{ capabilities: { rpc?: { type: string } | null }[] }>("Node", "NodeGetCapabilities", {});
+    const staged = nodeCaps.capabilities.some((c) => c.rpc?.type === "STAGE_UNSTAGE_VOLUME");
+    console.log(
+      `CSI benchmark against ${endpoint}${child ? " (berth, started by the bench)" : ""}, ${iterations} iterations per kind\n`,
+    );
+    console.log(
+      "kind               | driver up p50 / p90      | direct up p50 / p90      | ratio | driver down p50 / p90    | direct down p50 / p90    | ratio",
+    );
+    for (const kind of KINDS) {
+      const r = await benchKind(client, kind, iterations, staged, track);
+      const cols = [
+        kind.label.padEnd(18),
+        `${ms(percentile(r.up, 50))} / ${ms(percentile(r.up, 90))}`.padEnd(24),
+        `${ms(percentile(r.directUp, 50))} / ${ms(percentile(r.directUp, 90))}`.padEnd(24),
+        `${(percentile(r.up, 50) / percentile(r.directUp, 50)).toFixed(2)}×`.padEnd(5),
+        `${ms(percentile(r.down, 50))} / ${ms(percentile(r.down, 90))}`.padEnd(24),
+        `${ms(percentile(r.directDown, 50))} / ${ms(percentile(r.directDown, 90))}`.padEnd(24),
+        `${(percentile(r.down, 50) / percentile(r.directDown, 50)).toFixed(2)}×`,
+      ];
+      console.log(cols.join(" | "));
+    }
+    console.log("\ndirect baselines:");
+    for (const kind of KINDS) console.log(`  ${kind.label}: ${kind.direct.what}`);
+    console.log("up = CreateVolume+NodeStageVolume+NodePublishVolume; down = NodeUnpublishVolume+NodeUnstageVolume+DeleteVolume");
+
+    if (volumeCount > 0) {
+      if (!pid) {
+        console.log("\nRSS: skipped (give --pid of the driver process together with --endpoint)");
+      } else {
+        const before = rssKiB(pid);
+        const t0 = performance.now();
+        for (let i = 0; i < volumeCount; i++) {
+          const { volume } = await client.call<{ volume: Volume }>("Controller", "CreateVolume", {
+            name: `bench-rss-${i}-${Date.now()}`,
+            capacity_range: { required_bytes: MiB },
+            volume_capabilities: [KINDS[0]!.capability],
+            parameters: { kind: "dir" },
+          });
+          track.volumes.add(volume.volume_id);
+        }
+        const createMs = performance.now() - t0;
+        const after = rssKiB(pid);
+        console.log(
+          `\ndriver RSS: ${(before / 1024).toFixed(1)} MiB idle → ${(after / 1024).toFixed(1)} MiB with ${volumeCount} dir volumes ` +
+            `(created in ${(createMs / 1000).toFixed(1)} s, ${(createMs / volumeCount).toFixed(2)} ms each)`,
+        );
+      }
+    }
+    return 0;
+  } finally {
+    await cleanup();
+  }
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (e: unknown) => {
+    process.stderr.write(`csi bench: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exitCode = 1;
+  },
+);

@@ -146,7 +146,8 @@ describe("VXLAN dataplane in a netns", () => {
   });
 
   it("programs, updates, repairs and removes a remote host", async () => {
-    agent = await startAgent();
+    // No periodic runs within the test: repairs must come from the kernel's change events.
+    agent = await startAgent(["--reconcile-interval", "600000"]);
     const key = subnetKey(PREFIX, parseCidr("10.244.200.0/24"));
     const value = { publicIP: "192.0.2.2", vtepMAC: "02:aa:00:00:00:02", vni: 1, hostname: "remote" };
     const created = await store.create(key, JSON.stringify(value), 60);

@@ -1,29 +1,12 @@
 // The kernel side of the overlay on rtnetlink: the VXLAN device `berth.<vni>` (learning off,
 // local = public IP, bound to the underlay, our port and MTU, the lease's network address as
 // /32 and /128, accept_ra 0) and its permanent neighbours, FDB entries and routes.
-// A multicast netlink socket tells the reconciler when anything on our device changes
+// A netlink event subscription tells the reconciler when anything on our device changes
 // (the device deleted, an entry removed by hand) so drift is repaired at once, not in 5 s.
 import { writeFileSync } from "node:fs";
 import type { Logger } from "pino";
-import { addon } from "../native/addon.ts";
-import { forEachMessage } from "../native/netlink/codec.ts";
-import {
-  NETLINK_ROUTE,
-  RTM_DELLINK,
-  RTM_DELNEIGH,
-  RTM_DELROUTE,
-  RTM_NEWLINK,
-  RTM_NEWNEIGH,
-  RTM_NEWROUTE,
-  RTNLGRP_IPV4_IFADDR,
-  RTNLGRP_IPV4_ROUTE,
-  RTNLGRP_IPV6_IFADDR,
-  RTNLGRP_IPV6_ROUTE,
-  RTNLGRP_LINK,
-  RTNLGRP_NEIGH,
-} from "../native/netlink/constants.ts";
 import { isNetlinkError } from "../native/netlink/error.ts";
-import { decodeRoute } from "../native/netlink/route.ts";
+import { type EventSubscription, type RtnlEvent, subscribeEvents } from "../native/netlink/events.ts";
 import { Rtnl } from "../native/netlink/socket.ts";
 import { Netns } from "../native/netns.ts";
 import { cidrContains, formatIp, parseCidr, parseIp } from "./cidr.ts";
@@ -32,7 +15,7 @@ import type { DataplaneOp, DataplaneState, ManagedDataplane, VxlanDeviceSpec } f
 
 export class VxlanDataplane implements ManagedDataplane {
   private ifindex = 0;
-  private events: { fd: number; watcher: { stop(): void } } | null = null;
+  private events: EventSubscription | null = null;
 
   constructor(
     private readonly rtnl: Rtnl,
@@ -189,65 +172,34 @@ export class VxlanDataplane implements ManagedDataplane {
 
   watch(onChange: (what: string) => void): void {
     if (this.events) return;
-    const a = addon();
-    const groups = [
-      RTNLGRP_LINK,
-      RTNLGRP_NEIGH,
-      RTNLGRP_IPV4_ROUTE,
-      RTNLGRP_IPV6_ROUTE,
-      RTNLGRP_IPV4_IFADDR,
-      RTNLGRP_IPV6_IFADDR,
-    ];
-    const mask = groups.reduce((m, g) => m | (1 << (g - 1)), 0);
-    const fd = this.netns ? a.nlOpen(NETLINK_ROUTE, mask, this.netns.fd) : a.nlOpen(NETLINK_ROUTE, mask);
-    const watcher = new a.FdWatcher(fd, () => {
-      for (;;) {
-        let buf: Buffer | null;
-        try {
-          buf = a.nlRecv(fd);
-        } catch {
-          // ENOBUFS: events were dropped; a full reconcile covers whatever we missed.
-          onChange("overflow");
-          continue;
-        }
-        if (!buf) break;
-        const what = this.concerning(buf);
+    this.events = subscribeEvents(
+      this.netns ?? undefined,
+      ["link", "neigh", "ipv4-route", "ipv6-route", "ipv4-addr", "ipv6-addr"],
+      (ev) => {
+        const what = this.concerning(ev);
         if (what) onChange(what);
-      }
-    });
-    this.events = { fd, watcher };
+      },
+      // Events were dropped: a full reconcile covers whatever we missed.
+      () => onChange("overflow"),
+    );
   }
 
-  /** Names the first change in `buf` that touches our device, or null. */
-  private concerning(buf: Buffer): string | null {
-    let what: string | null = null;
-    try {
-      forEachMessage(buf, (m) => {
-        if (what) return;
-        if (m.type === RTM_DELLINK || m.type === RTM_NEWLINK) {
-          // ifinfomsg and ndmsg both carry the ifindex at offset 4.
-          if (m.buf.readInt32LE(m.payload + 4) === this.ifindex) what = m.type === RTM_DELLINK ? "dellink" : "link";
-        } else if (m.type === RTM_NEWNEIGH || m.type === RTM_DELNEIGH) {
-          if (m.buf.readInt32LE(m.payload + 4) === this.ifindex) what = m.type === RTM_DELNEIGH ? "delneigh" : "neigh";
-        } else if (m.type === RTM_NEWROUTE || m.type === RTM_DELROUTE) {
-          if (decodeRoute(m)?.ifindex === this.ifindex) what = m.type === RTM_DELROUTE ? "delroute" : "route";
-        } else if (m.type === 20 || m.type === 21) {
-          // RTM_NEWADDR / RTM_DELADDR: ifaddrmsg carries the ifindex at offset 4 too.
-          if (m.buf.readInt32LE(m.payload + 4) === this.ifindex) what = "addr";
-        }
-      });
-    } catch {
-      return "unparsable";
-    }
-    return what;
+  /** Names a change that touches our device, or null. */
+  private concerning(ev: RtnlEvent): string | null {
+    const index =
+      "link" in ev
+        ? ev.link.index
+        : "addr" in ev
+          ? ev.addr.ifindex
+          : "route" in ev
+            ? ev.route.ifindex
+            : (ev.neigh?.ifindex ?? ev.fdb?.ifindex);
+    return index === this.ifindex ? ev.type : null;
   }
 
   close(): void {
-    if (this.events) {
-      this.events.watcher.stop();
-      addon().close(this.events.fd);
-      this.events = null;
-    }
+    this.events?.close();
+    this.events = null;
     this.rtnl.close();
     this.netns?.close();
   }

@@ -93,7 +93,9 @@ export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], rout
   }
   if (!opts.down) nl.linkSet(ifname, { up: true });
   for (const r of routes) {
-    const gw = r.gw;
+    // As the reference plugins do: a route without a gateway goes via the address's gateway
+    // of the same family; explicit link-scope routes stay on-link.
+    const gw = r.gw ?? (r.scope === 253 ? undefined : ips.find((i) => familyOf(i.address) === familyOf(r.dst))?.gateway);
     try {
       nl.routeAdd({
         dst: r.dst === "0.0.0.0/0" || r.dst === "::/0" ? "default" : r.dst,

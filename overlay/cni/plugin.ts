@@ -1,0 +1,135 @@
+// berth-overlay: attaches a pod to this host's part of the VXLAN overlay. The agent leases
+// the host subnet and writes <runDir>/overlay.json; this plugin turns that into a berth-bridge
+// config (gateway on the bridge, berth-host-local addresses from the host subnet, routes to
+// the cluster networks, the overlay MTU) and runs berth-bridge in-process. Unlike flannel,
+// readiness is explicit: STATUS answers 50 and ADD 11 (try again later) until the agent holds
+// a lease, instead of failing with "subnet.env: no such file".
+import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { join } from "node:path";
+import { bridgePlugin } from "../../cni/plugins/bridge/bridge.ts";
+import { configSchema, field, validateConfig } from "../../cni/spec/schema.ts";
+import { CniError, ErrorCode, type NetConf, type Plugin, type Request, type Result } from "../../cni/spec/types.ts";
+import { writeFileAtomic } from "../atomic-file.ts";
+import { OverlayNotReadyError, type OverlayRuntime, readOverlayRuntime } from "../runtime-file.ts";
+
+export const DEFAULT_RUN_DIR = "/run/berth";
+export const DEFAULT_DATA_DIR = "/var/lib/berth/overlay";
+
+const schema = configSchema({
+  runDir: field.string({ pattern: /^\//, patternName: "an absolute path" }).default(DEFAULT_RUN_DIR),
+  dataDir: field
+    .string({ pattern: /^\/(?!.*(^|\/)\.\.(\/|$))/, patternName: "an absolute path without '..'" })
+    .default(DEFAULT_DATA_DIR),
+  bridge: field.string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name" }).default("berth0"),
+  ipMasq: field.boolean().default(false),
+  nftTable: field.string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" }),
+});
+
+function readRuntime(runDir: string, command: string): OverlayRuntime {
+  try {
+    return readOverlayRuntime(runDir);
+  } catch (e) {
+    if (e instanceof OverlayNotReadyError) {
+      const code = command === "STATUS" ? ErrorCode.PluginNotAvailable : ErrorCode.TryAgainLater;
+      throw new CniError(code, `overlay not ready: ${e.message}`);
+    }
+    throw e;
+  }
+}
+
+/** The berth-bridge config this host's lease implies. */
+export function bridgeConfigFor(req: Request, runtime: OverlayRuntime): NetConf {
+  const conf = validateConfig(req.config, schema);
+  return {
+    cniVersion: req.config.cniVersion,
+    name: req.config.name,
+    type: "berth-bridge",
+    bridge: conf.bridge,
+    isGateway: true,
+    ipMasq: conf.ipMasq,
+    ...(conf.nftTable ? { nftTable: conf.nftTable } : {}),
+    ...(runtime.mtu ? { mtu: runtime.mtu } : {}),
+    ipam: {
+      type: "berth-host-local",
+      dataDir: join(conf.dataDir, "ipam"),
+      ranges: runtime.subnets.map((subnet) => [{ subnet }]),
+      routes: runtime.networks.map((dst) => ({ dst })),
+    },
+    ...(req.config.runtimeConfig ? { runtimeConfig: req.config.runtimeConfig } : {}),
+    ...(req.config.args ? { args: req.config.args } : {}),
+    ...(req.config.prevResult ? { prevResult: req.config.prevResult } : {}),
+    ...(req.config["cni.dev/valid-attachments"] ? { "cni.dev/valid-attachments": req.config["cni.dev/valid-attachments"] } : {}),
+    ...(req.config["cni.dev/attachments"] ? { "cni.dev/attachments": req.config["cni.dev/attachments"] } : {}),
+  };
+}
+
+/** Where ADD saves the bridge config, so DEL works after the agent (or its lease) is gone. */
+function savedConfigPath(req: Request): string {
+  const conf = validateConfig(req.config, schema);
+  return join(conf.dataDir, "attachments", `${req.config.name}-${req.containerId}-${req.ifname}.json`);
+}
+
+function withConfig(req: Request, config: NetConf): Request {
+  return { ...req, config, stdin: Buffer.from(JSON.stringify(config)) };
+}
+
+async function add(req: Request): Promise<Result> {
+  const conf = validateConfig(req.config, schema);
+  const runtime = readRuntime(conf.runDir, "ADD");
+  const config = bridgeConfigFor(req, runtime);
+  const path = savedConfigPath(req);
+  mkdirSync(join(conf.dataDir, "attachments"), { recursive: true, mode: 0o700 });
+  writeFileAtomic(path, JSON.stringify({ ...config, prevResult: undefined }), 0o600);
+  try {
+    return await bridgePlugin.add(withConfig(req, config));
+  } catch (e) {
+    rmSync(path, { force: true });
+    throw e;
+  }
+}
+
+/** The config to tear down with: the one ADD saved, else today's lease. */
+function teardownConfig(req: Request): NetConf | null {
+  try {
+    const saved = JSON.parse(readFileSync(savedConfigPath(req), "utf8")) as NetConf;
+    return { ...saved, prevResult: req.config.prevResult, cniVersion: req.config.cniVersion };
+  } catch {
+    const conf = validateConfig(req.config, schema);
+    try {
+      return bridgeConfigFor(req, readOverlayRuntime(conf.runDir));
+    } catch {
+      return null;
+    }
+  }
+}
+
+async function del(req: Request): Promise<void> {
+  const config = teardownConfig(req);
+  if (config) await bridgePlugin.del(withConfig(req, config));
+  rmSync(savedConfigPath(req), { force: true });
+}
+
+async function check(req: Request): Promise<void> {
+  const config = teardownConfig(req);
+  if (!config) throw new CniError(ErrorCode.Internal, `CHECK: no record of attachment ${req.containerId}/${req.ifname}`);
+  await bridgePlugin.check(withConfig(req, config));
+}
+
+async function gc(req: Request): Promise<void> {
+  const conf = validateConfig(req.config, schema);
+  let config: NetConf;
+  try {
+    config = bridgeConfigFor(req, readOverlayRuntime(conf.runDir));
+  } catch {
+    return; // no lease: nothing was ever handed out under it by this host
+  }
+  await bridgePlugin.gc!(withConfig(req, config));
+}
+
+async function status(req: Request): Promise<void> {
+  const conf = validateConfig(req.config, schema);
+  const runtime = readRuntime(conf.runDir, "STATUS");
+  await bridgePlugin.status!(withConfig(req, bridgeConfigFor(req, runtime)));
+}
+
+export const overlayPlugin: Plugin = { name: "berth-overlay", cniArgs: ["IP", "MAC"], add, del, check, gc, status };

@@ -69,7 +69,8 @@ describe.skipIf(!!unavailable)("berth's CSI driver passes the CSI conformance su
     };
     const lines: string[] = [];
     const report = await runSuite({ endpoint: `unix://${socket}`, ...kind, print: (l) => lines.push(l) });
-    console.log(`${_label}: ${report.summary}`);
+    // the SKIP and FAIL lines say what was not verified and why
+    console.log([`${_label}: ${report.summary}`, ...lines.filter((l) => !l.startsWith("PASS"))].join("\n  "));
     expect(lines.filter((l) => l.startsWith("FAIL"))).toEqual([]);
     expect(report.failed).toBe(0);
     expect(report.passed).toBeGreaterThan(80);

@@ -251,6 +251,59 @@ export async function nodeRules(ctx: SuiteContext): Promise<void> {
   await t.soft(rule("delete.after-node", "MUST", "DeleteVolume after unpublish/unstage → OK"), () =>
     expectOk(ctx.deleteVolume(vol.volume_id), "DeleteVolume"),
   );
+  await offlineExpandRules(ctx);
+}
+
+/** Expansion while nothing is published: the next publish must show the new size, data intact. */
+async function offlineExpandRules(ctx: SuiteContext): Promise<void> {
+  const { t, client } = ctx;
+  const r = rule("expand.offline", "MUST", "expanding an unpublished volume: the next publish shows the new size, data intact");
+  if (!ctx.caps.controller.has("EXPAND_VOLUME")) return t.skipRule(r, "EXPAND_VOLUME not advertised");
+  if (!ctx.caps.expansion.has("OFFLINE") && !ctx.caps.expansion.has("ONLINE"))
+    return t.skipRule(r, "no VolumeExpansion plugin capability advertised");
+  await t.soft(r, async () => {
+    const size = ctx.settings.volumeBytes;
+    const want = size * 2;
+    const vol = await expectOk(ctx.createVolume(ctx.name("offexp")), "CreateVolume");
+    const p = ctx.paths("offexp");
+    await expectOk(ctx.stage(vol, p), "NodeStageVolume");
+    await expectOk(ctx.publish(vol, p), "NodePublishVolume");
+    const before = kernelSize(ctx, p.target);
+    ctx.writeMarker(p.target, `${ctx.tag} before expansion`);
+    await expectOk(ctx.unpublish(vol, p.target), "NodeUnpublishVolume");
+    await expectOk(ctx.unstage(vol, p), "NodeUnstageVolume");
+    const res = await expectOk(
+      client.call<{ capacity_bytes: number; node_expansion_required: boolean }>("Controller", "ControllerExpandVolume", {
+        volume_id: vol.volume_id,
+        capacity_range: { required_bytes: want },
+        volume_capability: ctx.capability(),
+      }),
+      "ControllerExpandVolume",
+    );
+    if (res.capacity_bytes < want) fail(`capacity_bytes ${res.capacity_bytes} < ${want}`);
+    await expectOk(ctx.stage(vol, p), "NodeStageVolume after expansion");
+    await expectOk(ctx.publish(vol, p), "NodePublishVolume after expansion");
+    if (res.node_expansion_required) {
+      if (!ctx.caps.node.has("EXPAND_VOLUME")) fail("node_expansion_required but node EXPAND_VOLUME not advertised");
+      await expectOk(
+        client.call("Node", "NodeExpandVolume", {
+          volume_id: vol.volume_id,
+          volume_path: p.target,
+          staging_target_path: ctx.staged ? p.staging : "",
+          capacity_range: { required_bytes: want },
+          volume_capability: ctx.capability(),
+        }),
+        "NodeExpandVolume",
+      );
+    }
+    const after = kernelSize(ctx, p.target);
+    const marker = ctx.readMarker(p.target);
+    await ctx.unpublish(vol, p.target);
+    await ctx.unstage(vol, p);
+    await ctx.deleteVolume(vol.volume_id);
+    if (after < before + (want - size) * 0.8) fail(`kernel size ${before} → ${after}, asked for ${want}`);
+    if (marker !== `${ctx.tag} before expansion`) fail("data lost in the expansion");
+  });
 }
 
 async function statsRules(ctx: SuiteContext, vol: Volume, p: VolumePaths): Promise<void> {

@@ -41,6 +41,9 @@ export function sysctlPath(key: SysctlKey): string {
 
 function inNetns<T>(netns: Netns | string | undefined, fn: () => T): T {
   if (netns === undefined) return fn();
+  // Pins the home namespace before the first window: Netns.enter resolves "home" lazily,
+  // and resolving it inside the window would make the target the home for good.
+  Netns.home();
   if (typeof netns !== "string") return netns.enter(fn);
   const ns = Netns.open(netns);
   try {

@@ -106,6 +106,7 @@ export interface FdbEntry {
   state: number;
   flags: number;
   self: boolean;
+  /** In the master bridge's table (NTF_MASTER, or NDA_MASTER in dumps). */
   master: boolean;
   permanent: boolean;
 }
@@ -206,8 +207,12 @@ export function decodeFdb(m: MessageView): FdbEntry | undefined {
   if (vni !== undefined) e.vni = vni;
   const port = a.be16(NDA_PORT);
   if (port !== undefined) e.port = port;
+  // Dumps of a bridge's own table carry NDA_MASTER rather than NTF_MASTER.
   const master = a.u32(NDA_MASTER);
-  if (master !== undefined) e.masterIndex = master;
+  if (master !== undefined) {
+    e.masterIndex = master;
+    e.master = true;
+  }
   const via = a.u32(NDA_IFINDEX);
   if (via !== undefined) e.via = via;
   return e;

@@ -3,7 +3,7 @@
 import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname } from "node:path";
-import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Registry } from "prom-client";
 
 export interface LeaseView {
@@ -79,7 +79,8 @@ const readinessSchema = {
 const errorSchema = { type: "object", required: ["error"], properties: { error: { type: "string" } } } as const;
 
 export function buildApi(view: AgentView, registry: Registry, logger: FastifyBaseLogger): FastifyInstance {
-  const app = Fastify({ loggerInstance: logger, disableRequestLogging: true });
+  // Probes and scrapes every few seconds would drown the log: no per-request lines.
+  const app = Fastify({ loggerInstance: logger, logController: new LogController({ disableRequestLogging: true }) });
 
   app.get(
     "/healthz",

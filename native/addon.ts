@@ -52,6 +52,8 @@ export interface Addon {
   getPeerCred(fd: number): { pid: number; uid: number; gid: number };
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
+  /** New mount API (fsopen/fsconfig/fsmount/move_mount); errors carry `detail`, the kernel's own message. */
+  mountFs(source: string, target: string, fstype: string, attrs: number, params: string[]): void;
   statfs(path: string): StatFs;
   loopAttach(file: string, options: { directIo?: boolean; readOnly?: boolean }): number;
   loopDetach(n: number): void;

@@ -10,6 +10,7 @@ import {
   mountFilesystem,
   mountsAt,
   parseMountInfo,
+  planFilesystemMount,
   readMountInfo,
   splitMountOptions,
   unmount,
@@ -93,6 +94,15 @@ describe("splitMountOptions", () => {
   });
   it("refuses bind and remount as filesystem options", () => {
     expect(() => splitMountOptions(["bind"])).toThrow(/bindMount/);
+    expect(() => planFilesystemMount(["remount"])).toThrow(/bindMount/);
+  });
+  it("plans per-mount attributes and superblock parameters for the new mount API", () => {
+    expect(planFilesystemMount(["defaults", "nosuid", "nodev", "noatime", "discard", "errors=remount-ro", "ro"])).toEqual({
+      attrs: 0x1 | 0x2 | 0x4 | 0x10,
+      params: ["discard", "errors=remount-ro", "ro"],
+    });
+    // Later words win; atime modes replace each other.
+    expect(planFilesystemMount(["ro", "rw", "noatime", "strictatime", "sync"])).toEqual({ attrs: 0x20, params: ["sync"] });
   });
 });
 
@@ -192,6 +202,7 @@ describe("mounting on the real kernel", () => {
 
     mountFilesystem(loop.device, mnt, "ext4", { readOnly: true });
     expect(options(findmnt(mnt)[0])[0]).toBe("ro");
+    expect(mountsAt(mnt)[0]?.superOptions[0]).toBe("ro"); // the filesystem itself, not just the mount
     expect(readFileSync(`${mnt}/file`, "utf8")).toBe("on ext4");
   });
 
@@ -210,6 +221,11 @@ describe("mounting on the real kernel", () => {
       expect((e as Error).message).toMatch(/wrong filesystem type, bad option/);
     }
     expect(() => mountFilesystem(loop.device, mnt, "ext4; rm")).toThrow(/invalid filesystem type/);
+    sh("mkfs.ext4", ["-q", "-F", img]);
+    // The kernel's own complaint reaches the caller instead of "see dmesg".
+    expect(() => mountFilesystem(loop.device, mnt, "ext4", { options: ["bogus_option"] })).toThrow(
+      expect.objectContaining({ code: "EINVAL", message: expect.stringMatching(/ext4: Unknown parameter 'bogus_option'/) }),
+    );
     expect(() => bindMount(scratch.path("nope"), mnt)).toThrow(MountError);
     expect(() => bindMount(scratch.dir, mnt, { flags: ["rw" as "nodev"] })).toThrow(/unsupported bind mount flag/);
     expect(findmnt(mnt)).toHaveLength(0);

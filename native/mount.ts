@@ -268,28 +268,119 @@ export function splitMountOptions(options: string[]): { flags: number; data: str
   return { flags, data: data.join(",") };
 }
 
-/** Mounts the filesystem on `device` (a block device, or a source like "tmpfs") at `target`. */
+// MOUNT_ATTR_* bits for fsmount(2): the per-mount half of the option words.
+const MOUNT_ATTRS: Record<string, number> = {
+  ro: 0x1,
+  nosuid: 0x2,
+  nodev: 0x4,
+  noexec: 0x8,
+  noatime: 0x10,
+  strictatime: 0x20,
+  relatime: 0,
+  nodiratime: 0x80,
+  nosymfollow: 0x200000,
+};
+// Words that undo a per-mount attribute, or only matter to mount(8)/printk.
+const CLEARED_ATTRS: Record<string, string> = {
+  rw: "ro",
+  suid: "nosuid",
+  dev: "nodev",
+  exec: "noexec",
+  atime: "noatime",
+  diratime: "nodiratime",
+};
+const IGNORED_WORDS = new Set(["defaults", "silent", "loud", "norelatime"]);
+const MOUNT_ATTR_ATIME_MASK = 0x70;
+
+/**
+ * Plans a mount through the new mount API: per-mount attributes for fsmount(2), and
+ * superblock parameters for fsconfig(2) ("ro" there too, so the filesystem opens read-only).
+ */
+export function planFilesystemMount(options: string[]): { attrs: number; params: string[] } {
+  let attrs = 0;
+  const params: string[] = [];
+  for (const raw of options) {
+    const word = raw.trim();
+    if (word === "" || IGNORED_WORDS.has(word)) continue;
+    if (word === "bind" || word === "rbind" || word === "remount" || word === "move") {
+      throw new MountError(`mount option "${word}" is not a filesystem option (use bindMount)`, "EINVAL", "");
+    }
+    const attr = MOUNT_ATTRS[word];
+    const cleared = CLEARED_ATTRS[word];
+    if (attr !== undefined) {
+      if (word === "noatime" || word === "strictatime" || word === "relatime") attrs &= ~MOUNT_ATTR_ATIME_MASK;
+      attrs |= attr;
+    } else if (cleared !== undefined) {
+      attrs &= ~(MOUNT_ATTRS[cleared] ?? 0);
+    } else if (word.includes(",")) {
+      throw new MountError(`mount option "${word}" contains a comma`, "EINVAL", "");
+    } else {
+      params.push(word);
+    }
+  }
+  if (attrs & 0x1) params.push("ro");
+  return { attrs, params };
+}
+
+function withTarget(e: unknown, target: string): unknown {
+  return e instanceof MountError ? new MountError(e.message, e.code, target) : e;
+}
+
+/**
+ * Mounts the filesystem on `device` (a block device, or a source like "tmpfs") at `target`.
+ * Uses fsopen/fsconfig/fsmount so a failure says what the kernel objected to (for example
+ * `ext4: Unknown parameter 'bogus'`); falls back to mount(2) on kernels before 5.2.
+ */
 export function mountFilesystem(device: string, target: string, fsType: string, options: FilesystemMountOptions = {}): void {
   if (!/^[a-z0-9._-]+$/i.test(fsType)) throw new MountError(`invalid filesystem type "${fsType}"`, "EINVAL", target);
+  const words = [...(options.options ?? []), ...(options.readOnly ? ["ro"] : [])];
+  let plan: { attrs: number; params: string[] };
+  try {
+    plan = planFilesystemMount(words);
+  } catch (e) {
+    throw withTarget(e, target);
+  }
+  const what = `mount ${device} (${fsType}) on ${target}`;
+  try {
+    addon().mountFs(device, target, fsType, plan.attrs, plan.params);
+    return;
+  } catch (e) {
+    if (!isSysError(e) || e.code !== "ENOSYS" || e.syscall !== "fsopen") {
+      if (isSysError(e)) {
+        const { detail, step } = e as { detail?: string; step?: string };
+        const why =
+          detail ??
+          (e.code === "EINVAL"
+            ? `invalid argument at ${step}: wrong filesystem type, bad option or bad superblock; see dmesg`
+            : e.message);
+        throw new MountError(`${what}: ${why}`, e.code, target, e.syscall);
+      }
+      throw e;
+    }
+  }
+  legacyMount(device, target, fsType, words, what);
+}
+
+// mount(2) for kernels without the new mount API.
+function legacyMount(device: string, target: string, fsType: string, words: string[], what: string): void {
   let split: { flags: number; data: string };
   try {
-    split = splitMountOptions(options.options ?? []);
+    split = splitMountOptions(words);
   } catch (e) {
-    throw e instanceof MountError ? new MountError(e.message, e.code, target) : e;
+    throw withTarget(e, target);
   }
-  const flags = split.flags | (options.readOnly ? MS_RDONLY : 0);
   try {
-    addon().mount(device, target, fsType, flags, split.data === "" ? null : split.data);
+    addon().mount(device, target, fsType, split.flags, split.data === "" ? null : split.data);
   } catch (e) {
     if (isSysError(e, "EINVAL")) {
       throw new MountError(
-        `mount ${device} (${fsType}) on ${target}: invalid argument — wrong filesystem type, bad option (${split.data || "none"}) or bad superblock; see dmesg`,
+        `${what}: invalid argument — wrong filesystem type, bad option (${split.data || "none"}) or bad superblock; see dmesg`,
         "EINVAL",
         target,
         "mount",
       );
     }
-    mountError(e, `mount ${device} (${fsType}) on ${target}`, target);
+    mountError(e, what, target);
   }
 }
 

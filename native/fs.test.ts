@@ -79,7 +79,7 @@ describe("on the host filesystem (ext4)", () => {
       closeSync(fd);
     }
     try {
-      allocate(fd, 0, 4096); // closed
+      allocate(2 ** 30, 0, 4096); // no such descriptor
       expect.unreachable();
     } catch (e) {
       expect(e).toBeInstanceOf(FsError);

@@ -4,6 +4,10 @@ const VERSION = "0.1.0";
 const USAGE = `usage: berth <command>
 
 commands:
+  up        run berth on this host in the foreground: the overlay agent on the embedded
+            store (single-host defaults) and the CSI driver on unix:///run/berth/csi.sock
+  agent     run the overlay agent (berth agent --help)
+  csi       run the CSI driver (berth csi --help)
   version   print berth's version
   doctor    check that this host has what berth needs
 `;
@@ -15,6 +19,18 @@ async function main(argv: string[]): Promise<number> {
     case "--version":
       console.log(`berth ${VERSION} (node ${process.version})`);
       return 0;
+    case "up": {
+      const { runUpWithStorage } = await import("./up.ts");
+      return runUpWithStorage(rest);
+    }
+    case "agent": {
+      const { runAgentCommand } = await import("../overlay/agent.ts");
+      return runAgentCommand(rest);
+    }
+    case "csi": {
+      const { runCsiCommand } = await import("../csi/server.ts");
+      return runCsiCommand(rest);
+    }
     case "doctor": {
       const { runDoctor } = await import("./doctor.ts");
       return runDoctor(rest);

@@ -105,6 +105,43 @@ describe("agent flags", () => {
   });
 });
 
+describe("overlay MTU", () => {
+  it("is the underlay MTU minus 50 over IPv4 and minus 70 over IPv6, and a larger --mtu is refused", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "berth-mtu-"));
+    const made: Agent[] = [];
+    const make = (family: 4 | 6, extra: string[] = []) => {
+      const a = new Agent(
+        parseAgentConfig([
+          "--cluster-cidr",
+          "10.244.0.0/16",
+          "--state-dir",
+          join(dir, "s"),
+          "--run-dir",
+          join(dir, "r"),
+          ...extra,
+        ]),
+        {
+          logger: pino({ level: "silent" }),
+          underlay: { iface: "lo", publicIP: family === 4 ? "192.0.2.1" : "2001:db8::1", family, mtu: 1500 },
+        },
+      );
+      made.push(a);
+      return a;
+    };
+    try {
+      expect(make(4).mtu).toBe(1450);
+      expect(make(6).mtu).toBe(1430);
+      expect(make(6, ["--mtu", "1400"]).mtu).toBe(1400);
+      expect(() => make(6, ["--mtu", "1450"])).toThrow(
+        /--mtu 1450 is too large: lo has MTU 1500, VXLAN over IPv6 needs 70 bytes, so at most 1430/,
+      );
+    } finally {
+      for (const a of made) await a.stop();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 /** Records every operation; behaves like the kernel for the diff. */
 class RecordingDataplane implements ManagedDataplane {
   state: DataplaneState = { neighbours: [], fdb: [], routes: [] };

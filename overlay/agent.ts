@@ -59,7 +59,7 @@ export class Agent {
   private readonly ownsStore: boolean;
   private readonly leases: SubnetLeaseManager;
   private readonly underlay: Underlay;
-  private readonly mtu: number;
+  readonly mtu: number;
   private readonly deviceName: string;
   private readonly makeDataplane: DataplaneFactory;
   private lease: HostLease | null = null;

@@ -207,4 +207,43 @@ describe("VXLAN dataplane in a netns", () => {
     expect(text).not.toMatch(/reason="change"\} [1-9]/);
     expect(routes()).toHaveLength(1);
   });
+
+  it("dual-stack: one device carries both families (IPv6 neighbour and route, one FDB entry)", async () => {
+    agent = await startAgent(["--cluster-cidr", "fd00:10:244::/48"]);
+    const lease = agent.leaseView()!;
+    expect(lease.subnetV6).toMatch(/^fd00:10:244:[0-9a-f]+::\/64$/);
+    const v6 = ipJson(["-6", "addr", "show", "dev", "berth.1"], ns)[0].addr_info.map(
+      (a: { local: string; prefixlen: number }) => `${a.local}/${a.prefixlen}`,
+    );
+    expect(v6).toContain(`${lease.subnetV6!.split("/")[0]}/128`);
+    expect(JSON.parse(readFileSync(join(dir, "run", "overlay.json"), "utf8")).subnets).toEqual([lease.subnet, lease.subnetV6]);
+
+    await store.create(
+      subnetKey(PREFIX, parseCidr("10.244.202.0/24"), parseCidr("fd00:10:244:ca::/64")),
+      JSON.stringify({ publicIP: "192.0.2.4", vtepMAC: "02:dd:00:00:00:04", vni: 1, hostname: "r6" }),
+      60,
+    );
+    const routes6 = () =>
+      orNone(() => ipJson(["-6", "route", "show", "dev", "berth.1"], ns).filter((r) => r.protocol !== "kernel"));
+    const [r6] = await until(routes6, (r) => r.length === 1, "IPv6 route");
+    expect(r6).toMatchObject({ dst: "fd00:10:244:ca::/64", gateway: "fd00:10:244:ca::" });
+    const n6 = ipJson(["-6", "neigh", "show", "dev", "berth.1"], ns).filter((n) => n.state?.includes("PERMANENT"));
+    expect(n6.map((n) => [n.dst, n.lladdr])).toEqual([["fd00:10:244:ca::", "02:dd:00:00:00:04"]]);
+    await until(routes, (r) => r.length === 1, "IPv4 route");
+    expect(fdb()).toHaveLength(1);
+  });
+
+  it("gets its lease back at once when it is revoked under the running agent", async () => {
+    agent = await startAgent();
+    const before = agent.leaseView()!;
+    const entry = await store.get(before.key);
+    await store.revoke(entry!.leaseId!);
+    await until(
+      () => store.get(before.key),
+      (e) => e !== null && e.leaseId !== entry!.leaseId,
+      "lease re-acquired",
+      5000,
+    );
+    expect(agent.leaseView()!.subnet).toBe(before.subnet);
+  });
 });

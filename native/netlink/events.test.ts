@@ -18,7 +18,7 @@ function waitFor(events: RtnlEvent[], pred: (e: RtnlEvent) => boolean, ms = 5000
     const tick = () => {
       const hit = events.find(pred);
       if (hit) return resolve(hit);
-      if (Date.now() - started > ms) return reject(new Error(`no matching event in ${ms} ms: saw ${events.map((e) => e.type)}`));
+      if (Date.now() - started > ms) return reject(new Error(`no matching event in ${ms} ms (saw ${events.length} others)`));
       setTimeout(tick, 5);
     };
     tick();
@@ -62,6 +62,29 @@ describe("subscribeEvents", () => {
     a.rtnl.addrAdd("ev0", "10.79.0.1/24");
     await new Promise((r) => setTimeout(r, 50));
     expect(events.length).toBe(seen);
+  });
+
+  it("reports an overflow (ENOBUFS) when events outrun the socket buffer, then keeps delivering", async () => {
+    const events: RtnlEvent[] = [];
+    let overflows = 0;
+    const sub = subscribeEvents(
+      a.name,
+      ["ipv4-addr"],
+      (e) => events.push(e),
+      () => overflows++,
+    );
+    try {
+      a.rtnl.linkAdd({ kind: "veth", name: "of0", peer: { name: "of0b" } });
+      // Synchronous: the event loop cannot drain the socket until this loop ends.
+      for (let i = 0; i < 12000; i++) a.rtnl.addrAdd("of0", `10.${100 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32`);
+      await new Promise((r) => setTimeout(r, 100));
+      expect(overflows).toBeGreaterThan(0);
+      expect(events.length).toBeLessThan(12000);
+      a.rtnl.addrAdd("of0", "10.250.0.1/32");
+      await waitFor(events, (e) => e.type === "newaddr" && e.addr.address === "10.250.0.1");
+    } finally {
+      sub.close();
+    }
   });
 
   it("an unknown group or namespace is a clear error", () => {

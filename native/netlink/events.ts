@@ -126,7 +126,16 @@ export function subscribeEvents(
       });
     }
   };
-  const watcher = new a.FdWatcher(fd, drain);
+  // libuv stops a poll handle when the socket reports an error (POLLERR, as after an
+  // overflow) and calls back with a negative status: drain, then watch again.
+  const onReadable = (status: number): void => {
+    drain();
+    if (status < 0 && !closed) {
+      watcher.stop();
+      watcher = new a.FdWatcher(fd, onReadable);
+    }
+  };
+  let watcher = new a.FdWatcher(fd, onReadable);
   return {
     close() {
       if (closed) return;

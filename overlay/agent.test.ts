@@ -16,6 +16,7 @@ import { subnetKey } from "./lease.ts";
 import type { Dataplane, DataplaneOp, DataplaneState, ManagedDataplane } from "./reconcile.ts";
 import { EtcdStore } from "./store/etcd.ts";
 import { EtcdProcess } from "./store/etcd-process.ts";
+import { LocalStore } from "./store/local.ts";
 
 async function until<T>(probe: () => T | Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 15_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -165,6 +166,45 @@ class RecordingDataplane implements ManagedDataplane {
   watch(): void {}
   close(): void {}
 }
+
+describe("agent peer filtering", () => {
+  it("programs only leases inside the cluster network with the configured subnet length", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "berth-filter-"));
+    const store = new LocalStore({ path: join(dir, "store.db"), pollIntervalMs: 20 });
+    const dataplane = new RecordingDataplane();
+    const agent = new Agent(
+      parseAgentConfig(["--cluster-cidr", "10.244.0.0/16", "--state-dir", join(dir, "s"), "--run-dir", join(dir, "r")]),
+      {
+        store,
+        logger: pino({ level: "silent" }),
+        underlay: { iface: "lo", publicIP: "192.0.2.1", family: 4, mtu: 1500 },
+        dataplane: async () => dataplane,
+      },
+    );
+    const value = (n: number) =>
+      JSON.stringify({ publicIP: `192.0.2.${n}`, vtepMAC: `02:00:00:00:00:${n}`, vni: 1, hostname: `h${n}` });
+    try {
+      await agent.start();
+      await store.create("/berth/network/subnets/0.0.0.0-0", value(21), null);
+      await store.create("/berth/network/subnets/10.245.1.0-24", value(22), null);
+      await store.create("/berth/network/subnets/10.244.0.0-20", value(23), null);
+      await store.create("/berth/network/subnets/10.244.9.0-24", "{not json", null);
+      await store.create("/berth/network/subnets/10.244.30.0-24", value(24), null);
+      await until(
+        () => dataplane.state.routes.map((r) => r.dst),
+        (d) => d.length === 1,
+        "the one valid peer programmed",
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      expect(dataplane.state.routes.map((r) => r.dst)).toEqual(["10.244.30.0/24"]);
+      expect(agent.peerViews().map((p) => p.subnet)).toEqual(["10.244.30.0/24"]);
+    } finally {
+      await agent.stop();
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
 
 describe("agent on etcd through an outage", () => {
   let etcd: EtcdProcess;

@@ -10,9 +10,17 @@ import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
-import { formatCidr, networkAddress } from "./cidr.ts";
+import { cidrContains, formatCidr, networkAddress } from "./cidr.ts";
 import { AGENT_USAGE, type AgentConfig, AgentConfigError, parseAgentConfig } from "./config.ts";
-import { type HostLease, LeaseError, type LeaseValue, networkConfig, parseLeaseEntry, SubnetLeaseManager } from "./lease.ts";
+import {
+  type HostLease,
+  LeaseError,
+  type LeaseValue,
+  type NetworkConfig,
+  networkConfig,
+  parseLeaseEntry,
+  SubnetLeaseManager,
+} from "./lease.ts";
 import { AgentMetrics } from "./metrics.ts";
 import { type ManagedDataplane, type Peer, Reconciler, type VxlanDeviceSpec } from "./reconcile.ts";
 import { writeOverlayRuntime } from "./runtime-file.ts";
@@ -57,6 +65,7 @@ export class Agent {
   readonly logger: Logger;
   private readonly store: LeaseStore;
   private readonly ownsStore: boolean;
+  private readonly network: NetworkConfig;
   private readonly leases: SubnetLeaseManager;
   private readonly underlay: Underlay;
   readonly mtu: number;
@@ -85,6 +94,7 @@ export class Agent {
   ) {
     this.logger = deps.logger ?? pino({ level: config.logLevel, base: { component: "berth-agent" } }, pino.destination(2));
     const network = networkConfig(config.clusterCidrs, config.subnetLen, config.subnetLenV6);
+    this.network = network;
     this.underlay = deps.underlay ?? discoverUnderlay({ iface: config.underlayIface, publicIP: config.publicIP });
     const maxMtu = this.underlay.mtu - vxlanOverhead(this.underlay.family);
     if (config.mtu !== undefined && config.mtu > maxMtu) {
@@ -337,7 +347,19 @@ export class Agent {
       return null;
     }
     if (lease.key === this.lease?.key || lease.value.hostId === this.leases.hostId) return null;
-    return remoteOf(lease.key, lease.subnet, lease.subnetV6, lease.value);
+    // A lease is a route into this host's table: never accept one outside the cluster network
+    // (a stray "0.0.0.0-0" key would otherwise replace nothing less than a default route).
+    const n = this.network;
+    if (!cidrContains(n.network, lease.subnet) || lease.subnet.prefixLength !== n.subnetLen) {
+      this.logger.warn({ key: entry.key }, "ignoring a lease outside the cluster network");
+      return null;
+    }
+    let subnetV6 = lease.subnetV6;
+    if (subnetV6 && !(n.networkV6 && cidrContains(n.networkV6, subnetV6) && subnetV6.prefixLength === n.subnetLenV6)) {
+      this.logger.warn({ key: entry.key }, "ignoring the IPv6 half of a lease outside the cluster network");
+      subnetV6 = undefined;
+    }
+    return remoteOf(lease.key, lease.subnet, subnetV6, lease.value);
   }
 
   /** List, apply, watch; on a reset or error, again after a backoff. */

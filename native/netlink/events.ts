@@ -82,7 +82,8 @@ function decodeEvent(m: MessageView): RtnlEvent | undefined {
 /**
  * Calls `onEvent` for every change in `groups` inside `netns` (default: the current one).
  * When the kernel drops events because the socket buffer overflowed (ENOBUFS), `onOverflow`
- * runs so that the caller can re-list the state it tracks.
+ * runs so that the caller can re-list the state it tracks. Events are delivered on the
+ * event loop; an exception thrown by `onEvent` surfaces as an uncaught exception.
  */
 export function subscribeEvents(
   netns: Netns | string | undefined,

@@ -222,6 +222,8 @@ describe("linkSet / linkGet / linkList / linkDel", () => {
       .map((l) => [l.ifindex, l.ifname, l.mtu, l.address])
       .sort();
     expect(ours).toEqual(theirs);
+    const viaPool = (await a.rtnl.linkListAsync()).map((l) => [l.index, l.name, l.mtu, l.mac]).sort();
+    expect(viaPool).toEqual(theirs);
     a.rtnl.linkDel("l0");
     const index = a.rtnl.linkIndex("l1");
     await Promise.all([a.rtnl.linkDelAsync(index), a.rtnl.linkDelAsync("l2"), a.rtnl.linkDelAsync("l3")]);

@@ -259,6 +259,28 @@ export class Rtnl {
         throw toNetlinkError(e, op);
       }
     };
+    return this.enqueue(run);
+  }
+
+  /** `dump` on the thread pool, for very large tables (the decode still runs on this thread). */
+  dumpAsync<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Promise<T[]> {
+    const run = async (): Promise<T[]> => {
+      try {
+        for (let attempt = 1; ; attempt++) {
+          this.ensureOpen(op);
+          const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, DUMP, encode));
+          if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
+          return decodeAll(reply, type, decode);
+        }
+      } catch (e) {
+        throw toNetlinkError(e, op);
+      }
+    };
+    return this.enqueue(run);
+  }
+
+  /** One exchange at a time on the async socket: replies are matched by reading in order. */
+  private enqueue<T>(run: () => Promise<T>): Promise<T> {
     const p = this.asyncQueue.then(run, run);
     this.asyncQueue = p.catch(() => undefined);
     return p;
@@ -349,15 +371,12 @@ export class Rtnl {
   }
 
   linkList(): Link[] {
-    return this.dump(
-      RTM_GETLINK,
-      (w) => {
-        w.struct(IFINFOMSG_LEN);
-        w.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS);
-      },
-      decodeLink,
-      "link list",
-    );
+    return this.dump(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+  }
+
+  /** linkList with the kernel's dump on the thread pool. */
+  linkListAsync(): Promise<Link[]> {
+    return this.dumpAsync(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
   }
 
   /** Deletes a link (ENODEV when missing). Blocks ~20 ms in the kernel: prefer linkDelAsync. */
@@ -561,6 +580,11 @@ export class Rtnl {
       "fdb list",
     );
   }
+}
+
+function encodeLinkDump(w: MessageWriter): void {
+  w.struct(IFINFOMSG_LEN);
+  w.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS); // counters are large and nobody here reads them
 }
 
 function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {

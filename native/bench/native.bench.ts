@@ -127,12 +127,12 @@ function main(): void {
     try {
       const count = dumpSock.linkList().length;
       if (count < 1000) throw new Error(`expected 1000+ links to dump, found ${count}`);
-      const dump = timeEach(30, () => dumpSock.linkList(), 3);
+      const dump = timeEach(50, () => dumpSock.linkList(), 5);
       rows.push(
         row(
           `dump ${count} links`,
           dump,
-          ipBatch(NS_DUMP, Array(30).fill("link show"), ["-d"]),
+          ipBatch(NS_DUMP, Array(50).fill("link show"), ["-d"]),
           "ip -d -batch `link show`, wall/N",
         ),
       );

@@ -170,8 +170,12 @@ export class Rtnl {
       nsFd = ns.fd;
       path = ns.path;
     } else {
-      nsFd = a.netnsOpen(`/proc/self/fd/${netns.fd}`);
       path = netns.path;
+      try {
+        nsFd = a.netnsOpen(`/proc/self/fd/${netns.fd}`);
+      } catch (e) {
+        throw toNetlinkError(e, `open netlink socket in ${path}`);
+      }
     }
     try {
       return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path);
@@ -181,7 +185,7 @@ export class Rtnl {
     }
   }
 
-  /** Closes the socket(s); async requests already queued still finish first. */
+  /** Closes the socket(s). An async request in flight finishes; queued ones are refused (EBADF). */
   close(): void {
     if (this.closed) return;
     this.closed = true;

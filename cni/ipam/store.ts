@@ -1,0 +1,459 @@
+// The IPAM lease store: one SQLite database per dataDir, shared by every network and every
+// plugin process on the host.
+//
+// Why SQLite and not host-local's one-file-per-IP directory: allocation, release and GC are
+// each one transaction (BEGIN IMMEDIATE serialises writers across processes, WAL lets readers
+// run alongside), synchronous=FULL makes a committed lease survive power loss, and the address
+// is the PRIMARY KEY across all networks, so two networks with overlapping subnets can never
+// hand out the same address (host-local's per-network directories can, and do).
+//
+// Why allocation cost stays flat as the pool fills: besides the leases, the store keeps
+// `used_spans`, the leased addresses coalesced into maximal runs [lo, hi]. "First free address
+// at or after x" is one index probe (the span starting at or before x; if it covers x, the
+// answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
+// address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
+import { mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import Database from "better-sqlite3";
+import { CniError, ErrorCode } from "../spec/types.ts";
+import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
+import { findRange, type RangeSet } from "./ranges.ts";
+
+/** berth-specific error codes (the spec leaves ≥100 to plugins). */
+export const IpamErrorCode = {
+  /** No free address left in a range set. STATUS reports such a network as 50. */
+  PoolExhausted: 100,
+  /** A requested address is leased to someone else, or the attachment already holds another. */
+  AddressInUse: 101,
+} as const;
+
+export const DATABASE_FILE = "ipam.db";
+
+/** Who holds a lease: the CNI attachment (container id, interface) within one network. */
+export interface LeaseOwner {
+  network: string;
+  containerId: string;
+  ifname: string;
+}
+
+export interface Lease extends LeaseOwner {
+  ip: Ip;
+  /** Canonical text of ip. */
+  address: string;
+  rangeSet: number;
+  /** Milliseconds since the epoch. */
+  createdAt: number;
+}
+
+interface LeaseRow {
+  address: Buffer;
+  ip: string;
+  family: number;
+  network: string;
+  range_set: number;
+  container_id: string;
+  ifname: string;
+  created_at: number;
+}
+
+interface SpanRow {
+  lo: Buffer;
+  hi: Buffer;
+}
+
+const SCHEMA_VERSION = 1;
+
+const SCHEMA = `
+CREATE TABLE leases (
+  address      BLOB PRIMARY KEY,  -- 16-byte big-endian key (IPv4 as ::ffff:a.b.c.d), see cidr.ts addressKey
+  ip           TEXT NOT NULL,     -- canonical text form of the same address
+  family       INTEGER NOT NULL CHECK (family IN (4, 6)),
+  network      TEXT NOT NULL,
+  range_set    INTEGER NOT NULL,
+  container_id TEXT NOT NULL,
+  ifname       TEXT NOT NULL,
+  created_at   INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX leases_by_owner ON leases (container_id, ifname, network, range_set);
+CREATE INDEX leases_by_network ON leases (network, range_set);
+-- Leased addresses coalesced into maximal runs; kept in step with leases in every transaction.
+CREATE TABLE used_spans (
+  lo BLOB PRIMARY KEY,
+  hi BLOB NOT NULL
+) WITHOUT ROWID;
+-- Round-robin position: the last address handed out per (network, range set).
+CREATE TABLE cursors (
+  network   TEXT NOT NULL,
+  range_set INTEGER NOT NULL,
+  last      BLOB NOT NULL,
+  PRIMARY KEY (network, range_set)
+) WITHOUT ROWID;
+`;
+
+const MAX_KEY = (1n << 128n) - 1n;
+
+function toLease(row: LeaseRow): Lease {
+  const family = row.family as Family;
+  const v = valueFromKey(row.address);
+  return {
+    ip: { family, value: family === 4 ? v & 0xffffffffn : v },
+    address: row.ip,
+    network: row.network,
+    rangeSet: row.range_set,
+    containerId: row.container_id,
+    ifname: row.ifname,
+    createdAt: row.created_at,
+  };
+}
+
+function ownerText(o: LeaseOwner): string {
+  return `container ${o.containerId} interface ${o.ifname}`;
+}
+
+function setBounds(set: RangeSet, i: number): { lo: bigint; hi: bigint; gateway: bigint } {
+  const r = set.ranges[i]!;
+  const f = r.subnet.family;
+  return {
+    lo: keyValue({ family: f, value: r.start }),
+    hi: keyValue({ family: f, value: r.end }),
+    gateway: keyValue({ family: f, value: r.gateway }),
+  };
+}
+
+/**
+ * mkdir -p, one level at a time. Node 20's mkdirSync({recursive: true}) spins forever when a
+ * parent refuses the create with ENOENT (e.g. anything under /proc); a plugin must not hang.
+ */
+function makeDirectory(path: string): void {
+  try {
+    mkdirSync(path, { mode: 0o700 });
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === "EEXIST") return;
+    if (code !== "ENOENT" || dirname(path) === path) throw e;
+    makeDirectory(dirname(path));
+    mkdirSync(path, { mode: 0o700 });
+  }
+}
+
+export interface OpenOptions {
+  /** How long a writer waits for another process's transaction, in ms (default 30 s). */
+  busyTimeoutMs?: number;
+}
+
+export class LeaseStore {
+  private readonly q;
+
+  private constructor(
+    readonly path: string,
+    private readonly db: Database.Database,
+  ) {
+    this.q = {
+      byOwner: db.prepare<[string, string, string], LeaseRow>(
+        "SELECT * FROM leases WHERE container_id = ? AND ifname = ? AND network = ? ORDER BY range_set",
+      ),
+      byNetwork: db.prepare<[string], LeaseRow>("SELECT * FROM leases WHERE network = ? ORDER BY address"),
+      byAddress: db.prepare<[Buffer], LeaseRow>("SELECT * FROM leases WHERE address = ?"),
+      insertLease: db.prepare(
+        "INSERT INTO leases (address, ip, family, network, range_set, container_id, ifname, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ),
+      deleteLease: db.prepare<[Buffer]>("DELETE FROM leases WHERE address = ?"),
+      spanAtOrBefore: db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo <= ? ORDER BY lo DESC LIMIT 1"),
+      spanStartingAt: db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo = ?"),
+      insertSpan: db.prepare<[Buffer, Buffer]>("INSERT INTO used_spans (lo, hi) VALUES (?, ?)"),
+      setSpanEnd: db.prepare<[Buffer, Buffer]>("UPDATE used_spans SET hi = ? WHERE lo = ?"),
+      deleteSpan: db.prepare<[Buffer]>("DELETE FROM used_spans WHERE lo = ?"),
+      cursor: db.prepare<[string, number], { last: Buffer }>("SELECT last FROM cursors WHERE network = ? AND range_set = ?"),
+      setCursor: db.prepare<[string, number, Buffer]>(
+        "INSERT INTO cursors (network, range_set, last) VALUES (?, ?, ?) ON CONFLICT (network, range_set) DO UPDATE SET last = excluded.last",
+      ),
+    };
+  }
+
+  /** Opens (creating if needed) `<dataDir>/ipam.db`. Failure is CniError 5 naming the path. */
+  static open(dataDir: string, opts: OpenOptions = {}): LeaseStore {
+    const path = join(dataDir, DATABASE_FILE);
+    let db: Database.Database | undefined;
+    try {
+      makeDirectory(dataDir);
+      db = new Database(path);
+      // busy_timeout first: switching to WAL and creating the schema may wait for other openers.
+      db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
+      db.pragma("journal_mode = WAL");
+      db.pragma("synchronous = FULL");
+      const init = db.transaction(() => {
+        const version = db!.pragma("user_version", { simple: true }) as number;
+        if (version === SCHEMA_VERSION) return;
+        if (version !== 0) throw new Error(`schema version ${version} is newer than this berth (${SCHEMA_VERSION})`);
+        db!.exec(SCHEMA);
+        db!.pragma(`user_version = ${SCHEMA_VERSION}`);
+      });
+      // Cheap read first: only the very first opener pays for a write transaction.
+      if ((db.pragma("user_version", { simple: true }) as number) !== SCHEMA_VERSION) init.immediate();
+      return new LeaseStore(path, db);
+    } catch (e) {
+      db?.close();
+      throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
+    }
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /**
+   * One address per range set for `owner`, all in one transaction (all or nothing).
+   * `requested` addresses each pick the range set they fall in; other sets go round-robin.
+   *
+   * Re-ADD of an attachment that already holds a lease in a set returns that lease instead of
+   * failing as host-local does: runtimes retry ADD after a timeout (the plugin may have been
+   * killed after the commit, before printing its result), and the spec makes (container id,
+   * ifname) unique per network, so the held address is the right answer, not a conflict.
+   */
+  allocate(owner: LeaseOwner, rangeSets: readonly RangeSet[], requested: readonly Ip[] = []): Lease[] {
+    const wanted = new Map<number, Ip>();
+    for (const ip of requested) {
+      const hit = findRange(rangeSets, ip);
+      if (!hit) {
+        throw new CniError(
+          ErrorCode.InvalidConfig,
+          `requested IP ${formatIp(ip)} is not inside any range of network ${owner.network}`,
+        );
+      }
+      if (wanted.has(hit.set)) {
+        throw new CniError(
+          ErrorCode.InvalidConfig,
+          `requested IPs ${formatIp(wanted.get(hit.set)!)} and ${formatIp(ip)} both fall in range set ${hit.set} of network ${owner.network}; one address per range set`,
+        );
+      }
+      if (ip.value === hit.range.gateway) {
+        throw new CniError(ErrorCode.InvalidConfig, `requested IP ${formatIp(ip)} is the gateway of ${hit.range.key}`);
+      }
+      wanted.set(hit.set, ip);
+    }
+    const run = this.db.transaction((): Lease[] => {
+      const held = this.q.byOwner.all(owner.containerId, owner.ifname, owner.network).map(toLease);
+      return rangeSets.map((set, i) => {
+        const want = wanted.get(i);
+        const mine = held.find((l) => l.rangeSet === i);
+        if (mine) {
+          const stillInSet = findRange([set], mine.ip) !== null;
+          if (stillInSet && (!want || want.value === mine.ip.value)) return mine;
+          if (stillInSet) {
+            throw new CniError(
+              IpamErrorCode.AddressInUse,
+              `${ownerText(owner)} already holds ${mine.address} in range set ${i} of network ${owner.network}; requested ${formatIp(want!)}`,
+            );
+          }
+          // Left over from an older config whose ranges no longer include it.
+          this.drop(mine);
+        }
+        return want ? this.claimRequested(owner, i, want) : this.claimNext(owner, set, i);
+      });
+    });
+    return run.immediate();
+  }
+
+  /** Releases every lease of `owner` (idempotent: nothing held is not an error). */
+  release(owner: LeaseOwner): Lease[] {
+    const run = this.db.transaction(() => {
+      const held = this.q.byOwner.all(owner.containerId, owner.ifname, owner.network).map(toLease);
+      for (const l of held) this.drop(l);
+      return held;
+    });
+    return run.immediate();
+  }
+
+  /** The leases `owner` holds, by range set. */
+  leasesOf(owner: LeaseOwner): Lease[] {
+    return this.q.byOwner.all(owner.containerId, owner.ifname, owner.network).map(toLease);
+  }
+
+  /** Every lease of a network, in address order. */
+  leasesIn(network: string): Lease[] {
+    return this.q.byNetwork.all(network).map(toLease);
+  }
+
+  leaseAt(ip: Ip): Lease | undefined {
+    const row = this.q.byAddress.get(keyFromValue(keyValue(ip)));
+    return row ? toLease(row) : undefined;
+  }
+
+  /** Drops every lease of `network` whose (containerId, ifname) is not in `keep`; returns what it dropped. */
+  gc(network: string, keep: readonly { containerID: string; ifname: string }[]): Lease[] {
+    const valid = new Set(keep.map((a) => `${a.containerID}\0${a.ifname}`));
+    const run = this.db.transaction(() => {
+      const stale = this.q.byNetwork
+        .all(network)
+        .map(toLease)
+        .filter((l) => !valid.has(`${l.containerId}\0${l.ifname}`));
+      for (const l of stale) this.drop(l);
+      return stale;
+    });
+    return run.immediate();
+  }
+
+  /** Indexes of the range sets that have no free address left (for STATUS). */
+  exhaustedRangeSets(network: string, rangeSets: readonly RangeSet[]): number[] {
+    const read = this.db.transaction(() =>
+      rangeSets.flatMap((set, i) => (this.nextFree(set, this.cursorOf(network, i)) === null ? [i] : [])),
+    );
+    return read.deferred();
+  }
+
+  /** Takes and releases the write lock: proves the database is writable right now (for STATUS). */
+  probeWritable(): void {
+    this.db.transaction(() => this.db.prepare("UPDATE cursors SET last = last WHERE 0").run()).immediate();
+  }
+
+  /** Runs `PRAGMA integrity_check` and checks that used_spans mirrors leases; returns the problems found. */
+  verify(): string[] {
+    const problems = (this.db.pragma("integrity_check") as { integrity_check: string }[])
+      .map((r) => r.integrity_check)
+      .filter((m) => m !== "ok");
+    const leased = this.db.prepare<[], { address: Buffer }>("SELECT address FROM leases ORDER BY address").all();
+    const spans = this.db.prepare<[], SpanRow>("SELECT lo, hi FROM used_spans ORDER BY lo").all();
+    const covered: bigint[] = [];
+    let prevHi = -2n;
+    for (const s of spans) {
+      const lo = valueFromKey(s.lo);
+      const hi = valueFromKey(s.hi);
+      if (hi < lo || lo <= prevHi + 1n) problems.push(`span ${lo}-${hi} is empty, overlapping or not maximal`);
+      for (let v = lo; v <= hi && covered.length <= leased.length; v++) covered.push(v);
+      prevHi = hi;
+    }
+    const addresses = leased.map((r) => valueFromKey(r.address));
+    if (covered.length !== addresses.length || covered.some((v, i) => v !== addresses[i])) {
+      problems.push(`used_spans cover ${covered.length} address(es) but ${addresses.length} are leased`);
+    }
+    return problems;
+  }
+
+  private cursorOf(network: string, rangeSet: number): bigint | undefined {
+    const row = this.q.cursor.get(network, rangeSet);
+    return row ? valueFromKey(row.last) : undefined;
+  }
+
+  private claimRequested(owner: LeaseOwner, rangeSet: number, ip: Ip): Lease {
+    const taken = this.q.byAddress.get(keyFromValue(keyValue(ip)));
+    if (taken) {
+      const by = toLease(taken);
+      throw new CniError(
+        IpamErrorCode.AddressInUse,
+        `requested IP ${by.address} is already leased to ${ownerText(by)} in network ${by.network}`,
+      );
+    }
+    return this.insert(owner, rangeSet, ip);
+  }
+
+  private claimNext(owner: LeaseOwner, set: RangeSet, rangeSet: number): Lease {
+    const key = this.nextFree(set, this.cursorOf(owner.network, rangeSet));
+    if (key === null) {
+      const pools = set.ranges.map((r) => r.subnet.toString()).join(", ");
+      throw new CniError(
+        IpamErrorCode.PoolExhausted,
+        `no free address in ${pools} (range set ${rangeSet}) for network ${owner.network}`,
+      );
+    }
+    this.q.setCursor.run(owner.network, rangeSet, keyFromValue(key));
+    const value = set.family === 4 ? key & 0xffffffffn : key;
+    return this.insert(owner, rangeSet, { family: set.family, value });
+  }
+
+  /**
+   * Round-robin: the first free address after `cursor`, walking the set's ranges in order and
+   * wrapping around, skipping every range's gateway. Works in key space (see addressKey).
+   */
+  private nextFree(set: RangeSet, cursor: bigint | undefined): bigint | null {
+    const bounds = set.ranges.map((_, i) => setBounds(set, i));
+    const gateways = new Set(bounds.map((b) => b.gateway));
+    const at = cursor === undefined ? -1 : bounds.findIndex((b) => cursor >= b.lo && cursor <= b.hi);
+    const segments: { lo: bigint; hi: bigint }[] = [];
+    if (at < 0) {
+      segments.push(...bounds);
+    } else {
+      const c = cursor!;
+      if (c < bounds[at]!.hi) segments.push({ lo: c + 1n, hi: bounds[at]!.hi });
+      for (let k = 1; k < bounds.length; k++) segments.push(bounds[(at + k) % bounds.length]!);
+      segments.push({ lo: bounds[at]!.lo, hi: c });
+    }
+    for (const s of segments) {
+      const found = this.firstFreeIn(s.lo, s.hi, gateways);
+      if (found !== null) return found;
+    }
+    return null;
+  }
+
+  /** Each step jumps a whole used span or one gateway, so this is a handful of index probes. */
+  private firstFreeIn(lo: bigint, hi: bigint, skip: ReadonlySet<bigint>): bigint | null {
+    let c = lo;
+    while (c <= hi) {
+      const span = this.spanCovering(c);
+      if (span) c = span.hi + 1n;
+      else if (skip.has(c)) c += 1n;
+      else return c;
+    }
+    return null;
+  }
+
+  private spanCovering(v: bigint): { lo: bigint; hi: bigint } | null {
+    const row = this.q.spanAtOrBefore.get(keyFromValue(v));
+    if (!row) return null;
+    const hi = valueFromKey(row.hi);
+    return hi >= v ? { lo: valueFromKey(row.lo), hi } : null;
+  }
+
+  private insert(owner: LeaseOwner, rangeSet: number, ip: Ip): Lease {
+    const key = keyValue(ip);
+    const lease: Lease = { ...owner, ip, address: formatIp(ip), rangeSet, createdAt: Date.now() };
+    this.q.insertLease.run(
+      keyFromValue(key),
+      lease.address,
+      ip.family,
+      owner.network,
+      rangeSet,
+      owner.containerId,
+      owner.ifname,
+      lease.createdAt,
+    );
+    this.markUsed(key);
+    return lease;
+  }
+
+  private drop(lease: Lease): void {
+    const key = keyValue(lease.ip);
+    this.q.deleteLease.run(keyFromValue(key));
+    this.markFree(key);
+  }
+
+  // x was free: join it to the span ending at x-1 and/or the one starting at x+1.
+  private markUsed(x: bigint): void {
+    const left = x > 0n ? this.spanCovering(x - 1n) : null;
+    const right = x < MAX_KEY ? this.q.spanStartingAt.get(keyFromValue(x + 1n)) : undefined;
+    if (left && right) {
+      this.q.deleteSpan.run(right.lo);
+      this.q.setSpanEnd.run(right.hi, keyFromValue(left.lo));
+    } else if (left) {
+      this.q.setSpanEnd.run(keyFromValue(x), keyFromValue(left.lo));
+    } else if (right) {
+      this.q.deleteSpan.run(right.lo);
+      this.q.insertSpan.run(keyFromValue(x), right.hi);
+    } else {
+      this.q.insertSpan.run(keyFromValue(x), keyFromValue(x));
+    }
+  }
+
+  // x was used: cut it out of its span, splitting the span in two when x is inside it.
+  private markFree(x: bigint): void {
+    const span = this.spanCovering(x);
+    if (!span) return;
+    const lo = keyFromValue(span.lo);
+    if (span.lo === x) {
+      this.q.deleteSpan.run(lo);
+      if (span.hi > x) this.q.insertSpan.run(keyFromValue(x + 1n), keyFromValue(span.hi));
+    } else {
+      this.q.setSpanEnd.run(keyFromValue(x - 1n), lo);
+      if (span.hi > x) this.q.insertSpan.run(keyFromValue(x + 1n), keyFromValue(span.hi));
+    }
+  }
+}

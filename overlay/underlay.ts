@@ -72,11 +72,11 @@ export function discoverUnderlay(options: { iface?: string; publicIP?: string })
   }
   const iface = options.iface ?? defaultRouteInterface();
   if (!iface) throw new UnderlayError("no default route to pick the underlay from: pass --underlay-iface or --public-ip");
+  const mtu = readMtu(iface);
   const addrs = (all[iface] ?? []).filter(
     (a) => !a.internal && !(a.family === "IPv6" && a.address.toLowerCase().startsWith("fe80")),
   );
   const pick = addrs.find((a) => a.family === "IPv4") ?? addrs[0];
   if (!pick) throw new UnderlayError(`underlay interface "${iface}" has no usable address (is it up?): pass --public-ip`);
-  const family = ipFamily(pick.address)!;
-  return { iface, publicIP: pick.address, family, mtu: readMtu(iface) };
+  return { iface, publicIP: pick.address, family: ipFamily(pick.address)!, mtu };
 }

@@ -231,3 +231,36 @@ describe("etcd store outage", () => {
     }
   });
 });
+
+describe("etcd store over TLS", () => {
+  let secure: EtcdProcess | undefined;
+  beforeAll(async () => {
+    secure = await EtcdProcess.start({ tls: true });
+  });
+  afterAll(async () => {
+    await secure?.destroy();
+  });
+
+  it("works with --etcd-ca/--etcd-cert/--etcd-key and is refused without a client certificate", async () => {
+    const pki = secure!.pki!;
+    const store = new EtcdStore({
+      endpoints: [secure!.endpoint],
+      caFile: pki.ca,
+      certFile: pki.clientCert,
+      keyFile: pki.clientKey,
+    });
+    try {
+      expect((await store.create("/berth-tls/a", "1", 30)).ok).toBe(true);
+      expect((await store.list("/berth-tls/")).entries.map((e) => e.value)).toEqual(["1"]);
+    } finally {
+      await store.close();
+    }
+    const anonymous = new EtcdStore({ endpoints: [secure!.endpoint], caFile: pki.ca, requestTimeoutMs: 2000 });
+    try {
+      await expect(anonymous.list("/berth-tls/")).rejects.toMatchObject({ name: "StoreUnavailableError" });
+    } finally {
+      await anonymous.close();
+    }
+    expect(() => new EtcdStore({ endpoints: [secure!.endpoint], certFile: pki.clientCert })).toThrow(/needs the CA file/);
+  });
+});

@@ -1,9 +1,9 @@
 // Address arithmetic for IPAM: IPv4 and IPv6 addresses as bigints, subnets with strict
 // validation, and the 16-byte key the lease store sorts by. Parsing is strict on purpose: a
 // subnet with host bits set is a typo in a config, not something to silently mask.
-import { isIPv4, isIPv6 } from "node:net";
+import { type Family, isIPv4, isIPv6 } from "../spec/address.ts";
 
-export type Family = 4 | 6;
+export type { Family };
 
 /** Thrown for malformed addresses and subnets; callers add which config key held the value. */
 export class AddressError extends Error {
@@ -29,7 +29,7 @@ export function familyBits(family: Family): number {
 export function parseIp(text: string): Ip {
   if (typeof text !== "string") throw new AddressError(`${JSON.stringify(text)} is not an IP address`);
   if (isIPv4(text)) return { family: 4, value: parseV4(text) };
-  if (isIPv6(text) && !text.includes("%")) return { family: 6, value: parseV6(text) };
+  if (isIPv6(text)) return { family: 6, value: parseV6(text) };
   throw new AddressError(`${JSON.stringify(text)} is not an IP address`);
 }
 

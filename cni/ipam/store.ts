@@ -17,15 +17,10 @@ import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
+import { IpamErrorCode } from "./errors.ts";
 import { findRange, type RangeSet } from "./ranges.ts";
 
-/** berth-specific error codes (the spec leaves ≥100 to plugins). */
-export const IpamErrorCode = {
-  /** No free address left in a range set. STATUS reports such a network as 50. */
-  PoolExhausted: 100,
-  /** A requested address is leased to someone else, or the attachment already holds another. */
-  AddressInUse: 101,
-} as const;
+export { IpamErrorCode };
 
 export const DATABASE_FILE = "ipam.db";
 

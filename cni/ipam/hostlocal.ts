@@ -1,0 +1,145 @@
+// berth-host-local: host-local's config and behaviour on the SQLite lease store, plus what
+// host-local lacks: idempotent re-ADD, GC of leaked leases, and STATUS that reports an
+// exhausted pool or an unwritable store as 50 before a pod's ADD fails on it.
+import { existsSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { gcAttachments, requestedIps } from "../spec/config.ts";
+import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
+import { type AddressError, formatIp, type Ip, parseIp } from "./cidr.ts";
+import { DEFAULT_DATA_DIR, findRange, type HostLocalConfig, parseHostLocalConfig, type RangeSet } from "./ranges.ts";
+import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "./store.ts";
+
+function ipamSection(req: Request): Record<string, unknown> {
+  const ipam = req.config.ipam;
+  if (typeof ipam !== "object" || ipam === null)
+    throw new CniError(ErrorCode.InvalidConfig, `invalid config: "ipam" is required`);
+  return ipam;
+}
+
+function configOf(req: Request): HostLocalConfig {
+  return parseHostLocalConfig(ipamSection(req), req.config.runtimeConfig);
+}
+
+/** DEL must work even when the ranges in the config no longer parse: it only needs the directory. */
+function dataDirOf(req: Request): string {
+  const dir = ipamSection(req).dataDir;
+  return typeof dir === "string" && dir.startsWith("/") ? dir : DEFAULT_DATA_DIR;
+}
+
+function ownerOf(req: Request): LeaseOwner {
+  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
+}
+
+// One open handle per database file, reused by the agent's in-process calls. Reopened when the
+// file was replaced (a new inode), so a handle never points at a deleted database.
+const openStores = new Map<string, { store: LeaseStore; ino: number }>();
+
+function storeFor(dataDir: string): LeaseStore {
+  const path = join(dataDir, DATABASE_FILE);
+  const cached = openStores.get(path);
+  const ino = existsSync(path) ? statSync(path).ino : -1;
+  if (cached && cached.ino === ino) return cached.store;
+  cached?.store.close();
+  const store = LeaseStore.open(dataDir);
+  openStores.set(path, { store, ino: statSync(path).ino });
+  return store;
+}
+
+/** Closes every cached database handle (agent shutdown, tests). */
+export function closeLeaseStores(): void {
+  for (const { store } of openStores.values()) store.close();
+  openStores.clear();
+}
+
+function requested(req: Request): Ip[] {
+  return requestedIps(req).map((text) => {
+    try {
+      return parseIp(text.split("/")[0]!);
+    } catch (e) {
+      throw new CniError(ErrorCode.InvalidConfig, `invalid requested IP: ${(e as AddressError).message}`);
+    }
+  });
+}
+
+function ipConfig(lease: Lease, rangeSets: readonly RangeSet[]): IpConfig {
+  const hit = findRange(rangeSets, lease.ip)!;
+  return {
+    address: `${lease.address}/${hit.range.subnet.prefix}`,
+    gateway: formatIp(hit.range.subnet.ip(hit.range.gateway)),
+  };
+}
+
+function bareAddress(cidr: string): string | null {
+  try {
+    return formatIp(parseIp(cidr.split("/")[0]!));
+  } catch {
+    return null;
+  }
+}
+
+export const hostLocalPlugin: Plugin = {
+  name: "berth-host-local",
+  cniArgs: ["IP"],
+
+  async add(req: Request): Promise<Result> {
+    const config = configOf(req);
+    const leases = storeFor(config.dataDir).allocate(ownerOf(req), config.rangeSets, requested(req));
+    // A delegated IPAM result is trimmed: no interfaces, no ips[].interface (SPEC).
+    const result: Result = { cniVersion: req.config.cniVersion, ips: leases.map((l) => ipConfig(l, config.rangeSets)) };
+    if (config.routes.length > 0) result.routes = config.routes;
+    if (config.dns) result.dns = config.dns;
+    return result;
+  },
+
+  async del(req: Request): Promise<void> {
+    const dataDir = dataDirOf(req);
+    // Nothing was ever allocated here: do not create a database just to find it empty.
+    if (!existsSync(join(dataDir, DATABASE_FILE))) return;
+    storeFor(dataDir).release(ownerOf(req));
+  },
+
+  async check(req: Request): Promise<void> {
+    const config = configOf(req);
+    const owner = ownerOf(req);
+    const leases = storeFor(config.dataDir).leasesOf(owner);
+    const where = `container ${owner.containerId} interface ${owner.ifname} in network ${owner.network}`;
+    if (leases.length === 0) throw new CniError(IpamErrorCode.CheckFailed, `no address is leased to ${where}`);
+    for (const [i, set] of config.rangeSets.entries()) {
+      if (!leases.some((l) => l.rangeSet === i && findRange([set], l.ip))) {
+        throw new CniError(IpamErrorCode.CheckFailed, `${where} holds no address in range set ${i}`);
+      }
+    }
+    const prev = req.config.prevResult?.ips;
+    if (prev) {
+      const reported = new Set(prev.map((ip) => bareAddress(ip.address)));
+      for (const lease of leases) {
+        if (!reported.has(lease.address)) {
+          throw new CniError(IpamErrorCode.CheckFailed, `${lease.address} is leased to ${where} but missing from prevResult.ips`);
+        }
+      }
+    }
+  },
+
+  async gc(req: Request): Promise<void> {
+    const dataDir = dataDirOf(req);
+    const keep = gcAttachments(req.config);
+    if (!existsSync(join(dataDir, DATABASE_FILE))) return;
+    storeFor(dataDir).gc(req.config.name, keep);
+  },
+
+  async status(req: Request): Promise<void> {
+    const config = configOf(req);
+    let store: LeaseStore;
+    try {
+      store = storeFor(config.dataDir);
+      store.probeWritable();
+    } catch (e) {
+      throw new CniError(ErrorCode.PluginNotAvailable, `lease store unavailable: ${(e as Error).message}`);
+    }
+    const exhausted = store.exhaustedRangeSets(req.config.name, config.rangeSets);
+    if (exhausted.length > 0) {
+      const which = exhausted.map((i) => `range set ${i} (${config.rangeSets[i]!.ranges.map((r) => r.subnet).join(", ")})`);
+      throw new CniError(ErrorCode.PluginNotAvailable, `no free address in ${which.join(" and ")} of network ${req.config.name}`);
+    }
+  },
+};

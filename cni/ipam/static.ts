@@ -1,0 +1,152 @@
+// berth-static: the addresses come from the config (or the runtime), nothing is stored.
+// Sources, as in the reference static plugin: runtimeConfig.ips replaces ipam.addresses, else
+// args.cni.ips replaces them, else CNI_ARGS IP= adds to them; CNI_ARGS GATEWAY= fills the
+// gateway of every address of its family that has none.
+import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
+import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "./cidr.ts";
+import { IpamErrorCode } from "./errors.ts";
+import { parseRoutes } from "./ranges.ts";
+
+interface StaticAddress {
+  address: IpPrefix;
+  gateway?: Ip;
+}
+
+function invalid(msg: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `invalid ipam config: ${msg}`);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function prefixAt(key: string, v: unknown): IpPrefix {
+  if (typeof v !== "string") throw invalid(`${key} must be an address in CIDR notation, got ${JSON.stringify(v)}`);
+  try {
+    return parseIpPrefix(v);
+  } catch (e) {
+    throw invalid(`${key} ${(e as AddressError).message}`);
+  }
+}
+
+function ipAt(key: string, v: unknown): Ip {
+  if (typeof v !== "string") throw invalid(`${key} must be an IP address, got ${JSON.stringify(v)}`);
+  try {
+    return parseIp(v);
+  } catch (e) {
+    throw invalid(`${key} ${(e as AddressError).message}`);
+  }
+}
+
+function parseAddress(raw: unknown, key: string): StaticAddress {
+  if (!isObject(raw)) throw invalid(`${key} must be an object like {"address": "10.1.0.5/24"}, got ${JSON.stringify(raw)}`);
+  const address = prefixAt(`${key}.address`, raw.address);
+  if (raw.gateway === undefined || raw.gateway === null || raw.gateway === "") return { address };
+  const gateway = ipAt(`${key}.gateway`, raw.gateway);
+  if (gateway.family !== address.ip.family) {
+    throw invalid(`${key}.gateway ${formatIp(gateway)} is IPv${gateway.family} but the address is IPv${address.ip.family}`);
+  }
+  return { address, gateway };
+}
+
+function listAt(key: string, v: unknown): unknown[] {
+  if (!Array.isArray(v)) throw invalid(`${key} must be an array, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function nonEmpty(v: unknown): boolean {
+  return v !== undefined && v !== null && !(Array.isArray(v) && v.length === 0);
+}
+
+/** The addresses for this attachment, after the runtime's overrides, in the order configured. */
+export function staticAddresses(req: Request): StaticAddress[] {
+  const ipam: Record<string, unknown> = req.config.ipam ?? {};
+  const runtimeIps = req.config.runtimeConfig?.ips;
+  const argsSection = req.config.args?.cni;
+  const argsIps = isObject(argsSection) ? argsSection.ips : undefined;
+
+  let addresses: StaticAddress[];
+  if (nonEmpty(runtimeIps)) {
+    addresses = listAt("runtimeConfig.ips", runtimeIps).map((a, i) => ({ address: prefixAt(`runtimeConfig.ips[${i}]`, a) }));
+  } else if (nonEmpty(argsIps)) {
+    addresses = listAt("args.cni.ips", argsIps).map((a, i) => ({ address: prefixAt(`args.cni.ips[${i}]`, a) }));
+  } else {
+    addresses =
+      ipam.addresses === undefined || ipam.addresses === null
+        ? []
+        : listAt("ipam.addresses", ipam.addresses).map((a, i) => parseAddress(a, `ipam.addresses[${i}]`));
+    if (req.args.IP) {
+      addresses.push(...req.args.IP.split(",").map((a, i) => ({ address: prefixAt(`CNI_ARGS IP[${i}]`, a.trim()) })));
+    }
+  }
+  if (req.args.GATEWAY) {
+    for (const [i, text] of req.args.GATEWAY.split(",").entries()) {
+      const gw = ipAt(`CNI_ARGS GATEWAY[${i}]`, text.trim());
+      for (const a of addresses) if (!a.gateway && a.address.ip.family === gw.family) a.gateway = gw;
+    }
+  }
+  if (addresses.length === 0) {
+    throw invalid(`berth-static needs at least one address (ipam.addresses, runtimeConfig.ips, args.cni.ips or CNI_ARGS IP)`);
+  }
+  const seen = new Set<string>();
+  for (const a of addresses) {
+    const text = formatIp(a.address.ip);
+    if (seen.has(text)) throw invalid(`address ${text} is listed twice`);
+    seen.add(text);
+  }
+  return addresses;
+}
+
+function parseDns(raw: unknown): Dns | undefined {
+  if (raw === undefined || raw === null) return undefined;
+  if (!isObject(raw)) throw invalid(`ipam.dns must be an object, got ${JSON.stringify(raw)}`);
+  const dns: Dns = {};
+  for (const key of ["nameservers", "search", "options"] as const) {
+    const v = raw[key];
+    if (v === undefined || v === null) continue;
+    if (!Array.isArray(v) || v.some((s) => typeof s !== "string")) throw invalid(`ipam.dns.${key} must be an array of strings`);
+    dns[key] = v as string[];
+  }
+  if (raw.domain !== undefined && raw.domain !== null) {
+    if (typeof raw.domain !== "string") throw invalid(`ipam.dns.domain must be a string`);
+    dns.domain = raw.domain;
+  }
+  for (const [i, ns] of (dns.nameservers ?? []).entries()) ipAt(`ipam.dns.nameservers[${i}]`, ns);
+  return Object.keys(dns).length > 0 ? dns : undefined;
+}
+
+function toIpConfig(a: StaticAddress): IpConfig {
+  const ip: IpConfig = { address: `${formatIp(a.address.ip)}/${a.address.prefix}` };
+  if (a.gateway) ip.gateway = formatIp(a.gateway);
+  return ip;
+}
+
+export const staticPlugin: Plugin = {
+  name: "berth-static",
+  cniArgs: ["IP", "GATEWAY"],
+
+  async add(req: Request): Promise<Result> {
+    const ipam: Record<string, unknown> = req.config.ipam ?? {};
+    const result: Result = { cniVersion: req.config.cniVersion, ips: staticAddresses(req).map(toIpConfig) };
+    const routes = parseRoutes(ipam.routes, "ipam.routes");
+    if (routes.length > 0) result.routes = routes;
+    const dns = parseDns(ipam.dns);
+    if (dns) result.dns = dns;
+    return result;
+  },
+
+  // Nothing was allocated, so nothing to release.
+  async del(): Promise<void> {},
+
+  async check(req: Request): Promise<void> {
+    const addresses = staticAddresses(req);
+    const prev = req.config.prevResult?.ips;
+    if (!prev) return;
+    const reported = new Set(prev.map((ip) => ip.address.split("/")[0]!).map((a) => formatIp(parseIp(a))));
+    for (const a of addresses) {
+      const text = formatIp(a.address.ip);
+      if (!reported.has(text))
+        throw new CniError(IpamErrorCode.CheckFailed, `static address ${text} is missing from prevResult.ips`);
+    }
+  },
+};

@@ -56,12 +56,14 @@ export class Netns {
    */
   enter<T>(fn: () => T): T {
     const a = addon();
+    // Resolve home before leaving it: looked up inside the window, "home" would be the target.
+    const back = homeFd();
     a.setns(this.fd);
     let result: T;
     try {
       result = fn();
     } finally {
-      a.setns(homeFd());
+      a.setns(back);
     }
     if (result && typeof (result as { then?: unknown }).then === "function") {
       throw new Error("Netns.enter: the callback must be synchronous (it returned a promise)");

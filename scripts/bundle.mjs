@@ -44,6 +44,8 @@ async function bundle(entry, file, executable) {
 }
 
 mkdirSync(join(out, "cni"), { recursive: true });
+// The repo is "type": "module"; extensionless bundles under build/ must load as CommonJS.
+writeFileSync(join(out, "package.json"), '{ "type": "commonjs" }\n');
 const jobs = [bundle("bin/cli.ts", join(out, "berth.cjs"), false)];
 for (const [name, entry] of Object.entries(PLUGINS)) {
   if (existsSync(join(root, entry))) jobs.push(bundle(entry, join(out, "cni", name), true));

@@ -8,6 +8,14 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
       "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "berth_launcher",
+      "type": "executable",
+      "sources": ["launcher/launcher.c"],
+      "defines": ["BERTH_NODE=\"<!(node -p process.execPath)\""],
+      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-Wno-format-truncation", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
+      "ldflags": ["-Wl,-z,relro,-z,now"]
     }
   ]
 }

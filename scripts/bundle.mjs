@@ -1,15 +1,33 @@
-// Bundles berth's entry points with esbuild into build/: the CLI (build/berth.cjs) and one
-// self-contained CommonJS executable per CNI plugin (build/cni/berth-<type>), so a plugin's
-// cold start loads a single file. Native modules stay external and are found from the
-// checkout (native/build, node_modules). The shebang names this Node binary, not `env node`:
-// engines often run plugins with a minimal PATH.
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
+// Bundles berth's entry points into build/:
+//
+//   build/berth.cjs               the CLI
+//   build/cni-node/berth-<type>.cjs  one self-contained CommonJS plugin per type: the cold path
+//   build/cni/berth-<type>        the native launcher (native/build/Release/berth_launcher),
+//                                 what runtimes run: it forwards to the agent's fast path and
+//                                 execs Node on ../cni-node/berth-<type>.cjs when no agent answers
+//
+// Native modules stay external and are found from the checkout (native/build, node_modules).
+// Bundle shebangs name this Node binary, not `env node`: engines run plugins with a minimal
+// PATH. Plugin bundles must stay lean (a cold start parses all of it): the build fails if one
+// pulls in a server-side package, and prints each bundle's size.
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const out = join(root, "build");
+const LAUNCHER = join(root, "native", "build", "Release", "berth_launcher");
 
 /** CNI plugin executables: name in build/cni → entry module. Missing entries are skipped. */
 export const PLUGINS = {
@@ -21,6 +39,9 @@ export const PLUGINS = {
   "berth-static": "cni/ipam/static.main.ts",
   "berth-overlay": "overlay/cni/main.ts",
 };
+
+/** Packages that belong to the agent or the CSI driver, never to a plugin's cold start. */
+const NOT_IN_PLUGINS = ["fastify", "@grpc/", "etcd3", "prom-client", "pino", "cockatiel", "protobufjs"];
 
 const common = {
   bundle: true,
@@ -34,21 +55,61 @@ const common = {
   logOverride: { "empty-import-meta": "silent" },
 };
 
-async function bundle(entry, file, executable) {
-  await build({ ...common, entryPoints: [join(root, entry)], outfile: file });
-  if (executable) {
-    const body = readFileSync(file, "utf8").replace(/^#!.*\n/, "");
-    writeFileSync(file, `#!${process.execPath}\n${body}`);
-    chmodSync(file, 0o755);
+/** Writes through a temporary name and renames: replacing a running executable in place fails with ETXTBSY. */
+function replaceFile(file, write) {
+  const tmp = `${file}.tmp${process.pid}`;
+  write(tmp);
+  renameSync(tmp, file);
+}
+
+async function bundle(entry, file, { executable = false, lean = false } = {}) {
+  const tmp = `${file}.tmp${process.pid}`;
+  const result = await build({ ...common, entryPoints: [join(root, entry)], outfile: tmp, metafile: lean });
+  if (lean) {
+    const heavy = Object.keys(result.metafile.inputs).filter((p) =>
+      NOT_IN_PLUGINS.some((pkg) => p.includes(`node_modules/${pkg}`)),
+    );
+    if (heavy.length > 0) {
+      rmSync(tmp, { force: true });
+      const pkgs = [...new Set(heavy.map((p) => p.replace(/^.*node_modules\/((@[^/]+\/)?[^/]+).*$/, "$1")))];
+      throw new Error(`${entry} pulls server-side packages into a plugin bundle: ${pkgs.join(", ")}`);
+    }
   }
+  if (executable) {
+    const body = readFileSync(tmp, "utf8").replace(/^#!.*\n/, "");
+    writeFileSync(tmp, `#!${process.execPath}\n${body}`);
+    chmodSync(tmp, 0o755);
+  }
+  renameSync(tmp, file);
+  return { file, bytes: statSync(file).size };
 }
 
 mkdirSync(join(out, "cni"), { recursive: true });
-// The repo is "type": "module"; extensionless bundles under build/ must load as CommonJS.
+mkdirSync(join(out, "cni-node"), { recursive: true });
+// The repo is "type": "module"; bundles under build/ must load as CommonJS.
 writeFileSync(join(out, "package.json"), '{ "type": "commonjs" }\n');
-const jobs = [bundle("bin/cli.ts", join(out, "berth.cjs"), false)];
-for (const [name, entry] of Object.entries(PLUGINS)) {
-  if (existsSync(join(root, entry))) jobs.push(bundle(entry, join(out, "cni", name), true));
+
+const plugins = Object.entries(PLUGINS).filter(([, entry]) => existsSync(join(root, entry)));
+const built = await Promise.all([
+  bundle("bin/cli.ts", join(out, "berth.cjs")),
+  ...plugins.map(([name, entry]) => bundle(entry, join(out, "cni-node", `${name}.cjs`), { executable: true, lean: true })),
+]);
+
+const haveLauncher = existsSync(LAUNCHER);
+if (!haveLauncher) {
+  console.error(
+    `berth bundle: ${relative(root, LAUNCHER)} is not built (npm run build): build/cni holds the Node bundles, no fast path`,
+  );
 }
-await Promise.all(jobs);
-console.error(`berth bundle: ${jobs.length} bundles in build/`);
+for (const [name] of plugins) {
+  const target = join(out, "cni", name);
+  const source = haveLauncher ? LAUNCHER : join(out, "cni-node", `${name}.cjs`);
+  replaceFile(target, (tmp) => {
+    copyFileSync(source, tmp);
+    chmodSync(tmp, 0o755);
+  });
+}
+
+for (const b of built) console.error(`  ${relative(root, b.file).padEnd(34)} ${(b.bytes / 1024).toFixed(0).padStart(5)} KiB`);
+const launcherSize = haveLauncher ? `, launcher ${(statSync(LAUNCHER).size / 1024).toFixed(0)} KiB` : "";
+console.error(`berth bundle: ${built.length} bundles, ${plugins.length} plugins in build/cni${launcherSize}`);

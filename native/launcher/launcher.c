@@ -1,0 +1,498 @@
+/*
+ * berth CNI launcher: the executable a runtime runs as build/cni/berth-<type>.
+ *
+ * Starting Node costs ~30 ms per CNI call; the resident berth agent runs the same plugin
+ * function in-process. So this program only forwards the invocation (plugin type =
+ * basename(argv[0]), the CNI_* and BERTH_* environment, stdin) to the agent over a unix
+ * socket and reproduces the agent's stdout, stderr and exit code. When no agent answers it
+ * execs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs) with the same
+ * environment and stdin: the cold path, identical in behaviour, only slower.
+ *
+ * Socket, first found: $BERTH_CNI_SOCKET ("off" skips the agent), else the top-level string
+ * key "berthSocket" or "agentSocket" of the stdin config, else /run/berth/cni.sock.
+ *
+ * Once the whole request has been written the agent may have acted on it, so a broken
+ * connection after that point is reported as CNI error 11 (try again) and never retried on
+ * the cold path. Wire format: protocol.h.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+#include <signal.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "protocol.h"
+
+#ifndef BERTH_NODE
+#error "BERTH_NODE (absolute path of the Node binary) must be defined at build time"
+#endif
+
+#define DEFAULT_SOCKET "/run/berth/cni.sock"
+/* The plugins' stdin limit is 1 MiB; one byte more lets the plugin report the size error. */
+#define STDIN_LIMIT (1024u * 1024u + 1u)
+#define CONNECT_TIMEOUT_MS 200
+/* A live agent reads at once; a request it does not take within this is sent to the cold path. */
+#define SEND_TIMEOUT_MS 5000
+#define MAX_ENV_BYTES (256u * 1024u)
+
+extern char **environ;
+
+static char stdin_buf[STDIN_LIMIT];
+static size_t stdin_len;
+/* stdin was a terminal or closed: the cold path gets it untouched (Node reads it as empty). */
+static int stdin_untouched;
+
+static const char *const SUPPORTED_VERSIONS[] = {"0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"};
+
+static int64_t now_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void put_u16(unsigned char *p, uint16_t v) {
+  p[0] = (unsigned char)v;
+  p[1] = (unsigned char)(v >> 8);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+  p[0] = (unsigned char)v;
+  p[1] = (unsigned char)(v >> 8);
+  p[2] = (unsigned char)(v >> 16);
+  p[3] = (unsigned char)(v >> 24);
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+  return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Writes all of buf to fd (a pipe may be non-blocking); gives up silently when the reader is gone. */
+static void write_fd_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        struct pollfd p = {.fd = fd, .events = POLLOUT};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR) return;
+        continue;
+      }
+      return;
+    }
+    buf += n;
+    len -= (size_t)n;
+  }
+}
+
+static void write_str(int fd, const char *s) { write_fd_all(fd, s, strlen(s)); }
+
+static void read_stdin(void) {
+  struct stat st;
+  if (fstat(0, &st) < 0 || S_ISCHR(st.st_mode)) {
+    stdin_untouched = 1;
+    return;
+  }
+  while (stdin_len < STDIN_LIMIT) {
+    ssize_t n = read(0, stdin_buf + stdin_len, STDIN_LIMIT - stdin_len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) { /* inherited O_NONBLOCK: wait instead of spinning */
+        struct pollfd p = {.fd = 0, .events = POLLIN};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR) return;
+        continue;
+      }
+      return; /* unreadable: forward what we have; the plugin reports a bad config */
+    }
+    if (n == 0) return;
+    stdin_len += (size_t)n;
+  }
+}
+
+/* Scans a JSON string starting after its opening quote; returns the index of the closing quote or -1. */
+static ssize_t scan_string(const char *js, size_t len, size_t i, int *escaped) {
+  *escaped = 0;
+  for (; i < len; i++) {
+    if (js[i] == '\\') {
+      *escaped = 1;
+      i++;
+    } else if (js[i] == '"') {
+      return (ssize_t)i;
+    }
+  }
+  return -1;
+}
+
+static size_t skip_ws(const char *js, size_t len, size_t i) {
+  while (i < len && (js[i] == ' ' || js[i] == '\t' || js[i] == '\n' || js[i] == '\r')) i++;
+  return i;
+}
+
+/*
+ * The string value of a top-level key of the JSON object in js, copied to out. Not a JSON
+ * parser: it tracks nesting and strings only, so keys inside nested objects (prevResult, ipam)
+ * never match. Values with escapes or longer than outsz-1 are ignored. The last occurrence
+ * wins, as with JSON.parse. Returns 1 when found.
+ */
+static int top_level_string(const char *js, size_t len, const char *key, char *out, size_t outsz) {
+  size_t keylen = strlen(key);
+  size_t i = skip_ws(js, len, 0);
+  if (i >= len || js[i] != '{') return 0;
+  int found = 0;
+  int depth = 0;
+  char prev = 0;
+  while (i < len) {
+    char c = js[i];
+    if (c == '"') {
+      int escaped;
+      ssize_t end = scan_string(js, len, i + 1, &escaped);
+      if (end < 0) return found;
+      int is_key = depth == 1 && (prev == '{' || prev == ',');
+      int match = is_key && !escaped && (size_t)end - (i + 1) == keylen && memcmp(js + i + 1, key, keylen) == 0;
+      i = (size_t)end + 1;
+      prev = 's';
+      if (match) {
+        size_t j = skip_ws(js, len, i);
+        if (j >= len || js[j] != ':') return found;
+        j = skip_ws(js, len, j + 1);
+        if (j < len && js[j] == '"') {
+          ssize_t vend = scan_string(js, len, j + 1, &escaped);
+          if (vend < 0) return found;
+          size_t vlen = (size_t)vend - (j + 1);
+          if (!escaped && vlen < outsz) {
+            memcpy(out, js + j + 1, vlen);
+            out[vlen] = '\0';
+            found = 1;
+          }
+          i = (size_t)vend + 1;
+        } else {
+          i = j;
+        }
+        prev = 'v';
+      }
+      continue;
+    }
+    switch (c) {
+      case '{':
+      case '[':
+        depth++;
+        prev = c;
+        break;
+      case '}':
+      case ']':
+        depth--;
+        prev = 'v';
+        if (depth == 0) return found;
+        break;
+      case ',':
+      case ':':
+        prev = c;
+        break;
+      case ' ':
+      case '\t':
+      case '\n':
+      case '\r':
+        break;
+      default:
+        prev = 'v';
+    }
+    i++;
+  }
+  return found;
+}
+
+/* The config's cniVersion when it is one we support, else the newest: what the plugins answer errors in. */
+static const char *error_version(void) {
+  static char v[16];
+  if (stdin_len > 0 && stdin_len < STDIN_LIMIT && top_level_string(stdin_buf, stdin_len, "cniVersion", v, sizeof v)) {
+    for (size_t k = 0; k < sizeof SUPPORTED_VERSIONS / sizeof SUPPORTED_VERSIONS[0]; k++) {
+      if (strcmp(v, SUPPORTED_VERSIONS[k]) == 0) return SUPPORTED_VERSIONS[k];
+    }
+  }
+  return "1.1.0";
+}
+
+/* Appends s to out as JSON string content (no quotes), truncating to fit. */
+static void json_escape(char *out, size_t outsz, const char *s) {
+  size_t o = strlen(out);
+  for (; *s && o + 7 < outsz; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') {
+      out[o++] = '\\';
+      out[o++] = (char)c;
+    } else if (c < 0x20) {
+      o += (size_t)snprintf(out + o, outsz - o, "\\u%04x", c);
+    } else {
+      out[o++] = (char)c;
+    }
+  }
+  out[o] = '\0';
+}
+
+/* Prints a CNI error (stdout) and a log line (stderr), then exits 1. */
+__attribute__((noreturn)) static void fail(const char *type, int code, const char *msg) {
+  char body[2048];
+  snprintf(body, sizeof body, "{\"cniVersion\":\"%s\",\"code\":%d,\"msg\":\"", error_version(), code);
+  json_escape(body, sizeof body - 3, msg);
+  strcat(body, "\"}\n");
+  signal(SIGPIPE, SIG_IGN);
+  write_str(1, body);
+  char line[1200];
+  snprintf(line, sizeof line, "%s: error %d: %s\n", type, code, msg);
+  write_str(2, line);
+  exit(1);
+}
+
+static const char *socket_path(void) {
+  static char from_config[sizeof(((struct sockaddr_un *)0)->sun_path)];
+  const char *env = getenv("BERTH_CNI_SOCKET");
+  if (env && *env) return env;
+  if (stdin_len > 0 && stdin_len < STDIN_LIMIT &&
+      (top_level_string(stdin_buf, stdin_len, "berthSocket", from_config, sizeof from_config) ||
+       top_level_string(stdin_buf, stdin_len, "agentSocket", from_config, sizeof from_config)) &&
+      from_config[0] != '\0') {
+    return from_config;
+  }
+  return DEFAULT_SOCKET;
+}
+
+/* Connects to the agent within CONNECT_TIMEOUT_MS; returns a blocking, close-on-exec fd or -1. */
+static int connect_agent(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  size_t plen = strlen(path);
+  if (plen == 0 || plen >= sizeof sa.sun_path) return -1;
+  memcpy(sa.sun_path, path, plen + 1);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return -1;
+  int64_t deadline = now_ms() + CONNECT_TIMEOUT_MS;
+  for (;;) {
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) break;
+    if (errno == EINTR) continue;
+    int64_t left = deadline - now_ms();
+    if (errno == EAGAIN && left > 0) { /* listen backlog full: the agent is busy, not gone */
+      struct timespec pause = {.tv_sec = 0, .tv_nsec = 1000000};
+      nanosleep(&pause, NULL);
+      continue;
+    }
+    if (errno == EINPROGRESS && left > 0) {
+      struct pollfd p = {.fd = fd, .events = POLLOUT};
+      int r = poll(&p, 1, (int)left);
+      int soerr = 0;
+      socklen_t sl = sizeof soerr;
+      if (r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) == 0 && soerr == 0) break;
+    }
+    close(fd);
+    return -1;
+  }
+  int flags = fcntl(fd, F_GETFL);
+  struct timeval tv = {.tv_sec = SEND_TIMEOUT_MS / 1000, .tv_usec = (SEND_TIMEOUT_MS % 1000) * 1000};
+  if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Sends iov completely (partial writes, EINTR); returns 0, or the errno that stopped it. */
+static int send_all(int fd, struct iovec *iov, int cnt) {
+  while (cnt > 0) {
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+    ssize_t n = sendmsg(fd, &m, MSG_NOSIGNAL);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    while (cnt > 0 && (size_t)n >= iov->iov_len) {
+      n -= (ssize_t)iov->iov_len;
+      iov++;
+      cnt--;
+    }
+    if (cnt > 0) {
+      iov->iov_base = (char *)iov->iov_base + n;
+      iov->iov_len -= (size_t)n;
+    }
+  }
+  return 0;
+}
+
+/* Reads exactly len bytes; returns 0, or -1 on EOF or error. */
+static int recv_all(int fd, void *buf, size_t len) {
+  char *p = buf;
+  while (len > 0) {
+    ssize_t n = read(fd, p, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    if (n == 0) return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+static int is_forwarded(const char *kv) { return strncmp(kv, "CNI_", 4) == 0 || strncmp(kv, "BERTH_", 6) == 0; }
+
+/* Header, type and environment of the request frame (stdin follows as its own iovec). */
+static unsigned char *request_head(const char *type, size_t *head_len) {
+  size_t tlen = strlen(type);
+  size_t env_bytes = 0;
+  uint32_t env_count = 0;
+  for (char **e = environ; *e; e++) {
+    if (!is_forwarded(*e)) continue;
+    env_bytes += 4 + strlen(*e);
+    env_count++;
+    if (env_bytes > MAX_ENV_BYTES) return NULL;
+  }
+  size_t len = BCNI_HEADER_BYTES + 4 + tlen + 4 + env_bytes + 4;
+  unsigned char *h = malloc(len);
+  if (!h) return NULL;
+  unsigned char *p = h;
+  memcpy(p, BCNI_MAGIC, 4);
+  put_u16(p + 4, BCNI_VERSION);
+  put_u16(p + 6, BCNI_KIND_REQUEST);
+  put_u32(p + 8, (uint32_t)(len - BCNI_HEADER_BYTES + stdin_len));
+  p += BCNI_HEADER_BYTES;
+  put_u32(p, (uint32_t)tlen);
+  memcpy(p + 4, type, tlen);
+  p += 4 + tlen;
+  put_u32(p, env_count);
+  p += 4;
+  for (char **e = environ; *e; e++) {
+    if (!is_forwarded(*e)) continue;
+    size_t l = strlen(*e);
+    put_u32(p, (uint32_t)l);
+    memcpy(p + 4, *e, l);
+    p += 4 + l;
+  }
+  put_u32(p, (uint32_t)stdin_len);
+  *head_len = len;
+  return h;
+}
+
+/*
+ * Reads the agent's response and replays it. Returns only when no complete response came
+ * (then the caller decides between the cold path and error 11); otherwise exits.
+ */
+static void relay_response(int fd, const char *type, int request_sent) {
+  unsigned char hdr[BCNI_HEADER_BYTES];
+  if (recv_all(fd, hdr, sizeof hdr) < 0) return;
+  uint32_t len = get_u32(hdr + 8);
+  if (memcmp(hdr, BCNI_MAGIC, 4) != 0 || hdr[4] != BCNI_VERSION || hdr[5] != 0 || hdr[6] != BCNI_KIND_RESPONSE ||
+      hdr[7] != 0 || len < 12 || len > BCNI_MAX_RESPONSE_BYTES) {
+    if (request_sent) fail(type, 11, "berth agent sent a malformed reply (protocol version mismatch?); try again");
+    return;
+  }
+  unsigned char *body = malloc(len);
+  if (!body) fail(type, 11, "out of memory reading the berth agent's reply");
+  if (recv_all(fd, body, len) < 0) {
+    free(body);
+    return;
+  }
+  int32_t code = (int32_t)get_u32(body);
+  uint32_t out_len = get_u32(body + 4);
+  if (out_len > len - 12 || get_u32(body + 8 + out_len) > len - 12 - out_len) {
+    if (request_sent) fail(type, 11, "berth agent sent a malformed reply; try again");
+    free(body);
+    return;
+  }
+  uint32_t err_len = get_u32(body + 8 + out_len);
+  close(fd);
+  signal(SIGPIPE, SIG_IGN); /* a runtime that stopped reading must not turn our exit code into a signal */
+  write_fd_all(1, (const char *)body + 8, out_len);
+  write_fd_all(2, (const char *)body + 12 + out_len, err_len);
+  exit(code & 0xff);
+}
+
+/* The cold path: Node on the bundled plugin, same environment, stdin re-fed from memory. */
+__attribute__((noreturn)) static void exec_cold_path(const char *type, const char *why) {
+  char self[PATH_MAX];
+  char bundle[PATH_MAX + 64];
+  char msg[1024];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n < 0) {
+    snprintf(msg, sizeof msg, "%s; cannot locate the launcher (/proc/self/exe): %s", why, strerror(errno));
+    fail(type, 999, msg);
+  }
+  self[n] = '\0';
+  char *slash = strrchr(self, '/');
+  if (slash) *slash = '\0';
+  if ((size_t)snprintf(bundle, sizeof bundle, "%s/../cni-node/%s.cjs", self, type) >= sizeof bundle) {
+    fail(type, 999, "cold path: bundle path too long");
+  }
+  if (!stdin_untouched) {
+    int mfd = memfd_create("berth-cni-stdin", MFD_CLOEXEC);
+    if (mfd < 0) {
+      snprintf(msg, sizeof msg, "%s; cold path: memfd_create: %s", why, strerror(errno));
+      fail(type, 999, msg);
+    }
+    size_t off = 0;
+    while (off < stdin_len) {
+      ssize_t w = write(mfd, stdin_buf + off, stdin_len - off);
+      if (w < 0 && errno == EINTR) continue;
+      if (w < 0) {
+        snprintf(msg, sizeof msg, "%s; cold path: writing stdin copy: %s", why, strerror(errno));
+        fail(type, 999, msg);
+      }
+      off += (size_t)w;
+    }
+    /* dup2 clears close-on-exec on fd 0, so only the copy survives exec. */
+    if (lseek(mfd, 0, SEEK_SET) < 0 || dup2(mfd, 0) < 0) {
+      snprintf(msg, sizeof msg, "%s; cold path: re-feeding stdin: %s", why, strerror(errno));
+      fail(type, 999, msg);
+    }
+    close(mfd);
+  }
+  char *argv[] = {(char *)BERTH_NODE, bundle, NULL};
+  execve(BERTH_NODE, argv, environ);
+  snprintf(msg, sizeof msg, "%s; cold path: cannot run %s %s: %s", why, BERTH_NODE, bundle, strerror(errno));
+  fail(type, 999, msg);
+}
+
+int main(int argc, char **argv) {
+  const char *type = argc > 0 && argv[0] ? argv[0] : "berth";
+  const char *slash = strrchr(type, '/');
+  if (slash) type = slash + 1;
+  if (*type == '\0' || strlen(type) > 255) type = "berth";
+
+  read_stdin();
+  const char *path = socket_path();
+  if (strcmp(path, "off") == 0) exec_cold_path(type, "fast path off (BERTH_CNI_SOCKET=off)");
+
+  int fd = connect_agent(path);
+  if (fd < 0) exec_cold_path(type, "no berth agent answered");
+
+  size_t head_len = 0;
+  unsigned char *head = request_head(type, &head_len);
+  if (!head) {
+    close(fd);
+    exec_cold_path(type, "environment too large for the fast path");
+  }
+  struct iovec iov[2] = {{head, head_len}, {stdin_buf, stdin_len}};
+  int send_err = send_all(fd, iov, stdin_len > 0 ? 2 : 1);
+  free(head);
+  int sent = send_err == 0;
+  /*
+   * An agent that refused us early (peer check, size) has answered and closed: show its
+   * answer. A send timeout means an agent that is not reading: do not wait for it.
+   */
+  if (sent || send_err == EPIPE || send_err == ECONNRESET) relay_response(fd, type, sent);
+  if (!sent) {
+    close(fd);
+    exec_cold_path(type, "berth agent went away before taking the request");
+  }
+  fail(type, 11, "berth agent connection lost during the request; try again");
+  return 1;
+}

@@ -1,0 +1,42 @@
+// The plugins the agent serves on the fast path, by executable name. Loaded on first use, so
+// an agent that never sees a macvlan request never loads macvlan's code.
+import type { Plugin } from "../../cni/spec/types.ts";
+
+export type PluginLoader = () => Promise<Plugin>;
+
+/** A registry entry: the plugin itself, or a loader for it. */
+export type PluginEntry = Plugin | PluginLoader;
+
+export const DEFAULT_PLUGINS: Readonly<Record<string, PluginLoader>> = {
+  "berth-bridge": async () => (await import("../../cni/plugins/bridge/bridge.ts")).bridgePlugin,
+  "berth-ptp": async () => (await import("../../cni/plugins/ptp/ptp.ts")).ptpPlugin,
+  "berth-loopback": async () => (await import("../../cni/plugins/loopback/loopback.ts")).loopbackPlugin,
+  "berth-macvlan": async () => (await import("../../cni/plugins/macvlan/macvlan.ts")).macvlanPlugin,
+  "berth-host-local": async () => (await import("../../cni/ipam/hostlocal.ts")).hostLocalPlugin,
+  "berth-static": async () => (await import("../../cni/ipam/static.ts")).staticPlugin,
+  "berth-overlay": async () => (await import("../cni/plugin.ts")).overlayPlugin,
+};
+
+/** Resolves registry entries once each; a failed load is retried on the next request. */
+export class PluginRegistry {
+  private readonly loaded = new Map<string, Promise<Plugin>>();
+
+  constructor(private readonly entries: Readonly<Record<string, PluginEntry>>) {}
+
+  types(): string[] {
+    return Object.keys(this.entries);
+  }
+
+  /** The plugin for `type`, or undefined when the registry has no such type. */
+  get(type: string): Promise<Plugin> | undefined {
+    if (!Object.hasOwn(this.entries, type)) return undefined;
+    let p = this.loaded.get(type);
+    if (!p) {
+      const entry = this.entries[type]!;
+      p = typeof entry === "function" ? entry() : Promise.resolve(entry);
+      p.catch(() => this.loaded.delete(type));
+      this.loaded.set(type, p);
+    }
+    return p;
+  }
+}

@@ -1,0 +1,368 @@
+// The agent side of the CNI fast path: a unix socket on which the berth launcher
+// (build/cni/berth-<type>) forwards a CNI invocation, so the plugin function runs inside this
+// long-lived process instead of a fresh Node (~30 ms saved per call). What a caller sees —
+// stdout, exit code, log lines — is what the cold-path executable (runPluginMain) would give.
+//
+// Security: the socket is root-only (0600, owned by root) and every connection's peer
+// credentials are checked (SO_PEERCRED), since a CNI call configures the host's network.
+import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { connect, createServer, type Server, type Socket } from "node:net";
+import { dirname } from "node:path";
+import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
+import { handleInvocation, type InvocationOutcome } from "../../cni/spec/entry.ts";
+import { ErrorCode } from "../../cni/spec/types.ts";
+import { isSupportedVersion, NEWEST_VERSION } from "../../cni/spec/version.ts";
+import { addon } from "../../native/addon.ts";
+import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
+import {
+  decodeRequest,
+  encodeResponse,
+  HEADER_BYTES,
+  type InvocationRequest,
+  type InvocationResponse,
+  KIND_REQUEST,
+  MAX_REQUEST_BODY_BYTES,
+  ProtocolError,
+  parseHeader,
+} from "./protocol.ts";
+
+export const DEFAULT_CNI_SOCKET = "/run/berth/cni.sock";
+
+export interface CniServerOptions {
+  socketPath?: string;
+  /** Plugins by executable name (default: every berth plugin, loaded lazily). */
+  plugins?: Readonly<Record<string, PluginEntry>>;
+  /** Server diagnostics and every invocation's log lines, one line each. */
+  log?: (line: string) => void;
+  /** A connection that has not sent its whole request after this long is dropped (default 30 s). */
+  requestTimeoutMs?: number;
+}
+
+export interface CniServer {
+  readonly socketPath: string;
+  /** Stops accepting, waits for in-flight invocations to answer, removes the socket file. */
+  close(): Promise<void>;
+}
+
+/** Why the server would not start: a live server owns the path, or the path is not ours to replace. */
+export class CniServerStartError extends Error {
+  override name = "CniServerStartError";
+}
+
+export async function startCniServer(opts: CniServerOptions = {}): Promise<CniServer> {
+  const socketPath = opts.socketPath ?? DEFAULT_CNI_SOCKET;
+  const log = opts.log ?? (() => {});
+  const registry = new PluginRegistry(opts.plugins ?? DEFAULT_PLUGINS);
+  const serialiser = new KeyedSerialiser();
+  const requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
+  const ownUid = process.geteuid?.() ?? 0;
+  const open = new Set<Socket>();
+
+  await claimSocketPath(socketPath);
+  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+
+  const server = createServer((socket) => {
+    open.add(socket);
+    socket.on("close", () => open.delete(socket));
+    socket.on("error", () => {}); // a launcher that died mid-request: nothing to tell it
+    serveConnection(socket, { registry, serialiser, log, ownUid, requestTimeoutMs }).catch((e) => {
+      log(`cni server: connection failed: ${e instanceof Error ? e.message : String(e)}`);
+      socket.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(socketPath, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  // Connections that slip in before the chmod are still subject to the peer check.
+  chmodSync(socketPath, 0o600);
+  if (ownUid === 0) chownSync(socketPath, 0, 0);
+  const ino = lstatSync(socketPath).ino;
+  server.on("error", (e) => log(`cni server: ${e.message}`));
+  log(`cni server: listening on ${socketPath} for ${registry.types().join(", ")}`);
+
+  return {
+    socketPath,
+    close: () => closeServer(server, socketPath, ino, open, serialiser),
+  };
+}
+
+async function closeServer(server: Server, socketPath: string, ino: number, open: Set<Socket>, serialiser: KeyedSerialiser) {
+  await new Promise<void>((resolve) => {
+    server.close(() => resolve());
+    // Idle connections (no request yet) would hold close() forever; busy ones finish first.
+    for (const s of open) if (!busy.has(s)) s.destroy();
+  });
+  await serialiser.drain();
+  // Remove the socket file only if it is still ours (a successor may have replaced it).
+  try {
+    if (lstatSync(socketPath).ino === ino) unlinkSync(socketPath);
+  } catch {
+    // already gone
+  }
+}
+
+/** Sockets with an invocation in flight: close() lets them finish. */
+const busy = new WeakSet<Socket>();
+
+/**
+ * Makes the path free for our listen: a stale socket file (its server died) is removed; a
+ * live server or a file that is not a socket makes us refuse to start.
+ */
+async function claimSocketPath(path: string): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(path).isSocket();
+  } catch {
+    return; // nothing there
+  }
+  if (!isSocket) throw new CniServerStartError(`${path} exists and is not a socket; refusing to replace it`);
+  if (await socketAnswers(path)) throw new CniServerStartError(`another CNI server is already listening on ${path}`);
+  unlinkSync(path);
+}
+
+function socketAnswers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = connect(path);
+    // A server whose backlog is full is alive: only a refused or missing socket is stale.
+    const timer = setTimeout(() => finish(true), 1000);
+    const finish = (live: boolean) => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(live);
+    };
+    s.once("connect", () => finish(true));
+    s.once("error", (e: NodeJS.ErrnoException) => finish(e.code !== "ECONNREFUSED" && e.code !== "ENOENT"));
+  });
+}
+
+interface ConnectionContext {
+  registry: PluginRegistry;
+  serialiser: KeyedSerialiser;
+  log: (line: string) => void;
+  ownUid: number;
+  requestTimeoutMs: number;
+}
+
+async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<void> {
+  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+  if (typeof fd !== "number" || fd < 0) throw new Error("cannot read the connection's file descriptor");
+  const peer = addon().getPeerCred(fd);
+  if (peer.uid !== 0 && peer.uid !== ctx.ownUid) {
+    ctx.log(`cni server: refused pid ${peer.pid} uid ${peer.uid}: only root may run CNI plugins through the agent`);
+    socket.end(
+      encodeResponse(
+        errorResponse(NEWEST_VERSION, ErrorCode.Internal, `berth agent refuses uid ${peer.uid}: CNI plugins must run as root`),
+      ),
+    );
+    return;
+  }
+
+  let req: InvocationRequest;
+  try {
+    req = await readRequest(socket, ctx.requestTimeoutMs);
+  } catch (e) {
+    if (!(e instanceof ProtocolError)) throw e;
+    ctx.log(`cni server: pid ${peer.pid}: ${e.message}`);
+    socket.end(encodeResponse(errorResponse(NEWEST_VERSION, ErrorCode.DecodeFailure, `berth agent: ${e.message}`)));
+    return;
+  }
+  busy.add(socket);
+  const key = serialisationKey(req);
+  const run = () => invoke(ctx.registry, req, peer.pid, ctx.log);
+  // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
+  const res = await (key ? ctx.serialiser.run(key, run) : run());
+  busy.delete(socket);
+  if (!socket.destroyed) socket.end(encodeResponse(res));
+}
+
+function readRequest(socket: Socket, timeoutMs: number): Promise<InvocationRequest> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let have = 0;
+    let need = -1;
+    const done = (err: Error | undefined, req?: InvocationRequest) => {
+      socket.off("data", onData);
+      socket.off("end", onEnd);
+      socket.setTimeout(0);
+      socket.off("timeout", onTimeout);
+      if (err) reject(err);
+      else resolve(req!);
+    };
+    const onData = (chunk: Buffer) => {
+      chunks.push(chunk);
+      have += chunk.length;
+      try {
+        if (need < 0 && have >= HEADER_BYTES) {
+          const h = parseHeader(Buffer.concat(chunks, have));
+          if (h.kind !== KIND_REQUEST) throw new ProtocolError(`expected a request frame, got kind ${h.kind}`);
+          if (h.length > MAX_REQUEST_BODY_BYTES)
+            throw new ProtocolError(`request of ${h.length} bytes exceeds ${MAX_REQUEST_BODY_BYTES}`);
+          need = HEADER_BYTES + h.length;
+        }
+        if (need >= 0 && have >= need) {
+          if (have > need) throw new ProtocolError("data after the request frame");
+          socket.pause();
+          done(undefined, decodeRequest(Buffer.concat(chunks, have).subarray(HEADER_BYTES)));
+        }
+      } catch (e) {
+        done(e as Error);
+      }
+    };
+    const onEnd = () => done(new Error("launcher closed the connection before sending its whole request"));
+    const onTimeout = () => done(new Error(`no complete request within ${timeoutMs} ms`));
+    socket.on("data", onData);
+    socket.on("end", onEnd);
+    socket.setTimeout(timeoutMs);
+    socket.on("timeout", onTimeout);
+  });
+}
+
+/**
+ * Operations for one attachment run in order; different attachments run concurrently. The
+ * plugin type is part of the key: a plugin that delegates to another berth plugin through
+ * the launcher (same container, same ifname) must not wait on itself.
+ */
+function serialisationKey(req: InvocationRequest): string | undefined {
+  const cid = req.env.CNI_CONTAINERID;
+  if (!cid) return undefined;
+  let name = "";
+  try {
+    const n = (JSON.parse(req.stdin.toString("utf8")) as { name?: unknown } | null)?.name;
+    if (typeof n === "string") name = n;
+  } catch {
+    // a bad config fails fast in the plugin; any key will do
+  }
+  return JSON.stringify([req.type, name, cid, req.env.CNI_IFNAME ?? ""]);
+}
+
+/** Per-key promise chains. */
+export class KeyedSerialiser {
+  private readonly tails = new Map<string, Promise<unknown>>();
+
+  run<T>(key: string, job: () => Promise<T>): Promise<T> {
+    const prev = this.tails.get(key) ?? Promise.resolve();
+    const next = prev.then(job, job);
+    const tail = next.catch(() => {});
+    this.tails.set(key, tail);
+    void tail.then(() => {
+      if (this.tails.get(key) === tail) this.tails.delete(key);
+    });
+    return next;
+  }
+
+  get pending(): number {
+    return this.tails.size;
+  }
+
+  async drain(): Promise<void> {
+    while (this.tails.size > 0) await Promise.all([...this.tails.values()]);
+  }
+}
+
+/**
+ * One invocation, as runPluginMain would run it in its own process: oversized stdin is
+ * reported before anything else (except for VERSION, which ignores stdin), log lines go to
+ * BERTH_CNI_LOG, else the config's logFile, else the caller's stderr.
+ */
+async function invoke(
+  registry: PluginRegistry,
+  req: InvocationRequest,
+  callerPid: number,
+  serverLog: (line: string) => void,
+): Promise<InvocationResponse> {
+  const stderr: string[] = [];
+  const loading = registry.get(req.type);
+  if (!loading) {
+    const msg = `unknown plugin type "${req.type}": this agent serves ${registry.types().join(", ")}`;
+    serverLog(`cni server: pid ${callerPid}: ${msg}`);
+    return errorResponse(versionForError(req.stdin), ErrorCode.InvalidConfig, msg);
+  }
+  let plugin: Awaited<typeof loading>;
+  try {
+    plugin = await loading;
+  } catch (e) {
+    const msg = `plugin ${req.type} cannot be loaded in the agent: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}`;
+    serverLog(`cni server: ${msg}`);
+    return errorResponse(versionForError(req.stdin), ErrorCode.Internal, msg);
+  }
+  const logger = new InvocationLog(plugin.name, callerPid, req.env, stderr, serverLog);
+  let stdin = req.stdin;
+  if (stdin.length > MAX_CONFIG_BYTES) {
+    if (req.env.CNI_COMMAND !== "VERSION") {
+      const err = tooLargeError();
+      logger.write(`error ${err.code}: ${err.message}`);
+      return { ...errorResponse(NEWEST_VERSION, err.code, err.message), stderr: stderr.join("") };
+    }
+    stdin = Buffer.alloc(0);
+  }
+  logger.useConfig(stdin);
+  let outcome: InvocationOutcome;
+  try {
+    outcome = await handleInvocation(plugin, req.env, stdin, { log: (l) => logger.write(l) });
+  } catch (e) {
+    logger.write(`internal error: ${e instanceof Error ? e.stack : String(e)}`);
+    outcome = { stdout: json({ cniVersion: NEWEST_VERSION, code: ErrorCode.Internal, msg: "internal error" }), exitCode: 1 };
+  }
+  return { exitCode: outcome.exitCode, stdout: outcome.stdout, stderr: stderr.join("") };
+}
+
+/** The cold path's log sink, with the launcher's pid: lines look the same whichever path ran. */
+class InvocationLog {
+  private file: string | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly pid: number,
+    env: Record<string, string>,
+    private readonly stderr: string[],
+    private readonly serverLog: (line: string) => void,
+  ) {
+    this.file = env.BERTH_CNI_LOG || undefined;
+  }
+
+  write(line: string): void {
+    const text = `${new Date().toISOString()} ${this.name}[${this.pid}] ${line}\n`;
+    this.serverLog(`${this.name}[${this.pid}] ${line}`);
+    if (this.file) {
+      try {
+        appendFileSync(this.file, text);
+        return;
+      } catch {
+        // fall back to the caller's stderr
+      }
+    }
+    this.stderr.push(text);
+  }
+
+  useConfig(stdin: Buffer): void {
+    if (this.file || stdin.length === 0 || !stdin.includes("logFile")) return;
+    try {
+      const f = (JSON.parse(stdin.toString("utf8")) as { logFile?: unknown }).logFile;
+      if (typeof f === "string" && f !== "") this.file = f;
+    } catch {
+      // bad JSON is reported by handleInvocation
+    }
+  }
+}
+
+function json(v: unknown): string {
+  return `${JSON.stringify(v)}\n`;
+}
+
+function errorResponse(cniVersion: string, code: number, msg: string): InvocationResponse {
+  return { exitCode: 1, stdout: json({ cniVersion, code, msg }), stderr: "" };
+}
+
+function versionForError(stdin: Buffer): string {
+  if (stdin.length === 0 || stdin.length > MAX_CONFIG_BYTES) return NEWEST_VERSION;
+  try {
+    const v = (JSON.parse(stdin.toString("utf8")) as { cniVersion?: unknown } | null)?.cniVersion;
+    return isSupportedVersion(v) ? v : NEWEST_VERSION;
+  } catch {
+    return NEWEST_VERSION;
+  }
+}

@@ -173,9 +173,15 @@ async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<
   busy.add(socket);
   const key = serialisationKey(req);
   const run = () => invoke(ctx.registry, req, peer.pid, ctx.log);
+  const started = performance.now();
   // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
   const res = await (key ? ctx.serialiser.run(key, run) : run());
   busy.delete(socket);
+  const env = req.env;
+  ctx.log(
+    `cni server: served pid ${peer.pid} ${req.type} ${env.CNI_COMMAND ?? "?"} ${env.CNI_CONTAINERID ?? ""} ${env.CNI_IFNAME ?? ""}: ` +
+      `exit ${res.exitCode} in ${(performance.now() - started).toFixed(1)} ms`,
+  );
   if (!socket.destroyed) socket.end(encodeResponse(res));
 }
 

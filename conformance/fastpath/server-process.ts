@@ -1,0 +1,87 @@
+// Runs the standalone CNI fast-path server (overlay/cniserver/main.ts) as a child process, the
+// way the agent would host it, so tests can stop it cleanly or SIGKILL it by its PID.
+import { type ChildProcess, spawn } from "node:child_process";
+import { readdirSync, readlinkSync } from "node:fs";
+import { resolve } from "node:path";
+
+const MAIN = resolve(import.meta.dirname, "../../overlay/cniserver/main.ts");
+
+export class ServerProcess {
+  private exited: Promise<void>;
+  readonly log: string[] = [];
+
+  private constructor(
+    readonly socketPath: string,
+    private readonly child: ChildProcess,
+  ) {
+    this.exited = new Promise((done) => child.once("exit", () => done()));
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get running(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Starts a server on `socketPath` and resolves once it listens. */
+  static start(socketPath: string): Promise<ServerProcess> {
+    const child = spawn(process.execPath, ["--import", "tsx", MAIN, "--socket", socketPath], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const server = new ServerProcess(socketPath, child);
+    child.stderr!.on("data", (b: Buffer) => server.log.push(b.toString()));
+    return new Promise((done, fail) => {
+      let out = "";
+      const timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        fail(new Error(`CNI server did not start: ${server.log.join("")}`));
+      }, 20_000);
+      child.stdout!.on("data", (b: Buffer) => {
+        out += b.toString();
+        if (out.includes("listening ")) {
+          clearTimeout(timer);
+          done(server);
+        }
+      });
+      child.once("exit", (code) => {
+        clearTimeout(timer);
+        fail(new Error(`CNI server exited with ${code}: ${server.log.join("")}`));
+      });
+    });
+  }
+
+  /** Graceful stop (SIGTERM): in-flight invocations answer, the socket file goes away. */
+  async stop(): Promise<void> {
+    if (this.running) this.child.kill("SIGTERM");
+    await this.exited;
+  }
+
+  /** SIGKILL to this child's own PID: the agent dies mid-work, leaving its socket file behind. */
+  async kill(): Promise<void> {
+    if (this.running) this.child.kill("SIGKILL");
+    await this.exited;
+  }
+
+  /** Invocations the server answered (its "served" log lines). */
+  served(): number {
+    return this.log.join("").split("cni server: served ").length - 1;
+  }
+
+  /** Open file descriptors of the server process (sockets, netlink, databases). */
+  openFds(): string[] {
+    return readFds(this.pid);
+  }
+}
+
+function readFds(pid: number): string[] {
+  const dir = `/proc/${pid}/fd`;
+  return readdirSync(dir).map((fd) => {
+    try {
+      return readlinkSync(`${dir}/${fd}`);
+    } catch {
+      return "(closed)";
+    }
+  });
+}

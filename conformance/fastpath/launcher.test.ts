@@ -1,0 +1,157 @@
+// The native launcher against scripted fake agents: what it forwards (type, CNI_*/BERTH_*
+// environment only, stdin byte for byte up to 1 MiB + 1), that it replays an answer exactly,
+// where it finds the socket, and what a runtime sees when the agent breaks mid-request.
+import { spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer, type Server, type Socket } from "node:net";
+import { join, resolve } from "node:path";
+import { afterAll, afterEach, describe, expect, it } from "vitest";
+import {
+  decodeRequest,
+  encodeResponse,
+  HEADER_BYTES,
+  type InvocationRequest,
+  parseHeader,
+} from "../../overlay/cniserver/protocol.ts";
+import { testPrefix } from "../../testing/kernel.ts";
+
+const LAUNCHER = resolve(import.meta.dirname, "../../build/cni/berth-bridge");
+const built = existsSync(LAUNCHER) && !existsSync(`${LAUNCHER}.cjs`);
+
+interface Run {
+  code: number | null;
+  stdout: Buffer;
+  stderr: Buffer;
+}
+
+function launch(env: Record<string, string>, stdin: Buffer | string): Promise<Run> {
+  return new Promise((done, fail) => {
+    const child = spawn(LAUNCHER, [], { env: { PATH: "/usr/bin:/bin", ...env } });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on("data", (b: Buffer) => out.push(b));
+    child.stderr.on("data", (b: Buffer) => err.push(b));
+    child.stdin.on("error", () => {});
+    child.on("error", fail);
+    child.on("close", (code) => done({ code, stdout: Buffer.concat(out), stderr: Buffer.concat(err) }));
+    child.stdin.end(stdin);
+  });
+}
+
+/** A fake agent: `onRequest` gets the decoded request and the socket, and answers (or not). */
+function fakeAgent(path: string, onRequest: (req: InvocationRequest, s: Socket) => void): Promise<Server> {
+  const server = createServer((s) => {
+    let buf = Buffer.alloc(0);
+    s.on("data", (b: Buffer) => {
+      buf = Buffer.concat([buf, b]);
+      if (buf.length < HEADER_BYTES) return;
+      const h = parseHeader(buf);
+      if (buf.length === HEADER_BYTES + h.length) onRequest(decodeRequest(buf.subarray(HEADER_BYTES)), s);
+    });
+    s.on("error", () => {});
+  });
+  return new Promise((done) => server.listen(path, () => done(server)));
+}
+
+describe.skipIf(!built)("berth launcher", () => {
+  const dir = mkdtempSync(`/tmp/${testPrefix()}-`);
+  const sock = join(dir, "agent.sock");
+  const servers: Server[] = [];
+
+  afterEach(async () => {
+    await Promise.all(servers.splice(0).map((s) => new Promise((r) => s.close(r))));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it("forwards type, CNI_*/BERTH_* env and stdin; replays stdout, stderr and exit code exactly", async () => {
+    let got: InvocationRequest | undefined;
+    servers.push(
+      await fakeAgent(sock, (req, s) => {
+        got = req;
+        s.end(encodeResponse({ exitCode: 42, stdout: Buffer.from([0, 1, 2, 255, 10]), stderr: "log line\n" }));
+      }),
+    );
+    const stdin = '{"cniVersion":"1.0.0","name":"n"}';
+    const r = await launch(
+      { BERTH_CNI_SOCKET: sock, CNI_COMMAND: "ADD", CNI_ARGS: "A=b=c;X=", SECRET: "no", BERTH_X: "1" },
+      stdin,
+    );
+    expect(r.code).toBe(42);
+    expect([...r.stdout]).toEqual([0, 1, 2, 255, 10]);
+    expect(r.stderr.toString()).toBe("log line\n");
+    expect(got!.type).toBe("berth-bridge");
+    expect(got!.env).toEqual({ BERTH_CNI_SOCKET: sock, CNI_COMMAND: "ADD", CNI_ARGS: "A=b=c;X=", BERTH_X: "1" });
+    expect(got!.stdin.toString()).toBe(stdin);
+  });
+
+  it("sends at most 1 MiB + 1 of stdin, so the plugin can report the size error", async () => {
+    let size = -1;
+    servers.push(
+      await fakeAgent(sock, (req, s) => {
+        size = req.stdin.length;
+        s.end(encodeResponse({ exitCode: 0, stdout: "", stderr: "" }));
+      }),
+    );
+    const r = await launch({ BERTH_CNI_SOCKET: sock, CNI_COMMAND: "ADD" }, Buffer.alloc(3 * 1024 * 1024, 0x61));
+    expect(r.code).toBe(0);
+    expect(size).toBe(1024 * 1024 + 1);
+  });
+
+  it("finds the socket in the config's top-level berthSocket / agentSocket, never in a nested object", async () => {
+    let calls = 0;
+    servers.push(
+      await fakeAgent(sock, (_req, s) => {
+        calls++;
+        s.end(encodeResponse({ exitCode: 0, stdout: "from agent\n", stderr: "" }));
+      }),
+    );
+    for (const key of ["berthSocket", "agentSocket"]) {
+      const r = await launch({ CNI_COMMAND: "VERSION" }, `{"cniVersion":"1.0.0", "ipam":{"x":"}"}, "${key}" : "${sock}"}`);
+      expect(r.stdout.toString()).toBe("from agent\n");
+    }
+    expect(calls).toBe(2);
+    // Nested only: the default socket (absent here or not ours) is tried, then Node: a real VERSION reply.
+    const nested = await launch(
+      { CNI_COMMAND: "VERSION", BERTH_CNI_SOCKET: join(dir, "none.sock") },
+      `{"cniVersion":"1.0.0","prevResult":{"berthSocket":"${sock}"}}`,
+    );
+    expect(JSON.parse(nested.stdout.toString())).toMatchObject({ cniVersion: "1.0.0" });
+    expect(calls).toBe(2);
+  });
+
+  it("agent closes after taking the request: error 11 in the config's version, no cold-path retry", async () => {
+    let calls = 0;
+    servers.push(
+      await fakeAgent(sock, (_req, s) => {
+        calls++;
+        s.destroy();
+      }),
+    );
+    const r = await launch({ BERTH_CNI_SOCKET: sock, CNI_COMMAND: "ADD" }, '{"cniVersion":"0.4.0","name":"n"}');
+    expect(r.code).toBe(1);
+    expect(r.stdout.toString()).toBe(
+      '{"cniVersion":"0.4.0","code":11,"msg":"berth agent connection lost during the request; try again"}\n',
+    );
+    expect(calls).toBe(1);
+  });
+
+  it("a malformed reply is error 11, not garbage on stdout", async () => {
+    servers.push(await fakeAgent(sock, (_req, s) => s.end(Buffer.from("HTTP/1.1 400 Bad Request\r\n\r\n"))));
+    const r = await launch({ BERTH_CNI_SOCKET: sock, CNI_COMMAND: "DEL" }, '{"cniVersion":"7.7.7"}');
+    expect(r.code).toBe(1);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ cniVersion: "1.1.0", code: 11 });
+  });
+
+  it("a stale socket file (no listener) falls back to Node at once", async () => {
+    const stale = join(dir, "stale.sock");
+    // A listener that dies by SIGKILL leaves its socket file behind, as a crashed agent does.
+    const script = `require("net").createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, "SIGKILL"))`;
+    spawnSync(process.execPath, ["-e", script]);
+    expect(existsSync(stale)).toBe(true);
+    const t0 = performance.now();
+    const r = await launch({ BERTH_CNI_SOCKET: stale, CNI_COMMAND: "VERSION" }, '{"cniVersion":"0.3.1"}');
+    expect(r.code).toBe(0);
+    expect(JSON.parse(r.stdout.toString())).toMatchObject({ cniVersion: "0.3.1" });
+    expect(performance.now() - t0).toBeLessThan(5000);
+  });
+});

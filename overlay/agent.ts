@@ -118,7 +118,7 @@ export class Agent {
             certFile: config.etcdCert,
             keyFile: config.etcdKey,
           })
-        : new LocalStore({ path: join(config.stateDir, "store.db") }));
+        : new LocalStore({ path: config.localStore ?? join(config.stateDir, "store.db") }));
     this.leases = new SubnetLeaseManager({
       store: this.store,
       prefix: config.etcdPrefix,

@@ -12,6 +12,8 @@ export interface AgentConfig {
   etcdCa?: string;
   etcdCert?: string;
   etcdKey?: string;
+  /** SQLite file of the local store (default <state-dir>/store.db); agents sharing it share a cluster. */
+  localStore?: string;
   clusterCidrs: string[];
   subnetLen?: number;
   subnetLenV6?: number;
@@ -47,6 +49,7 @@ const FLAGS: Record<string, [keyof RawConfig, Kind]> = {
   "etcd-ca": ["etcdCa", "string"],
   "etcd-cert": ["etcdCert", "string"],
   "etcd-key": ["etcdKey", "string"],
+  "local-store": ["localStore", "string"],
   "cluster-cidr": ["clusterCidrs", "list"],
   "subnet-len": ["subnetLen", "number"],
   "subnet-len-v6": ["subnetLenV6", "number"],
@@ -73,6 +76,8 @@ export const AGENT_USAGE = `usage: berth agent [flags]
   --etcd-endpoints URLS     comma-separated, e.g. http://10.0.0.1:2379
   --etcd-prefix PREFIX      key prefix (default /berth/network)
   --etcd-ca/--etcd-cert/--etcd-key FILE   TLS for etcd
+  --local-store FILE        SQLite file of the local store (default <state-dir>/store.db);
+                            agents on one host sharing the file form one cluster
   --cluster-cidr CIDR       pod network; repeat for dual-stack (one IPv4, optional one IPv6)
   --subnet-len N            host subnet length (default /24; /64 for IPv6 via --subnet-len-v6)
   --vni N                   VXLAN id (default 1)
@@ -232,6 +237,7 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
     etcdCa: str(raw, "etcdCa"),
     etcdCert: str(raw, "etcdCert"),
     etcdKey: str(raw, "etcdKey"),
+    localStore: str(raw, "localStore"),
     subnetLen: int(raw, "subnetLen", 1, 30),
     subnetLenV6: int(raw, "subnetLenV6", 1, 126),
     underlayIface,

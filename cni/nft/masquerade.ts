@@ -8,6 +8,7 @@
 // transaction adds the element before deleting it). GC lists the maps and drops every element
 // of the network whose attachment is not valid — the reference plugins have no GC at all.
 import { createHash } from "node:crypto";
+import { parseIpPrefix, Subnet } from "../ipam/cidr.ts";
 import { checkTableName, DEFAULT_TABLE, nftApply, nftList } from "./nft.ts";
 
 export interface MasqAttachment {
@@ -39,25 +40,8 @@ function addr(cidr: string): string {
 
 /** Network address of a CIDR as nft accepts it (nft refuses host bits in a prefix). */
 function networkOf(cidr: string): string {
-  const [ip, lenStr] = cidr.split("/");
-  const len = Number(lenStr);
-  if (family(ip!) === 4) {
-    const n = ip!.split(".").reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);
-    const mask = len === 0 ? 0n : ((1n << 32n) - 1n) ^ ((1n << BigInt(32 - len)) - 1n);
-    const v = n & mask;
-    return `${[24n, 16n, 8n, 0n].map((s) => (v >> s) & 255n).join(".")}/${len}`;
-  }
-  // IPv6: expand, mask, let nft print it canonically.
-  const [head, tail] = ip!.split("::");
-  const h = head ? head.split(":") : [];
-  const t = tail !== undefined && tail !== "" ? tail.split(":") : [];
-  const groups = tail !== undefined ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
-  let v = groups.reduce((acc, g) => (acc << 16n) | BigInt(Number.parseInt(g || "0", 16)), 0n);
-  const mask = len === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - len)) - 1n);
-  v &= mask;
-  const out: string[] = [];
-  for (let i = 7; i >= 0; i--) out.push(((v >> BigInt(i * 16)) & 0xffffn).toString(16));
-  return `${out.join(":")}/${len}`;
+  const { ip, prefix } = parseIpPrefix(cidr);
+  return Subnet.containing(ip, prefix).toString();
 }
 
 function baseScript(table: string): string {

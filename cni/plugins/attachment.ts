@@ -4,7 +4,7 @@ import { createHash } from "node:crypto";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
-import { CniError, ErrorCode, type Request } from "../spec/types.ts";
+import { type Attachment, CniError, ErrorCode, type Request } from "../spec/types.ts";
 
 function hex(s: string, n: number): string {
   return createHash("sha256").update(s).digest("hex").slice(0, n);
@@ -93,4 +93,37 @@ export function kernelError(what: string, e: unknown): CniError {
     return new CniError(BRIDGE_FULL, `${what}: the bridge has reached the kernel's limit of 1023 ports (${msg})`);
   }
   return new CniError(ErrorCode.Internal, `${what}: ${msg}`);
+}
+
+/** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */
+export function attachmentAddresses(req: Request, podNl: Rtnl | null): string[] {
+  const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
+  if (prev.length > 0 || !podNl) return prev;
+  const link = podNl.linkGet(req.ifname);
+  if (!link) return [];
+  return podNl
+    .addrList({ ifindex: link.index })
+    .filter((a) => a.scope !== "link")
+    .map((a) => a.cidr);
+}
+
+/**
+ * GC of host-side links: deletes every link of `network` (recognised by its deterministic
+ * name) whose attachment is not in `valid`. Returns the failures, so GC can go on past them.
+ */
+export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: Attachment[]): Promise<string[]> {
+  const keep = new Set(valid.map((a) => hostLinkName(prefix, network, a.containerID, a.ifname)));
+  const tag = `${prefix}${networkTag(network)}`;
+  const errors: string[] = [];
+  await withRtnl(undefined, async (nl) => {
+    for (const l of nl.linkList()) {
+      if (l.name.length !== 14 || !l.name.startsWith(tag) || keep.has(l.name)) continue;
+      try {
+        await deleteLinkIfPresent(nl, l.name);
+      } catch (e) {
+        errors.push(`${l.name}: ${(e as Error).message}`);
+      }
+    }
+  });
+  return errors;
 }

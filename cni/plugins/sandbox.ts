@@ -4,6 +4,7 @@
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import type { Link } from "../../native/netlink/link.ts";
 import type { Rtnl } from "../../native/netlink/socket.ts";
+import { formatIp, parseIpPrefix, Subnet } from "../ipam/cidr.ts";
 import { CniError, ErrorCode, type IpConfig, type Result, type Route } from "../spec/types.ts";
 
 export function familyOf(cidrOrIp: string): 4 | 6 {
@@ -16,59 +17,15 @@ export function ipOf(cidr: string): string {
 
 /** "10.1.0.5/24" → "10.1.0.0/24" (v4 and v6). */
 export function subnetOf(cidr: string): string {
-  const [ip, lenText] = cidr.split("/");
-  const len = Number(lenText);
-  if (familyOf(ip!) === 4) {
-    const v = ip!.split(".").reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n);
-    const mask = len === 0 ? 0n : ((1n << 32n) - 1n) ^ ((1n << BigInt(32 - len)) - 1n);
-    const n = v & mask;
-    return `${[24n, 16n, 8n, 0n].map((s) => (n >> s) & 255n).join(".")}/${len}`;
-  }
-  const v = ipv6ToBigInt(ip!);
-  const mask = len === 0 ? 0n : ((1n << 128n) - 1n) ^ ((1n << BigInt(128 - len)) - 1n);
-  return `${bigIntToIpv6(v & mask)}/${len}`;
+  const { ip, prefix } = parseIpPrefix(cidr);
+  return Subnet.containing(ip, prefix).toString();
 }
 
 /** First host address of a subnet (network + 1): the conventional gateway. */
 export function firstHost(cidr: string): string {
-  const net = subnetOf(cidr).split("/")[0]!;
-  if (familyOf(net) === 4) {
-    const v = net.split(".").reduce((a, o) => (a << 8n) | BigInt(Number(o)), 0n) + 1n;
-    return [24n, 16n, 8n, 0n].map((s) => (v >> s) & 255n).join(".");
-  }
-  return bigIntToIpv6(ipv6ToBigInt(net) + 1n);
-}
-
-function ipv6ToBigInt(ip: string): bigint {
-  const [head, tail] = ip.split("::");
-  const h = head ? head.split(":") : [];
-  const t = tail ? tail.split(":") : [];
-  const groups = tail !== undefined ? [...h, ...Array(8 - h.length - t.length).fill("0"), ...t] : h;
-  return groups.reduce((a, g) => (a << 16n) | BigInt(Number.parseInt(g || "0", 16)), 0n);
-}
-
-function bigIntToIpv6(v: bigint): string {
-  const g: number[] = [];
-  for (let i = 7; i >= 0; i--) g.push(Number((v >> BigInt(i * 16)) & 0xffffn));
-  // Compress the longest run of zero groups (RFC 5952).
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen && j - i > 1) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hexes = g.map((x) => x.toString(16));
-  if (best < 0) return hexes.join(":");
-  return `${hexes.slice(0, best).join(":")}::${hexes.slice(best + bestLen).join(":")}`;
+  const { ip, prefix } = parseIpPrefix(cidr);
+  const net = Subnet.containing(ip, prefix);
+  return formatIp(net.ip(net.network + 1n));
 }
 
 export interface SandboxOptions {
@@ -144,7 +101,6 @@ export function checkSandbox(nl: Rtnl, ifname: string, prev: Result, sandboxPath
 /** Canonical text of a CIDR as the kernel reports it (IPv6 compressed, lowercase). */
 export function normalizeCidr(cidr: string): string {
   if (cidr === "default") return cidr;
-  const [ip, len] = cidr.split("/");
-  if (familyOf(ip!) === 4) return cidr;
-  return `${bigIntToIpv6(ipv6ToBigInt(ip!.toLowerCase()))}/${len}`;
+  const { ip, prefix } = parseIpPrefix(cidr);
+  return `${formatIp(ip)}/${prefix}`;
 }

@@ -10,13 +10,14 @@ import type { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Netns } from "../../../native/netns.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
-import { addMasquerade, gcMasquerade, masqueradeOf, removeMasquerade } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
+  attachmentAddresses,
   deleteLinkIfPresent,
+  gcHostLinks,
   hostLinkName,
   kernelError,
   networkTag,
@@ -26,7 +27,8 @@ import {
   withRtnl,
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
-import { checkSandbox, configureSandbox, familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../sandbox.ts";
+import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
+import { checkSandbox, configureSandbox, familyOf, firstHost, normalizeCidr, subnetOf } from "../sandbox.ts";
 
 /** The kernel refuses the 1,024th port of a bridge (EXFULL). */
 export const MAX_BRIDGE_PORTS = 1023;
@@ -160,10 +162,6 @@ function hostName(req: Request): string {
   return hostLinkName("bv", req.config.name, req.containerId, req.ifname);
 }
 
-function attachment(req: Request) {
-  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
-}
-
 async function add(req: Request): Promise<Result> {
   const conf = parseBridgeConf(req);
   const mac = requestedMac(req);
@@ -234,14 +232,14 @@ async function add(req: Request): Promise<Result> {
         if (conf.isGateway) ensureGateway(hostNl, br, conf, ips);
 
         if (conf.ipMasq && ips.length > 0) {
-          await addMasquerade(
-            attachment(req),
+          await addAttachmentMasq(
+            req,
             ips.map((i) => i.address),
             conf.nftTable,
           );
           undo.push(() =>
-            removeMasquerade(
-              attachment(req),
+            removeAttachmentMasq(
+              req,
               ips.map((i) => i.address),
               conf.nftTable,
             ),
@@ -276,18 +274,6 @@ async function add(req: Request): Promise<Result> {
   }
 }
 
-/** Addresses the attachment had: from prevResult, else from the container interface. */
-function knownAddresses(req: Request, podNl: Rtnl | null): string[] {
-  const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
-  if (prev.length > 0 || !podNl) return prev;
-  const link = podNl.linkGet(req.ifname);
-  if (!link) return [];
-  return podNl
-    .addrList({ ifindex: link.index })
-    .filter((a) => a.scope !== "link")
-    .map((a) => a.cidr);
-}
-
 async function del(req: Request): Promise<void> {
   const conf = parseBridgeConf(req);
   // The address is released first and always: a DEL must never leak an IP.
@@ -298,15 +284,14 @@ async function del(req: Request): Promise<void> {
       let addresses: string[] = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
       if (ns) {
         await withRtnl(ns, async (podNl) => {
-          addresses = knownAddresses(req, podNl);
+          addresses = attachmentAddresses(req, podNl);
           // Deleting the container end removes the pair.
           await deleteLinkIfPresent(podNl, req.ifname);
         });
       }
       await deleteLinkIfPresent(hostNl, hostName(req));
       if (conf.ipMasq) {
-        if (addresses.length > 0) await removeMasquerade(attachment(req), addresses, conf.nftTable);
-        else await gcMasquerade(req.config.name, null, [attachment(req)], conf.nftTable);
+        await removeAttachmentMasq(req, addresses, conf.nftTable);
       }
       if (conf.macspoofchk) await removeMacSpoofCheck(hostName(req), conf.nftTable);
     });
@@ -324,7 +309,7 @@ async function check(req: Request): Promise<void> {
   try {
     await withRtnl(undefined, async (hostNl) => {
       const br = hostNl.linkGet(conf.bridge);
-      if (!br || br.kind !== "bridge") throw new CniError(ErrorCode.Internal, `CHECK: bridge ${conf.bridge} is missing`);
+      if (br?.kind !== "bridge") throw new CniError(ErrorCode.Internal, `CHECK: bridge ${conf.bridge} is missing`);
       const host = hostNl.linkGet(hostName(req));
       if (!host) throw new CniError(ErrorCode.Internal, `CHECK: host interface ${hostName(req)} is missing`);
       if (host.masterIndex !== br.index)
@@ -337,11 +322,7 @@ async function check(req: Request): Promise<void> {
     ns.close();
   }
   if (conf.ipMasq) {
-    const have = new Set(await masqueradeOf(attachment(req), conf.nftTable));
-    for (const ip of prev.ips ?? []) {
-      if (!have.has(ipOf(normalizeCidr(ip.address))))
-        throw new CniError(ErrorCode.Internal, `CHECK: masquerade for ${ip.address} is missing`);
-    }
+    await checkAttachmentMasq(req, prev, conf.nftTable);
   }
   if (conf.macspoofchk && !(await macSpoofPorts(conf.nftTable)).includes(hostName(req))) {
     throw new CniError(ErrorCode.Internal, `CHECK: MAC spoof check for ${hostName(req)} is missing`);
@@ -357,36 +338,21 @@ async function gc(req: Request): Promise<void> {
   const conf = parseBridgeConf(req);
   const valid = gcAttachments(req.config);
   const errors: string[] = [];
-  const keep = new Set(valid.map((a) => hostLinkName("bv", req.config.name, a.containerID, a.ifname)));
-  const tag = `bv${networkTag(req.config.name)}`;
   try {
     if (ipamType(req)) await ipamGc(req);
   } catch (e) {
     errors.push(`IPAM: ${(e as Error).message}`);
   }
-  await withRtnl(undefined, async (hostNl) => {
-    for (const l of hostNl.linkList()) {
-      if (l.name.startsWith(tag) && l.name.length === 14 && !keep.has(l.name)) {
-        try {
-          await deleteLinkIfPresent(hostNl, l.name);
-        } catch (e) {
-          errors.push(`${l.name}: ${(e as Error).message}`);
-        }
-      }
-    }
-  });
+  errors.push(...(await gcHostLinks("bv", req.config.name, valid)));
   try {
     if (conf.ipMasq) {
-      await gcMasquerade(
-        req.config.name,
-        valid.map((a) => ({ network: req.config.name, containerId: a.containerID, ifname: a.ifname })),
-        [],
-        conf.nftTable,
-      );
+      await gcAttachmentMasq(req, valid, conf.nftTable);
     }
     if (conf.macspoofchk) {
       for (const port of await macSpoofPorts(conf.nftTable)) {
-        if (port.startsWith(tag) && !keep.has(port)) await removeMacSpoofCheck(port, conf.nftTable);
+        const keep = new Set(valid.map((a) => hostLinkName("bv", req.config.name, a.containerID, a.ifname)));
+        if (port.startsWith(`bv${networkTag(req.config.name)}`) && !keep.has(port))
+          await removeMacSpoofCheck(port, conf.nftTable);
       }
     }
   } catch (e) {

@@ -5,22 +5,23 @@
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
-import { addMasquerade, gcMasquerade, masqueradeOf, removeMasquerade } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
+  attachmentAddresses,
   deleteLinkIfPresent,
+  gcHostLinks,
   hostLinkName,
   kernelError,
-  networkTag,
   openContainerNetns,
   openNetnsIfPresent,
   Undo,
   withRtnl,
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam.ts";
+import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
 import { checkSandbox, configureSandbox, familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../sandbox.ts";
 
 const schema = configSchema({
@@ -36,10 +37,6 @@ const schema = configSchema({
 
 function hostName(req: Request): string {
   return hostLinkName("bp", req.config.name, req.containerId, req.ifname);
-}
-
-function attachment(req: Request) {
-  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
 }
 
 function hostPrefix(ip: string): string {
@@ -121,14 +118,14 @@ async function add(req: Request): Promise<Result> {
           throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);
         }
         if (conf.ipMasq) {
-          await addMasquerade(
-            attachment(req),
+          await addAttachmentMasq(
+            req,
             ips.map((i) => i.address),
             conf.nftTable,
           );
           undo.push(() =>
-            removeMasquerade(
-              attachment(req),
+            removeAttachmentMasq(
+              req,
               ips.map((i) => i.address),
               conf.nftTable,
             ),
@@ -164,20 +161,13 @@ async function del(req: Request): Promise<void> {
     let addresses = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
     if (ns) {
       await withRtnl(ns, async (podNl) => {
-        const link = podNl.linkGet(req.ifname);
-        if (link && addresses.length === 0) {
-          addresses = podNl
-            .addrList({ ifindex: link.index })
-            .filter((a) => a.scope !== "link")
-            .map((a) => a.cidr);
-        }
+        addresses = attachmentAddresses(req, podNl);
         await deleteLinkIfPresent(podNl, req.ifname);
       });
     }
     await withRtnl(undefined, (hostNl) => deleteLinkIfPresent(hostNl, hostName(req)));
     if (conf.ipMasq) {
-      if (addresses.length > 0) await removeMasquerade(attachment(req), addresses, conf.nftTable);
-      else await gcMasquerade(req.config.name, null, [attachment(req)], conf.nftTable);
+      await removeAttachmentMasq(req, addresses, conf.nftTable);
     }
   } finally {
     ns?.close();
@@ -208,11 +198,7 @@ async function check(req: Request): Promise<void> {
     }
   });
   if (conf.ipMasq) {
-    const have = new Set(await masqueradeOf(attachment(req), conf.nftTable));
-    for (const ip of prev.ips ?? []) {
-      if (!have.has(ipOf(normalizeCidr(ip.address))))
-        throw new CniError(ErrorCode.Internal, `CHECK: masquerade for ${ip.address} is missing`);
-    }
+    await checkAttachmentMasq(req, prev, conf.nftTable);
   }
 }
 
@@ -225,27 +211,10 @@ async function gc(req: Request): Promise<void> {
   } catch (e) {
     errors.push(`IPAM: ${(e as Error).message}`);
   }
-  const keep = new Set(valid.map((a) => hostLinkName("bp", req.config.name, a.containerID, a.ifname)));
-  const tag = `bp${networkTag(req.config.name)}`;
-  await withRtnl(undefined, async (nl) => {
-    for (const l of nl.linkList()) {
-      if (l.name.startsWith(tag) && l.name.length === 14 && !keep.has(l.name)) {
-        try {
-          await deleteLinkIfPresent(nl, l.name);
-        } catch (e) {
-          errors.push(`${l.name}: ${(e as Error).message}`);
-        }
-      }
-    }
-  });
+  errors.push(...(await gcHostLinks("bp", req.config.name, valid)));
   if (conf.ipMasq) {
     try {
-      await gcMasquerade(
-        req.config.name,
-        valid.map((a) => ({ network: req.config.name, containerId: a.containerID, ifname: a.ifname })),
-        [],
-        conf.nftTable,
-      );
+      await gcAttachmentMasq(req, valid, conf.nftTable);
     } catch (e) {
       errors.push(`nftables: ${(e as Error).message}`);
     }

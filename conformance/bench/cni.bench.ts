@@ -4,10 +4,14 @@
 //   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
 //
 // Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
-// + berth-host-local when they exist. Prints a table, with berth/reference ratios when both ran.
-import { existsSync, mkdirSync, writeFileSync } from "node:fs";
+// + berth-host-local when they exist, twice: "berth fast" with the agent's CNI server running
+// (the launcher forwards to it) and "berth cold" with the fast path off (the launcher execs
+// Node on the bundled plugin). Prints a table, with berth/reference ratios when both ran.
+import { spawnSync } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { ServerProcess } from "../fastpath/server-process.ts";
 import { type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
 import { addressOf, attachmentView } from "../lib/cni-result.ts";
 import { type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
@@ -15,6 +19,10 @@ import { ipv4ToInt, Sandbox } from "../lib/sandbox.ts";
 
 interface Implementation extends PluginTarget {
   label: string;
+  /** berth only: "server" runs the agent's CNI server for this implementation, "off" forces the cold path. */
+  fastPath?: "server" | "off";
+  /** BERTH_CNI_SOCKET handed to the plugins (set while the server runs). */
+  socket?: string;
 }
 
 interface Measurements {
@@ -69,7 +77,13 @@ class Bench {
     return execPlugin({
       cniPath: this.impl.cniPath,
       type: this.impl.type,
-      env: { CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: netnsPath, CNI_IFNAME: "eth0" },
+      env: {
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: cid,
+        CNI_NETNS: netnsPath,
+        CNI_IFNAME: "eth0",
+        BERTH_CNI_SOCKET: this.impl.socket,
+      },
       stdin: prevResult ? { ...conf, prevResult } : conf,
     });
   }
@@ -80,10 +94,23 @@ class Bench {
     return execPlugin({
       cniPath: this.impl.cniPath,
       type: this.impl.ipam,
-      env: { CNI_COMMAND: command, CNI_CONTAINERID: cid, CNI_NETNS: "/proc/self/ns/net", CNI_IFNAME: "eth0" },
+      env: {
+        CNI_COMMAND: command,
+        CNI_CONTAINERID: cid,
+        // A netns of our own: "/proc/self/ns/net" is the plugin's own netns, which plugins refuse (code 8).
+        CNI_NETNS: this.ipamNetns(),
+        CNI_IFNAME: "eth0",
+        BERTH_CNI_SOCKET: this.impl.socket,
+      },
       // A main plugin hands its IPAM delegate the whole network config unchanged.
       stdin: conf,
     });
+  }
+
+  private ipamNetnsPath: string | undefined;
+  private ipamNetns(): string {
+    this.ipamNetnsPath ??= this.sandbox.createNetns("ipam").path;
+    return this.ipamNetnsPath;
   }
 
   cid(): string {
@@ -112,10 +139,22 @@ async function main(): Promise<void> {
   for (const impl of impls) {
     process.stderr.write(`benchmarking ${impl.label}: ${impl.cniPath}/${impl.type} + ${impl.ipam}\n`);
     const sandbox = new Sandbox();
+    const socketDir = mkdtempSync(`/tmp/${sandbox.prefix}-`);
+    let server: ServerProcess | undefined;
     try {
-      table.push({ label: impl.label, m: await measure(new Bench(impl, sandbox), n, leases) });
+      if (impl.fastPath === "server") {
+        impl.socket = `${socketDir}/cni.sock`;
+        server = await ServerProcess.start(impl.socket);
+      } else if (impl.fastPath === "off") {
+        impl.socket = "off";
+      }
+      const m = await measure(new Bench(impl, sandbox), n, leases);
+      m["peak RSS of one plugin process (MiB)"] = peakRssMiB(impl);
+      table.push({ label: impl.label, m });
     } finally {
+      await server?.stop();
       sandbox.cleanup();
+      rmSync(socketDir, { recursive: true, force: true });
     }
   }
   printTable(table, n, leases);
@@ -135,7 +174,8 @@ function defaultImplementations(): Implementation[] {
   const impls: Implementation[] = [{ label: "reference", cniPath: "/usr/lib/cni", type: "bridge", ipam: "host-local" }];
   const berth = resolve("build/cni");
   if (existsSync(join(berth, "berth-bridge")) && existsSync(join(berth, "berth-host-local"))) {
-    impls.push({ label: "berth", cniPath: berth, type: "berth-bridge", ipam: "berth-host-local" });
+    const target = { cniPath: berth, type: "berth-bridge", ipam: "berth-host-local" };
+    impls.push({ label: "berth fast", ...target, fastPath: "server" }, { label: "berth cold", ...target, fastPath: "off" });
   } else {
     process.stderr.write("build/cni/berth-bridge not built: benchmarking the reference alone\n");
   }
@@ -247,6 +287,24 @@ async function release(b: Bench, net: NetworkShape, cids: string[]): Promise<voi
   );
 }
 
+/**
+ * Peak RSS of the process a runtime starts, for a VERSION call (GNU time's %M). For berth's
+ * fast path that is the launcher alone: the plugin work happens in the resident agent.
+ */
+function peakRssMiB(impl: Implementation): number {
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH, CNI_COMMAND: "VERSION" };
+  if (impl.socket) env.BERTH_CNI_SOCKET = impl.socket;
+  const samples = [1, 2, 3].map(() => {
+    const res = spawnSync("/usr/bin/time", ["-f", "%M", join(impl.cniPath, impl.type)], {
+      env,
+      input: `{"cniVersion":"${CNI_VERSION}"}`,
+      encoding: "utf8",
+    });
+    return Number(res.stderr.trim().split("\n").pop()) / 1024;
+  });
+  return percentile(samples, 50);
+}
+
 function fmt(x: number | undefined): string {
   return x === undefined || Number.isNaN(x) ? "-" : x >= 100 ? x.toFixed(0) : x.toFixed(1);
 }
@@ -254,12 +312,13 @@ function fmt(x: number | undefined): string {
 function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number): void {
   const metrics = [...new Set(rows.flatMap((r) => Object.keys(r.m)))];
   const ref = rows.find((r) => r.label === "reference");
-  const berth = rows.find((r) => r.label === "berth");
-  const header = ["metric", ...rows.map((r) => r.label), ...(ref && berth ? ["berth/reference"] : [])];
+  // One ratio column per other implementation, against the reference.
+  const compared = ref ? rows.filter((r) => r !== ref) : [];
+  const header = ["metric", ...rows.map((r) => r.label), ...compared.map((r) => `${r.label}/ref`)];
   const lines = metrics.map((metric) => [
     metric,
     ...rows.map((r) => fmt(r.m[metric])),
-    ...(ref && berth ? [`${((berth.m[metric] ?? Number.NaN) / (ref.m[metric] ?? Number.NaN)).toFixed(2)}x`] : []),
+    ...compared.map((r) => `${((r.m[metric] ?? Number.NaN) / (ref!.m[metric] ?? Number.NaN)).toFixed(2)}x`),
   ]);
   const widths = header.map((_, i) => Math.max(...[header, ...lines].map((l) => l[i]!.length)));
   const show = (l: string[]) => l.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");

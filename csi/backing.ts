@@ -18,7 +18,7 @@ import {
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { reflinkFile, sparseCopyFile } from "../native/fs.ts";
-import { attachLoop, detachLoop, findLoopForFile, type LoopDevice, refreshLoopCapacity } from "../native/loop.ts";
+import { attachLoop, detachLoop, type LoopDevice, listLoops } from "../native/loop.ts";
 import { isMountPoint, mountFilesystem, unmount } from "../native/mount.ts";
 import type { MountOptions } from "./mount-flags.ts";
 
@@ -187,8 +187,20 @@ export class BackingStore {
     }
   }
 
+  /** Loop devices backed by the image (matched by device and inode, not by name). */
+  private loopsFor(path: string): LoopDevice[] {
+    let st: ReturnType<typeof statSync>;
+    try {
+      st = statSync(path);
+    } catch {
+      return [];
+    }
+    return listLoops().filter((l) => l.backingDevice === st.dev && l.backingInode === st.ino);
+  }
+
+  /** The read-write loop device of an image. */
   loopFor(path: string): LoopDevice | undefined {
-    return findLoopForFile(path) ?? undefined;
+    return this.loopsFor(path).find((l) => !l.readOnly);
   }
 
   /** Attaches the image to a loop device unless one already backs it (idempotent). */
@@ -199,10 +211,22 @@ export class BackingStore {
     return attachLoop(path, { directIo: true });
   }
 
+  /**
+   * A read-only loop device on the same image, for read-only raw publications: a read-only
+   * bind mount of a device node does not stop writes to the device, a read-only device does.
+   */
+  ensureReadOnlyAttached(path: string): LoopDevice {
+    const existing = this.loopsFor(path).find((l) => l.readOnly);
+    if (existing) return existing;
+    return attachLoop(path, { directIo: true, readOnly: true });
+  }
+
+  detachReadOnly(path: string): void {
+    for (const l of this.loopsFor(path)) if (l.readOnly) detachLoop(l.number);
+  }
+
   detachAll(path: string): void {
-    for (let loop = this.loopFor(path); loop; loop = this.loopFor(path)) {
-      if (!detachLoop(loop.number)) break;
-    }
+    for (const l of this.loopsFor(path)) detachLoop(l.number);
   }
 
   /** Mounts the image's filesystem at target unless something is already mounted there. */

@@ -31,7 +31,7 @@ describe("CreateVolume", () => {
     const a = await t.controller.CreateVolume(req);
     const b = await t.controller.CreateVolume(req);
     expect(b.volume.volume_id).toBe(a.volume.volume_id);
-    expect(b.volume.accessible_topology[0].segments["topology.berth/node"]).toBe("test-node");
+    expect(b.volume.accessible_topology[0]!.segments["topology.berth/node"]).toBe("test-node");
     await expect(
       t.controller.CreateVolume({ ...req, capacity_range: { required_bytes: String(32 * MiB) } }),
     ).rejects.toMatchObject({
@@ -89,7 +89,9 @@ describe("CreateVolume", () => {
   it("creates exactly one volume when the same name races", async () => {
     const req = { name: "race", capacity_range: small, volume_capabilities: [mountCap()] };
     const results = await Promise.allSettled(Array.from({ length: 6 }, () => t.controller.CreateVolume(req)));
-    const ok = results.filter((r) => r.status === "fulfilled") as PromiseFulfilledResult<any>[];
+    const ok = results.filter((r) => r.status === "fulfilled") as PromiseFulfilledResult<
+      Awaited<ReturnType<typeof t.controller.CreateVolume>>
+    >[];
     const failed = results.filter((r) => r.status === "rejected") as PromiseRejectedResult[];
     expect(ok.length).toBeGreaterThanOrEqual(1);
     for (const f of failed) expect(f.reason.code).toBe(ABORTED);
@@ -267,7 +269,7 @@ describe("node paths", () => {
     await t.node.NodePublishVolume(req);
     await t.node.NodePublishVolume(req);
     const stats = await t.node.NodeGetVolumeStats({ volume_id: "csi-4f1c2a", volume_path: target });
-    const total = Number(stats.usage.find((u: any) => u.unit === "BYTES").total);
+    const total = Number(stats.usage.find((u) => u.unit === "BYTES")!.total);
     expect(total).toBeGreaterThan(24 * MiB);
     expect(total).toBeLessThanOrEqual(32 * MiB);
     const listed = await t.controller.ListVolumes({});

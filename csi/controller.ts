@@ -94,7 +94,7 @@ function alignUp(n: number): number {
 export function chooseSize(range: CapacityRange__Output | null, fsType: string, atLeast = 0): number {
   const required = toBytes("capacity_range.required_bytes", range?.required_bytes);
   const limit = toBytes("capacity_range.limit_bytes", range?.limit_bytes);
-  if (limit && required > limit) throw invalidArgument("capacity_range.required_bytes exceeds limit_bytes");
+  if (limit && required > limit) throw outOfRange("capacity_range.required_bytes exceeds limit_bytes");
   let size = required || (limit ? Math.min(DEFAULT_SIZE, limit) : DEFAULT_SIZE);
   size = alignUp(Math.max(size, minimumSize(fsType), atLeast));
   if (limit && size > limit) {
@@ -205,7 +205,7 @@ export class ControllerService {
       let sourceSize = 0;
       if (sourceType === "snapshot") {
         const snap = isOurId("snap", sourceId) ? this.d.store.snapshot(sourceId) : undefined;
-        if (!snap || snap.status !== "ready") throw notFound(`snapshot ${sourceId} does not exist`);
+        if (snap?.status !== "ready") throw notFound(`snapshot ${sourceId} does not exist`);
         if (snap.kind !== shape.kind || snap.fsType !== shape.fsType) {
           throw invalidArgument(
             `snapshot ${sourceId} holds a ${snap.kind}/${snap.fsType || "raw"} volume, not ${shape.kind}/${shape.fsType || "raw"}`,
@@ -215,7 +215,7 @@ export class ControllerService {
         sourceSize = snap.size;
       } else if (sourceType === "volume") {
         const sv = isOurId("vol", sourceId) ? this.d.store.volume(sourceId) : undefined;
-        if (!sv || sv.status !== "ready") throw notFound(`volume ${sourceId} does not exist`);
+        if (sv?.status !== "ready") throw notFound(`volume ${sourceId} does not exist`);
         if (sv.kind !== shape.kind || sv.fsType !== shape.fsType) {
           throw invalidArgument(
             `volume ${sourceId} is ${sv.kind}/${sv.fsType || "raw"}, not ${shape.kind}/${shape.fsType || "raw"}`,
@@ -492,7 +492,7 @@ export class ControllerService {
   async getSnapshot(req: GetSnapshotRequest__Output): Promise<GetSnapshotResponse> {
     const id = requireId("snapshot_id", req.snapshot_id);
     const s = isOurId("snap", id) ? this.d.store.snapshot(id) : undefined;
-    if (!s || s.status !== "ready") throw notFound(`snapshot ${id} does not exist`);
+    if (s?.status !== "ready") throw notFound(`snapshot ${id} does not exist`);
     return { snapshot: this.snapshotMessage(s) };
   }
 
@@ -502,7 +502,7 @@ export class ControllerService {
     const required = toBytes("capacity_range.required_bytes", req.capacity_range.required_bytes);
     const limit = toBytes("capacity_range.limit_bytes", req.capacity_range.limit_bytes);
     if (!required && !limit) throw invalidArgument("capacity_range needs required_bytes or limit_bytes");
-    if (limit && required > limit) throw invalidArgument("capacity_range.required_bytes exceeds limit_bytes");
+    if (limit && required > limit) throw outOfRange("capacity_range.required_bytes exceeds limit_bytes");
     return this.d.locks.with([id], async () => {
       const v = isOurId("vol", id) ? findVolume(this.d, id) : undefined;
       if (!v) throw notFound(`volume ${id} does not exist`);

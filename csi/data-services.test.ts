@@ -89,7 +89,7 @@ describe("snapshots", () => {
     await a.release();
 
     const listed = await t.controller.ListSnapshots({ source_volume_id: volume.volume_id });
-    expect(listed.entries.map((e: any) => e.snapshot.snapshot_id)).toEqual([snapshot.snapshot_id]);
+    expect(listed.entries.map((e) => e.snapshot.snapshot_id)).toEqual([snapshot.snapshot_id]);
     const none = await t.controller.ListSnapshots({ source_volume_id: other.volume_id });
     expect(none.entries).toHaveLength(0);
 
@@ -120,7 +120,7 @@ describe("snapshots", () => {
     do {
       const page = await t.controller.ListSnapshots({ max_entries: 2, starting_token: token });
       expect(page.entries.length).toBeLessThanOrEqual(2);
-      seen.push(...page.entries.map((e: any) => e.snapshot.snapshot_id));
+      seen.push(...page.entries.map((e) => e.snapshot.snapshot_id));
       token = page.next_token;
       pages++;
     } while (token);
@@ -217,7 +217,7 @@ describe.each(["ext4", "xfs"])("online expansion of %s", (fsType) => {
     });
     expect(Number(again.capacity_bytes)).toBe(size * 2);
     const stats = await t.node.NodeGetVolumeStats({ volume_id: volume.volume_id, volume_path: a.target });
-    expect(Number(stats.usage.find((u: any) => u.unit === "BYTES").total)).toBe(after);
+    expect(Number(stats.usage.find((u) => u.unit === "BYTES")!.total)).toBe(after);
     await a.release();
   });
 });

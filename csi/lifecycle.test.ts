@@ -5,19 +5,32 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { testPrefix } from "../testing/kernel.ts";
 import { blockCap, createTestDriver, MiB, mountCap, type TestDriver, teardownKernelObjects } from "./test-driver.ts";
 
-function findmnt(target: string): { target: string; source: string; fstype: string; options: string } | undefined {
+interface FindmntEntry {
+  target: string;
+  source: string;
+  fstype: string;
+  options: string;
+}
+
+function findmnt(target: string): FindmntEntry | undefined {
   try {
     const out = execFileSync("findmnt", ["-J", "--mountpoint", target], { encoding: "utf8" });
-    return (JSON.parse(out) as { filesystems: any[] }).filesystems[0];
+    return (JSON.parse(out) as { filesystems: FindmntEntry[] }).filesystems[0];
   } catch {
     return undefined;
   }
 }
 
-function losetupFor(file: string): { name: string; "back-file": string; dio: boolean }[] {
+interface LosetupEntry {
+  name: string;
+  "back-file": string | null;
+  dio: boolean;
+}
+
+function losetupFor(file: string): LosetupEntry[] {
   const out = execFileSync("losetup", ["-J", "-l", "-O", "NAME,BACK-FILE,DIO"], { encoding: "utf8" }).trim();
   if (!out) return [];
-  return (JSON.parse(out).loopdevices as any[]).filter((l) => (l["back-file"] ?? "").startsWith(file));
+  return (JSON.parse(out) as { loopdevices: LosetupEntry[] }).loopdevices.filter((l) => (l["back-file"] ?? "").startsWith(file));
 }
 
 let t: TestDriver;
@@ -108,7 +121,7 @@ describe("dir volume", () => {
     expect(error?.code).toBe("ENOSPC");
     expect(written).toBeLessThanOrEqual(16 * MiB);
     const stats = await t.node.NodeGetVolumeStats({ volume_id: volume.volume_id, volume_path: target });
-    const bytes = stats.usage.find((u: any) => u.unit === "BYTES");
+    const bytes = stats.usage.find((u) => u.unit === "BYTES")!;
     expect(Number(bytes.total)).toBeLessThanOrEqual(16 * MiB);
     expect(Number(bytes.total)).toBeGreaterThan(8 * MiB);
     expect(stats.volume_condition.abnormal).toBe(false);
@@ -141,7 +154,7 @@ describe("block volume, raw", () => {
     expect(() => writeSync(fd, pattern, 0, 4096, 8 * MiB)).toThrow(/ENOSPC|EIO|EFBIG/);
     closeSync(fd);
     const stats = await t.node.NodeGetVolumeStats({ volume_id: volume.volume_id, volume_path: target });
-    expect(stats.usage[0].total).toBe(String(8 * MiB));
+    expect(stats.usage[0]!.total).toBe(String(8 * MiB));
 
     // Reboot: driver gone, every mount and loop gone.
     await t.stop();
@@ -154,8 +167,32 @@ describe("block volume, raw", () => {
     readSync(fd, back, 0, 4096, 4096);
     closeSync(fd);
     expect(back.equals(pattern)).toBe(true);
-    await unpublishAndUnstage(volume.volume_id, staging, target);
+    // A read-only publication is a read-only loop device: writes through it fail.
+    const roTarget = t.path("pod-raw-ro");
+    const roCap = blockCap("SINGLE_NODE_MULTI_WRITER");
+    await t.node.NodeUnpublishVolume({ volume_id: volume.volume_id, target_path: target });
+    await t.node.NodePublishVolume({
+      volume_id: volume.volume_id,
+      staging_target_path: staging,
+      target_path: roTarget,
+      volume_capability: roCap,
+      readonly: true,
+    });
+    const writeThrough = (path: string) => {
+      const wfd = openSync(path, "r+"); // a read-only block device may still be opened for write
+      try {
+        writeSync(wfd, pattern, 0, 4096, 0);
+      } finally {
+        closeSync(wfd);
+      }
+    };
+    expect(() => writeThrough(roTarget)).toThrow(/EROFS|EACCES|EPERM/);
+    expect(losetupFor(join(t.dataDir, "images", volume.volume_id))).toHaveLength(2);
+    await t.node.NodeUnpublishVolume({ volume_id: volume.volume_id, target_path: roTarget });
+    expect(losetupFor(join(t.dataDir, "images", volume.volume_id))).toHaveLength(1);
+    await t.node.NodeUnstageVolume({ volume_id: volume.volume_id, staging_target_path: staging });
     expect(existsSync(target)).toBe(false);
+    expect(losetupFor(t.dataDir)).toHaveLength(0);
   });
 });
 

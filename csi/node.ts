@@ -263,7 +263,8 @@ export class NodeService {
     if (isMountPoint(row.targetPath)) return;
     const readOnly = row.readOnly;
     if (row.accessType === "block") {
-      const loop = this.d.backing.ensureAttached(this.d.backing.imagePath(v.id));
+      const image = this.d.backing.imagePath(v.id);
+      const loop = readOnly ? this.d.backing.ensureReadOnlyAttached(image) : this.d.backing.ensureAttached(image);
       if (!existsSync(row.targetPath)) closeSync(openSync(row.targetPath, "wx", 0o660));
       bindMount(loop.device, row.targetPath, { readOnly, flags: opts.bind });
       return;
@@ -299,6 +300,10 @@ export class NodeService {
       if (!row || row.volumeId !== v.id) return {};
       this.removeTarget(row);
       this.d.store.deletePublication(v.id, target);
+      const readOnlyRaw = (p: PublicationRow) => p.accessType === "block" && p.readOnly;
+      if (readOnlyRaw(row) && !this.d.store.publications(v.id).some(readOnlyRaw)) {
+        this.d.backing.detachReadOnly(this.d.backing.imagePath(v.id));
+      }
       if (v.ephemeral && this.d.store.publications(v.id).length === 0) {
         this.d.backing.unmountAndDetach(this.d.backing.imagePath(v.id), this.d.backing.dirMountPath(v.id));
         this.d.backing.removeFile(this.d.backing.imagePath(v.id));

@@ -14,12 +14,25 @@ import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
 import { InFlight } from "./locks.ts";
 import { NodeService } from "./node.ts";
+import type { ControllerHandlers } from "./proto/generated/csi/v1/Controller.ts";
+import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerRpcType } from "./proto/generated/csi/v1/ControllerServiceCapability.ts";
+import type { IdentityHandlers } from "./proto/generated/csi/v1/Identity.ts";
+import type { NodeHandlers } from "./proto/generated/csi/v1/Node.ts";
+import type { _csi_v1_NodeServiceCapability_RPC_Type as NodeRpcType } from "./proto/generated/csi/v1/NodeServiceCapability.ts";
 import { loadCsiPackage } from "./proto/load.ts";
 import { reconcile } from "./reconcile.ts";
 import { VolumeStore } from "./state.ts";
 
 export const VENDOR_VERSION = "0.1.0";
 const DNS_LIKE = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$/;
+
+const NODE_CAPABILITIES: NodeRpcType[] = [
+  "STAGE_UNSTAGE_VOLUME",
+  "GET_VOLUME_STATS",
+  "EXPAND_VOLUME",
+  "VOLUME_CONDITION",
+  "SINGLE_NODE_MULTI_WRITER",
+];
 
 export type DriverMode = "controller" | "node" | "both";
 
@@ -69,8 +82,19 @@ async function claimSocket(path: string): Promise<void> {
   unlinkSync(path);
 }
 
-// Secrets never reach the log: every `secrets` field is replaced, wherever it sits.
-const REDACT = ["request.secrets", "request.mount_flags", "request.volume_capability.mount.mount_flags"];
+/**
+ * A copy of a request safe to log: `secrets` (csi_secret fields) and mount_flags (which the
+ * spec says may be sensitive) are replaced wherever they sit.
+ */
+export function redactRequest(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(redactRequest);
+  if (!value || typeof value !== "object") return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    out[k] = k === "secrets" || k === "mount_flags" ? "[redacted]" : redactRequest(v);
+  }
+  return out;
+}
 
 class RpcMetrics {
   readonly registry = new Registry();
@@ -95,12 +119,12 @@ class RpcMetrics {
   }
 }
 
-type Handler = (request: any) => Promise<unknown> | unknown;
+type Handler<Req, Res> = (request: Req) => Promise<Res> | Res;
 
-function wrap(name: string, fn: Handler, log: Logger, metrics: RpcMetrics): grpc.handleUnaryCall<any, any> {
+function wrap<Req, Res>(name: string, fn: Handler<Req, Res>, log: Logger, metrics: RpcMetrics): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const started = process.hrtime.bigint();
-    const done = (code: grpc.status, err: string | null, reply?: unknown) => {
+    const done = (code: grpc.status, err: string | null, reply?: Res) => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
       metrics.observe(name, code, seconds);
       const entry = { method: name, status: grpc.status[code], ms: Math.round(seconds * 1000) };
@@ -112,14 +136,11 @@ function wrap(name: string, fn: Handler, log: Logger, metrics: RpcMetrics): grpc
         callback({ code, details: err ?? "" });
       }
     };
-    log.trace(
-      { method: name, request: { ...call.request, secrets: call.request?.secrets ? "[redacted]" : undefined } },
-      "rpc start",
-    );
+    if (log.isLevelEnabled("trace")) log.trace({ method: name, request: redactRequest(call.request) }, "rpc start");
     Promise.resolve()
       .then(() => fn(call.request))
       .then(
-        (reply) => done(grpc.status.OK, null, reply ?? {}),
+        (reply) => done(grpc.status.OK, null, reply),
         (e: unknown) => {
           if (e instanceof CsiError) done(e.code, e.message);
           else done(grpc.status.INTERNAL, e instanceof Error ? e.message : String(e));
@@ -129,7 +150,7 @@ function wrap(name: string, fn: Handler, log: Logger, metrics: RpcMetrics): grpc
 }
 
 export async function startCsiDriver(options: CsiDriverOptions): Promise<RunningCsiDriver> {
-  const log = options.logger ?? pino({ name: "berth-csi", redact: REDACT }, pino.destination(2));
+  const log = options.logger ?? pino({ name: "berth-csi", level: process.env.BERTH_LOG_LEVEL ?? "info" }, pino.destination(2));
   const driverName = options.driverName ?? "berth.csi.local";
   if (driverName.length > 63 || !DNS_LIKE.test(driverName)) {
     throw new ConfigError(
@@ -175,8 +196,8 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
   const metrics = new RpcMetrics();
   const pkg = loadCsiPackage();
   const server = new grpc.Server();
-  const w = (name: string, fn: Handler) => wrap(name, fn, log, metrics);
-  server.addService(pkg.csi.v1.Identity.service, {
+  const w = <Req, Res>(name: string, fn: Handler<Req, Res>) => wrap(name, fn, log, metrics);
+  const identity: IdentityHandlers = {
     GetPluginInfo: w("GetPluginInfo", () => ({
       name: driverName,
       vendor_version: VENDOR_VERSION,
@@ -193,43 +214,47 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       store.volume("vol-probe"); // the database answers
       return { ready: { value: true } };
     }),
-  });
+  };
+  server.addService(pkg.csi.v1.Identity.service, identity);
   if (mode !== "node") {
     const c = controller;
-    const rpc = (...types: string[]) => types.map((type) => ({ rpc: { type } }));
-    server.addService(pkg.csi.v1.Controller.service, {
-      CreateVolume: w("CreateVolume", (r) => c.createVolume(r)),
-      DeleteVolume: w("DeleteVolume", (r) => c.deleteVolume(r)),
-      ValidateVolumeCapabilities: w("ValidateVolumeCapabilities", (r) => c.validateVolumeCapabilities(r)),
-      ListVolumes: w("ListVolumes", (r) => c.listVolumes(r)),
-      GetCapacity: w("GetCapacity", (r) => c.getCapacity(r)),
-      ControllerGetCapabilities: w("ControllerGetCapabilities", () => ({
-        capabilities: rpc(
-          "CREATE_DELETE_VOLUME",
-          "LIST_VOLUMES",
-          "GET_CAPACITY",
-          "CREATE_DELETE_SNAPSHOT",
-          "LIST_SNAPSHOTS",
-          "CLONE_VOLUME",
-          "EXPAND_VOLUME",
-          "LIST_VOLUMES_PUBLISHED_NODES",
-          "VOLUME_CONDITION",
-          "GET_VOLUME",
-          "SINGLE_NODE_MULTI_WRITER",
-          "GET_SNAPSHOT",
-        ),
-      })),
-      CreateSnapshot: w("CreateSnapshot", (r) => c.createSnapshot(r)),
-      DeleteSnapshot: w("DeleteSnapshot", (r) => c.deleteSnapshot(r)),
-      ListSnapshots: w("ListSnapshots", (r) => c.listSnapshots(r)),
-      GetSnapshot: w("GetSnapshot", (r) => c.getSnapshot(r)),
-      ControllerExpandVolume: w("ControllerExpandVolume", (r) => c.controllerExpandVolume(r)),
-      ControllerGetVolume: w("ControllerGetVolume", (r) => c.controllerGetVolume(r)),
-    });
+    const rpc = (...types: ControllerRpcType[]) => types.map((type) => ({ rpc: { type } }));
+    const handlers: Omit<ControllerHandlers, "ControllerPublishVolume" | "ControllerUnpublishVolume" | "ControllerModifyVolume"> =
+      {
+        CreateVolume: w("CreateVolume", (r) => c.createVolume(r)),
+        DeleteVolume: w("DeleteVolume", (r) => c.deleteVolume(r)),
+        ValidateVolumeCapabilities: w("ValidateVolumeCapabilities", (r) => c.validateVolumeCapabilities(r)),
+        ListVolumes: w("ListVolumes", (r) => c.listVolumes(r)),
+        GetCapacity: w("GetCapacity", (r) => c.getCapacity(r)),
+        ControllerGetCapabilities: w("ControllerGetCapabilities", () => ({
+          capabilities: rpc(
+            "CREATE_DELETE_VOLUME",
+            "LIST_VOLUMES",
+            "GET_CAPACITY",
+            "CREATE_DELETE_SNAPSHOT",
+            "LIST_SNAPSHOTS",
+            "CLONE_VOLUME",
+            "EXPAND_VOLUME",
+            "LIST_VOLUMES_PUBLISHED_NODES",
+            "VOLUME_CONDITION",
+            "GET_VOLUME",
+            "SINGLE_NODE_MULTI_WRITER",
+            "GET_SNAPSHOT",
+          ),
+        })),
+        CreateSnapshot: w("CreateSnapshot", (r) => c.createSnapshot(r)),
+        DeleteSnapshot: w("DeleteSnapshot", (r) => c.deleteSnapshot(r)),
+        ListSnapshots: w("ListSnapshots", (r) => c.listSnapshots(r)),
+        GetSnapshot: w("GetSnapshot", (r) => c.getSnapshot(r)),
+        ControllerExpandVolume: w("ControllerExpandVolume", (r) => c.controllerExpandVolume(r)),
+        ControllerGetVolume: w("ControllerGetVolume", (r) => c.controllerGetVolume(r)),
+      };
+    // Left out on purpose (not advertised): grpc-js answers UNIMPLEMENTED for them.
+    server.addService(pkg.csi.v1.Controller.service, handlers as grpc.UntypedServiceImplementation);
   }
   if (node) {
     const n = node;
-    server.addService(pkg.csi.v1.Node.service, {
+    const handlers: NodeHandlers = {
       NodeStageVolume: w("NodeStageVolume", (r) => n.stage(r)),
       NodeUnstageVolume: w("NodeUnstageVolume", (r) => n.unstage(r)),
       NodePublishVolume: w("NodePublishVolume", (r) => n.publish(r)),
@@ -237,16 +262,11 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       NodeGetVolumeStats: w("NodeGetVolumeStats", (r) => n.volumeStats(r)),
       NodeExpandVolume: w("NodeExpandVolume", (r) => n.expand(r)),
       NodeGetCapabilities: w("NodeGetCapabilities", () => ({
-        capabilities: [
-          "STAGE_UNSTAGE_VOLUME",
-          "GET_VOLUME_STATS",
-          "EXPAND_VOLUME",
-          "VOLUME_CONDITION",
-          "SINGLE_NODE_MULTI_WRITER",
-        ].map((type) => ({ rpc: { type } })),
+        capabilities: NODE_CAPABILITIES.map((type) => ({ rpc: { type } })),
       })),
       NodeGetInfo: w("NodeGetInfo", () => n.getInfo()),
-    });
+    };
+    server.addService(pkg.csi.v1.Node.service, handlers);
   }
 
   await new Promise<void>((resolve, reject) =>

@@ -8,16 +8,34 @@ import * as grpc from "@grpc/grpc-js";
 import pino from "pino";
 import { detachLoop, listLoops } from "../native/loop.ts";
 import { readMountInfo, unmount } from "../native/mount.ts";
+import type { ControllerClient } from "./proto/generated/csi/v1/Controller.ts";
+import type { IdentityClient } from "./proto/generated/csi/v1/Identity.ts";
+import type { NodeClient } from "./proto/generated/csi/v1/Node.ts";
+import type { VolumeCapability } from "./proto/generated/csi/v1/VolumeCapability.ts";
 import { loadCsiPackage } from "./proto/load.ts";
 import { type CsiDriverOptions, type RunningCsiDriver, startCsiDriver } from "./server.ts";
 
-type Unary = (req: object, cb: (err: grpc.ServiceError | null, res: any) => void) => void;
+type Unary = (req: object, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
-/** Promise-returning view of a grpc-js client: await c.CreateVolume({...}). */
-export type AsyncClient = Record<string, (req?: object) => Promise<any>>;
+/** Promise-returning view of a generated grpc-js client: await c.CreateVolume({...}). */
+export type AsyncClient<C> = {
+  [K in keyof C as K extends `${Uppercase<string>}${string}` ? K : never]: C[K] extends (
+    argument: infer Req,
+    callback: grpc.requestCallback<infer Res>,
+  ) => grpc.ClientUnaryCall
+    ? (req?: Req) => Promise<Present<Res>>
+    : never;
+};
 
-function promisify(client: grpc.Client): AsyncClient {
-  return new Proxy({} as AsyncClient, {
+/** Response messages with every nested message taken as present (tests assert on them anyway). */
+export type Present<T> = T extends (infer U)[]
+  ? Present<U>[]
+  : T extends object
+    ? { [P in keyof T]-?: Present<NonNullable<T[P]>> }
+    : T;
+
+function promisify<C extends grpc.Client>(client: C): AsyncClient<C> {
+  return new Proxy({} as AsyncClient<C>, {
     get(_, method: string) {
       return (req: object = {}) =>
         new Promise((resolve, reject) => {
@@ -34,9 +52,9 @@ export interface TestDriver {
   dataDir: string;
   stateDir: string;
   socket: string;
-  identity: AsyncClient;
-  controller: AsyncClient;
-  node: AsyncClient;
+  identity: AsyncClient<IdentityClient>;
+  controller: AsyncClient<ControllerClient>;
+  node: AsyncClient<NodeClient>;
   running: RunningCsiDriver | undefined;
   start(extra?: Partial<CsiDriverOptions>): Promise<void>;
   stop(): Promise<void>;
@@ -110,10 +128,12 @@ export async function createTestDriver(prefix: string, nodeId = "test-node"): Pr
 export const GiB = 1024 * 1024 * 1024;
 export const MiB = 1024 * 1024;
 
-export function mountCap(fsType = "", mode = "SINGLE_NODE_WRITER", mountFlags: string[] = []) {
+type Mode = NonNullable<NonNullable<VolumeCapability["access_mode"]>["mode"]>;
+
+export function mountCap(fsType = "", mode: Mode = "SINGLE_NODE_WRITER", mountFlags: string[] = []): VolumeCapability {
   return { mount: { fs_type: fsType, mount_flags: mountFlags }, access_mode: { mode } };
 }
 
-export function blockCap(mode = "SINGLE_NODE_WRITER") {
+export function blockCap(mode: Mode = "SINGLE_NODE_WRITER"): VolumeCapability {
   return { block: {}, access_mode: { mode } };
 }

@@ -38,6 +38,10 @@ export const PLUGINS = {
   "berth-host-local": "cni/ipam/hostlocal.main.ts",
   "berth-static": "cni/ipam/static.main.ts",
   "berth-overlay": "overlay/cni/main.ts",
+  "berth-portmap": "cni/meta/portmap/main.ts",
+  "berth-tuning": "cni/meta/tuning/main.ts",
+  "berth-firewall": "cni/meta/firewall/main.ts",
+  "berth-bandwidth": "cni/meta/bandwidth/main.ts",
 };
 
 /** Packages that belong to the agent or the CSI driver, never to a plugin's cold start. */

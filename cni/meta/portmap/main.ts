@@ -1,0 +1,4 @@
+import { runPluginMain } from "../../spec/entry.ts";
+import { portmapPlugin } from "./portmap.ts";
+
+void runPluginMain(portmapPlugin);

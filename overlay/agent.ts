@@ -81,6 +81,7 @@ export class Agent {
   private watch: StoreWatch | null = null;
   private timers = new Set<NodeJS.Timeout>();
   private api: { close(): Promise<void>; tcpPort?: number } | null = null;
+  private cniServer: { close(): Promise<void> } | null = null;
   private readonly leaseBackoff = new Backoff();
   private readonly syncBackoff = new Backoff();
   private syncing = false;
@@ -155,6 +156,12 @@ export class Agent {
     const app = buildApi(this.view(), this.metrics.registry, this.logger);
     this.api = await listenApi(app, this.config.apiSocket, this.config.apiListen);
     this.logger.info({ socket: this.config.apiSocket, tcp: this.config.apiListen }, "API listening");
+    if (this.config.cniSocket) {
+      // The CNI fast path: plugin launchers hand their invocations to this process.
+      const { startCniServer } = await import("./cniserver/server.ts");
+      this.cniServer = await startCniServer({ socketPath: this.config.cniSocket, log: (line) => this.logger.debug(line) });
+      this.logger.info({ socket: this.config.cniSocket }, "CNI fast path listening");
+    }
     void this.acquireLease();
   }
 
@@ -168,6 +175,7 @@ export class Agent {
     await this.watch?.cancel().catch(() => undefined);
     this.dataplane?.close();
     this.writeRuntime(false);
+    await this.cniServer?.close();
     await this.api?.close();
     if (this.ownsStore) await this.store.close();
     this.logger.info("berth agent stopped");

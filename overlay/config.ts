@@ -25,6 +25,8 @@ export interface AgentConfig {
   stateDir: string;
   runDir: string;
   apiSocket: string;
+  /** The CNI fast-path socket the plugin launchers connect to; "" turns the fast path off. */
+  cniSocket: string;
   /** HOST:PORT for a TCP listener besides the unix socket. */
   apiListen?: { host: string; port: number };
   leaseTtlSeconds: number;
@@ -61,6 +63,7 @@ const FLAGS: Record<string, [keyof RawConfig, Kind]> = {
   "state-dir": ["stateDir", "string"],
   "run-dir": ["runDir", "string"],
   "api-socket": ["apiSocket", "string"],
+  "cni-socket": ["cniSocket", "string"],
   "api-listen": ["apiListen", "string"],
   "lease-ttl": ["leaseTtlSeconds", "number"],
   "reconcile-interval": ["reconcileIntervalMs", "number"],
@@ -88,6 +91,7 @@ export const AGENT_USAGE = `usage: berth agent [flags]
   --state-dir DIR           (default /var/lib/berth/agent)
   --run-dir DIR             (default /run/berth)
   --api-socket PATH         (default <run-dir>/agent.sock)
+  --cni-socket PATH         CNI fast path for the plugin launchers (default <run-dir>/cni.sock; "" = off)
   --api-listen HOST:PORT    also serve the API on TCP
   --lease-ttl SECONDS       subnet lease TTL (default 86400)
   --reconcile-interval MS   periodic reconcile (default 5000)
@@ -229,6 +233,7 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
     stateDir: str(raw, "stateDir") ?? "/var/lib/berth/agent",
     runDir,
     apiSocket: str(raw, "apiSocket") ?? join(runDir, "agent.sock"),
+    cniSocket: str(raw, "cniSocket") ?? join(runDir, "cni.sock"),
     leaseTtlSeconds: int(raw, "leaseTtlSeconds", 5, 30 * 86400) ?? 86400,
     reconcileIntervalMs: int(raw, "reconcileIntervalMs", 100, 3_600_000) ?? 5000,
     logLevel: str(raw, "logLevel") ?? "info",

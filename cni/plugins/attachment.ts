@@ -1,6 +1,6 @@
 // What the main plugins share: deterministic host-side names, the undo stack of a
 // half-done ADD, and the container netns handling that DEL must survive without.
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
@@ -71,6 +71,24 @@ export async function withRtnl<T>(ns: Netns | undefined, fn: (nl: Rtnl) => T | P
   }
 }
 
+/**
+ * How a DEL takes a host-side link away. A short-lived plugin deletes it and waits (~20 ms:
+ * the kernel's RCU barrier per delete). A resident process (the agent's fast path) installs
+ * a retirer that takes the link out of service at once — down, off the bridge, renamed so
+ * the next ADD for the attachment can reuse the name — and deletes it in the background.
+ */
+export type LinkRetirer = (nl: Rtnl, name: string) => Promise<boolean>;
+let retirer: LinkRetirer | null = null;
+
+export function setLinkRetirer(r: LinkRetirer | null): void {
+  retirer = r;
+}
+
+/** Removes (or retires) a host-side link; false when it was not there. */
+export function retireLinkIfPresent(nl: Rtnl, name: string): Promise<boolean> {
+  return retirer ? retirer(nl, name) : deleteLinkIfPresent(nl, name);
+}
+
 /** Deletes a link, treating "already gone" as success. */
 export async function deleteLinkIfPresent(nl: Rtnl, name: string): Promise<boolean> {
   try {
@@ -126,4 +144,37 @@ export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: A
     }
   });
   return errors;
+}
+
+/**
+ * DEL of a veth attachment: reads the addresses it had (for rule cleanup), then removes the
+ * pair through its host end (retired in the background when a resident process allows it);
+ * when the host end is already gone, deletes the container end directly.
+ */
+export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, host: string): Promise<string[]> {
+  let addresses = attachmentAddresses(req, null);
+  const podNl = ns ? Rtnl.open(ns) : null;
+  try {
+    if (podNl && addresses.length === 0) addresses = attachmentAddresses(req, podNl);
+    const removed = await retireLinkIfPresent(hostNl, host);
+    if (podNl) {
+      if (!removed) await deleteLinkIfPresent(podNl, req.ifname);
+      else {
+        // Retired, not yet deleted: free the container's interface name for a new ADD now.
+        const pod = podNl.linkGet(req.ifname);
+        if (pod) {
+          try {
+            podNl.linkSet(pod.index, { up: false });
+            podNl.linkSet(pod.index, { name: `bz${randomBytes(4).toString("hex")}` });
+          } catch (e) {
+            // The background delete won the race: the name is free either way.
+            if (!isNetlinkError(e, "ENODEV")) throw e;
+          }
+        }
+      }
+    }
+  } finally {
+    podNl?.close();
+  }
+  return addresses;
 }

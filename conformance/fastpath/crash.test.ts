@@ -128,6 +128,9 @@ describe.skipIf(!built)("agent killed during 100 parallel ADDs", () => {
     expect(gc.exitCode, describeOutcome(gc)).toBe(0);
 
     expect(ipJson(["link", "show", "master", sandbox.bridgeName])).toEqual([]);
+    // Links retired by DEL are deleted in the background: wait for that, then nothing may remain.
+    const linksLeft = () => netns.flatMap((ns) => ipJson(["link", "show"], ns.name).map((l) => `${ns.name}:${l.ifname}`));
+    for (let t = 0; t < 30 && linksLeft().some((l) => !l.endsWith(":lo")); t++) await new Promise((r) => setTimeout(r, 100));
     for (const ns of netns) expect(ipJson(["link", "show"], ns.name).map((l) => l.ifname)).toEqual(["lo"]);
 
     // Every one of the N addresses is free again: N IPAM ADDs for new containers all succeed.

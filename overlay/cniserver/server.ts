@@ -5,6 +5,7 @@
 //
 // Security: the socket is root-only (0600, owned by root) and every connection's peer
 // credentials are checked (SO_PEERCRED), since a CNI call configures the host's network.
+
 import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
@@ -13,6 +14,7 @@ import { handleInvocation, type InvocationOutcome } from "../../cni/spec/entry.t
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { isSupportedVersion, NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { addon } from "../../native/addon.ts";
+import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
   decodeRequest,
@@ -61,6 +63,7 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   await claimSocketPath(socketPath);
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
+  const retirement = installLinkRetirer(log);
   const server = createServer((socket) => {
     open.add(socket);
     socket.on("close", () => open.delete(socket));
@@ -86,7 +89,10 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
 
   return {
     socketPath,
-    close: () => closeServer(server, socketPath, ino, open, serialiser),
+    close: async () => {
+      await closeServer(server, socketPath, ino, open, serialiser);
+      await retirement.close();
+    },
   };
 }
 

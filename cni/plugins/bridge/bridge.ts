@@ -15,7 +15,6 @@ import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
-  attachmentAddresses,
   deleteLinkIfPresent,
   gcHostLinks,
   hostLinkName,
@@ -23,6 +22,7 @@ import {
   networkTag,
   openContainerNetns,
   openNetnsIfPresent,
+  removePair,
   Undo,
   withRtnl,
 } from "../attachment.ts";
@@ -281,15 +281,7 @@ async function del(req: Request): Promise<void> {
   const ns = openNetnsIfPresent(req);
   try {
     await withRtnl(undefined, async (hostNl) => {
-      let addresses: string[] = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
-      if (ns) {
-        await withRtnl(ns, async (podNl) => {
-          addresses = attachmentAddresses(req, podNl);
-          // Deleting the container end removes the pair.
-          await deleteLinkIfPresent(podNl, req.ifname);
-        });
-      }
-      await deleteLinkIfPresent(hostNl, hostName(req));
+      const addresses = await removePair(req, ns, hostNl, hostName(req));
       if (conf.ipMasq) {
         await removeAttachmentMasq(req, addresses, conf.nftTable);
       }

@@ -10,13 +10,13 @@ import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
-  attachmentAddresses,
   deleteLinkIfPresent,
   gcHostLinks,
   hostLinkName,
   kernelError,
   openContainerNetns,
   openNetnsIfPresent,
+  removePair,
   Undo,
   withRtnl,
 } from "../attachment.ts";
@@ -158,14 +158,7 @@ async function del(req: Request): Promise<void> {
   await ipamDel(req);
   const ns = openNetnsIfPresent(req);
   try {
-    let addresses = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
-    if (ns) {
-      await withRtnl(ns, async (podNl) => {
-        addresses = attachmentAddresses(req, podNl);
-        await deleteLinkIfPresent(podNl, req.ifname);
-      });
-    }
-    await withRtnl(undefined, (hostNl) => deleteLinkIfPresent(hostNl, hostName(req)));
+    const addresses = await withRtnl(undefined, (hostNl) => removePair(req, ns, hostNl, hostName(req)));
     if (conf.ipMasq) {
       await removeAttachmentMasq(req, addresses, conf.nftTable);
     }

@@ -1,0 +1,57 @@
+// Deferred link deletion for the resident fast path. Deleting a link makes the caller wait
+// for an RCU barrier (~20 ms), which would dominate every DEL. Inside the agent a DEL instead
+// takes the host end out of service at once — down, off its bridge, renamed to `bz<hex>` so
+// the attachment's name is free for the next ADD — and deletes it on the thread pool. The
+// address was already released by then; a down, detached veth carries no traffic.
+import { randomBytes } from "node:crypto";
+import { setLinkRetirer } from "../../cni/plugins/attachment.ts";
+import { isNetlinkError } from "../../native/netlink/error.ts";
+import { Rtnl } from "../../native/netlink/socket.ts";
+
+export const RETIRED_PREFIX = "bz";
+
+export interface LinkRetirement {
+  /** Waits for every background delete, then restores synchronous deletion. */
+  close(): Promise<void>;
+}
+
+export function installLinkRetirer(log: (line: string) => void = () => {}): LinkRetirement {
+  const reaper = Rtnl.open();
+  const pending = new Set<Promise<void>>();
+  // Leftovers of a previous run that stopped before its background deletes finished.
+  for (const l of reaper.linkList()) {
+    if (l.name.startsWith(RETIRED_PREFIX) && l.name.length === 10 && l.kind === "veth" && !l.up) {
+      const p: Promise<void> = reaper
+        .linkDelAsync(l.index)
+        .catch(() => {})
+        .finally(() => pending.delete(p));
+      pending.add(p);
+    }
+  }
+  setLinkRetirer(async (nl, name) => {
+    const link = nl.linkGet(name);
+    if (!link) return false;
+    try {
+      nl.linkSet(link.index, { up: false, master: null });
+      nl.linkSet(link.index, { name: `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}` });
+    } catch (e) {
+      if (isNetlinkError(e, "ENODEV")) return false;
+      throw e;
+    }
+    const p: Promise<void> = reaper
+      .linkDelAsync(link.index)
+      .catch((e) => {
+        if (!isNetlinkError(e, "ENODEV")) log(`cni server: deleting retired link ${name} failed: ${(e as Error).message}`);
+      })
+      .finally(() => pending.delete(p));
+    pending.add(p);
+    return true;
+  });
+  return {
+    async close() {
+      setLinkRetirer(null);
+      await Promise.all([...pending]);
+      reaper.close();
+    },
+  };
+}

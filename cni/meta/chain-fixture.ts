@@ -19,7 +19,7 @@ export interface Invocation {
 export class ChainFixture {
   readonly prefix = testPrefix();
   readonly bridge = `${this.prefix}br`;
-  readonly table = this.prefix;
+  readonly table: string;
   readonly network: string;
   /** 10.x.y.0/24, x.y random per test so parallel test files do not overlap. */
   readonly subnet: string;
@@ -27,7 +27,12 @@ export class ChainFixture {
   readonly dataDir = mkdtempSync(join(tmpdir(), `${this.prefix}-meta-`));
   private readonly namespaces: string[] = [];
 
-  constructor(readonly name: string) {
+  /** `table`: share another fixture's nftables table (two networks in one table). */
+  constructor(
+    readonly name: string,
+    table?: string,
+  ) {
+    this.table = table ?? this.prefix;
     this.network = `${this.prefix}-${name}`;
     const x = 100 + Math.floor(Math.random() * 100);
     const y = Math.floor(Math.random() * 256);

@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { addNetns, delLink, delNetns, sh, testPrefix } from "../../testing/kernel.ts";
+import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "../../testing/kernel.ts";
 import { closeLeaseStores } from "../ipam/hostlocal.ts";
 import { bridgePlugin } from "../plugins/bridge/bridge.ts";
 import { handleInvocation } from "../spec/entry.ts";
@@ -107,7 +107,8 @@ export class ChainFixture {
 
   cleanup(): void {
     for (const n of this.namespaces) delNetns(n);
-    delLink(this.bridge);
+    // The bridge and anything else named with this test's prefix (IFBs of berth-bandwidth).
+    for (const l of ipJson<{ ifname: string }>(["link", "show"])) if (l.ifname.startsWith(this.prefix)) delLink(l.ifname);
     for (const fam of ["inet", "bridge"]) {
       try {
         sh("nft", ["delete", "table", fam, this.table]);

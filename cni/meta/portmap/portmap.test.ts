@@ -40,7 +40,7 @@ function elements(): Element[] {
   const out: Element[] = [];
   for (const o of fx.nftTable()) {
     const s = o.map ?? o.set;
-    if (!s || !s.name.startsWith("pm")) continue;
+    if (!s?.name.startsWith("pm")) continue;
     for (const raw of s.elem ?? []) {
       const [k, v] = o.map ? raw : [raw, undefined];
       out.push({ set: s.name, key: k.elem ? k.elem.val : k, value: v, comment: k.elem?.comment });
@@ -200,6 +200,44 @@ describe("berth-portmap", () => {
     const specific = [{ hostPort: hp, containerPort: 80, hostIP: fx.gateway }];
     expect((await fx.invoke(portmapPlugin, fx.env("ADD", "ctr-b", nsB), portmapConf(specific, prevB))).exitCode).toBe(0);
     expect(elements().filter((e) => e.set === "pm4_ip")).toHaveLength(1);
+  });
+
+  it("stale UDP conntrack entries for a hostPort are flushed on ADD and on DEL", async () => {
+    const ns = fx.netns("a");
+    const prev = await fx.bridgeAdd("ctr-a", ns);
+    const hp = hostPort();
+    const mappings = [{ hostPort: hp, containerPort: 53, protocol: "udp" }];
+    // A flow as a client sending to the port before the mapping existed would have left it (TEST-NET addresses).
+    const insert = () =>
+      sh("conntrack", [
+        "-I",
+        "-p",
+        "udp",
+        "-s",
+        "198.51.100.7",
+        "-d",
+        "203.0.113.9",
+        "--sport",
+        "4000",
+        "--dport",
+        String(hp),
+        "--timeout",
+        "120",
+      ]);
+    const flows = () => {
+      try {
+        return sh("conntrack", ["-L", "-p", "udp", "--orig-port-dst", String(hp)]).trim();
+      } catch {
+        return "";
+      }
+    };
+    insert();
+    expect(flows()).toContain(`dport=${hp}`);
+    expect((await fx.invoke(portmapPlugin, fx.env("ADD", "ctr-a", ns), portmapConf(mappings, prev))).exitCode).toBe(0);
+    expect(flows()).toBe("");
+    insert();
+    expect((await fx.invoke(portmapPlugin, fx.env("DEL", "ctr-a", ns), portmapConf(mappings, prev))).exitCode).toBe(0);
+    expect(flows()).toBe("");
   });
 
   it("a call without port mappings touches nothing (no table is created)", async () => {

@@ -173,10 +173,17 @@ export class Network {
   }
 }
 
+/** A plugin chained after the main one: its executable name in cniPath and extra config keys. */
+export interface ChainPlugin {
+  type: string;
+  /** Merged into the plugin's config (e.g. runtimeConfig, or an implementation's own knobs). */
+  config: Record<string, unknown>;
+}
+
 export interface SuiteOptions {
   target: PluginTarget;
-  /** Plugin appended after the main one in chaining rules (its executable name in cniPath). */
-  chainType?: string;
+  /** Plugins after the main one in the chaining rules, in list order (empty: those rules skip). */
+  chain: ChainPlugin[];
 }
 
 export class SuiteContext {

@@ -10,6 +10,7 @@ import { linkNames } from "../lib/sandbox.ts";
 import {
   type Attachment,
   attachmentHostLinks,
+  type ChainPlugin,
   expect,
   fail,
   hostLinkSet,
@@ -773,18 +774,29 @@ const gcStatusGroup: RuleGroup = {
 const CHAIN_PASS = rule(
   "CHAIN-PREVRESULT",
   "MUST",
-  "the next plugin in a chain, given this plugin's result as prevResult, outputs it with every interface and IP kept (SPEC §2 ADD: pass prevResult through; §3)",
+  "each plugin after the main one, given the previous result as prevResult, outputs it in the config's cniVersion with every interface and IP kept (SPEC §2 ADD: pass prevResult through; §3)",
 );
 const CHAIN_CHECK = rule(
   "CHAIN-CHECK",
   "MUST",
   "CHECK in list order with the chain's final result as prevResult succeeds (SPEC §2 CHECK: allow later plugins' changes; §3)",
 );
+const CHAIN_GC = rule(
+  "CHAIN-GC-KEEPS-VALID",
+  "MUST",
+  "GC of every plugin in the list, with the attachment in cni.dev/valid-attachments, exits 0, prints nothing, and CHECK of the chain still succeeds (SPEC §2 GC; §3)",
+);
 const CHAIN_DEL = rule(
   "CHAIN-DEL-REVERSE",
   "MUST",
   "DEL in reverse list order with the final prevResult succeeds for each plugin and removes the interface (SPEC §3 Execution of network configurations)",
 );
+const CHAIN_DEL_AGAIN = rule(
+  "CHAIN-DEL-AGAIN",
+  "MUST",
+  "the chain's DEL repeated after everything is gone succeeds for each plugin (SPEC §2 DEL: plugins should generally complete a DEL action without error even if some resources are missing)",
+);
+const CHAIN_RULES = [CHAIN_PASS, CHAIN_CHECK, CHAIN_GC, CHAIN_DEL, CHAIN_DEL_AGAIN];
 
 /** Options the chained plugin needs (tuning changes the MTU so CHECK sees a later modification). */
 function chainPluginOptions(type: string): Record<string, unknown> {
@@ -794,72 +806,114 @@ function chainPluginOptions(type: string): Record<string, unknown> {
 
 const chainGroup: RuleGroup = {
   name: "CHAIN",
-  rules: [CHAIN_PASS, CHAIN_CHECK, CHAIN_DEL],
+  rules: CHAIN_RULES,
   async run(ctx, rep) {
-    const chainType = ctx.opts.chainType;
+    const chain = ctx.opts.chain;
     const v = ctx.newest;
-    if (!chainType || !ctx.versionAtLeast(v, "0.4.0")) {
-      const why = !chainType ? "no plugin to chain after it in the CNI path (--chain-type)" : "needs cniVersion 0.4.0+";
-      for (const r of [CHAIN_PASS, CHAIN_CHECK, CHAIN_DEL]) rep.record(r, "SKIP", why);
+    if (chain.length === 0 || !ctx.versionAtLeast(v, "0.4.0")) {
+      const why = chain.length === 0 ? "no plugin to chain after it in the CNI path (--chain-type)" : "needs cniVersion 0.4.0+";
+      for (const r of CHAIN_RULES) rep.record(r, "SKIP", why);
       return;
     }
     const net = ctx.newNetwork();
     const a = await net.attach(v);
-    const chainConf = (prevResult: unknown) => ({
-      cniVersion: v,
+    const names = chain.map((c) => c.type).join(" → ");
+    // Built the way a runtime builds each list entry: the network's name and version injected.
+    const confOf = (link: ChainPlugin, cniVersion: string, extra: Record<string, unknown> = {}) => ({
+      ...chainPluginOptions(link.type),
+      ...link.config,
+      cniVersion,
       name: net.name,
-      type: chainType,
-      ...chainPluginOptions(chainType),
-      prevResult,
+      type: link.type,
+      ...extra,
     });
-    const env = (command: string, withNetns = true) => ({
+    const env = (command: string) => ({
       CNI_COMMAND: command,
       CNI_CONTAINERID: a.cid,
-      CNI_NETNS: withNetns ? a.netns.path : undefined,
+      CNI_NETNS: a.netns.path,
       CNI_IFNAME: a.ifname,
     });
-    const second = a.result ? await ctx.invoke("ADD", { env: env("ADD"), stdin: chainConf(a.result) }, chainType) : undefined;
-    const final = second?.exitCode === 0 ? (second.json as Record<string, unknown>) : undefined;
+
+    // ADD in list order, each plugin getting the previous one's result.
+    let prev = a.result;
+    let addProblem = a.result ? undefined : `ADD failed: ${describeOutcome(a.add)}`;
+    for (const link of chain) {
+      if (!prev) break;
+      const o = await ctx.invoke("ADD", { env: env("ADD"), stdin: confOf(link, v, { prevResult: prev }) }, link.type);
+      const out = o.json as Record<string, unknown> | undefined;
+      if (o.exitCode !== 0 || typeof out !== "object" || out === null) {
+        addProblem = `chained ${link.type} ADD failed: ${describeOutcome(o)}`;
+        prev = undefined;
+        break;
+      }
+      const lost = lostBy(prev, out);
+      if (lost) addProblem ??= `${link.type}: ${lost}`;
+      if (out.cniVersion !== v) addProblem ??= `${link.type} answered in cniVersion ${String(out.cniVersion)}, config said ${v}`;
+      prev = out;
+    }
+    const final = prev;
+
+    /** CHECK of the main plugin and then each chained one, in list order, with the final result. */
+    const checkChain = async (when: string) => {
+      expect(final, "the chain's ADD did not succeed");
+      expectSuccess(await net.check(a, final), `${ctx.target.type} CHECK ${when}`);
+      for (const link of chain) {
+        const o = await ctx.invoke("CHECK", { env: env("CHECK"), stdin: confOf(link, v, { prevResult: final }) }, link.type);
+        expectSuccess(o, `${link.type} CHECK ${when}`);
+      }
+    };
+    /** DEL in reverse list order, the main plugin last, every one with the final result. */
+    const delChain = async (when: string) => {
+      const p = final ?? a.result;
+      const extra = p ? { prevResult: p } : {};
+      for (const link of [...chain].reverse()) {
+        const o = await ctx.invoke("DEL", { env: env("DEL"), stdin: confOf(link, v, extra) }, link.type);
+        expectSuccess(o, `${link.type} DEL ${when}`);
+      }
+      const o = await net.invoke("DEL", v, { cid: a.cid, netnsPath: a.netns.path, ifname: a.ifname, extra });
+      expectSuccess(o, `${ctx.target.type} DEL ${when}`);
+    };
+
     await rep.check(CHAIN_PASS, () => {
-      expect(a.result, `ADD failed: ${describeOutcome(a.add)}`);
-      expect(second && final, `chained ${chainType} ADD failed: ${second ? describeOutcome(second) : ""}`);
-      const before = attachmentView(a.result);
-      const after = attachmentView(final);
-      for (const ip of before.ips)
-        expect(
-          after.ips.some((x) => x.address === ip.address),
-          `${ip.address} lost by the chain`,
-        );
-      for (const it of before.interfaces)
-        expect(
-          after.interfaces.some((x) => x.name === it.name),
-          `interface ${it.name} lost by the chain`,
-        );
+      expect(!addProblem, `${names}: ${addProblem}`);
     });
-    await rep.check(CHAIN_CHECK, async () => {
-      expect(final, "chain ADD did not succeed");
-      const mainCheck = await net.check(a, final);
-      expectSuccess(mainCheck, `${ctx.target.type} CHECK with the chain's final result`);
-      const chained = await ctx.invoke("CHECK", { env: env("CHECK"), stdin: chainConf(final) }, chainType);
-      expectSuccess(chained, `${chainType} CHECK`);
+    await rep.check(CHAIN_CHECK, () => checkChain("after ADD"));
+    await rep.check(CHAIN_GC, async () => {
+      ctx.requireVersion("1.1.0");
+      expect(final, "the chain's ADD did not succeed");
+      const valid = [{ containerID: a.cid, ifname: a.ifname }];
+      const gcConf = { "cni.dev/valid-attachments": valid, "cni.dev/attachments": valid };
+      const gcs: [string, Record<string, unknown>][] = [
+        [ctx.target.type, net.config("1.1.0", gcConf)],
+        ...chain.map((link): [string, Record<string, unknown>] => [link.type, confOf(link, "1.1.0", gcConf)]),
+      ];
+      for (const [type, stdin] of gcs) {
+        const o = await ctx.invoke("GC", { env: { CNI_COMMAND: "GC" }, stdin }, type);
+        expectSuccess(o, `${type} GC`);
+        expect(o.stdout.trim() === "", `${type} GC printed ${JSON.stringify(o.stdout.slice(0, 200))}`);
+      }
+      await checkChain("after GC");
     });
     await rep.check(CHAIN_DEL, async () => {
       expect(a.result, "ADD did not succeed");
-      const prev = final ?? a.result;
-      const d1 = await ctx.invoke("DEL", { env: env("DEL"), stdin: chainConf(prev) }, chainType);
-      expectSuccess(d1, `${chainType} DEL (first, reverse order)`);
-      const d2 = await net.invoke("DEL", v, {
-        cid: a.cid,
-        netnsPath: a.netns.path,
-        ifname: a.ifname,
-        extra: { prevResult: prev },
-      });
-      expectSuccess(d2, `${ctx.target.type} DEL (second)`);
+      await delChain("(first, reverse order)");
       expect(!readInterface(a.ifname, a.netns.name), `${a.ifname} still exists after the chain's DEL`);
     });
+    await rep.check(CHAIN_DEL_AGAIN, () => delChain("(repeated)"));
     ctx.sandbox.deleteNetns(a.netns.name);
   },
 };
+
+/** What `after` lost of `before`'s interfaces and IPs; undefined when it kept them all. */
+function lostBy(before: unknown, after: unknown): string | undefined {
+  const b = attachmentView(before);
+  const x = attachmentView(after);
+  const ip = b.ips.find((i) => !x.ips.some((y) => y.address === i.address));
+  if (ip) return `${ip.address} lost by the chain`;
+  const it = b.interfaces.find((i) => !x.interfaces.some((y) => y.name === i.name));
+  if (it) return `interface ${it.name} lost by the chain`;
+  return undefined;
+}
 
 // ---------------------------------------------------------------- parallel
 

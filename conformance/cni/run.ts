@@ -8,22 +8,29 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { Sandbox } from "../lib/sandbox.ts";
-import { Reporter, type RuleGroup, SuiteContext, type Verdict } from "./harness.ts";
+import { type ChainPlugin, Reporter, type RuleGroup, SuiteContext, type Verdict } from "./harness.ts";
 import { ruleGroups } from "./rules.ts";
 
 export interface SuiteArgs {
   cniPath: string;
   type: string;
   ipam: string;
-  chainType?: string;
+  /** Plugins chained after `type` in the chaining rules, in list order. */
+  chain: ChainPlugin[];
   only?: string;
   json: boolean;
 }
 
-const USAGE = `usage: run.ts --cni-path DIR --type TYPE --ipam TYPE [--chain-type TYPE] [--only PATTERN] [--json]
-  --only PATTERN   run rules whose id matches the regular expression (case-insensitive)
-  --chain-type T   plugin chained after TYPE in the chaining rules (default: tuning, then loopback, if in DIR)
-  --json           print one JSON document instead of lines`;
+const USAGE = `usage: run.ts --cni-path DIR --type TYPE --ipam TYPE [--chain-type TYPE]... [--chain-config TYPE=JSON]...
+              [--only PATTERN] [--json]
+  --only PATTERN         run rules whose id matches the regular expression (case-insensitive)
+  --chain-type T         plugin chained after TYPE in the chaining rules; repeat for a longer chain,
+                         in list order (default: tuning, then loopback, if in DIR)
+  --chain-config T=JSON  extra keys for chained plugin T's config, e.g. runtimeConfig with portMappings
+  --json                 print one JSON document instead of lines`;
+
+/** Keys the suite itself sets on every chained config. */
+const RESERVED_CHAIN_KEYS = ["cniVersion", "name", "type", "prevResult"];
 
 class UsageError extends Error {}
 
@@ -34,7 +41,8 @@ export function parseSuiteArgs(argv: string[]): SuiteArgs {
       "cni-path": { type: "string" },
       type: { type: "string" },
       ipam: { type: "string" },
-      "chain-type": { type: "string" },
+      "chain-type": { type: "string", multiple: true },
+      "chain-config": { type: "string", multiple: true },
       only: { type: "string" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
@@ -44,8 +52,8 @@ export function parseSuiteArgs(argv: string[]): SuiteArgs {
   if (values.help) throw new UsageError("");
   const cniPath = values["cni-path"];
   if (!cniPath || !values.type || !values.ipam) throw new UsageError("--cni-path, --type and --ipam are required");
-  for (const exe of [values.type, values.ipam, values["chain-type"]]) {
-    if (exe !== undefined && !existsSync(join(cniPath, exe))) throw new UsageError(`no executable ${exe} in ${cniPath}`);
+  for (const exe of [values.type, values.ipam, ...(values["chain-type"] ?? [])]) {
+    if (!existsSync(join(cniPath, exe))) throw new UsageError(`no executable ${exe} in ${cniPath}`);
   }
   if (values.only !== undefined) {
     try {
@@ -54,8 +62,38 @@ export function parseSuiteArgs(argv: string[]): SuiteArgs {
       throw new UsageError(`--only ${values.only} is not a regular expression`);
     }
   }
-  const chainType = values["chain-type"] ?? ["tuning", "loopback", "berth-loopback"].find((t) => existsSync(join(cniPath, t)));
-  return { cniPath, type: values.type, ipam: values.ipam, chainType, only: values.only, json: values.json ?? false };
+  const fallback = ["tuning", "loopback", "berth-loopback"].find((t) => existsSync(join(cniPath, t)));
+  const types = values["chain-type"] ?? (fallback ? [fallback] : []);
+  const extra = parseChainConfigs(values["chain-config"] ?? [], types);
+  const chain = types.map((type) => ({ type, config: extra.get(type) ?? {} }));
+  return { cniPath, type: values.type, ipam: values.ipam, chain, only: values.only, json: values.json ?? false };
+}
+
+/** `TYPE=JSON` arguments as a map from chained type to its extra config object. */
+function parseChainConfigs(args: string[], types: string[]): Map<string, Record<string, unknown>> {
+  const out = new Map<string, Record<string, unknown>>();
+  for (const arg of args) {
+    const eq = arg.indexOf("=");
+    const type = eq > 0 ? arg.slice(0, eq) : "";
+    if (!types.includes(type)) {
+      throw new UsageError(
+        `--chain-config ${arg}: expected TYPE=JSON with TYPE one of the chained types (${types.join(", ") || "none"})`,
+      );
+    }
+    let conf: unknown;
+    try {
+      conf = JSON.parse(arg.slice(eq + 1));
+    } catch (e) {
+      throw new UsageError(`--chain-config ${type}: not JSON (${e instanceof Error ? e.message : String(e)})`);
+    }
+    if (typeof conf !== "object" || conf === null || Array.isArray(conf)) {
+      throw new UsageError(`--chain-config ${type}: must be a JSON object`);
+    }
+    const reserved = Object.keys(conf).filter((k) => RESERVED_CHAIN_KEYS.includes(k));
+    if (reserved.length > 0) throw new UsageError(`--chain-config ${type}: the suite sets ${reserved.join(", ")} itself`);
+    out.set(type, { ...out.get(type), ...(conf as Record<string, unknown>) });
+  }
+  return out;
 }
 
 export async function runSuite(args: SuiteArgs, emit: (v: Verdict) => void): Promise<Verdict[]> {
@@ -65,7 +103,7 @@ export async function runSuite(args: SuiteArgs, emit: (v: Verdict) => void): Pro
   const rep = new Reporter(selected, emit);
   const ctx = new SuiteContext(sandbox, {
     target: { cniPath: args.cniPath, type: args.type, ipam: args.ipam },
-    chainType: args.chainType,
+    chain: args.chain,
   });
   try {
     for (const g of ruleGroups) {
@@ -116,7 +154,7 @@ async function main(): Promise<number> {
   const skipped = verdicts.filter((v) => v.status === "SKIP").length;
   if (args.json) {
     const doc = {
-      target: { cniPath: args.cniPath, type: args.type, ipam: args.ipam, chainType: args.chainType },
+      target: { cniPath: args.cniPath, type: args.type, ipam: args.ipam, chain: args.chain },
       verdicts,
       passed,
       failed,

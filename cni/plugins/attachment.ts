@@ -29,8 +29,21 @@ export class Undo {
   push(step: () => unknown): void {
     this.steps.push(step);
   }
+  /**
+   * Runs an ADD body and, when it fails, the undo steps right there — while the netlink
+   * sockets the steps use are still open (withRtnl closes them on the way out) — then rethrows.
+   */
+  async guard<T>(body: () => Promise<T>): Promise<T> {
+    try {
+      return await body();
+    } catch (e) {
+      await this.run();
+      throw e;
+    }
+  }
+  /** Runs the steps once, newest first; a second call finds nothing left to do. */
   async run(): Promise<void> {
-    for (const step of this.steps.reverse()) {
+    for (const step of this.steps.splice(0).reverse()) {
       try {
         await step();
       } catch {

@@ -170,101 +170,103 @@ async function add(req: Request): Promise<Result> {
   const host = hostName(req);
   try {
     return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, async (podNl) => {
-        if (podNl.linkGet(req.ifname)) {
-          throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
-        }
-        const br = ensureBridge(hostNl, conf);
-
-        // IPAM before any link: if it fails there is nothing to undo.
-        let ipam: Result | undefined;
-        if (ipamType(req)) {
-          ipam = await ipamAdd(req);
-          undo.push(() => ipamDel(req));
-        }
-        const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({
-          address: ip.address,
-          gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
-        }));
-
-        // A stale host end (a DEL that never ran for this attachment) would block the name.
-        if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
-        try {
-          hostNl.linkAdd({
-            kind: "veth",
-            name: host,
-            mtu: conf.mtu,
-            peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
-          });
-        } catch (e) {
-          throw kernelError(`create veth ${host}/${req.ifname}`, e);
-        }
-        undo.push(() => deleteLinkIfPresent(hostNl, host));
-        try {
-          hostNl.linkSet(host, { master: br.index, up: true });
-        } catch (e) {
-          throw kernelError(`attach ${host} to bridge ${conf.bridge}`, e);
-        }
-        if (conf.hairpinMode || conf.portIsolation) {
-          hostNl.bridgePortSet(host, { hairpin: conf.hairpinMode || undefined, isolated: conf.portIsolation || undefined });
-        }
-        if (conf.vlan !== undefined) {
-          hostNl.bridgeVlanAdd(host, conf.vlan, { pvid: true, untagged: true });
-          if (!conf.preserveDefaultVlan && conf.vlan !== 1) hostNl.bridgeVlanDel(host, 1);
-        }
-
-        const routes: Route[] = [...(ipam?.routes ?? [])];
-        if (conf.isDefaultGateway) {
-          for (const fam of [4, 6] as const) {
-            const gw = ips.find((i) => familyOf(i.address) === fam)?.gateway;
-            const dst = fam === 4 ? "0.0.0.0/0" : "::/0";
-            if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
+      withRtnl(ns, (podNl) =>
+        undo.guard(async () => {
+          if (podNl.linkGet(req.ifname)) {
+            throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
-        }
-        try {
-          configureSandbox(podNl, req.ifname, ips, routes, {
-            nodad: !conf.enabledad,
-            down: conf.disableContainerInterface,
-          });
-        } catch (e) {
-          throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
-        }
-        if (conf.isGateway) ensureGateway(hostNl, br, conf, ips);
+          const br = ensureBridge(hostNl, conf);
 
-        if (conf.ipMasq && ips.length > 0) {
-          await addAttachmentMasq(
-            req,
-            ips.map((i) => i.address),
-            conf.nftTable,
-          );
-          undo.push(() =>
-            removeAttachmentMasq(
+          // IPAM before any link: if it fails there is nothing to undo.
+          let ipam: Result | undefined;
+          if (ipamType(req)) {
+            ipam = await ipamAdd(req);
+            undo.push(() => ipamDel(req));
+          }
+          const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({
+            address: ip.address,
+            gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
+          }));
+
+          // A stale host end (a DEL that never ran for this attachment) would block the name.
+          if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
+          try {
+            hostNl.linkAdd({
+              kind: "veth",
+              name: host,
+              mtu: conf.mtu,
+              peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
+            });
+          } catch (e) {
+            throw kernelError(`create veth ${host}/${req.ifname}`, e);
+          }
+          undo.push(() => deleteLinkIfPresent(hostNl, host));
+          try {
+            hostNl.linkSet(host, { master: br.index, up: true });
+          } catch (e) {
+            throw kernelError(`attach ${host} to bridge ${conf.bridge}`, e);
+          }
+          if (conf.hairpinMode || conf.portIsolation) {
+            hostNl.bridgePortSet(host, { hairpin: conf.hairpinMode || undefined, isolated: conf.portIsolation || undefined });
+          }
+          if (conf.vlan !== undefined) {
+            hostNl.bridgeVlanAdd(host, conf.vlan, { pvid: true, untagged: true });
+            if (!conf.preserveDefaultVlan && conf.vlan !== 1) hostNl.bridgeVlanDel(host, 1);
+          }
+
+          const routes: Route[] = [...(ipam?.routes ?? [])];
+          if (conf.isDefaultGateway) {
+            for (const fam of [4, 6] as const) {
+              const gw = ips.find((i) => familyOf(i.address) === fam)?.gateway;
+              const dst = fam === 4 ? "0.0.0.0/0" : "::/0";
+              if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
+            }
+          }
+          try {
+            configureSandbox(podNl, req.ifname, ips, routes, {
+              nodad: !conf.enabledad,
+              down: conf.disableContainerInterface,
+            });
+          } catch (e) {
+            throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
+          }
+          if (conf.isGateway) ensureGateway(hostNl, br, conf, ips);
+
+          if (conf.ipMasq && ips.length > 0) {
+            await addAttachmentMasq(
               req,
               ips.map((i) => i.address),
               conf.nftTable,
-            ),
-          );
-        }
-        const pod = podNl.linkGet(req.ifname)!;
-        if (conf.macspoofchk && pod.mac) {
-          await addMacSpoofCheck(host, pod.mac, conf.nftTable);
-          undo.push(() => removeMacSpoofCheck(host, conf.nftTable));
-        }
+            );
+            undo.push(() =>
+              removeAttachmentMasq(
+                req,
+                ips.map((i) => i.address),
+                conf.nftTable,
+              ),
+            );
+          }
+          const pod = podNl.linkGet(req.ifname)!;
+          if (conf.macspoofchk && pod.mac) {
+            await addMacSpoofCheck(host, pod.mac, conf.nftTable);
+            undo.push(() => removeMacSpoofCheck(host, conf.nftTable));
+          }
 
-        const hostLink = hostNl.linkGet(host)!;
-        const bridgeNow = hostNl.linkGet(br.index)!;
-        return {
-          cniVersion: req.config.cniVersion,
-          interfaces: [
-            { name: bridgeNow.name, mac: bridgeNow.mac },
-            { name: host, mac: hostLink.mac },
-            { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
-          ],
-          ips: ips.map((ip) => ({ ...ip, interface: 2 })),
-          routes,
-          dns: ipam?.dns ?? req.config.dns,
-        };
-      }),
+          const hostLink = hostNl.linkGet(host)!;
+          const bridgeNow = hostNl.linkGet(br.index)!;
+          return {
+            cniVersion: req.config.cniVersion,
+            interfaces: [
+              { name: bridgeNow.name, mac: bridgeNow.mac },
+              { name: host, mac: hostLink.mac },
+              { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
+            ],
+            ips: ips.map((ip) => ({ ...ip, interface: 2 })),
+            routes,
+            dns: ipam?.dns ?? req.config.dns,
+          };
+        }),
+      ),
     );
   } catch (e) {
     await undo.run();

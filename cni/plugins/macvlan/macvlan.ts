@@ -38,54 +38,56 @@ async function add(req: Request): Promise<Result> {
   const ns = openContainerNetns(req);
   try {
     return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, async (podNl) => {
-        if (podNl.linkGet(req.ifname)) {
-          throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
-        }
-        const masterName = conf.master ?? defaultRouteInterface(hostNl);
-        const master = hostNl.linkGet(masterName);
-        if (!master)
-          throw new CniError(ErrorCode.InvalidConfig, `invalid config: "master": interface ${masterName} does not exist`);
-        if (conf.mtu !== undefined && conf.mtu > master.mtu) {
-          throw new CniError(
-            ErrorCode.InvalidConfig,
-            `invalid config: "mtu" ${conf.mtu} is larger than master ${masterName}'s MTU ${master.mtu}`,
-          );
-        }
-        let ipam: Result | undefined;
-        if (ipamType(req)) {
-          ipam = await ipamAdd(req);
-          undo.push(() => ipamDel(req));
-        }
-        try {
-          hostNl.linkAdd({
-            kind: "macvlan",
-            name: req.ifname,
-            parent: master.index,
-            mode: conf.mode as MacvlanMode,
-            mtu: conf.mtu,
-            mac,
-            netns: ns,
-          });
-        } catch (e) {
-          throw kernelError(`create macvlan ${req.ifname} on ${masterName}`, e);
-        }
-        undo.push(() => deleteLinkIfPresent(podNl, req.ifname));
-        const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway }));
-        try {
-          configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
-        } catch (e) {
-          throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
-        }
-        const pod = podNl.linkGet(req.ifname)!;
-        return {
-          cniVersion: req.config.cniVersion,
-          interfaces: [{ name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns }],
-          ips: ips.map((ip) => ({ ...ip, interface: 0 })),
-          routes: ipam?.routes ?? [],
-          dns: ipam?.dns ?? req.config.dns,
-        };
-      }),
+      withRtnl(ns, (podNl) =>
+        undo.guard(async () => {
+          if (podNl.linkGet(req.ifname)) {
+            throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
+          }
+          const masterName = conf.master ?? defaultRouteInterface(hostNl);
+          const master = hostNl.linkGet(masterName);
+          if (!master)
+            throw new CniError(ErrorCode.InvalidConfig, `invalid config: "master": interface ${masterName} does not exist`);
+          if (conf.mtu !== undefined && conf.mtu > master.mtu) {
+            throw new CniError(
+              ErrorCode.InvalidConfig,
+              `invalid config: "mtu" ${conf.mtu} is larger than master ${masterName}'s MTU ${master.mtu}`,
+            );
+          }
+          let ipam: Result | undefined;
+          if (ipamType(req)) {
+            ipam = await ipamAdd(req);
+            undo.push(() => ipamDel(req));
+          }
+          try {
+            hostNl.linkAdd({
+              kind: "macvlan",
+              name: req.ifname,
+              parent: master.index,
+              mode: conf.mode as MacvlanMode,
+              mtu: conf.mtu,
+              mac,
+              netns: ns,
+            });
+          } catch (e) {
+            throw kernelError(`create macvlan ${req.ifname} on ${masterName}`, e);
+          }
+          undo.push(() => deleteLinkIfPresent(podNl, req.ifname));
+          const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway }));
+          try {
+            configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
+          } catch (e) {
+            throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
+          }
+          const pod = podNl.linkGet(req.ifname)!;
+          return {
+            cniVersion: req.config.cniVersion,
+            interfaces: [{ name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns }],
+            ips: ips.map((ip) => ({ ...ip, interface: 0 })),
+            routes: ipam?.routes ?? [],
+            dns: ipam?.dns ?? req.config.dns,
+          };
+        }),
+      ),
     );
   } catch (e) {
     await undo.run();

@@ -87,63 +87,70 @@ async function add(req: Request): Promise<Result> {
   const host = hostName(req);
   try {
     return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, async (podNl) => {
-        if (podNl.linkGet(req.ifname)) {
-          throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
-        }
-        const ipam = await ipamAdd(req);
-        undo.push(() => ipamDel(req));
-        const ips: IpConfig[] = (ipam.ips ?? []).map((ip) => ({
-          address: ip.address,
-          gateway: ip.gateway ?? firstHost(ip.address),
-        }));
-        for (const ip of ips) {
-          if (ipOf(ip.address) === ip.gateway) {
-            throw new CniError(ErrorCode.InvalidConfig, `IPAM gave ${ip.address} whose address is also its gateway`);
+      withRtnl(ns, (podNl) =>
+        undo.guard(async () => {
+          if (podNl.linkGet(req.ifname)) {
+            throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
-        }
+          const ipam = await ipamAdd(req);
+          undo.push(() => ipamDel(req));
+          const ips: IpConfig[] = (ipam.ips ?? []).map((ip) => ({
+            address: ip.address,
+            gateway: ip.gateway ?? firstHost(ip.address),
+          }));
+          for (const ip of ips) {
+            if (ipOf(ip.address) === ip.gateway) {
+              throw new CniError(ErrorCode.InvalidConfig, `IPAM gave ${ip.address} whose address is also its gateway`);
+            }
+          }
 
-        if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
-        try {
-          hostNl.linkAdd({ kind: "veth", name: host, mtu: conf.mtu, peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac } });
-        } catch (e) {
-          throw kernelError(`create veth ${host}/${req.ifname}`, e);
-        }
-        undo.push(() => deleteLinkIfPresent(hostNl, host));
-        const routes = podRoutes(ips, ipam.routes ?? []);
-        try {
-          configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
-          configureHost(hostNl, host, ips);
-        } catch (e) {
-          throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);
-        }
-        if (conf.ipMasq) {
-          await addAttachmentMasq(
-            req,
-            ips.map((i) => i.address),
-            conf.nftTable,
-          );
-          undo.push(() =>
-            removeAttachmentMasq(
+          if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
+          try {
+            hostNl.linkAdd({
+              kind: "veth",
+              name: host,
+              mtu: conf.mtu,
+              peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
+            });
+          } catch (e) {
+            throw kernelError(`create veth ${host}/${req.ifname}`, e);
+          }
+          undo.push(() => deleteLinkIfPresent(hostNl, host));
+          const routes = podRoutes(ips, ipam.routes ?? []);
+          try {
+            configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
+            configureHost(hostNl, host, ips);
+          } catch (e) {
+            throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);
+          }
+          if (conf.ipMasq) {
+            await addAttachmentMasq(
               req,
               ips.map((i) => i.address),
               conf.nftTable,
-            ),
-          );
-        }
-        const pod = podNl.linkGet(req.ifname)!;
-        const hostLink = hostNl.linkGet(host)!;
-        return {
-          cniVersion: req.config.cniVersion,
-          interfaces: [
-            { name: host, mac: hostLink.mac },
-            { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
-          ],
-          ips: ips.map((ip) => ({ ...ip, interface: 1 })),
-          routes: routes.report,
-          dns: ipam.dns ?? req.config.dns,
-        };
-      }),
+            );
+            undo.push(() =>
+              removeAttachmentMasq(
+                req,
+                ips.map((i) => i.address),
+                conf.nftTable,
+              ),
+            );
+          }
+          const pod = podNl.linkGet(req.ifname)!;
+          const hostLink = hostNl.linkGet(host)!;
+          return {
+            cniVersion: req.config.cniVersion,
+            interfaces: [
+              { name: host, mac: hostLink.mac },
+              { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
+            ],
+            ips: ips.map((ip) => ({ ...ip, interface: 1 })),
+            routes: routes.report,
+            dns: ipam.dns ?? req.config.dns,
+          };
+        }),
+      ),
     );
   } catch (e) {
     await undo.run();

@@ -1,18 +1,21 @@
 // The CNI conformance suite's chaining rules against berth's meta plugins: berth-tuning after
-// berth-bridge over the whole suite, the full meta chain (portmap → firewall → tuning, with
-// port mappings and bridge isolation in a throwaway nftables table) after berth-bridge and
-// berth-ptp, and a faulty chained fixture to prove those rules can fail.
+// berth-bridge over the whole suite; the full meta chain (portmap → firewall → bandwidth →
+// tuning, with port mappings and bridge isolation in a throwaway nftables table) after
+// berth-bridge and berth-ptp, on the cold path and through the agent; and a faulty chained
+// fixture to prove those rules can fail.
 import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterEach, describe, expect, it } from "vitest";
-import { sh, testPrefix } from "../../testing/kernel.ts";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
+import { ServerProcess } from "../fastpath/server-process.ts";
 import type { Verdict } from "./harness.ts";
 import { parseSuiteArgs, runSuite } from "./run.ts";
 
 const BERTH_CNI = resolve(import.meta.dirname, "../../build/cni");
 const FAULTY_CHAIN = resolve(import.meta.dirname, "fixtures/faulty-chain.mjs");
-const META = ["berth-portmap", "berth-firewall", "berth-tuning"];
+const META = ["berth-portmap", "berth-firewall", "berth-bandwidth", "berth-tuning"];
+const META_NAMES = META.join(" → ");
 
 const built = (exe: string) => existsSync(join(BERTH_CNI, exe));
 const berthBuilt = ["berth-bridge", "berth-host-local", ...META].every(built);
@@ -55,7 +58,10 @@ function tableElements(table: string): Record<string, unknown[]> {
   return out;
 }
 
-/** The meta chain's arguments: TCP and UDP host ports and the firewall policy, all in `table`. */
+/**
+ * The meta chain's arguments: TCP and UDP host ports and the firewall policy in `table`, and
+ * ingress/egress shaping whose IFB device carries the same prefix (the leak check finds it).
+ */
 function metaChainArgs(table: string, ingressPolicy: string): string[] {
   const hostPort = 20_000 + Math.floor(Math.random() * 20_000);
   const portMappings = [
@@ -68,10 +74,27 @@ function metaChainArgs(table: string, ingressPolicy: string): string[] {
     `berth-portmap=${JSON.stringify({ nftTable: table, runtimeConfig: { portMappings } })}`,
     "--chain-config",
     `berth-firewall=${JSON.stringify({ nftTable: table, ingressPolicy })}`,
+    "--chain-config",
+    `berth-bandwidth=${JSON.stringify({ ifbPrefix: table, ingressRate: 8e6, ingressBurst: 8e4, egressRate: 8e6, egressBurst: 8e4 })}`,
   ];
 }
 
-describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained", () => {
+/** Points the launchers (BERTH_* reaches every plugin child) at `socket` for one describe block. */
+function useAgentSocket(socket: () => string): void {
+  const saved = process.env.BERTH_CNI_SOCKET;
+  beforeAll(() => {
+    process.env.BERTH_CNI_SOCKET = socket();
+  });
+  afterAll(() => {
+    if (saved === undefined) delete process.env.BERTH_CNI_SOCKET;
+    else process.env.BERTH_CNI_SOCKET = saved;
+  });
+}
+
+describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained (cold path)", () => {
+  // "off": every launcher runs Node on its bundle, whether or not an agent listens on this host.
+  useAgentSocket(() => "off");
+
   it("berth-bridge + berth-host-local chained with berth-tuning pass every rule, none skipped", { timeout: 90_000 }, async () => {
     const vs = await suite(["--type", "berth-bridge", "--ipam", "berth-host-local", "--chain-type", "berth-tuning"]);
     expect(failures(vs)).toEqual([]);
@@ -85,7 +108,7 @@ describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained", ()
     ["berth-ptp", "open"],
   ] as const) {
     it.skipIf(!built(main))(
-      `${main} → berth-portmap → berth-firewall → berth-tuning pass every chaining rule and leave no pod in the table`,
+      `${main} → ${META_NAMES} pass every chaining rule and leave no pod in the table, no IFB behind`,
       { timeout: 60_000 },
       async () => {
         const table = throwawayTable();
@@ -110,12 +133,52 @@ describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained", ()
         const left = tableElements(table);
         expect(Object.keys(left).filter((s) => /^(pm|fw_pods)/.test(s))).toEqual([]);
         if (policy === "same-bridge") expect(Object.keys(left)).toContain("fw_isolated");
+        // bandwidth's IFB device (named with the table's prefix) went with the DEL.
+        expect(ipJson<{ ifname: string }>(["link", "show"]).filter((l) => l.ifname.startsWith(table))).toEqual([]);
       },
     );
   }
 });
 
+describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained on the fast path (agent)", () => {
+  const dir = mkdtempSync(join(tmpdir(), `${testPrefix()}-agent-`));
+  let server: ServerProcess | undefined;
+  useAgentSocket(() => join(dir, "cni.sock"));
+  beforeAll(async () => {
+    server = await ServerProcess.start(join(dir, "cni.sock"));
+  });
+  afterAll(async () => {
+    await server?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  // KNOWN BUG, outside this suite: overlay/cniserver/plugins.ts (DEFAULT_PLUGINS) does not list
+  // berth-portmap/-firewall/-tuning/-bandwidth, so with an agent running every meta plugin call
+  // is refused with code 7 "unknown plugin type" (the launcher relays it; no cold fallback).
+  // Flip it.fails to it once the agent registers them.
+  it.fails(`berth-bridge → ${META_NAMES} pass every chaining rule, all served by the agent`, {
+    timeout: 60_000,
+  }, async () => {
+    const table = throwawayTable();
+    const before = server!.served();
+    const vs = await suite([
+      "--type",
+      "berth-bridge",
+      "--ipam",
+      "berth-host-local",
+      ...metaChainArgs(table, "same-bridge"),
+      "--only",
+      "^CHAIN-",
+    ]);
+    expect(failures(vs)).toEqual([]);
+    expect(vs.length).toBe(5);
+    expect(server!.served() - before).toBeGreaterThan(20);
+  });
+});
+
 describe.skipIf(!berthBuilt)("CNI conformance: the chaining rules catch a faulty chained plugin", () => {
+  useAgentSocket(() => "off");
+
   it("IPs dropped from prevResult, output on GC and a failing repeated DEL each fail their rule", {
     timeout: 60_000,
   }, async () => {

@@ -87,6 +87,7 @@ export class Agent {
   private syncing = false;
   private peersListed = false;
   private renewTimer: NodeJS.Timeout | undefined;
+  private syncTimer: NodeJS.Timeout | undefined;
   private renewing = false;
 
   constructor(
@@ -192,8 +193,13 @@ export class Agent {
 
   private markStore(up: boolean, error?: unknown): void {
     if (up !== this.storeUp) {
-      if (up) this.logger.info("cluster store reachable");
-      else this.logger.warn({ err: (error as Error)?.message }, "cluster store unreachable; keeping the dataplane as it is");
+      if (up) {
+        this.logger.info("cluster store reachable");
+        // Whichever loop sees the store back first wakes the other, instead of leaving it in a
+        // backoff of up to 30 s (the peer watch, above all: no new peer is seen until it runs).
+        if (this.syncTimer) this.scheduleSync(0);
+        if (this.renewTimer && !this.renewing) this.renewNow();
+      } else this.logger.warn({ err: (error as Error)?.message }, "cluster store unreachable; keeping the dataplane as it is");
     }
     this.storeUp = up;
     this.metrics.storeUp.set(up ? 1 : 0);
@@ -400,15 +406,32 @@ export class Agent {
           this.metrics.watchResets.inc({ reason });
           if (reason !== "compacted") this.markStore(false, cause);
           this.logger.info({ reason }, "watch ended; re-listing");
-          this.later(reason === "compacted" ? 0 : this.syncBackoff.next(), () => this.syncPeers());
+          this.scheduleSync(reason === "compacted" ? 0 : this.syncBackoff.next());
         },
       );
       this.syncBackoff.reset();
     } catch (e) {
       this.markStore(false, e);
       this.metrics.storeErrors.inc({ op: "watch" });
-      this.later(this.syncBackoff.next(), () => this.syncPeers());
+      this.scheduleSync(this.syncBackoff.next());
     }
+  }
+
+  /** The one pending re-list (re)armed; markStore pulls it forward when the store returns. */
+  private scheduleSync(ms: number): void {
+    if (this.syncTimer) {
+      clearTimeout(this.syncTimer);
+      this.timers.delete(this.syncTimer);
+    }
+    this.syncTimer = undefined;
+    if (this.stopped) return;
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      this.syncTimer = undefined;
+      void this.syncPeers();
+    }, ms);
+    this.timers.add(t);
+    this.syncTimer = t;
   }
 
   private onWatchEvent(ev: WatchEvent): void {
@@ -462,6 +485,7 @@ export class Agent {
     if (!this.lease) reasons.push("no subnet lease held yet");
     if (!this.deviceReady) reasons.push(`${this.deviceName} not programmed yet`);
     if (!this.storeUp) reasons.push(`cluster store (${this.store.kind}) unreachable`);
+    else if (this.lease && !this.watch) reasons.push("not watching the cluster's leases yet");
     if (this.stopped) reasons.push("stopping");
     return { ready: reasons.length === 0, reasons };
   }

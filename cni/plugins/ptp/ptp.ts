@@ -71,6 +71,9 @@ function configureHost(nl: Rtnl, host: string, ips: IpConfig[]): void {
       if (!isNetlinkError(e, "EEXIST")) throw e;
     }
   }
+  // Without this the host end's link-local address sits tentative (DAD) for ~2 s, and until
+  // then the host cannot resolve the pod as an IPv6 neighbour: a new pod's first v6 packets die.
+  if (ips.some((i) => familyOf(i.address) === 6)) writeSysctl(["net", "ipv6", "conf", host, "accept_dad"], "0");
   nl.linkSet(host, { up: true });
   for (const ip of ips) {
     nl.routeReplace({ dst: hostPrefix(ipOf(ip.address)), dev: host, scope: "link", family: familyOf(ip.address) });

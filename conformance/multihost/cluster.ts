@@ -7,7 +7,8 @@
 //   host netns     <p>hN : 10.250.R.N on <p>u, one overlay agent (`ip netns exec` keeps its PID)
 //   container      <p>hNcM: attached by running the berth-overlay CNI executable inside <p>hN
 //
-// Black-box: the agent and the plugin are commands (overridable), everything is read back from
+// Black-box: the agent and the plugin are commands (overridable: BERTH_MULTIHOST_AGENT, a
+// space-separated argv prefix, and BERTH_MULTIHOST_CNI, the plugin executable), everything is read back from
 // the kernel (`ip -j`, `bridge -j`) or from the agent's HTTP API over its unix socket. Nothing
 // is created in the root netns: no links, no routes, no addresses.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
@@ -107,7 +108,7 @@ export class ChildLog {
     readonly child: ChildProcess,
   ) {
     const keep = (d: Buffer) => {
-      this.tail = (this.tail + d.toString()).slice(-8000);
+      this.tail = (this.tail + d.toString()).slice(-32_000);
     };
     child.stdout?.on("data", keep);
     child.stderr?.on("data", keep);
@@ -443,8 +444,13 @@ export class Host {
     return all.filter((r) => r.protocol !== "kernel" && !r.dst.startsWith("fe80:"));
   }
 
-  /** Runs the CNI plugin for this host, inside its netns, with the fast path off. */
-  async cni(command: "ADD" | "DEL" | "STATUS" | "CHECK", container: { name: string; ns: string }): Promise<CniReply> {
+  /** Runs the CNI plugin for this host, inside its netns; the cold path unless `fastPath`. */
+  async cni(
+    command: "ADD" | "DEL" | "STATUS" | "CHECK",
+    container: { name: string; ns: string },
+    /** Through the agent's CNI socket (<run-dir>/cni.sock) instead of the cold path. */
+    options: { fastPath?: boolean } = {},
+  ): Promise<CniReply> {
     const config = {
       cniVersion: "1.1.0",
       name: "berth-mh",
@@ -462,8 +468,8 @@ export class Host {
           CNI_NETNS: `/run/netns/${container.ns}`,
           CNI_IFNAME: "eth0",
           CNI_PATH: dirname(plugin),
-          // The launcher must not hand this to some agent's CNI server in another netns.
-          BERTH_CNI_SOCKET: "off",
+          // Never the default socket: that may be some other agent's, in another netns.
+          BERTH_CNI_SOCKET: options.fastPath ? join(this.runDir, "cni.sock") : "off",
         },
         stdio: ["pipe", "pipe", "pipe"],
       });
@@ -502,12 +508,12 @@ export class Host {
   }
 
   /** Creates a container netns and attaches it; the addresses come from the plugin's result. */
-  async addContainer(): Promise<Container> {
-    return this.attach(await this.containerNetns());
+  async addContainer(options: { fastPath?: boolean } = {}): Promise<Container> {
+    return this.attach(await this.containerNetns(), options);
   }
 
-  async attach({ name, ns }: { name: string; ns: string }): Promise<Container> {
-    const res = await this.cni("ADD", { name, ns });
+  async attach({ name, ns }: { name: string; ns: string }, options: { fastPath?: boolean } = {}): Promise<Container> {
+    const res = await this.cni("ADD", { name, ns }, options);
     if (res.exitCode !== 0)
       throw new Error(`${name}: ADD failed (exit ${res.exitCode}): ${JSON.stringify(res.json)} ${res.stderr}`);
     const ips = (res.json?.ips ?? []) as { address: string }[];
@@ -554,14 +560,21 @@ export class Cluster {
     this.underlayNs = `${this.prefix}u`;
     this.bridge = `${this.prefix}br`;
     this.agentOptions = {
-      agentCommand: options.agentCommand ?? [process.execPath, "--import", "tsx", join(REPO, "bin", "cli.ts"), "agent"],
+      agentCommand: options.agentCommand ??
+        process.env.BERTH_MULTIHOST_AGENT?.split(/\s+/).filter(Boolean) ?? [
+          process.execPath,
+          "--import",
+          "tsx",
+          join(REPO, "bin", "cli.ts"),
+          "agent",
+        ],
       store: options.store ?? "etcd",
       clusterCidrs: options.clusterCidrs ?? ["10.251.0.0/16"],
       leaseTtlSeconds: options.leaseTtlSeconds ?? 10,
       reconcileIntervalMs: options.reconcileIntervalMs ?? 1000,
       extraArgs: options.extraAgentArgs ?? [],
     };
-    this.cniPlugin = options.cniPlugin ?? join(REPO, "build", "cni", "berth-overlay");
+    this.cniPlugin = options.cniPlugin ?? process.env.BERTH_MULTIHOST_CNI ?? join(REPO, "build", "cni", "berth-overlay");
   }
 
   /** Builds the underlay (and etcd, for the etcd store). Call destroy() even when this throws. */
@@ -592,8 +605,8 @@ export class Cluster {
     await run("ip", ["-n", ns, "link", "set", "lo", "up"]);
   }
 
-  /** A new netns wired to the underlay bridge as 10.250.R.n; returns its address. */
-  private async plugIntoUnderlay(ns: string, n: number): Promise<string> {
+  /** A new netns wired to the underlay bridge as 10.250.R.n (its link: <p>u); returns its address. */
+  async plugIntoUnderlay(ns: string, n: number): Promise<string> {
     await this.addNamespace(ns);
     const port = `${this.prefix}p${this.ports++}`;
     const inside = `${this.prefix}u`;

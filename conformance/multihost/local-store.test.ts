@@ -31,13 +31,17 @@ describe.sequential("overlay on the embedded store, one host", () => {
   });
 
   it("STATUS answers 0 once the agent is up, and two containers reach each other", async () => {
-    host.startAgent();
+    // debug: the agent logs each CNI call it serves, which tells the fast path from the cold one.
+    host.startAgent(["--log-level", "debug"]);
     await host.waitReady();
     const c = await host.containerNetns();
     const status = await host.cni("STATUS", c);
     expect(status.exitCode, JSON.stringify(status.json)).toBe(0);
     const a = await host.attach(c);
-    const b = await host.addContainer();
+    // The second one through the agent's CNI socket (the fast path): same outcome.
+    const b = await host.addContainer({ fastPath: true });
+    expect(host.agent!.output()).toMatch(new RegExp(`served pid \\d+ berth-overlay ADD mh-${b.name} eth0: exit 0`));
+    expect(host.agent!.output()).not.toMatch(new RegExp(`ADD mh-${a.name} `));
     await Promise.all([a, b].map(waitAddressesSettled));
     const lease = await host.lease();
     const subnetHead = lease.subnet.split(".").slice(0, 3).join(".");

@@ -385,6 +385,36 @@ describe.sequential("overlay across hosts on etcd", () => {
     const keys = (await etcd.list(`${ETCD_PREFIX}/subnets/`)).map((e) => e.key);
     for (const h of hosts) expect(keys).toContain((await h.lease()).key);
     expect(await unreachablePairs(allContainers(hosts), 4)).toEqual([]);
+    // And the agents watch again: a lease written now reaches every host at once, not after
+    // whatever backoff the outage built up.
+    const subnet = "10.251.250.0/24";
+    const key = `${ETCD_PREFIX}/subnets/10.251.250.0-24`;
+    const value = { publicIP: cluster!.underlayIP(200), vtepMAC: "02:5e:00:00:fa:01", vni: 1, hostname: "synthetic" };
+    const t0 = performance.now();
+    await etcd.put(key, JSON.stringify(value));
+    try {
+      for (const h of hosts) {
+        await until(
+          `${h.name} programs a lease written after the outage`,
+          () => h.routes(4),
+          (rs) => rs.some((r) => r.dst === subnet),
+          3000,
+          20,
+        ).catch(fail);
+      }
+      figures.push(`etcd back: a new lease programmed on all hosts ${(performance.now() - t0).toFixed(0)} ms after the write`);
+    } finally {
+      await etcd.etcdctl(["del", key]);
+    }
+    for (const h of hosts) {
+      await until(
+        `${h.name} drops it`,
+        () => h.routes(4),
+        (rs) => !rs.some((r) => r.dst === subnet),
+        3000,
+        20,
+      ).catch(fail);
+    }
   }, 150_000);
 
   it("a host that dies disappears from every other host once its lease expires", async () => {

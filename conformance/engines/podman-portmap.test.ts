@@ -14,7 +14,7 @@ import { existsSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync 
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
 import { makePodmanEnv, type PodmanEnv } from "../../testing/podman.ts";
 
@@ -46,10 +46,25 @@ import { createServer } from "node:net";
 import { createSocket } from "node:dgram";
 const name = process.argv[2];
 createServer((c) => c.end("hello from " + name + "\\n")).listen(${TCP_PORT});
-const u = createSocket("udp4");
-u.on("message", (m, from) => console.log("udp " + m + " from " + from.address));
-u.bind(${UDP_PORT}, () => console.log("ready " + name));
+let bound = 0;
+for (const type of ["udp4", "udp6"]) {
+  const u = createSocket({ type, ipv6Only: type === "udp6" });
+  u.on("message", (m, from) => console.log("udp " + m + " from " + from.address));
+  u.bind(${UDP_PORT}, () => ++bound === 2 && console.log("ready " + name));
+}
 `;
+
+/** A random ULA /64 that no host route holds. */
+function freeSubnet6(): { subnet6: string; gateway6: string } {
+  const taken = ipJson<{ dst: string }>(["-6", "route", "show", "table", "all"]).map((r) => r.dst);
+  for (;;) {
+    const hex = () => Math.floor(Math.random() * 0x10000).toString(16);
+    const base = `fd${Math.floor(Math.random() * 256)
+      .toString(16)
+      .padStart(2, "0")}:${hex()}:${hex()}:${hex()}`;
+    if (!taken.some((d) => d.startsWith(`${base}:`))) return { subnet6: `${base}::/64`, gateway6: `${base}::1` };
+  }
+}
 
 /** A /24 inside 10.0.0.0/8 that no host route overlaps. */
 function freeSubnet(): { subnet: string; gateway: string } {
@@ -110,11 +125,11 @@ class UdpStream {
   localPort = 0;
 
   constructor(
-    private readonly label: string,
+    readonly label: string,
     private readonly host: string,
     private readonly port: number,
   ) {
-    this.sock = createSocket("udp4");
+    this.sock = createSocket(host.includes(":") ? "udp6" : "udp4");
     // ICMP port-unreachable while no container holds the port surfaces as ECONNREFUSED: expected.
     this.sock.on("error", () => {});
   }
@@ -132,10 +147,10 @@ class UdpStream {
 }
 
 /** Conntrack's reply-direction source (the real destination after DNAT) for UDP flows to `port`. */
-function conntrackTargets(port: number): { sport: number; replySrc: string }[] {
+function conntrackTargets(port: number, family: "ipv4" | "ipv6" = "ipv4"): { sport: number; replySrc: string }[] {
   let out = "";
   try {
-    out = execFileSync("conntrack", ["-L", "-p", "udp", "--orig-port-dst", String(port)], {
+    out = execFileSync("conntrack", ["-L", "-f", family, "-p", "udp", "--orig-port-dst", String(port)], {
       encoding: "utf8",
       stdio: ["ignore", "pipe", "ignore"],
     });
@@ -175,6 +190,7 @@ describe.skipIf(missing.length > 0)(
     const bridge = `${prefix}br`;
     const network = `${prefix}-net`;
     const { subnet, gateway } = freeSubnet();
+    const { subnet6, gateway6 } = freeSubnet6();
     const tcpHostPort = randomPort();
     const udpHostPort = tcpHostPort + 1;
     let env: PodmanEnv;
@@ -205,6 +221,7 @@ describe.skipIf(missing.length > 0)(
     interface Container {
       name: string;
       ip: string;
+      ip6: string;
       netnsPath: string;
     }
 
@@ -229,11 +246,15 @@ describe.skipIf(missing.length > 0)(
         name,
       ]);
       const { stdout } = await env.podman(["inspect", "-f", "{{json .NetworkSettings}}", name]);
-      const settings = JSON.parse(stdout) as { SandboxKey: string; Networks: Record<string, { IPAddress: string }> };
+      const settings = JSON.parse(stdout) as {
+        SandboxKey: string;
+        Networks: Record<string, { IPAddress: string; GlobalIPv6Address: string }>;
+      };
       const ip = settings.Networks[network]?.IPAddress;
-      if (!ip) throw new Error(`podman inspect shows no address on ${network}: ${stdout}`);
+      const ip6 = settings.Networks[network]?.GlobalIPv6Address;
+      if (!ip || !ip6) throw new Error(`podman inspect shows no IPv4 and IPv6 address on ${network}: ${stdout}`);
       await waitFor(`${name}'s server`, async () => ((await logs(name)).includes(`ready ${name}`) ? true : undefined));
-      return { name, ip, netnsPath: settings.SandboxKey };
+      return { name, ip, ip6, netnsPath: settings.SandboxKey };
     }
 
     async function logs(name: string): Promise<string> {
@@ -279,7 +300,7 @@ describe.skipIf(missing.length > 0)(
             ipam: {
               type: "berth-host-local",
               dataDir: join(dir, "ipam"),
-              ranges: [[{ subnet, gateway }]],
+              ranges: [[{ subnet, gateway }], [{ subnet: subnet6, gateway: gateway6 }]],
               routes: [{ dst: "0.0.0.0/0" }],
             },
           },
@@ -290,6 +311,11 @@ describe.skipIf(missing.length > 0)(
       };
       writeFileSync(join(env.netconfDir, `${network}.conflist`), JSON.stringify(conflist, null, 2));
     });
+
+    afterEach(async () => {
+      // A test that failed half-way must not leave its container holding the host ports.
+      await env.podman(["rm", "-af", "-t", "0"]).catch(() => {});
+    }, 30_000);
 
     afterAll(async () => {
       try {
@@ -307,103 +333,118 @@ describe.skipIf(missing.length > 0)(
       }
     }, 60_000);
 
-    it("TCP via 127.0.0.1 and the gateway reaches the container; a UDP stream follows the replacement container; nothing of either stays in the table", {
+    it("TCP via 127.0.0.1 and both gateways reaches the container; UDP streams (v4 and v6) follow the replacement container; nothing of either stays in the table", {
       timeout: 90_000,
     }, async () => {
       const first = await runContainer(`${prefix}-a`);
 
-      // The chain ran: tuning's txqlen and the container's address are in the kernel, the
-      // port mappings and the firewall acceptance are elements of berth's table.
+      // The chain ran: tuning's txqlen and the container's addresses are in the kernel, the
+      // port mappings, firewall acceptance and masquerade are elements of berth's table.
       const eth0 = containerLink(first, "eth0");
       expect(eth0.txqlen).toBe(321);
-      expect(eth0.addr_info?.map((a) => a.local)).toContain(first.ip);
+      expect(eth0.addr_info?.map((a) => a.local)).toEqual(expect.arrayContaining([first.ip, first.ip6]));
       const held = tableElements(table);
       expect(JSON.stringify(held.pm4_any)).toContain(first.ip);
+      expect(JSON.stringify(held.pm6_any)).toContain(first.ip6);
       expect(JSON.stringify(held.fw_pods4)).toContain(first.ip);
+      expect(JSON.stringify(held.fw_pods6)).toContain(first.ip6);
       expect(JSON.stringify(held.masq4)).toContain(first.ip);
 
-      expect(await tcpHello("127.0.0.1", tcpHostPort)).toBe(`hello from ${first.name}\n`);
-      expect(await tcpHello(gateway, tcpHostPort)).toBe(`hello from ${first.name}\n`);
+      for (const host of ["127.0.0.1", gateway, gateway6]) {
+        expect(`${host}: ${await tcpHello(host, tcpHostPort)}`).toBe(`${host}: hello from ${first.name}\n`);
+      }
 
-      const streams = [new UdpStream("lo", "127.0.0.1", udpHostPort), new UdpStream("gw", gateway, udpHostPort)];
+      // One fixed 5-tuple per stream; each is one conntrack entry that must move with the container.
+      const streams = [
+        { s: new UdpStream("lo", "127.0.0.1", udpHostPort), family: "ipv4" as const, to: (c: Container) => c.ip },
+        { s: new UdpStream("gw", gateway, udpHostPort), family: "ipv4" as const, to: (c: Container) => c.ip },
+        { s: new UdpStream("gw6", gateway6, udpHostPort), family: "ipv6" as const, to: (c: Container) => c.ip6 },
+      ];
+      const allArrived = (c: Container) => async () => {
+        const l = await logs(c.name);
+        return streams.every(({ s }) => l.includes(`udp ${s.label}-`)) ? true : undefined;
+      };
+      const conntrackProblems = (c: Container) =>
+        streams
+          .map(({ s, family, to }) => {
+            const got = conntrackTargets(udpHostPort, family).find((e) => e.sport === s.localPort)?.replySrc;
+            return got === to(c) ? "" : `${s.label}: conntrack sends it to ${got}, not ${to(c)}`;
+          })
+          .filter((p) => p !== "");
       try {
-        for (const s of streams) await s.start();
-        await waitFor("both UDP streams in the first container", async () => {
-          const l = await logs(first.name);
-          return l.includes("udp lo-") && l.includes("udp gw-") ? true : undefined;
-        });
-        // Each stream is one conntrack entry, DNATed to the first container.
-        for (const s of streams) {
-          expect(conntrackTargets(udpHostPort).find((c) => c.sport === s.localPort)?.replySrc).toBe(first.ip);
-        }
+        for (const { s } of streams) await s.start();
+        await waitFor("every UDP stream in the first container", allArrived(first));
+        expect(conntrackProblems(first)).toEqual([]);
 
         await env.podman(["rm", "-f", "-t", "0", first.name]);
         expect(existsSync(first.netnsPath)).toBe(false);
         const second = await runContainer(`${prefix}-b`);
         expect(second.ip).not.toBe(first.ip);
+        expect(second.ip6).not.toBe(first.ip6);
 
         // The same 5-tuples, still sending: they must now land in the second container.
-        await waitFor("both UDP streams in the replacement container", async () => {
-          const l = await logs(second.name);
-          return l.includes("udp lo-") && l.includes("udp gw-") ? true : undefined;
+        await waitFor("every UDP stream in the replacement container", allArrived(second)).catch(async (e) => {
+          throw new Error(`${(e as Error).message}; ${conntrackProblems(second).join("; ")}; logs: ${await logs(second.name)}`);
         });
-        for (const s of streams) {
-          expect(conntrackTargets(udpHostPort).find((c) => c.sport === s.localPort)?.replySrc).toBe(second.ip);
-        }
+        expect(conntrackProblems(second)).toEqual([]);
         // 127.0.0.1 cannot leave the host: the localhost stream arrives masqueraded to the gateway.
         expect(await logs(second.name)).toMatch(new RegExp(`udp lo-\\d+ from ${gateway.replaceAll(".", "\\.")}\n`));
         expect(await tcpHello("127.0.0.1", tcpHostPort)).toBe(`hello from ${second.name}\n`);
 
-        for (const s of streams) s.stop();
-        streams.length = 0;
+        for (const { s } of streams.splice(0)) s.stop();
         await env.podman(["rm", "-f", "-t", "0", second.name]);
         expect(existsSync(second.netnsPath)).toBe(false);
       } finally {
-        for (const s of streams) s.stop();
+        for (const { s } of streams) s.stop();
       }
 
       // Neither container is left in berth's table: no mapping, acceptance or masquerade element.
-      const left = JSON.stringify(tableElements(table));
-      expect(left).not.toContain(first.ip);
       expect(tableElements(table)).toEqual({});
       // Nothing answers on the host port any more.
       expect(await tcpHello("127.0.0.1", tcpHostPort)).toMatch(/^error|^timeout|^$/);
     });
 
-    it("control: when portmap cannot flush conntrack, the same UDP stream sticks to the removed container (so the test above can fail)", {
+    it("control: when portmap cannot flush conntrack, the same UDP streams (v4 and v6) stick to the removed container (so the test above can fail)", {
       timeout: 60_000,
     }, async () => {
       installPortmap("no-conntrack");
-      const stream = new UdpStream("stale", "127.0.0.1", udpHostPort);
+      const stale = [
+        { s: new UdpStream("stale", "127.0.0.1", udpHostPort), family: "ipv4" as const, to: (c: Container) => c.ip },
+        { s: new UdpStream("stale6", gateway6, udpHostPort), family: "ipv6" as const, to: (c: Container) => c.ip6 },
+      ];
+      const fresh = new UdpStream("fresh", "127.0.0.1", udpHostPort);
       try {
         const first = await runContainer(`${prefix}-c`);
-        await stream.start();
-        await waitFor("the stream in the first container", async () =>
-          (await logs(first.name)).includes("udp stale-") ? true : undefined,
-        );
+        for (const { s } of stale) await s.start();
+        await waitFor("the streams in the first container", async () => {
+          const l = await logs(first.name);
+          return l.includes("udp stale-") && l.includes("udp stale6-") ? true : undefined;
+        });
         await env.podman(["rm", "-f", "-t", "0", first.name]);
         const second = await runContainer(`${prefix}-d`);
         await new Promise((r) => setTimeout(r, 1500));
-        expect(await logs(second.name)).not.toContain("udp stale-");
-        expect(conntrackTargets(udpHostPort).find((c) => c.sport === stream.localPort)?.replySrc).toBe(first.ip);
-        // The mapping itself points at the new container: a new 5-tuple gets there.
-        const fresh = new UdpStream("fresh", "127.0.0.1", udpHostPort);
-        try {
-          await fresh.start();
-          await waitFor("a fresh stream in the second container", async () =>
-            (await logs(second.name)).includes("udp fresh-") ? true : undefined,
-          );
-        } finally {
-          fresh.stop();
+        expect(await logs(second.name)).not.toMatch(/udp stale6?-/);
+        for (const { s, family, to } of stale) {
+          expect(conntrackTargets(udpHostPort, family).find((c) => c.sport === s.localPort)?.replySrc).toBe(to(first));
         }
+        // The mapping itself points at the new container: a new 5-tuple gets there.
+        await fresh.start();
+        await waitFor("a fresh stream in the second container", async () =>
+          (await logs(second.name)).includes("udp fresh-") ? true : undefined,
+        );
         await env.podman(["rm", "-f", "-t", "0", second.name]);
       } finally {
-        stream.stop();
+        for (const { s } of stale) s.stop();
+        fresh.stop();
         installPortmap("real");
         // Our port's stale entries would otherwise live on for conntrack's UDP timeout.
-        try {
-          execFileSync("conntrack", ["-D", "-p", "udp", "--orig-port-dst", String(udpHostPort)], { stdio: "ignore" });
-        } catch {}
+        for (const family of ["ipv4", "ipv6"]) {
+          try {
+            execFileSync("conntrack", ["-D", "-f", family, "-p", "udp", "--orig-port-dst", String(udpHostPort)], {
+              stdio: "ignore",
+            });
+          } catch {}
+        }
       }
       expect(tableElements(table)).toEqual({});
     });

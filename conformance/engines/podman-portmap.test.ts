@@ -1,10 +1,11 @@
-// Podman 4.3 (CNI backend) publishing ports through berth's meta plugins: a network whose
-// conflist chains berth-bridge (+ berth-host-local) → berth-portmap → berth-firewall →
-// berth-tuning. TCP reaches the container through the host port via 127.0.0.1 and via the
-// bridge gateway; a UDP stream with a fixed 5-tuple keeps flowing while the container is
-// replaced and must land in the NEW container (stale conntrack flushed); after removal the
-// nftables table holds nothing of either container. Everything is read back from the kernel
-// (nft -j, conntrack -L, ip -j in the container's netns), not from berth's own answers.
+// Podman 4.3 (CNI backend) publishing ports through berth's meta plugins: a dual-stack network
+// whose conflist chains berth-bridge (+ berth-host-local) → berth-portmap → berth-firewall →
+// berth-tuning. TCP reaches the container through the host port via 127.0.0.1 and via both
+// bridge gateways; UDP streams with fixed 5-tuples (v4 and v6) keep flowing while the container
+// is replaced and must land in the NEW container (stale conntrack flushed); after removal the
+// nftables table holds nothing of either container. A control run with a portmap that cannot
+// flush shows the streams sticking to the dead container, so the main test can fail. Everything
+// is read back from the kernel (nft -j, conntrack -L, ip -j in the container's netns).
 //
 // The servers run inside the containers: the busybox root filesystem gets the host's /usr
 // read-only, so /usr/bin/node serves TCP and receives UDP there (busybox-static's nc has no -u).

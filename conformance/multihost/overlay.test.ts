@@ -398,7 +398,7 @@ describe.sequential("overlay across hosts on etcd", () => {
           `${h.name} programs a lease written after the outage`,
           () => h.routes(4),
           (rs) => rs.some((r) => r.dst === subnet),
-          3000,
+          5000,
           20,
         ).catch(fail);
       }
@@ -411,7 +411,7 @@ describe.sequential("overlay across hosts on etcd", () => {
         `${h.name} drops it`,
         () => h.routes(4),
         (rs) => !rs.some((r) => r.dst === subnet),
-        3000,
+        5000,
         20,
       ).catch(fail);
     }

@@ -121,7 +121,12 @@ const rows: Row[] = [
     mustNotExist: (w) => [resolve(w.dataDir, `${w.prefix}-escape`)],
     gap: "cni/ipam/ranges.ts refuses a relative dataDir but accepts an absolute one containing ..",
   },
-  { name: "ipam.type with a path", stdin: (g) => withIpam(g, { type: "../../bin/sh" }), code: 7, msg: /plugin type "\.\./\.\./bin/sh" must be a plain file name/ },
+  {
+    name: "ipam.type with a path",
+    stdin: (g) => withIpam(g, { type: "../../bin/sh" }),
+    code: 7,
+    msg: /plugin type "\.\.\/\.\.\/bin\/sh" must be a plain file name/,
+  },
   // Environment
   { name: "CNI_COMMAND missing", stdin: (g) => g, env: () => ({ CNI_COMMAND: undefined }), code: 4, msg: /CNI_COMMAND/ },
   { name: "CNI_COMMAND unknown", stdin: (g) => g, env: () => ({ CNI_COMMAND: "FROB" }), code: 4, msg: /CNI_COMMAND/ },

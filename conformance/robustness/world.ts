@@ -159,14 +159,20 @@ export class World {
   }
 }
 
-/** busybox ping, one packet, one second. */
+/**
+ * busybox ping, one packet, one second; up to three tries, because a whole suite running on
+ * two CPUs can delay one reply past the second. Unreachable is unreachable three times.
+ */
 export function ping(fromNetns: string, ip: string): boolean {
-  try {
-    sh("ip", ["netns", "exec", fromNetns, "busybox", "ping", "-c1", "-W1", ip]);
-    return true;
-  } catch {
-    return false;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      sh("ip", ["netns", "exec", fromNetns, "busybox", "ping", "-c1", "-W1", ip]);
+      return true;
+    } catch {
+      // try again
+    }
   }
+  return false;
 }
 
 /** The single IPv4 address (no prefix) in a CNI 1.x result. */

@@ -167,13 +167,17 @@ function globalAddrs(l: LinkJson | undefined): string[] {
   return (l?.addr_info ?? []).filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`);
 }
 
+/** One packet, one second, up to three tries: a loaded run can delay one reply past the second. */
 function ping(fromNs: string, ip: string): boolean {
-  try {
-    sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
-    return true;
-  } catch {
-    return false;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
+      return true;
+    } catch {
+      // try again
+    }
   }
+  return false;
 }
 
 function nftText(family: "inet" | "bridge"): string {

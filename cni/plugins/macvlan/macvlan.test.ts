@@ -106,13 +106,17 @@ function podLinks(ns: string): string[] {
   return ipJson<{ ifname: string }>(["link", "show"], ns).map((l) => l.ifname);
 }
 
+/** One packet, one second, up to three tries: a loaded run can delay one reply past the second. */
 function ping(fromNs: string, ip: string): boolean {
-  try {
-    sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
-    return true;
-  } catch {
-    return false;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
+      return true;
+    } catch {
+      // try again
+    }
   }
+  return false;
 }
 
 const ipOf = (cidr: string) => cidr.split("/")[0]!;

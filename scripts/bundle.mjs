@@ -52,7 +52,7 @@ const common = {
   platform: "node",
   target: "node20",
   format: "cjs",
-  external: ["better-sqlite3", "*.node"],
+  external: ["better-sqlite3", "etcd3", "*.node"],
   logLevel: "warning",
   legalComments: "none",
   // import.meta.url is only a fallback for the ESM source tree; bundles use __filename.

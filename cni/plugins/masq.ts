@@ -2,14 +2,18 @@
 // with the attachment, CHECK finds it, GC drops the elements of attachments no longer valid.
 import { addMasquerade, gcMasquerade, type MasqAttachment, masqueradeOf, removeMasquerade } from "../nft/masquerade.ts";
 import { type Attachment, CniError, ErrorCode, type Request, type Result } from "../spec/types.ts";
+import type { Undo } from "./attachment.ts";
 import { ipOf, normalizeCidr } from "./sandbox.ts";
 
 export function masqAttachment(req: Request): MasqAttachment {
   return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
 }
 
-export async function addAttachmentMasq(req: Request, addresses: string[], table: string): Promise<void> {
-  if (addresses.length > 0) await addMasquerade(masqAttachment(req), addresses, table);
+/** Adds the attachment's elements and registers their removal with the ADD's undo stack. */
+export async function addAttachmentMasq(req: Request, addresses: string[], table: string, undo: Undo): Promise<void> {
+  if (addresses.length === 0) return;
+  await addMasquerade(masqAttachment(req), addresses, table);
+  undo.push(() => removeAttachmentMasq(req, addresses, table));
 }
 
 /** Removes the attachment's elements; without known addresses, finds them by their tag. */

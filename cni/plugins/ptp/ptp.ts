@@ -131,13 +131,7 @@ async function add(req: Request): Promise<Result> {
               req,
               ips.map((i) => i.address),
               conf.nftTable,
-            );
-            undo.push(() =>
-              removeAttachmentMasq(
-                req,
-                ips.map((i) => i.address),
-                conf.nftTable,
-              ),
+              undo,
             );
           }
           const pod = podNl.linkGet(req.ifname)!;

@@ -17,7 +17,8 @@ export function leftovers(run: string): string[] {
   const loops = JSON.parse(execFileSync("losetup", ["-J", "-l"], { encoding: "utf8" }) || '{"loopdevices":[]}') as {
     loopdevices: { name: string; "back-file": string | null }[];
   };
-  for (const l of loops.loopdevices ?? []) if ((l["back-file"] ?? "").includes(tag)) found.push(`loop ${l.name} (${l["back-file"]})`);
+  for (const l of loops.loopdevices ?? [])
+    if ((l["back-file"] ?? "").includes(tag)) found.push(`loop ${l.name} (${l["back-file"]})`);
   try {
     const tables = JSON.parse(execFileSync("nft", ["-j", "list", "tables"], { encoding: "utf8" })) as {
       nftables: { table?: { name: string } }[];

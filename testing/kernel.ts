@@ -16,12 +16,14 @@ export function sh(cmd: string, args: string[], input?: string): string {
 }
 
 /** Runs `ip -j [-d] <args>` (in netns `ns` when given) and parses its JSON. */
+// biome-ignore lint/suspicious/noExplicitAny: callers read whatever fields they assert on
 export function ipJson<T = any>(args: string[], ns?: string): T[] {
   const full = ns ? ["-n", ns, "-j", "-d", ...args] : ["-j", "-d", ...args];
   const out = sh("ip", full).trim();
   return out ? (JSON.parse(out) as T[]) : [];
 }
 
+// biome-ignore lint/suspicious/noExplicitAny: callers read whatever fields they assert on
 export function bridgeJson<T = any>(args: string[], ns?: string): T[] {
   const full = ns ? ["-n", ns, "-j", ...args] : ["-j", ...args];
   const out = sh("bridge", full).trim();

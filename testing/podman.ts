@@ -18,14 +18,39 @@ export interface PodmanEnv {
 }
 
 const BUSYBOX = "/usr/bin/busybox";
-const APPLETS = ["sh", "ip", "ping", "nc", "sleep", "cat", "echo", "wget", "httpd", "hostname", "ifconfig", "route", "dd", "head", "wc"];
+const APPLETS = [
+  "sh",
+  "ip",
+  "ping",
+  "nc",
+  "sleep",
+  "cat",
+  "echo",
+  "wget",
+  "httpd",
+  "hostname",
+  "ifconfig",
+  "route",
+  "dd",
+  "head",
+  "wc",
+];
 
 /** Creates a private Podman environment under `dir` whose CNI plugins come from `pluginDirs`. */
 export function makePodmanEnv(dir: string, pluginDirs: string[]): PodmanEnv {
   if (!existsSync(BUSYBOX)) throw new Error("busybox-static is required for the Podman tests (apt-get install busybox-static)");
   const rootfs = join(dir, "rootfs");
   const netconfDir = join(dir, "netconf");
-  for (const d of [join(rootfs, "bin"), join(rootfs, "tmp"), join(rootfs, "proc"), join(rootfs, "sys"), join(rootfs, "dev"), netconfDir, join(dir, "store"), join(dir, "run")]) {
+  for (const d of [
+    join(rootfs, "bin"),
+    join(rootfs, "tmp"),
+    join(rootfs, "proc"),
+    join(rootfs, "sys"),
+    join(rootfs, "dev"),
+    netconfDir,
+    join(dir, "store"),
+    join(dir, "run"),
+  ]) {
     mkdirSync(d, { recursive: true });
   }
   copyFileSync(BUSYBOX, join(rootfs, "bin", "busybox"));
@@ -56,14 +81,18 @@ graphroot = "${join(dir, "store")}"
 runroot = "${join(dir, "run")}"
 `,
   );
-  const env = {
+  const env: NodeJS.ProcessEnv = {
     ...process.env,
     CONTAINERS_CONF: join(dir, "containers.conf"),
     CONTAINERS_STORAGE_CONF: join(dir, "storage.conf"),
   };
   delete env.NODE_EXTRA_CA_CERTS;
   const podman = (args: string[], timeoutMs = 60_000) =>
-    run("podman", ["--root", join(dir, "store"), "--runroot", join(dir, "run"), ...args], { env, timeout: timeoutMs, encoding: "utf8" });
+    run("podman", ["--root", join(dir, "store"), "--runroot", join(dir, "run"), ...args], {
+      env,
+      timeout: timeoutMs,
+      encoding: "utf8",
+    });
   return {
     dir,
     rootfs,

@@ -6,7 +6,14 @@ import { join } from "node:path";
 import { gcAttachments, requestedIps } from "../spec/config.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
 import { type AddressError, formatIp, type Ip, parseIp } from "./cidr.ts";
-import { DEFAULT_DATA_DIR, findRange, type HostLocalConfig, parseHostLocalConfig, type RangeSet } from "./ranges.ts";
+import {
+  checkedDataDir,
+  DEFAULT_DATA_DIR,
+  findRange,
+  type HostLocalConfig,
+  parseHostLocalConfig,
+  type RangeSet,
+} from "./ranges.ts";
 import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "./store.ts";
 
 function ipamSection(req: Request): Record<string, unknown> {
@@ -20,10 +27,13 @@ function configOf(req: Request): HostLocalConfig {
   return parseHostLocalConfig(ipamSection(req), req.config.runtimeConfig);
 }
 
-/** DEL must work even when the ranges in the config no longer parse: it only needs the directory. */
-function dataDirOf(req: Request): string {
+/**
+ * DEL and GC must work even when the ranges in the config no longer parse: they only need the
+ * directory. Undefined when the configured one is invalid: ADD refused it, so nothing is there.
+ */
+function dataDirOf(req: Request): string | undefined {
   const dir = ipamSection(req).dataDir;
-  return typeof dir === "string" && dir.startsWith("/") ? dir : DEFAULT_DATA_DIR;
+  return dir === undefined || dir === null ? DEFAULT_DATA_DIR : checkedDataDir(dir);
 }
 
 function ownerOf(req: Request): LeaseOwner {
@@ -94,7 +104,7 @@ export const hostLocalPlugin: Plugin = {
   async del(req: Request): Promise<void> {
     const dataDir = dataDirOf(req);
     // Nothing was ever allocated here: do not create a database just to find it empty.
-    if (!existsSync(join(dataDir, DATABASE_FILE))) return;
+    if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
     storeFor(dataDir).release(ownerOf(req));
   },
 
@@ -123,7 +133,7 @@ export const hostLocalPlugin: Plugin = {
   async gc(req: Request): Promise<void> {
     const dataDir = dataDirOf(req);
     const keep = gcAttachments(req.config);
-    if (!existsSync(join(dataDir, DATABASE_FILE))) return;
+    if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
     storeFor(dataDir).gc(req.config.name, keep);
   },
 

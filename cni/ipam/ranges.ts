@@ -206,6 +206,15 @@ function readResolvConf(path: unknown): Dns | undefined {
  * the legacy top-level range, then ipam.ranges. Range sets must not overlap each other either:
  * the same address in two sets would be counted twice.
  */
+/**
+ * `value` when it is an absolute path with no "." or ".." segment (and no NUL), else undefined.
+ * A ".." would let a config steer the lease database outside the directory it names.
+ */
+export function checkedDataDir(value: unknown): string | undefined {
+  if (typeof value !== "string" || !isAbsolute(value) || value.includes("\0")) return undefined;
+  return value.split("/").some((seg) => seg === "." || seg === "..") ? undefined : value;
+}
+
 export function parseHostLocalConfig(ipam: Record<string, unknown>, runtimeConfig?: Record<string, unknown>): HostLocalConfig {
   const rangeSets: RangeSet[] = [];
   const fromRuntime = runtimeConfig?.ipRanges;
@@ -230,10 +239,13 @@ export function parseHostLocalConfig(ipam: Record<string, unknown>, runtimeConfi
 
   let dataDir = DEFAULT_DATA_DIR;
   if (ipam.dataDir !== undefined && ipam.dataDir !== null) {
-    if (typeof ipam.dataDir !== "string" || !isAbsolute(ipam.dataDir)) {
-      throw invalid(`ipam.dataDir must be an absolute directory path, got ${JSON.stringify(ipam.dataDir)}`);
+    const dir = checkedDataDir(ipam.dataDir);
+    if (dir === undefined) {
+      throw invalid(
+        `ipam.dataDir must be an absolute directory path without "." or ".." segments, got ${JSON.stringify(ipam.dataDir)}`,
+      );
     }
-    dataDir = ipam.dataDir;
+    dataDir = dir;
   }
   const config: HostLocalConfig = { rangeSets, routes: parseRoutes(ipam.routes, "ipam.routes"), dataDir };
   if (ipam.resolvConf !== undefined && ipam.resolvConf !== null) {

@@ -152,11 +152,7 @@ describe.skipIf(!berthBuilt)("CNI conformance: berth's meta plugins chained on t
     rmSync(dir, { recursive: true, force: true });
   });
 
-  // KNOWN BUG, outside this suite: overlay/cniserver/plugins.ts (DEFAULT_PLUGINS) does not list
-  // berth-portmap/-firewall/-tuning/-bandwidth, so with an agent running every meta plugin call
-  // is refused with code 7 "unknown plugin type" (the launcher relays it; no cold fallback).
-  // Flip it.fails to it once the agent registers them.
-  it.fails(`berth-bridge → ${META_NAMES} pass every chaining rule, all served by the agent`, {
+  it(`berth-bridge → ${META_NAMES} pass every chaining rule, all served by the agent`, {
     timeout: 60_000,
   }, async () => {
     const table = throwawayTable();

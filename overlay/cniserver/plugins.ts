@@ -15,6 +15,10 @@ export const DEFAULT_PLUGINS: Readonly<Record<string, PluginLoader>> = {
   "berth-host-local": async () => (await import("../../cni/ipam/hostlocal.ts")).hostLocalPlugin,
   "berth-static": async () => (await import("../../cni/ipam/static.ts")).staticPlugin,
   "berth-overlay": async () => (await import("../cni/plugin.ts")).overlayPlugin,
+  "berth-portmap": async () => (await import("../../cni/meta/portmap/portmap.ts")).portmapPlugin,
+  "berth-firewall": async () => (await import("../../cni/meta/firewall/firewall.ts")).firewallPlugin,
+  "berth-tuning": async () => (await import("../../cni/meta/tuning/tuning.ts")).tuningPlugin,
+  "berth-bandwidth": async () => (await import("../../cni/meta/bandwidth/bandwidth.ts")).bandwidthPlugin,
 };
 
 /** Resolves registry entries once each; a failed load is retried on the next request. */

@@ -1,5 +1,5 @@
 // rtnetlink message types, address families and interface flags shared by the
-// link, address, route and neighbour modules (values from <linux/rtnetlink.h>).
+// link, address, route, neighbour and traffic-control modules (values from <linux/rtnetlink.h>).
 
 export const NETLINK_ROUTE = 0;
 
@@ -16,6 +16,12 @@ export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
 export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
+export const RTM_NEWQDISC = 36;
+export const RTM_DELQDISC = 37;
+export const RTM_GETQDISC = 38;
+export const RTM_NEWTFILTER = 44;
+export const RTM_DELTFILTER = 45;
+export const RTM_GETTFILTER = 46;
 
 export const AF_UNSPEC = 0;
 export const AF_INET = 2;

@@ -1,4 +1,4 @@
-// Links (RTM_*LINK): the typed specs berth creates (veth, bridge, vxlan, macvlan, dummy),
+// Links (RTM_*LINK): the typed specs berth creates (veth, bridge, vxlan, macvlan, dummy, ifb),
 // the Link struct decoded from the kernel, and bridge-port / bridge-VLAN settings.
 import type { Netns } from "../netns.ts";
 import { Attrs, bytesToMac, InvalidValueError, type MessageView, type MessageWriter } from "./codec.ts";
@@ -152,7 +152,12 @@ export interface DummySpec extends LinkCommon {
   kind: "dummy";
 }
 
-export type LinkSpec = VethSpec | BridgeSpec | VxlanSpec | MacvlanSpec | DummySpec;
+/** Intermediate functional block: a device that traffic is redirected to, to be shaped on its way out. */
+export interface IfbSpec extends LinkCommon {
+  kind: "ifb";
+}
+
+export type LinkSpec = VethSpec | BridgeSpec | VxlanSpec | MacvlanSpec | DummySpec | IfbSpec;
 
 export interface LinkChanges {
   up?: boolean;
@@ -369,6 +374,7 @@ export function encodeLinkAdd(w: MessageWriter, spec: LinkSpec, resolve: (ref: L
       break;
     }
     case "dummy":
+    case "ifb":
       break;
     default:
       throw new InvalidValueError(`unsupported link kind "${(spec as { kind: string }).kind}"`);

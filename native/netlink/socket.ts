@@ -1,5 +1,6 @@
 // Rtnl: a NETLINK_ROUTE socket bound to one network namespace, with typed verbs for
-// links, addresses, routes, neighbours and FDB entries (vishvananda/netlink's shape).
+// links, addresses, routes, neighbours, FDB entries and traffic control (qdiscs, filters)
+// (vishvananda/netlink's shape).
 // Fast verbs are synchronous; slow ones (link delete, netns moves) have async variants
 // that run on the thread pool over a second socket, serialised by a per-socket queue.
 import { addon, isSysError } from "../addon.ts";
@@ -17,6 +18,7 @@ import {
   NLM_F_CREATE,
   NLM_F_DUMP,
   NLM_F_DUMP_INTR,
+  NLM_F_ECHO,
   NLM_F_EXCL,
   NLM_F_REPLACE,
   NLM_F_REQUEST,
@@ -35,15 +37,21 @@ import {
   RTM_DELADDR,
   RTM_DELLINK,
   RTM_DELNEIGH,
+  RTM_DELQDISC,
   RTM_DELROUTE,
+  RTM_DELTFILTER,
   RTM_GETADDR,
   RTM_GETLINK,
   RTM_GETNEIGH,
+  RTM_GETQDISC,
   RTM_GETROUTE,
+  RTM_GETTFILTER,
   RTM_NEWADDR,
   RTM_NEWLINK,
   RTM_NEWNEIGH,
+  RTM_NEWQDISC,
   RTM_NEWROUTE,
+  RTM_NEWTFILTER,
   RTM_SETLINK,
 } from "./constants.ts";
 import { errnoNumber, NetlinkError } from "./error.ts";
@@ -91,6 +99,25 @@ import {
   type RouteSpec,
   routeTitle,
 } from "./route.ts";
+import {
+  decodeFilter,
+  decodeQdisc,
+  encodeFilter,
+  encodeFilterDump,
+  encodeFilterRef,
+  encodeQdisc,
+  encodeQdiscRef,
+  type Filter,
+  type FilterRef,
+  type FilterSpec,
+  filterParentId,
+  formatHandle,
+  type Qdisc,
+  type QdiscRef,
+  type QdiscSpec,
+  qdiscParentId,
+  writeTcmsg,
+} from "./tc.ts";
 
 const ACK = NLM_F_REQUEST | NLM_F_ACK;
 const CREATE = ACK | NLM_F_CREATE | NLM_F_EXCL;
@@ -317,7 +344,7 @@ export class Rtnl {
     return (ref) => found.get(ref) ?? (typeof ref === "number" ? ref : 0);
   }
 
-  /** Creates a link (veth with its peer directly in another netns, bridge, vxlan, macvlan, dummy). */
+  /** Creates a link (veth with its peer directly in another netns, bridge, vxlan, macvlan, dummy, ifb). */
   linkAdd(spec: LinkSpec): void {
     const op = `link add ${spec.name}`;
     const resolve = this.resolveAll(linkRefsOf(spec), op);
@@ -583,6 +610,89 @@ export class Rtnl {
       },
       "fdb list",
     );
+  }
+
+  // ---------------------------------------------------------------- traffic control
+
+  private qdisc(flags: number, verb: string, spec: QdiscSpec): void {
+    const parent = spec.kind === "ingress" ? "ingress" : formatHandle(qdiscParentId(spec.parent ?? "root"));
+    const op = `qdisc ${verb} dev ${spec.dev} ${parent} ${spec.kind}`;
+    const index = this.linkIndex(spec.dev, op);
+    this.request(RTM_NEWQDISC, flags, (w) => encodeQdisc(w, index, spec), op);
+  }
+
+  /** Adds a qdisc (EEXIST when one with that handle is there). */
+  qdiscAdd(spec: QdiscSpec): void {
+    this.qdisc(CREATE, "add", spec);
+  }
+
+  /** Puts `spec` at its parent, replacing or updating what is there (idempotent). */
+  qdiscReplace(spec: QdiscSpec): void {
+    this.qdisc(REPLACE, "replace", spec);
+  }
+
+  /**
+   * Deletes the qdisc at `ref.parent`. ENOENT when only the default (handle 0) is there,
+   * ENODEV when the device is gone, EINVAL when `ref.kind` names another kind.
+   */
+  qdiscDel(ref: QdiscRef): void {
+    const op = `qdisc del dev ${ref.dev} ${formatHandle(qdiscParentId(ref.parent))}`;
+    const index = this.linkIndex(ref.dev, op);
+    this.request(RTM_DELQDISC, ACK, (w) => encodeQdiscRef(w, index, ref), op);
+  }
+
+  /** The qdisc at `ref.parent` (the default one included), or null when there is none. */
+  qdiscGet(ref: QdiscRef): Qdisc | null {
+    const op = `qdisc show dev ${ref.dev} ${formatHandle(qdiscParentId(ref.parent))}`;
+    const index = this.linkIndex(ref.dev, op);
+    try {
+      // Without NLM_F_ECHO the kernel sends the answer only to RTNLGRP_TC listeners.
+      const reply = this.request(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_ECHO, (w) => encodeQdiscRef(w, index, ref), op);
+      let q: Qdisc | null = null;
+      forEachMessage(reply, (m) => {
+        if (m.type === RTM_NEWQDISC) q = decodeQdisc(m);
+      });
+      return q;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === "ENOENT") return null;
+      throw e;
+    }
+  }
+
+  /** Every qdisc of the namespace, or of one device. */
+  qdiscList(dev?: LinkRef): Qdisc[] {
+    const ifindex = dev === undefined ? undefined : this.linkIndex(dev, `qdisc show dev ${dev}`);
+    return this.dump(
+      RTM_GETQDISC,
+      (w) => writeTcmsg(w, ifindex ?? 0, 0, 0),
+      (m) => {
+        const q = decodeQdisc(m);
+        return ifindex === undefined || q.ifindex === ifindex ? q : undefined;
+      },
+      "qdisc list",
+    );
+  }
+
+  /** Adds or replaces the filter with this parent/prio/handle (idempotent). */
+  filterReplace(spec: FilterSpec): void {
+    const op = `filter replace dev ${spec.dev} parent ${formatHandle(filterParentId(spec.parent))} prio ${spec.prio ?? 1} ${spec.kind}`;
+    const index = this.linkIndex(spec.dev, op);
+    const targets = (spec.actions ?? []).map((a) => this.linkIndex(a.dev, op));
+    this.request(RTM_NEWTFILTER, REPLACE, (w) => encodeFilter(w, index, spec, targets), op);
+  }
+
+  /** Deletes one filter, or every filter at `ref.prio` when `ref.handle` is 0 (ENOENT when none). */
+  filterDel(ref: FilterRef): void {
+    const op = `filter del dev ${ref.dev} parent ${formatHandle(filterParentId(ref.parent))} prio ${ref.prio}`;
+    const index = this.linkIndex(ref.dev, op);
+    this.request(RTM_DELTFILTER, ACK, (w) => encodeFilterRef(w, index, ref), op);
+  }
+
+  /** The filters attached to `parent` on `dev` (an empty list when that qdisc is absent). */
+  filterList(dev: LinkRef, parent: "ingress" | number): Filter[] {
+    const op = `filter show dev ${dev} parent ${formatHandle(filterParentId(parent))}`;
+    const index = this.linkIndex(dev, op);
+    return this.dump(RTM_GETTFILTER, (w) => encodeFilterDump(w, index, parent), decodeFilter, op);
   }
 }
 

@@ -64,7 +64,8 @@ describe("berth-bandwidth", () => {
     );
     expect(changed.json.msg).toMatch(/egress rate on .* is 60000000 bit\/s, configured 10000000/);
     // A repeated ADD converges instead of failing on existing qdiscs.
-    expect((await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    const again = await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev));
+    expect(again.exitCode, JSON.stringify(again.json)).toBe(0);
 
     expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
     expect(ipJson(["link", "show"]).some((l) => l.ifname === ifb)).toBe(false);

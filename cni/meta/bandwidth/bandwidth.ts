@@ -1,21 +1,27 @@
 // berth-bandwidth: rate limits on a pod's traffic, chained after a veth-based main plugin.
 //   ingress (to the pod):   a token bucket (tbf) as the root qdisc of the host veth
-//   egress (from the pod):  the host veth's ingress is redirected (ingress qdisc + u32 match-all
-//                           + mirred) to an IFB device `bwp<net><attachment>` carrying the tbf
+//   egress (from the pod):  the host veth's ingress is redirected (ingress qdisc + a match-all
+//                           filter + mirred) to an IFB device `bwp<net><attachment>` carrying the tbf
 // Rates in bits/s and bursts in bits, from the config or runtimeConfig.bandwidth (a key set in
-// the config wins). Traffic control goes through `tc` (execFile, argument arrays): berth's
-// netlink codec has no RTM_*QDISC/TFILTER messages yet. Every command is idempotent
-// (`replace`), so a repeated ADD converges; DEL and GC delete the IFB by its deterministic name.
-import { execFile } from "node:child_process";
+// the config wins). Everything is programmed over netlink (native/netlink/tc.ts), no `tc` or `ip`
+// process: every request is a replace, so a repeated ADD converges; DEL and GC find the IFB by
+// its deterministic name, and remove the veth's qdiscs only when they are the kinds we put there.
 import { createHash } from "node:crypto";
+import { isNetlinkError } from "../../../native/netlink/error.ts";
+import type { Link } from "../../../native/netlink/link.ts";
 import { Rtnl } from "../../../native/netlink/socket.ts";
+import type { Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
 import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
 import { hostInterfaces, requirePrevResult } from "../chained.ts";
 
 /** tbf latency, as the reference plugin uses. */
-const LATENCY = "25ms";
+const LATENCY_US = 25_000;
+/** Our tbf's handle, `1:`. */
+const TBF_HANDLE = 0x10000;
+/** Priority of our redirect filter on the veth's ingress. */
+const FILTER_PRIO = 1;
 /** The largest burst tc's tbf takes in bytes (u32). */
 const MAX_BURST_BITS = 0xffffffff * 8;
 
@@ -52,6 +58,8 @@ function limit(dir: "ingress" | "egress", rate: number | undefined, burst: numbe
       `invalid config: "${dir}Rate" and "${dir}Burst" must both be set (got rate ${rate ?? 0}, burst ${burst ?? 0})`,
     );
   }
+  // The kernel counts bytes: below 8 bit/s the rate would round down to "unlimited".
+  if (rate < 8) throw new CniError(ErrorCode.InvalidConfig, `invalid config: "${dir}Rate" must be at least 8 bit/s, got ${rate}`);
   return { rate, burst };
 }
 
@@ -89,98 +97,153 @@ export function ifbName(prefix: string, network: string, containerId: string, if
   return `${prefix}${hex(network, 4)}${hex(`${containerId}/${ifname}`, 15 - prefix.length - 4)}`;
 }
 
-function run(cmd: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { encoding: "utf8", timeout: 15_000 }, (err, stdout, stderr) => {
-      if (err) reject(new CniError(ErrorCode.Internal, `${cmd} ${args.join(" ")}: ${stderr.trim() || err.message}`));
-      else resolve(stdout);
-    });
-  });
+/** A kernel failure as a CNI error naming the step (a CniError passes through). */
+function kernelError(what: string, e: unknown): CniError {
+  if (e instanceof CniError) return e;
+  return new CniError(ErrorCode.Internal, `${what}: ${e instanceof Error ? e.message : String(e)}`);
 }
 
-/** Runs a removal; "already gone" answers are success. */
-async function removeQuietly(cmd: string, args: string[]): Promise<void> {
-  try {
-    await run(cmd, args);
-  } catch (e) {
-    const msg = (e as Error).message;
-    if (!/Cannot find device|does not exist|No such file|handle of zero|Invalid handle|Cannot delete qdisc/.test(msg)) throw e;
-  }
+/** Answers meaning "nothing there to remove": the device or the qdisc is gone. */
+function isGone(e: unknown): boolean {
+  return isNetlinkError(e, "ENODEV") || isNetlinkError(e, "ENOENT");
 }
 
-function tbfArgs(dev: string, l: Limit): string[] {
-  // tc reads a bare burst as bytes; rates are given in bit/s explicitly.
-  return [
-    "qdisc",
-    "replace",
-    "dev",
+function withRtnl<T>(fn: (nl: Rtnl) => Promise<T>): Promise<T> {
+  const nl = Rtnl.open();
+  return fn(nl).finally(() => nl.close());
+}
+
+/** Bits → the kernel's bytes: the rate rounds down (never above the configured one), the burst up. */
+function tbf(dev: number | string, l: Limit): TbfSpec {
+  return {
+    kind: "tbf",
     dev,
-    "root",
-    "handle",
-    "1:",
-    "tbf",
-    "rate",
-    `${l.rate}bit`,
-    "burst",
-    String(Math.ceil(l.burst / 8)),
-    "latency",
-    LATENCY,
-  ];
+    parent: "root",
+    handle: TBF_HANDLE,
+    bytesPerSec: Math.floor(l.rate / 8),
+    burstBytes: Math.ceil(l.burst / 8),
+    latencyUs: LATENCY_US,
+  };
+}
+
+/** tbf drops a packet larger than its bucket outright: a burst below one full frame blackholes. */
+function requireFullFrame(dir: "ingress" | "egress", l: Limit, veth: Link): void {
+  const frame = veth.mtu + 14;
+  if (Math.ceil(l.burst / 8) < frame) {
+    throw new CniError(
+      ErrorCode.InvalidConfig,
+      `invalid config: "${dir}Burst" ${l.burst} bits is smaller than one full-size frame on ${veth.name} ` +
+        `(MTU ${veth.mtu} + 14 = ${frame} bytes = ${frame * 8} bits); such packets would all be dropped`,
+    );
+  }
 }
 
 /** The host end of the pod's veth: the result's host interface that is a veth. */
-function hostVeth(prev: Result): { name: string; mtu: number } | undefined {
-  const nl = Rtnl.open();
-  try {
-    for (const i of hostInterfaces(prev)) {
-      const l = nl.linkGet(i.name);
-      if (l?.kind === "veth") return { name: l.name, mtu: l.mtu };
-    }
-    return undefined;
-  } finally {
-    nl.close();
+function hostVeth(nl: Rtnl, prev: Result): Link | undefined {
+  for (const i of hostInterfaces(prev)) {
+    const l = nl.linkGet(i.name);
+    if (l?.kind === "veth") return l;
   }
+  return undefined;
+}
+
+/** Creates the IFB (or adopts ours from an earlier ADD) and brings it up. */
+function ensureIfb(nl: Rtnl, name: string, mtu: number): Link {
+  let ifb = nl.linkGet(name);
+  if (!ifb) {
+    try {
+      nl.linkAdd({ kind: "ifb", name, mtu, up: true });
+    } catch (e) {
+      if (!isNetlinkError(e, "EEXIST")) throw e; // a concurrent ADD of the same attachment
+    }
+    ifb = nl.linkGet(name);
+    if (!ifb) throw new CniError(ErrorCode.TryAgainLater, `IFB ${name} vanished while being created`);
+  }
+  if (ifb.kind !== "ifb") {
+    throw new CniError(ErrorCode.Internal, `${name} exists but is a ${ifb.kind ?? "physical"} device, not an IFB`);
+  }
+  if (!ifb.up || ifb.mtu !== mtu) nl.linkSet(ifb.index, { up: true, mtu });
+  return ifb;
+}
+
+/** Everything arriving on the veth (what the pod sends) leaves through the IFB instead. */
+function redirectToIfb(nl: Rtnl, veth: string, ifb: string): void {
+  const actions = [{ kind: "mirred" as const, mode: "redirect" as const, dev: ifb }];
+  // A filter's kind is fixed per prio: a repeated ADD keeps the kind the first one chose.
+  const existing = nl.filterList(veth, "ingress").find((f) => f.prio === FILTER_PRIO)?.kind;
+  if (existing !== "u32") {
+    try {
+      nl.filterReplace({ kind: "matchall", dev: veth, parent: "ingress", prio: FILTER_PRIO, actions });
+      return;
+    } catch (e) {
+      // Kernels built without cls_matchall ("TC classifier not found"): u32 with a zero mask.
+      if (!isNetlinkError(e, "ENOENT")) throw e;
+    }
+  }
+  nl.filterReplace({ kind: "u32", dev: veth, parent: "ingress", prio: FILTER_PRIO, actions });
 }
 
 async function add(req: Request): Promise<Result> {
   const conf = parseConf(req);
   const prev = requirePrevResult(req, "berth-bandwidth");
   if (!conf.ingress && !conf.egress) return prev;
-  const veth = hostVeth(prev);
-  if (!veth) {
-    throw new CniError(
-      ErrorCode.InvalidConfig,
-      `invalid config: berth-bandwidth needs a host veth among prevResult's interfaces (chain it after berth-bridge or berth-ptp)`,
-    );
-  }
   const ifb = ifbName(conf.ifbPrefix, req.config.name, req.containerId, req.ifname);
-  try {
-    if (conf.ingress) await run("tc", tbfArgs(veth.name, conf.ingress));
-    if (conf.egress) {
-      const nl = Rtnl.open();
-      const exists = nl.linkGet(ifb) !== null;
-      nl.close();
-      if (!exists) await run("ip", ["link", "add", ifb, "mtu", String(veth.mtu), "type", "ifb"]);
-      await run("ip", ["link", "set", ifb, "up"]);
-      await run("tc", tbfArgs(ifb, conf.egress));
-      await run("tc", ["qdisc", "replace", "dev", veth.name, "handle", "ffff:", "ingress"]);
-      await run("tc", [
-        ...["filter", "replace", "dev", veth.name, "parent", "ffff:", "protocol", "all", "prio", "1", "handle", "800::1"],
-        ...["u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb],
-      ]);
+  return withRtnl(async (nl) => {
+    const veth = hostVeth(nl, prev);
+    if (!veth) {
+      throw new CniError(
+        ErrorCode.InvalidConfig,
+        `invalid config: berth-bandwidth needs a host veth among prevResult's interfaces (chain it after berth-bridge or berth-ptp)`,
+      );
     }
-  } catch (e) {
-    await teardown(veth.name, ifb).catch(() => {});
-    throw e;
-  }
-  return prev;
+    if (conf.ingress) requireFullFrame("ingress", conf.ingress, veth);
+    if (conf.egress) requireFullFrame("egress", conf.egress, veth);
+    let step = "";
+    try {
+      if (conf.ingress) {
+        step = `token bucket on ${veth.name}`;
+        nl.qdiscReplace(tbf(veth.name, conf.ingress));
+      }
+      if (conf.egress) {
+        step = `IFB ${ifb}`;
+        ensureIfb(nl, ifb, veth.mtu);
+        step = `token bucket on ${ifb}`;
+        nl.qdiscReplace(tbf(ifb, conf.egress));
+        step = `ingress qdisc on ${veth.name}`;
+        nl.qdiscReplace({ kind: "ingress", dev: veth.name });
+        step = `redirect from ${veth.name} to ${ifb}`;
+        redirectToIfb(nl, veth.name, ifb);
+      }
+    } catch (e) {
+      await teardown(nl, veth.name, ifb).catch(() => {});
+      throw kernelError(`berth-bandwidth: ${step}`, e);
+    }
+    return prev;
+  });
 }
 
-async function teardown(veth: string | undefined, ifb: string): Promise<void> {
-  await removeQuietly("ip", ["link", "del", ifb]);
+/** Deletes the qdisc at `parent` if it is of `kind` (someone else's stays); gone is fine. */
+function removeQdisc(nl: Rtnl, dev: string, parent: "root" | "ingress", kind: string): void {
+  try {
+    nl.qdiscDel({ dev, parent, kind });
+  } catch (e) {
+    // EINVAL: the kernel's "must match existing qdisc", i.e. not ours.
+    if (!isGone(e) && !isNetlinkError(e, "EINVAL")) throw e;
+  }
+}
+
+async function teardown(nl: Rtnl, veth: string | undefined, ifb: string): Promise<void> {
   if (veth) {
-    await removeQuietly("tc", ["qdisc", "del", "dev", veth, "root"]);
-    await removeQuietly("tc", ["qdisc", "del", "dev", veth, "ingress"]);
+    removeQdisc(nl, veth, "ingress", "ingress");
+    removeQdisc(nl, veth, "root", "tbf");
+  }
+  // Only an IFB: a device of another kind that happens to carry the name is not ours.
+  const dev = nl.linkGet(ifb);
+  if (dev?.kind !== "ifb") return;
+  try {
+    await nl.linkDelAsync(dev.index);
+  } catch (e) {
+    if (!isGone(e)) throw e;
   }
 }
 
@@ -188,29 +251,32 @@ async function del(req: Request): Promise<void> {
   const conf = validateConfig(req.config, schema);
   const ifb = ifbName(conf.ifbPrefix, req.config.name, req.containerId, req.ifname);
   const prev = req.config.prevResult;
-  await teardown(prev ? hostVeth(prev)?.name : undefined, ifb);
+  await withRtnl(async (nl) => {
+    try {
+      await teardown(nl, prev ? hostVeth(nl, prev)?.name : undefined, ifb);
+    } catch (e) {
+      throw kernelError("berth-bandwidth: DEL", e);
+    }
+  });
 }
 
-interface TcQdisc {
-  kind: string;
-  root?: boolean;
-  options?: { rate?: number; burst?: number };
-}
-
-async function checkTbf(dev: string, l: Limit, what: string): Promise<void> {
-  let qdiscs: TcQdisc[];
-  try {
-    qdiscs = JSON.parse((await run("tc", ["-j", "qdisc", "show", "dev", dev])) || "[]") as TcQdisc[];
-  } catch {
-    throw new CniError(ErrorCode.Internal, `CHECK: ${what} device ${dev} is missing`);
-  }
-  const tbf = qdiscs.find((q) => q.kind === "tbf" && q.root);
-  if (!tbf) throw new CniError(ErrorCode.Internal, `CHECK: ${what} token bucket on ${dev} is missing`);
-  // tc reports the rate in bytes/s.
-  if (tbf.options?.rate !== Math.floor(l.rate / 8)) {
+function checkTbf(nl: Rtnl, dev: Link, l: Limit, what: string): void {
+  const q: Qdisc | null = nl.qdiscGet({ dev: dev.name, parent: "root" });
+  if (q?.kind !== "tbf" || !q.tbf)
+    throw new CniError(ErrorCode.Internal, `CHECK: ${what} token bucket on ${dev.name} is missing`);
+  const want = tbf(dev.name, l);
+  if (q.tbf.bytesPerSec !== want.bytesPerSec) {
     throw new CniError(
       ErrorCode.Internal,
-      `CHECK: ${what} rate on ${dev} is ${(tbf.options?.rate ?? 0) * 8} bit/s, configured ${l.rate}`,
+      `CHECK: ${what} rate on ${dev.name} is ${q.tbf.bytesPerSec * 8} bit/s, configured ${l.rate}`,
+    );
+  }
+  // The kernel keeps the bucket as a time in 64 ns ticks: allow that rounding, and 1%.
+  const slack = Math.max(want.burstBytes * 0.01, want.bytesPerSec * 64e-9 + 1);
+  if (Math.abs(q.tbf.burstBytes - want.burstBytes) > slack) {
+    throw new CniError(
+      ErrorCode.Internal,
+      `CHECK: ${what} burst on ${dev.name} is ${q.tbf.burstBytes * 8} bits, configured ${l.burst}`,
     );
   }
 }
@@ -219,10 +285,26 @@ async function check(req: Request): Promise<void> {
   const conf = parseConf(req);
   const prev = requirePrevResult(req, "berth-bandwidth");
   if (!conf.ingress && !conf.egress) return;
-  const veth = hostVeth(prev);
-  if (!veth) throw new CniError(ErrorCode.Internal, "CHECK: the host veth is missing");
-  if (conf.ingress) await checkTbf(veth.name, conf.ingress, "ingress");
-  if (conf.egress) await checkTbf(ifbName(conf.ifbPrefix, req.config.name, req.containerId, req.ifname), conf.egress, "egress");
+  await withRtnl(async (nl) => {
+    const veth = hostVeth(nl, prev);
+    if (!veth) throw new CniError(ErrorCode.Internal, "CHECK: the host veth is missing");
+    if (conf.ingress) checkTbf(nl, veth, conf.ingress, "ingress");
+    if (conf.egress) {
+      const name = ifbName(conf.ifbPrefix, req.config.name, req.containerId, req.ifname);
+      const ifb = nl.linkGet(name);
+      if (ifb?.kind !== "ifb") throw new CniError(ErrorCode.Internal, `CHECK: egress device ${name} is missing`);
+      if (!ifb.up) throw new CniError(ErrorCode.Internal, `CHECK: egress device ${name} is down`);
+      checkTbf(nl, ifb, conf.egress, "egress");
+      const redirected = nl
+        .filterList(veth.name, "ingress")
+        .some((f) =>
+          f.actions.some((a) => a.kind === "mirred" && "ifindex" in a && a.mode === "redirect" && a.ifindex === ifb.index),
+        );
+      if (!redirected) {
+        throw new CniError(ErrorCode.Internal, `CHECK: traffic from the pod on ${veth.name} is not redirected to ${name}`);
+      }
+    }
+  });
 }
 
 /** GC: IFB devices of this network whose attachment is not valid (the reference has no GC). */
@@ -230,17 +312,18 @@ async function gc(req: Request): Promise<void> {
   const conf = validateConfig(req.config, schema);
   const keep = new Set(gcAttachments(req.config).map((a) => ifbName(conf.ifbPrefix, req.config.name, a.containerID, a.ifname)));
   const mine = `${conf.ifbPrefix}${hex(req.config.name, 4)}`;
-  const nl = Rtnl.open();
-  let stale: string[];
-  try {
-    stale = nl
-      .linkList()
-      .filter((l) => l.kind === "ifb" && l.name.length === 15 && l.name.startsWith(mine) && !keep.has(l.name))
-      .map((l) => l.name);
-  } finally {
-    nl.close();
-  }
-  for (const name of stale) await removeQuietly("ip", ["link", "del", name]);
+  await withRtnl(async (nl) => {
+    const stale = (await nl.linkListAsync()).filter(
+      (l) => l.kind === "ifb" && l.name.length === 15 && l.name.startsWith(mine) && !keep.has(l.name),
+    );
+    for (const l of stale) {
+      try {
+        await nl.linkDelAsync(l.index);
+      } catch (e) {
+        if (!isGone(e)) throw kernelError(`berth-bandwidth: GC of ${l.name}`, e);
+      }
+    }
+  });
 }
 
 export const bandwidthPlugin: Plugin = {

@@ -1,8 +1,9 @@
 // berth-bandwidth chained after berth-bridge: qdiscs and the IFB read back with `tc -j` and
-// `ip -j -d`, and the limits measured with iperf3 between two pods on the bridge.
+// `ip -j -d`, and the limits measured with iperf3 between two pods on the bridge. berth programs
+// them over netlink; `tc` here is only the independent reader (and the saboteur for CHECK).
 import { type ChildProcess, spawn } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ipJson, sh } from "../../../testing/kernel.ts";
+import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
 import type { Result } from "../../spec/types.ts";
 import { ChainFixture } from "../chain-fixture.ts";
 import { bandwidthPlugin, ifbName } from "./bandwidth.ts";
@@ -151,5 +152,69 @@ describe("berth-bandwidth", () => {
     expect(qdiscs(hostVethOf(prev))).toEqual([
       expect.objectContaining({ kind: "tbf", options: expect.objectContaining({ rate: 1_000_000 }) }),
     ]);
+  });
+
+  it("refuses a burst below one full frame and a rate below 8 bit/s (7); CHECK catches a removed redirect and a changed burst", async () => {
+    const ns = fx.netns("a");
+    const prev = await fx.bridgeAdd("ctr-a", ns);
+    const veth = hostVethOf(prev);
+    const small = await fx.invoke(
+      bandwidthPlugin,
+      fx.env("ADD", "ctr-a", ns),
+      bwConf({ egressRate: 10 * MBIT, egressBurst: 8 * 1000 }, prev),
+    );
+    expect(small.json.code).toBe(7);
+    expect(small.json.msg).toMatch(
+      /"egressBurst" 8000 bits is smaller than one full-size frame on .* \(MTU 1500 \+ 14 = 1514 bytes/,
+    );
+    const slow = await fx.invoke(
+      bandwidthPlugin,
+      fx.env("ADD", "ctr-a", ns),
+      bwConf({ ingressRate: 7, ingressBurst: 100_000 }, prev),
+    );
+    expect(slow.json.msg).toContain('"ingressRate" must be at least 8 bit/s, got 7');
+    // Nothing was programmed by the refused ADDs.
+    expect(qdiscs(veth).some((q) => q.kind === "tbf" || q.kind === "ingress")).toBe(false);
+    expect(ipJson(["link", "show", "type", "ifb"]).some((l) => l.ifname.startsWith(fx.prefix))).toBe(false);
+
+    const limits = { ingressRate: 20 * MBIT, ingressBurst: 200_000, egressRate: 20 * MBIT, egressBurst: 200_000 };
+    expect((await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    const burst = await fx.invoke(
+      bandwidthPlugin,
+      fx.env("CHECK", "ctr-a", ns),
+      bwConf({ ...limits, ingressBurst: 400_000 }, prev),
+    );
+    expect(burst.json.msg).toMatch(/CHECK: ingress burst on .* is 2000\d\d bits, configured 400000/);
+    sh("tc", ["filter", "del", "dev", veth, "parent", "ffff:"]);
+    const check = await fx.invoke(bandwidthPlugin, fx.env("CHECK", "ctr-a", ns), bwConf(limits, prev));
+    expect(check.json.msg).toMatch(/CHECK: traffic from the pod on .* is not redirected to /);
+    // ADD repairs it.
+    expect((await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    expect((await fx.invoke(bandwidthPlugin, fx.env("CHECK", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+  });
+
+  it("DEL leaves a root qdisc of another kind and a non-IFB device that carries the IFB's name", async () => {
+    const ns = fx.netns("a");
+    const prev = await fx.bridgeAdd("ctr-a", ns);
+    const veth = hostVethOf(prev);
+    const ifb = ifbName(fx.prefix, fx.network, "ctr-a", "eth0");
+    sh("tc", ["qdisc", "replace", "dev", veth, "root", "handle", "5:", "pfifo"]);
+    sh("ip", ["link", "add", ifb, "type", "bridge"]);
+    try {
+      expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf({}, prev))).exitCode).toBe(0);
+      expect(qdiscs(veth)).toEqual([expect.objectContaining({ kind: "pfifo", root: true })]);
+      expect(ipJson(["link", "show", ifb])[0].linkinfo.info_kind).toBe("bridge");
+      // ADD refuses to use it as the IFB, and its undo leaves it alone too.
+      const add = await fx.invoke(
+        bandwidthPlugin,
+        fx.env("ADD", "ctr-a", ns),
+        bwConf({ egressRate: 10 * MBIT, egressBurst: 100_000 }, prev),
+      );
+      expect(add.json.msg).toContain(`${ifb} exists but is a bridge device, not an IFB`);
+      expect(ipJson(["link", "show", ifb])).toHaveLength(1);
+    } finally {
+      delLink(ifb);
+    }
   });
 });

@@ -22,7 +22,7 @@ const LATENCY_US = 25_000;
 const TBF_HANDLE = 0x10000;
 /** Priority of our redirect filter on the veth's ingress. */
 const FILTER_PRIO = 1;
-/** The largest burst tc's tbf takes in bytes (u32). */
+/** The largest bucket the kernel takes (TCA_TBF_BURST is a u32 of bytes). */
 const MAX_BURST_BITS = 0xffffffff * 8;
 
 const rateFields = {

@@ -2,11 +2,13 @@
 //
 //   build/berth.cjs               the CLI
 //   build/cni-node/berth-<type>.cjs  one self-contained CommonJS plugin per type: the cold path
+//   build/cni-node/boot.cjs       the cold path's loader: runs a bundle with a V8 code cache
 //   build/cni/berth-<type>        the native launcher (native/build/Release/berth_launcher),
 //                                 what runtimes run: it forwards to the agent's fast path and
 //                                 execs Node on ../cni-node/berth-<type>.cjs when no agent answers
 //
 // Native modules stay external and are found from the checkout (native/build, node_modules).
+// Plugin bundles include better-sqlite3's JavaScript; the CLI keeps it (and etcd3) external.
 // Bundle shebangs name this Node binary, not `env node`: engines run plugins with a minimal
 // PATH. Plugin bundles must stay lean (a cold start parses all of it): the build fails if one
 // pulls in a server-side package, and prints each bundle's size.
@@ -15,6 +17,7 @@ import {
   copyFileSync,
   existsSync,
   mkdirSync,
+  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
@@ -68,7 +71,10 @@ function replaceFile(file, write) {
 
 async function bundle(entry, file, { executable = false, lean = false } = {}) {
   const tmp = `${file}.tmp${process.pid}`;
-  const result = await build({ ...common, entryPoints: [join(root, entry)], outfile: tmp, metafile: lean });
+  // A plugin bundle carries better-sqlite3's JavaScript too (resolving and compiling its dozen
+  // files costs a cold start ~5 ms); its compiled addon is loaded by path (cni/ipam/store.ts).
+  const external = lean ? ["bindings", "*.node"] : common.external;
+  const result = await build({ ...common, external, entryPoints: [join(root, entry)], outfile: tmp, metafile: lean });
   if (lean) {
     const heavy = Object.keys(result.metafile.inputs).filter((p) =>
       NOT_IN_PLUGINS.some((pkg) => p.includes(`node_modules/${pkg}`)),
@@ -98,6 +104,10 @@ const built = await Promise.all([
   bundle("bin/cli.ts", join(out, "berth.cjs")),
   ...plugins.map(([name, entry]) => bundle(entry, join(out, "cni-node", `${name}.cjs`), { executable: true, lean: true })),
 ]);
+
+// The cold path's loader (V8 code cache); caches of the bundles just replaced are stale.
+copyFileSync(join(root, "native", "launcher", "boot.cjs"), join(out, "cni-node", "boot.cjs"));
+for (const f of readdirSync(join(out, "cni-node"))) if (f.endsWith(".v8cache")) rmSync(join(out, "cni-node", f), { force: true });
 
 const haveLauncher = existsSync(LAUNCHER);
 if (!haveLauncher) {

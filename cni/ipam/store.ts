@@ -12,7 +12,8 @@
 // at or after x" is one index probe (the span starting at or before x; if it covers x, the
 // answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
 // address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
-import { mkdirSync } from "node:fs";
+import { existsSync, mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { CniError, ErrorCode } from "../spec/types.ts";
@@ -136,6 +137,25 @@ export interface OpenOptions {
   busyTimeoutMs?: number;
 }
 
+let bindingPath: string | null | undefined;
+
+/**
+ * better-sqlite3's compiled addon, by path: without one it searches a dozen candidate paths
+ * through the `bindings` package, several milliseconds of every cold plugin start.
+ */
+function sqliteBinding(): string | undefined {
+  if (bindingPath === undefined) {
+    try {
+      const req = createRequire(typeof __filename === "string" ? __filename : import.meta.url);
+      const file = join(dirname(req.resolve("better-sqlite3/package.json")), "build", "Release", "better_sqlite3.node");
+      bindingPath = existsSync(file) ? file : null;
+    } catch {
+      bindingPath = null;
+    }
+  }
+  return bindingPath ?? undefined;
+}
+
 export class LeaseStore {
   private readonly q;
 
@@ -171,7 +191,7 @@ export class LeaseStore {
     let db: Database.Database | undefined;
     try {
       makeDirectory(dataDir);
-      db = new Database(path);
+      db = new Database(path, { nativeBinding: sqliteBinding() });
       // busy_timeout first: switching to WAL and creating the schema may wait for other openers.
       db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
       db.pragma("journal_mode = WAL");

@@ -13,7 +13,7 @@
 // hook with iif = oif = the bridge, so "isolated" also separates pods on the same bridge.
 // Note: an nftables accept is final only within its own base chain; the accept rules matter
 // against a drop policy in berth's table, not against another table's drop.
-import { createHash } from "node:crypto";
+import { shortHash } from "../digest.ts";
 import { attachmentTag, type MasqAttachment } from "./masquerade.ts";
 import { checkTableName, DEFAULT_TABLE, type NftElement, nftApply, nftElements } from "./nft.ts";
 
@@ -22,7 +22,7 @@ export type IngressPolicy = "open" | "same-bridge" | "isolated";
 const SETS = ["fw_pods4", "fw_pods6"] as const;
 
 function isoChain(bridge: string): string {
-  return `fw_iso_${createHash("sha256").update(bridge).digest("hex").slice(0, 12)}`;
+  return `fw_iso_${shortHash(bridge, 12)}`;
 }
 
 function checkIfname(name: string): string {

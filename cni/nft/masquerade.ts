@@ -7,7 +7,7 @@
 // Adding a pod is adding one map element; removing it is deleting one (idempotent: the
 // transaction adds the element before deleting it). GC lists the maps and drops every element
 // of the network whose attachment is not valid — the reference plugins have no GC at all.
-import { createHash } from "node:crypto";
+import { shortHash } from "../digest.ts";
 import { parseIpPrefix, Subnet } from "../ipam/cidr.ts";
 import { checkTableName, DEFAULT_TABLE, nftApply, nftList } from "./nft.ts";
 
@@ -17,9 +17,7 @@ export interface MasqAttachment {
   ifname: string;
 }
 
-function hash(s: string, n: number): string {
-  return createHash("sha256").update(s).digest("hex").slice(0, n);
-}
+const hash = shortHash;
 
 export function networkChain(network: string): string {
   return `n_${hash(network, 12)}_masq`;

@@ -1,6 +1,5 @@
 // Thin runner for the nft command: one atomic transaction per call (`nft -f -`), JSON listing.
 // berth keeps every rule in its own `inet` table, so it never mixes with iptables rules.
-import { execFile } from "node:child_process";
 
 export const DEFAULT_TABLE = "berth";
 
@@ -14,7 +13,10 @@ export class NftError extends Error {
   }
 }
 
-function nft(args: string[], input?: string): Promise<string> {
+async function nft(args: string[], input?: string): Promise<string> {
+  // Loaded on first use: node:child_process (and the node:net it pulls in) costs a cold plugin
+  // process milliseconds that a call without nftables work should not pay.
+  const { execFile } = await import("node:child_process");
   return new Promise((resolve, reject) => {
     const child = execFile("nft", args, { encoding: "utf8", timeout: 15_000 }, (err, stdout, stderr) => {
       if (err) {

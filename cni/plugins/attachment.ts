@@ -1,14 +1,12 @@
 // What the main plugins share: deterministic host-side names, the undo stack of a
 // half-done ADD, and the container netns handling that DEL must survive without.
-import { createHash, randomBytes } from "node:crypto";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
+import { randomBytes, shortHash } from "../digest.ts";
 import { type Attachment, CniError, ErrorCode, type Request } from "../spec/types.ts";
 
-function hex(s: string, n: number): string {
-  return createHash("sha256").update(s).digest("hex").slice(0, n);
-}
+const hex = shortHash;
 
 /**
  * Host-side link name of an attachment: `<prefix><network 4 hex><attachment 8 hex>` (14 bytes).

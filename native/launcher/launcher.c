@@ -5,7 +5,8 @@
  * function in-process. So this program only forwards the invocation (plugin type =
  * basename(argv[0]), the CNI_* and BERTH_* environment, stdin) to the agent over a unix
  * socket and reproduces the agent's stdout, stderr and exit code. When no agent answers it
- * execs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs) with the same
+ * execs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, through boot.cjs
+ * and its V8 code cache) with the same
  * environment and stdin: the cold path, identical in behaviour, only slower.
  *
  * Socket, first found: $BERTH_CNI_SOCKET ("off" skips the agent), else the top-level string
@@ -455,8 +456,12 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
     }
     close(mfd);
   }
-  char *argv[] = {(char *)BERTH_NODE, bundle, NULL};
-  execve(BERTH_NODE, argv, environ);
+  /* boot.cjs runs the bundle with a V8 code cache; without it, Node runs the bundle directly. */
+  char boot[PATH_MAX + 64];
+  snprintf(boot, sizeof boot, "%s/../cni-node/boot.cjs", self);
+  char *with_boot[] = {(char *)BERTH_NODE, boot, bundle, NULL};
+  char *direct[] = {(char *)BERTH_NODE, bundle, NULL};
+  execve(BERTH_NODE, access(boot, R_OK) == 0 ? with_boot : direct, environ);
   snprintf(msg, sizeof msg, "%s; cold path: cannot run %s %s: %s", why, BERTH_NODE, bundle, strerror(errno));
   fail(type, 999, msg);
 }

@@ -6,11 +6,11 @@
 // the config wins). Everything is programmed over netlink (native/netlink/tc.ts), no `tc` or `ip`
 // process: every request is a replace, so a repeated ADD converges; DEL and GC find the IFB by
 // its deterministic name, and remove the veth's qdiscs only when they are the kinds we put there.
-import { createHash } from "node:crypto";
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link } from "../../../native/netlink/link.ts";
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
+import { shortHash } from "../../digest.ts";
 import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
@@ -88,9 +88,7 @@ function parseConf(req: Request): BandwidthConf {
   };
 }
 
-function hex(s: string, n: number): string {
-  return createHash("sha256").update(s).digest("hex").slice(0, n);
-}
+const hex = shortHash;
 
 /** `<prefix><network 4 hex><attachment hex>`, 15 bytes: deterministic, so DEL and GC find it by name. */
 export function ifbName(prefix: string, network: string, containerId: string, ifname: string): string {

@@ -3,7 +3,6 @@
 // nftables table as map elements (cni/nft/portmap.ts), so every call is one atomic ruleset
 // change and a call without mappings touches nothing (no listing, no lock: plugins#510).
 // Stale UDP conntrack entries for the host ports are flushed on ADD and DEL (plugins#1190).
-import { execFile } from "node:child_process";
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { formatIp, parseIp, tryParseIp } from "../../ipam/cidr.ts";
@@ -168,6 +167,8 @@ function enableLocalnetRouting(prev: Result): void {
 /** Drops conntrack entries of the host ports' UDP flows, so a datagram stream does not stick to a dead pod. */
 async function flushUdpConntrack(mappings: PortMapping[]): Promise<void> {
   const ports = [...new Set(mappings.filter((m) => m.protocol === "udp").map((m) => m.hostPort))];
+  if (ports.length === 0) return;
+  const { execFile } = await import("node:child_process");
   await Promise.all(
     ports.map(
       (port) =>

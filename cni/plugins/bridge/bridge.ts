@@ -3,12 +3,12 @@
 // bottom: config → bridge → IPAM → veth (peer created directly in the container netns) →
 // container addresses/routes → gateway → masquerade/spoof check → result. Every step that
 // changed something registers its undo, so a failed ADD leaves nothing behind.
-import { randomBytes } from "node:crypto";
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Netns } from "../../../native/netns.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
+import { randomBytes } from "../../digest.ts";
 import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";

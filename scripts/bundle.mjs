@@ -74,7 +74,17 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
   // A plugin bundle carries better-sqlite3's JavaScript too (resolving and compiling its dozen
   // files costs a cold start ~5 ms); its compiled addon is loaded by path (cni/ipam/store.ts).
   const external = lean ? ["bindings", "*.node"] : common.external;
-  const result = await build({ ...common, external, entryPoints: [join(root, entry)], outfile: tmp, metafile: lean });
+  // Plugin bundles turn import() of a builtin into require(): boot.cjs compiles them with
+  // vm.Script, where import() needs an experimental loader hook that a code cache drops.
+  const supported = lean ? { "dynamic-import": false } : undefined;
+  const result = await build({
+    ...common,
+    external,
+    supported,
+    entryPoints: [join(root, entry)],
+    outfile: tmp,
+    metafile: lean,
+  });
   if (lean) {
     const heavy = Object.keys(result.metafile.inputs).filter((p) =>
       NOT_IN_PLUGINS.some((pkg) => p.includes(`node_modules/${pkg}`)),

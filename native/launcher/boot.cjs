@@ -4,7 +4,8 @@
 // beside it (<bundle>.<CNI_COMMAND>.v8cache): compiling a 200 KiB bundle, and the functions an ADD touches,
 // costs a fresh Node ~15 ms that the cache turns into a few. The first run (or one whose cache
 // V8 rejects: another Node, other flags, a rebuilt bundle) writes the cache at exit, through a
-// temporary file and a rename; a read-only install simply runs without one.
+// temporary file and a rename; a read-only install simply runs without one. Bundles must not
+// use import(): a vm.Script has no module loader (scripts/bundle.mjs turns it into require()).
 const { readFileSync, renameSync, rmSync, writeFileSync } = require("node:fs");
 const { dirname, resolve } = require("node:path");
 const Module = require("node:module");
@@ -34,7 +35,6 @@ try {
 const script = new vm.Script(Module.wrap(source.replace(/^#!.*/, "")), {
   filename: file,
   cachedData,
-  importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER,
 });
 if (cachedData === undefined || script.cachedDataRejected) {
   process.once("exit", () => {

@@ -2,9 +2,9 @@
 // environment only, stdin byte for byte up to 1 MiB + 1), that it replays an answer exactly,
 // where it finds the socket, and what a runtime sees when the agent breaks mid-request.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import {
   decodeRequest,
@@ -153,5 +153,31 @@ describe.skipIf(!built)("berth launcher", () => {
     expect(r.code).toBe(0);
     expect(JSON.parse(r.stdout.toString())).toMatchObject({ cniVersion: "0.3.1" });
     expect(performance.now() - t0).toBeLessThan(5000);
+  });
+
+  it("the cold path keeps a V8 code cache per command beside the bundle; a corrupt one is replaced, never fatal", async () => {
+    // berth-static's VERSION: a bundle and command no other test leans on.
+    const launcher = join(dirname(LAUNCHER), "berth-static");
+    const cache = resolve(dirname(LAUNCHER), "../cni-node/berth-static.cjs.VERSION.v8cache");
+    const version = () =>
+      new Promise<Run>((done) => {
+        const r = spawnSync(launcher, [], {
+          env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off", CNI_COMMAND: "VERSION" },
+          input: '{"cniVersion":"1.0.0"}',
+        });
+        done({ code: r.status, stdout: r.stdout, stderr: r.stderr });
+      });
+    rmSync(cache, { force: true });
+    const first = await version();
+    expect(first.code, first.stderr.toString()).toBe(0);
+    expect(JSON.parse(first.stdout.toString()).supportedVersions).toContain("1.1.0");
+    expect(statSync(cache).size).toBeGreaterThan(1000);
+    const good = readFileSync(cache);
+    writeFileSync(cache, Buffer.alloc(good.length, 0x5a));
+    const second = await version();
+    expect(second.code, second.stderr.toString()).toBe(0);
+    expect(second.stderr.toString()).toBe("");
+    expect(second.stdout.equals(first.stdout)).toBe(true);
+    expect(readFileSync(cache).equals(Buffer.alloc(good.length, 0x5a))).toBe(false);
   });
 });

@@ -11,6 +11,7 @@ import {
   mkdirSync,
   openSync,
   readFileSync,
+  readSync,
   renameSync,
   rmSync,
   statSync,
@@ -246,10 +247,8 @@ export class BackingStore {
    * bigger size, or expanded while unstaged). Offline resize needs no CAP_SYS_RESOURCE.
    */
   async growExt4Offline(loop: LoopDevice): Promise<boolean> {
-    const { stdout } = await run("dumpe2fs", ["-h", loop.device], { encoding: "utf8" }).catch(() => ({ stdout: "" }));
-    const blocks = Number(/^Block count:\s+(\d+)/m.exec(stdout)?.[1] ?? 0);
-    const blockSize = Number(/^Block size:\s+(\d+)/m.exec(stdout)?.[1] ?? 0);
-    if (!blocks || !blockSize || blocks * blockSize + blockSize > loopSizeBytes(loop.number)) return false;
+    const geometry = readExt4Geometry(loop.device);
+    if (!geometry || geometry.blocks * geometry.blockSize + geometry.blockSize > loopSizeBytes(loop.number)) return false;
     try {
       await run("e2fsck", ["-f", "-p", loop.device]);
     } catch (e) {
@@ -299,4 +298,28 @@ export function unmountAll(target: string): void {
 /** Current size of /dev/loopN in bytes (sysfs counts 512-byte sectors). */
 export function loopSizeBytes(n: number): number {
   return Number(readFileSync(`/sys/block/loop${n}/size`, "utf8").trim()) * 512;
+}
+
+/**
+ * Size of the ext4 filesystem on `device`, from its superblock (1 KiB at offset 1024): what
+ * `dumpe2fs -h` prints as block count and size, without a process per NodeStageVolume.
+ * Undefined when the device holds no ext4 superblock or cannot be read.
+ */
+export function readExt4Geometry(device: string): { blocks: number; blockSize: number } | undefined {
+  const sb = Buffer.alloc(1024);
+  let fd: number | undefined;
+  try {
+    fd = openSync(device, "r");
+    if (readSync(fd, sb, 0, sb.length, 1024) !== sb.length) return undefined;
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+  if (sb.readUInt16LE(0x38) !== 0xef53) return undefined; // s_magic
+  const logBlockSize = sb.readUInt32LE(0x18);
+  if (logBlockSize > 6) return undefined; // 1 KiB .. 64 KiB
+  const INCOMPAT_64BIT = 0x80;
+  const hi = sb.readUInt32LE(0x60) & INCOMPAT_64BIT ? sb.readUInt32LE(0x150) : 0;
+  return { blocks: hi * 2 ** 32 + sb.readUInt32LE(0x04), blockSize: 1024 << logBlockSize };
 }

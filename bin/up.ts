@@ -1,30 +1,66 @@
 // `berth up`: everything berth runs on one host, in the foreground — the overlay agent on the
 // embedded store (single-host defaults) and the CSI driver on its default endpoint. Ctrl-C
-// stops both cleanly. `--no-csi` leaves the driver out; other flags go to the agent.
+// stops both cleanly. Own flags: `--no-csi` leaves the driver out, `--csi-endpoint URL`
+// (default $CSI_ENDPOINT, else unix:///run/berth/csi.sock) and `--csi-dir DIR` (volumes under
+// DIR/volumes, state in DIR; default /var/lib/berth/csi); every other flag goes to the agent.
 import { runUp } from "../overlay/agent.ts";
 
 export const DEFAULT_CSI_ENDPOINT = "unix:///run/berth/csi.sock";
 
+interface UpArgs {
+  csi: boolean;
+  csiEndpoint: string;
+  csiDir?: string;
+  agentArgs: string[];
+}
+
+function splitArgs(argv: string[]): UpArgs | string {
+  const up: UpArgs = { csi: true, csiEndpoint: process.env.CSI_ENDPOINT ?? DEFAULT_CSI_ENDPOINT, agentArgs: [] };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [flag, inline] =
+      a.startsWith("--") && a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a];
+    if (flag === "--no-csi") up.csi = false;
+    else if (flag === "--csi-endpoint" || flag === "--csi-dir") {
+      const value = inline ?? argv[++i];
+      if (!value) return `${flag} needs a value`;
+      if (flag === "--csi-endpoint") up.csiEndpoint = value;
+      else if (!value.startsWith("/")) return `--csi-dir must be an absolute path, got ${JSON.stringify(value)}`;
+      else up.csiDir = value;
+    } else up.agentArgs.push(a);
+  }
+  return up;
+}
+
 export async function runUpWithStorage(argv: string[]): Promise<number> {
-  const noCsi = argv.includes("--no-csi");
-  const agentArgs = argv.filter((a) => a !== "--no-csi");
-  if (agentArgs.includes("--help") || agentArgs.includes("-h")) {
-    process.stdout.write("berth up [--no-csi] [agent flags]: the agent on the embedded store plus the CSI driver\n");
-    return runUp(agentArgs);
+  const up = splitArgs(argv);
+  if (typeof up === "string") {
+    process.stderr.write(`berth up: ${up}\n`);
+    return 2;
+  }
+  if (up.agentArgs.includes("--help") || up.agentArgs.includes("-h")) {
+    process.stdout.write(
+      "berth up [--no-csi] [--csi-endpoint URL] [--csi-dir DIR] [agent flags]: the agent on the embedded store plus the CSI driver\n",
+    );
+    return runUp(up.agentArgs);
   }
   let csi: { close(): Promise<void> } | undefined;
-  if (!noCsi) {
+  if (up.csi) {
     const { startCsiDriver } = await import("../csi/server.ts");
     try {
-      csi = await startCsiDriver({ endpoint: process.env.CSI_ENDPOINT ?? DEFAULT_CSI_ENDPOINT });
-      process.stderr.write(`berth up: CSI driver serving ${process.env.CSI_ENDPOINT ?? DEFAULT_CSI_ENDPOINT}\n`);
+      csi = await startCsiDriver({
+        endpoint: up.csiEndpoint,
+        stateDir: up.csiDir,
+        dataDir: up.csiDir ? `${up.csiDir}/volumes` : undefined,
+      });
+      process.stderr.write(`berth up: CSI driver serving ${up.csiEndpoint}\n`);
     } catch (e) {
       process.stderr.write(`berth up: CSI driver not started: ${(e as Error).message}\n`);
       return 1;
     }
   }
   try {
-    return await runUp(agentArgs);
+    return await runUp(up.agentArgs);
   } finally {
     await csi?.close();
   }

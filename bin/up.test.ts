@@ -1,0 +1,82 @@
+// The README's first command, `npm start` (= `berth up`), as a newcomer runs it: bin/berth
+// from the bundle (build/berth.cjs), the agent on the embedded store plus the CSI driver. It
+// runs inside a throwaway "host" netns (conformance/multihost/cluster.ts) with its own run,
+// state and CSI directories; the defaults differ only in those paths.
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import * as grpc from "@grpc/grpc-js";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Cluster, type Host } from "../conformance/multihost/cluster.ts";
+import { loadCsiPackage } from "../csi/proto/load.ts";
+import { testPrefix } from "../testing/kernel.ts";
+
+const REPO = resolve(import.meta.dirname, "..");
+const bundled = existsSync(join(REPO, "build", "berth.cjs"));
+
+function probe(endpoint: string): Promise<{ ready: boolean; name: string }> {
+  const csi = loadCsiPackage().csi.v1;
+  const identity = new csi.Identity(endpoint, grpc.credentials.createInsecure());
+  const call = <T>(method: "Probe" | "GetPluginInfo") =>
+    new Promise<T>((done, fail) =>
+      (identity[method] as (req: object, cb: (e: Error | null, r: T) => void) => void).call(identity, {}, (e, r) =>
+        e ? fail(e) : done(r),
+      ),
+    );
+  return Promise.all([call<{ ready?: { value: boolean } }>("Probe"), call<{ name: string }>("GetPluginInfo")]).then(
+    ([p, info]) => {
+      identity.close();
+      return { ready: p.ready?.value ?? false, name: info.name };
+    },
+  );
+}
+
+describe.skipIf(!bundled).sequential("berth up (npm start) from the bundle", () => {
+  const dir = mkdtempSync(join(tmpdir(), `${testPrefix()}-up-`));
+  const csiSocket = join(dir, "csi.sock");
+  let cluster: Cluster | undefined;
+  let host: Host;
+
+  beforeAll(async () => {
+    cluster = await Cluster.create(
+      {
+        store: "local",
+        clusterCidrs: ["10.251.0.0/16"],
+        agentCommand: [
+          process.execPath,
+          join(REPO, "bin", "berth"),
+          "up",
+          "--csi-endpoint",
+          `unix://${csiSocket}`,
+          "--csi-dir",
+          join(dir, "csi"),
+        ],
+      },
+      (c) => {
+        cluster = c;
+      },
+    );
+    host = await cluster.addHost();
+  }, 60_000);
+
+  afterAll(async () => {
+    await cluster?.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("serves the overlay (a pod gets an address of the host's lease) and the CSI endpoint; Ctrl-C stops both cleanly", {
+    timeout: 90_000,
+  }, async () => {
+    const agent = host.startAgent();
+    await host.waitReady();
+    const lease = await host.lease();
+    const pod = await host.addContainer({ fastPath: true });
+    expect(pod.ipv4.startsWith(`${lease.subnet.split(".").slice(0, 3).join(".")}.`), agent.output()).toBe(true);
+    expect(agent.output()).toMatch(/berth up: CSI driver serving unix:\/\//);
+    expect(await probe(`unix://${csiSocket}`)).toEqual({ ready: true, name: "berth.csi.local" });
+
+    await agent.stop("SIGINT");
+    expect(await agent.exited, agent.output()).toBe(0);
+    expect(existsSync(csiSocket)).toBe(false);
+  });
+});

@@ -14,21 +14,20 @@ import { testPrefix } from "../testing/kernel.ts";
 const REPO = resolve(import.meta.dirname, "..");
 const bundled = existsSync(join(REPO, "build", "berth.cjs"));
 
-function probe(endpoint: string): Promise<{ ready: boolean; name: string }> {
+async function probe(endpoint: string): Promise<{ ready: boolean; name: string }> {
   const csi = loadCsiPackage().csi.v1;
   const identity = new csi.Identity(endpoint, grpc.credentials.createInsecure());
-  const call = <T>(method: "Probe" | "GetPluginInfo") =>
-    new Promise<T>((done, fail) =>
-      (identity[method] as (req: object, cb: (e: Error | null, r: T) => void) => void).call(identity, {}, (e, r) =>
-        e ? fail(e) : done(r),
-      ),
+  try {
+    const ready = await new Promise<boolean>((done, fail) =>
+      identity.Probe({}, (e, r) => (e || !r ? fail(e ?? new Error("no Probe reply")) : done(r.ready?.value ?? false))),
     );
-  return Promise.all([call<{ ready?: { value: boolean } }>("Probe"), call<{ name: string }>("GetPluginInfo")]).then(
-    ([p, info]) => {
-      identity.close();
-      return { ready: p.ready?.value ?? false, name: info.name };
-    },
-  );
+    const name = await new Promise<string>((done, fail) =>
+      identity.GetPluginInfo({}, (e, r) => (e || !r ? fail(e ?? new Error("no GetPluginInfo reply")) : done(r.name))),
+    );
+    return { ready, name };
+  } finally {
+    identity.close();
+  }
 }
 
 describe.skipIf(!bundled).sequential("berth up (npm start) from the bundle", () => {

@@ -93,7 +93,9 @@ export const hostLocalPlugin: Plugin = {
 
   async add(req: Request): Promise<Result> {
     const config = configOf(req);
-    const leases = storeFor(config.dataDir).allocate(ownerOf(req), config.rangeSets, requested(req));
+    const store = storeFor(config.dataDir);
+    const wanted = requested(req);
+    const leases = await store.grouped(() => store.allocate(ownerOf(req), config.rangeSets, wanted));
     // A delegated IPAM result is trimmed: no interfaces, no ips[].interface (SPEC).
     const result: Result = { cniVersion: req.config.cniVersion, ips: leases.map((l) => ipConfig(l, config.rangeSets)) };
     if (config.routes.length > 0) result.routes = config.routes;
@@ -105,7 +107,8 @@ export const hostLocalPlugin: Plugin = {
     const dataDir = dataDirOf(req);
     // Nothing was ever allocated here: do not create a database just to find it empty.
     if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
-    storeFor(dataDir).release(ownerOf(req));
+    const store = storeFor(dataDir);
+    await store.grouped(() => store.release(ownerOf(req)));
   },
 
   async check(req: Request): Promise<void> {

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, fork } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -42,6 +42,17 @@ function rowsOnDisk(dir: string): { ip: string; network: string; container_id: s
   }
 }
 
+/** Commit frames in the WAL (a frame header's "database size after commit" is non-zero). */
+function walCommits(dir: string): number {
+  const wal = readFileSync(join(dir, `${DATABASE_FILE}-wal`));
+  const pageSize = wal.readUInt32BE(8);
+  let commits = 0;
+  for (let off = 32; off + 24 + pageSize <= wal.length; off += 24 + pageSize) {
+    if (wal.readUInt32BE(off + 4) !== 0) commits++;
+  }
+  return commits;
+}
+
 let dir: string;
 let store: LeaseStore;
 
@@ -81,6 +92,27 @@ describe("LeaseStore", () => {
     expect(store.exhaustedRangeSets("net1", pool)).toEqual([]);
     expect(store.allocate(owner("c6"), pool)[0]!.address).toBe("10.1.0.4");
     expect(rowsOnDisk(dir).find((r) => r.ip === "10.1.0.4")!.container_id).toBe("c6");
+    expect(store.verify()).toEqual([]);
+  });
+
+  it("groups writes queued in one event-loop turn into one commit; a failing one rejects alone", async () => {
+    const pool = sets([[{ subnet: "10.1.0.0/29" }]]); // 5 assignable
+    const before = walCommits(dir);
+    const calls = [1, 2, 3, 4, 5, 6, 7].map((i) => store.grouped(() => store.allocate(owner(`g${i}`), pool)));
+    const settled = await Promise.allSettled(calls);
+    expect(walCommits(dir) - before).toBe(1);
+    const ok = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value[0]!.address] : []));
+    expect(ok).toEqual(["10.1.0.2", "10.1.0.3", "10.1.0.4", "10.1.0.5", "10.1.0.6"]);
+    for (const r of settled.slice(5)) {
+      expect(r.status).toBe("rejected");
+      expect(((r as PromiseRejectedResult).reason as CniError).code).toBe(IpamErrorCode.PoolExhausted);
+    }
+    expect(rowsOnDisk(dir).map((r) => r.container_id)).toEqual(["g1", "g2", "g3", "g4", "g5"]);
+    // Releases group the same way; separate turns commit separately.
+    await Promise.all(["g1", "g2"].map((c) => store.grouped(() => store.release(owner(c)))));
+    await store.grouped(() => store.release(owner("g3")));
+    expect(walCommits(dir) - before).toBe(3);
+    expect(rowsOnDisk(dir).map((r) => r.container_id)).toEqual(["g4", "g5"]);
     expect(store.verify()).toEqual([]);
   });
 

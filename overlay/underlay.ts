@@ -1,8 +1,9 @@
 // The underlay: which interface and address carry VXLAN traffic, and its MTU. Read from the
-// calling process's network namespace (/proc/net and /sys/class/net are per netns under
-// `ip netns exec`), so an agent started inside a namespace sees that namespace's links.
+// calling thread's network namespace (netlink, and /proc/net for the default route), so an
+// agent started inside a namespace sees that namespace's links.
 import { readFileSync } from "node:fs";
-import { networkInterfaces } from "node:os";
+import type { Scope } from "../native/netlink/address.ts";
+import { Rtnl } from "../native/netlink/socket.ts";
 import { type Family, ipFamily } from "./cidr.ts";
 import { sameIp } from "./lease.ts";
 
@@ -26,10 +27,41 @@ export function vxlanOverhead(family: Family): number {
 }
 
 function readMtu(iface: string): number {
+  const nl = Rtnl.open();
   try {
-    return Number(readFileSync(`/sys/class/net/${iface}/mtu`, "utf8").trim());
-  } catch {
-    throw new UnderlayError(`underlay interface "${iface}" does not exist`);
+    const link = nl.linkGet(iface);
+    if (!link) throw new UnderlayError(`underlay interface "${iface}" does not exist`);
+    return link.mtu;
+  } finally {
+    nl.close();
+  }
+}
+
+interface IfaceAddress {
+  address: string;
+  scope: Scope | number;
+}
+
+/**
+ * Every address of this netns by interface name, read over netlink. Not os.networkInterfaces():
+ * libuv leaves out interfaces without carrier (not RUNNING), so an agent started the moment its
+ * link came up — before the carrier settled — saw an underlay without an address.
+ */
+function addressesByInterface(): Map<string, IfaceAddress[]> {
+  const nl = Rtnl.open();
+  try {
+    const names = new Map(nl.linkList().map((l) => [l.index, l.name]));
+    const out = new Map<string, IfaceAddress[]>();
+    for (const a of nl.addrList()) {
+      const name = names.get(a.ifindex);
+      if (!name) continue;
+      const list = out.get(name) ?? [];
+      list.push({ address: a.address, scope: a.scope });
+      out.set(name, list);
+    }
+    return out;
+  } finally {
+    nl.close();
   }
 }
 
@@ -59,10 +91,10 @@ export function defaultRouteInterface(): string | null {
  * public IP, or the interface's first global address (IPv4 preferred), or the default route's.
  */
 export function discoverUnderlay(options: { iface?: string; publicIP?: string }): Underlay {
-  const all = networkInterfaces();
+  const all = addressesByInterface();
   if (options.publicIP) {
     const family = ipFamily(options.publicIP)!;
-    const holder = Object.entries(all).find(([, addrs]) => addrs?.some((a) => sameIp(a.address, options.publicIP!)));
+    const holder = [...all].find(([, addrs]) => addrs.some((a) => sameIp(a.address, options.publicIP!)));
     const iface = options.iface ?? holder?.[0];
     if (!iface) throw new UnderlayError(`no interface holds ${options.publicIP}; pass --underlay-iface as well`);
     if (options.iface && holder && holder[0] !== options.iface) {
@@ -73,10 +105,9 @@ export function discoverUnderlay(options: { iface?: string; publicIP?: string })
   const iface = options.iface ?? defaultRouteInterface();
   if (!iface) throw new UnderlayError("no default route to pick the underlay from: pass --underlay-iface or --public-ip");
   const mtu = readMtu(iface);
-  const addrs = (all[iface] ?? []).filter(
-    (a) => !a.internal && !(a.family === "IPv6" && a.address.toLowerCase().startsWith("fe80")),
-  );
-  const pick = addrs.find((a) => a.family === "IPv4") ?? addrs[0];
-  if (!pick) throw new UnderlayError(`underlay interface "${iface}" has no usable address (is it up?): pass --public-ip`);
+  // Global addresses only: not loopback (host scope), not IPv6 link-local.
+  const addrs = (all.get(iface) ?? []).filter((a) => a.scope === "universe" || a.scope === "site");
+  const pick = addrs.find((a) => ipFamily(a.address) === 4) ?? addrs[0];
+  if (!pick) throw new UnderlayError(`underlay interface "${iface}" has no usable address: pass --public-ip`);
   return { iface, publicIP: pick.address, family: ipFamily(pick.address)!, mtu };
 }

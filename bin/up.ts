@@ -23,7 +23,7 @@ function splitArgs(argv: string[]): UpArgs | string {
     if (flag === "--no-csi") up.csi = false;
     else if (flag === "--csi-endpoint" || flag === "--csi-dir") {
       const value = inline ?? argv[++i];
-      if (!value) return `${flag} needs a value`;
+      if (!value || (inline === undefined && value.startsWith("--"))) return `${flag} needs a value`;
       if (flag === "--csi-endpoint") up.csiEndpoint = value;
       else if (!value.startsWith("/")) return `--csi-dir must be an absolute path, got ${JSON.stringify(value)}`;
       else up.csiDir = value;

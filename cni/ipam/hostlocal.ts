@@ -2,18 +2,11 @@
 // host-local lacks: idempotent re-ADD, GC of leaked leases, and STATUS that reports an
 // exhausted pool or an unwritable store as 50 before a pod's ADD fails on it.
 import { existsSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { isAbsolute, join, resolve } from "node:path";
 import { gcAttachments, requestedIps } from "../spec/config.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
 import { type AddressError, formatIp, type Ip, parseIp } from "./cidr.ts";
-import {
-  checkedDataDir,
-  DEFAULT_DATA_DIR,
-  findRange,
-  type HostLocalConfig,
-  parseHostLocalConfig,
-  type RangeSet,
-} from "./ranges.ts";
+import { DEFAULT_DATA_DIR, findRange, type HostLocalConfig, parseHostLocalConfig, type RangeSet } from "./ranges.ts";
 import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "./store.ts";
 
 function ipamSection(req: Request): Record<string, unknown> {
@@ -29,11 +22,14 @@ function configOf(req: Request): HostLocalConfig {
 
 /**
  * DEL and GC must work even when the ranges in the config no longer parse: they only need the
- * directory. Undefined when the configured one is invalid: ADD refused it, so nothing is there.
+ * directory. An absolute one with "." or ".." segments (ADD refuses those now; older berth
+ * accepted them) is normalised, so leases made before are still released. Undefined when it
+ * is not an absolute path at all: no ADD ever used it.
  */
 function dataDirOf(req: Request): string | undefined {
   const dir = ipamSection(req).dataDir;
-  return dir === undefined || dir === null ? DEFAULT_DATA_DIR : checkedDataDir(dir);
+  if (dir === undefined || dir === null) return DEFAULT_DATA_DIR;
+  return typeof dir === "string" && isAbsolute(dir) && !dir.includes("\0") ? resolve(dir) : undefined;
 }
 
 function ownerOf(req: Request): LeaseOwner {

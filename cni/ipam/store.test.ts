@@ -116,6 +116,20 @@ describe("LeaseStore", () => {
     expect(store.verify()).toEqual([]);
   });
 
+  it("a grouped write whose store is closed before the commit is rejected with code 5, never reported done", async () => {
+    const other = LeaseStore.open(dir);
+    const pending = other.grouped(() => other.allocate(owner("late"), sets([[{ subnet: "10.1.0.0/29" }]])));
+    other.close();
+    const err = await pending.then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toBeInstanceOf(CniError);
+    expect((err as CniError).code).toBe(5);
+    expect((err as CniError).message).toMatch(/lease database .*ipam\.db/);
+    expect(rowsOnDisk(dir)).toEqual([]);
+  });
+
   it("goes round-robin from the last address handed out and wraps around", () => {
     const pool = sets([[{ subnet: "10.1.0.0/29" }]]);
     expect(store.allocate(owner("a"), pool)[0]!.address).toBe("10.1.0.2");

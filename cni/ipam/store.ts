@@ -242,14 +242,21 @@ export class LeaseStore {
             try {
               outcomes.push({ ok: true, value: item.work() });
             } catch (error) {
+              // Some errors (disk full, I/O) make SQLite roll back the whole transaction: the
+              // rest must not run as transactions of their own, and nothing here is durable.
+              if (!this.db.inTransaction) throw error;
               outcomes.push({ ok: false, value: error });
             }
           }
         })
         .immediate();
     } catch (e) {
-      // BEGIN or COMMIT failed: nothing of the batch is durable, so nobody may see success.
-      for (const item of batch) item.fail(e);
+      // BEGIN or COMMIT failed, or the transaction was lost: nobody may see success.
+      const error =
+        e instanceof CniError
+          ? e
+          : new CniError(ErrorCode.IoFailure, `lease database ${this.path}: ${(e as Error)?.message ?? String(e)}`);
+      for (const item of batch) item.fail(error);
       return;
     }
     batch.forEach((item, i) => {

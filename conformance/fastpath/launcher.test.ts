@@ -2,7 +2,7 @@
 // environment only, stdin byte for byte up to 1 MiB + 1), that it replays an answer exactly,
 // where it finds the socket, and what a runtime sees when the agent breaks mid-request.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
@@ -155,29 +155,37 @@ describe.skipIf(!built)("berth launcher", () => {
     expect(performance.now() - t0).toBeLessThan(5000);
   });
 
-  it("the cold path keeps a V8 code cache per command beside the bundle; a corrupt one is replaced, never fatal", async () => {
+  it("the cold path keeps a V8 code cache per bundle version and command; a corrupt one is replaced, never fatal", async () => {
     // berth-static's VERSION: a bundle and command no other test leans on.
     const launcher = join(dirname(LAUNCHER), "berth-static");
-    const cache = resolve(dirname(LAUNCHER), "../cni-node/berth-static.cjs.VERSION.v8cache");
-    const version = () =>
-      new Promise<Run>((done) => {
-        const r = spawnSync(launcher, [], {
-          env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off", CNI_COMMAND: "VERSION" },
-          input: '{"cniVersion":"1.0.0"}',
-        });
-        done({ code: r.status, stdout: r.stdout, stderr: r.stderr });
+    const nodeDir = resolve(dirname(LAUNCHER), "../cni-node");
+    const bundle = join(nodeDir, "berth-static.cjs");
+    const st = statSync(bundle);
+    const cache = `${bundle}.VERSION.${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}.v8cache`;
+    const version = (command = "VERSION") => {
+      const r = spawnSync(launcher, [], {
+        env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off", CNI_COMMAND: command },
+        input: '{"cniVersion":"1.0.0"}',
       });
+      return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+    };
     rmSync(cache, { force: true });
-    const first = await version();
+    const first = version();
     expect(first.code, first.stderr.toString()).toBe(0);
     expect(JSON.parse(first.stdout.toString()).supportedVersions).toContain("1.1.0");
     expect(statSync(cache).size).toBeGreaterThan(1000);
     const good = readFileSync(cache);
-    writeFileSync(cache, Buffer.alloc(good.length, 0x5a));
-    const second = await version();
+    const junk = Buffer.alloc(good.length, 0x5a);
+    writeFileSync(cache, junk);
+    const second = version();
     expect(second.code, second.stderr.toString()).toBe(0);
     expect(second.stderr.toString()).toBe("");
     expect(second.stdout.equals(first.stdout)).toBe(true);
-    expect(readFileSync(cache).equals(Buffer.alloc(good.length, 0x5a))).toBe(false);
+    expect(readFileSync(cache).equals(junk)).toBe(false);
+    // A command outside the spec's six shares one "OTHER" cache, and a failed run writes none.
+    const before = readdirSync(nodeDir).filter((f) => f.startsWith("berth-static.cjs.OTHER."));
+    for (const f of before) rmSync(join(nodeDir, f));
+    expect(version("FROB").code).not.toBe(0);
+    expect(readdirSync(nodeDir).filter((f) => f.startsWith("berth-static.cjs.OTHER.") || f.includes(".FROB."))).toEqual([]);
   });
 });

@@ -1,30 +1,39 @@
 "use strict";
 // The cold path's first JavaScript: the launcher execs `node boot.cjs <plugin bundle>` when no
 // agent answers. It runs the bundle as the main module, compiled with a V8 code cache kept
-// beside it (<bundle>.<CNI_COMMAND>.v8cache): compiling a 200 KiB bundle, and the functions an ADD touches,
-// costs a fresh Node ~15 ms that the cache turns into a few. The first run (or one whose cache
-// V8 rejects: another Node, other flags, a rebuilt bundle) writes the cache at exit, through a
-// temporary file and a rename; a read-only install simply runs without one. Bundles must not
-// use import(): a vm.Script has no module loader (scripts/bundle.mjs turns it into require()).
-const { readFileSync, renameSync, rmSync, writeFileSync } = require("node:fs");
+// beside it: compiling a 200 KiB bundle, and the functions a call touches, costs a fresh Node
+// ~15 ms that the cache turns into a few.
+//
+// One cache per bundle version and CNI command, `<bundle>.<COMMAND>.<ino>-<size>-<mtime>.v8cache`:
+// a cache holds the functions its run compiled (a VERSION run's would leave an ADD compiling
+// nearly everything again), and V8 itself only checks a cache against the source's length, so
+// the bundle's identity is in the name. A run without a usable cache writes one at exit if it
+// succeeded (exit 0) and the directory is writable, through a temporary file and a rename; a
+// read-only install runs without. scripts/bundle.mjs deletes every cache when it rebuilds.
+// Bundles must not use import(): a vm.Script has no module loader (bundle.mjs turns it into require()).
+const { accessSync, constants, readFileSync, renameSync, rmSync, statSync, writeFileSync } = require("node:fs");
 const { dirname, resolve } = require("node:path");
 const Module = require("node:module");
 const vm = require("node:vm");
 
+const COMMANDS = new Set(["ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"]);
+
 const file = resolve(process.argv[2] ?? "");
 process.argv.splice(1, 1); // the bundle sees itself as argv[1], as when run directly
-// One cache per command: a cache holds the functions its run compiled, and a VERSION run's
-// would leave an ADD compiling nearly everything again.
-const command = /^[A-Z]{1,8}$/.test(process.env.CNI_COMMAND ?? "") ? process.env.CNI_COMMAND : "OTHER";
-const cacheFile = `${file}.${command}.v8cache`;
 
 let source;
+let identity;
 try {
+  const st = statSync(file);
+  identity = `${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}`;
   source = readFileSync(file, "utf8");
 } catch (e) {
   process.stderr.write(`berth: cannot read plugin bundle ${file}: ${e.message}\n`);
   process.exit(1);
 }
+const command = COMMANDS.has(process.env.CNI_COMMAND) ? process.env.CNI_COMMAND : "OTHER";
+const cacheFile = `${file}.${command}.${identity}.v8cache`;
+
 let cachedData;
 try {
   cachedData = readFileSync(cacheFile);
@@ -32,14 +41,13 @@ try {
   // no cache yet
 }
 // The shebang goes, its newline stays: stack traces keep the bundle's line numbers.
-const script = new vm.Script(Module.wrap(source.replace(/^#!.*/, "")), {
-  filename: file,
-  cachedData,
-});
+const script = new vm.Script(Module.wrap(source.replace(/^#!.*/, "")), { filename: file, cachedData });
 if (cachedData === undefined || script.cachedDataRejected) {
-  process.once("exit", () => {
+  process.once("exit", (code) => {
+    if (code !== 0) return;
     const tmp = `${cacheFile}.${process.pid}`;
     try {
+      accessSync(dirname(file), constants.W_OK);
       writeFileSync(tmp, script.createCachedData(), { mode: 0o644 });
       renameSync(tmp, cacheFile);
     } catch {

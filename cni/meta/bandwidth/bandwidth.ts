@@ -9,7 +9,7 @@
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link } from "../../../native/netlink/link.ts";
 import { Rtnl } from "../../../native/netlink/socket.ts";
-import type { Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
+import type { MirredAction, Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
 import { shortHash } from "../../digest.ts";
 import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
@@ -165,10 +165,18 @@ function ensureIfb(nl: Rtnl, name: string, mtu: number): Link {
 }
 
 /** Everything arriving on the veth (what the pod sends) leaves through the IFB instead. */
-function redirectToIfb(nl: Rtnl, veth: string, ifb: string): void {
-  const actions = [{ kind: "mirred" as const, mode: "redirect" as const, dev: ifb }];
+function redirectToIfb(nl: Rtnl, veth: string, ifb: Link): void {
+  const actions = [{ kind: "mirred" as const, mode: "redirect" as const, dev: ifb.index }];
   // A filter's kind is fixed per prio: a repeated ADD keeps the kind the first one chose.
-  const existing = nl.filterList(veth, "ingress").find((f) => f.prio === FILTER_PRIO)?.kind;
+  const found = nl.filterList(veth, "ingress").find((f) => f.prio === FILTER_PRIO);
+  const existing = found?.kind;
+  if (found && existing === "matchall") {
+    // cls_matchall cannot be changed in place (any replace is EEXIST): keep one that already
+    // redirects to this IFB, make a different one anew.
+    const redirects = found.actions.filter((a): a is MirredAction => a.kind === "mirred");
+    if (redirects.some((a) => a.mode === "redirect" && a.ifindex === ifb.index)) return;
+    nl.filterDel({ dev: veth, parent: "ingress", prio: FILTER_PRIO, kind: "matchall" });
+  }
   if (existing !== "u32") {
     try {
       nl.filterReplace({ kind: "matchall", dev: veth, parent: "ingress", prio: FILTER_PRIO, actions });
@@ -204,13 +212,13 @@ async function add(req: Request): Promise<Result> {
       }
       if (conf.egress) {
         step = `IFB ${ifb}`;
-        ensureIfb(nl, ifb, veth.mtu);
+        const ifbLink = ensureIfb(nl, ifb, veth.mtu);
         step = `token bucket on ${ifb}`;
         nl.qdiscReplace(tbf(ifb, conf.egress));
         step = `ingress qdisc on ${veth.name}`;
         nl.qdiscReplace({ kind: "ingress", dev: veth.name });
         step = `redirect from ${veth.name} to ${ifb}`;
-        redirectToIfb(nl, veth.name, ifb);
+        redirectToIfb(nl, veth.name, ifbLink);
       }
     } catch (e) {
       await teardown(nl, veth.name, ifb).catch(() => {});
@@ -269,9 +277,11 @@ function checkTbf(nl: Rtnl, dev: Link, l: Limit, what: string): void {
       `CHECK: ${what} rate on ${dev.name} is ${q.tbf.bytesPerSec * 8} bit/s, configured ${l.rate}`,
     );
   }
-  // The kernel keeps the bucket as a time in 64 ns ticks: allow that rounding, and 1%.
+  // The kernel keeps the bucket as a time in 64 ns ticks: allow that rounding, and 1%. It
+  // reports that time as a u32 of ticks, so a bucket over ~275 s of traffic cannot be read back.
   const slack = Math.max(want.burstBytes * 0.01, want.bytesPerSec * 64e-9 + 1);
-  if (Math.abs(q.tbf.burstBytes - want.burstBytes) > slack) {
+  const readable = (want.burstBytes / want.bytesPerSec) * 1e9 < 0xffffffff * 64;
+  if (readable && Math.abs(q.tbf.burstBytes - want.burstBytes) > slack) {
     throw new CniError(
       ErrorCode.Internal,
       `CHECK: ${what} burst on ${dev.name} is ${q.tbf.burstBytes * 8} bits, configured ${l.burst}`,

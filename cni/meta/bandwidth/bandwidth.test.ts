@@ -194,6 +194,30 @@ describe("berth-bandwidth", () => {
     expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
   });
 
+  it("DEL removes only its own redirect: another program's ingress filter, and so the ingress qdisc, stay", async () => {
+    const ns = fx.netns("a");
+    const prev = await fx.bridgeAdd("ctr-a", ns);
+    const veth = hostVethOf(prev);
+    const ifb = ifbName(fx.prefix, fx.network, "ctr-a", "eth0");
+    const limits = { egressRate: 10 * MBIT, egressBurst: 100_000 };
+    expect((await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    sh("tc", [
+      ...["filter", "add", "dev", veth, "parent", "ffff:", "prio", "5", "protocol", "ip"],
+      ...["u32", "match", "u32", "0", "0", "flowid", "1:1"],
+    ]);
+    const filters = () => JSON.parse(sh("tc", ["-j", "filter", "show", "dev", veth, "parent", "ffff:"]) || "[]");
+    expect(new Set(filters().map((f: { pref: number }) => f.pref))).toEqual(new Set([1, 5]));
+    expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    expect(new Set(filters().map((f: { pref: number }) => f.pref))).toEqual(new Set([5]));
+    expect(qdiscs(veth).map((q) => q.kind)).toContain("ingress");
+    expect(ipJson<{ ifname: string }>(["link", "show"]).map((l) => l.ifname)).not.toContain(ifb);
+    // Without the foreign filter, DEL takes the ingress qdisc too.
+    expect((await fx.invoke(bandwidthPlugin, fx.env("ADD", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    sh("tc", ["filter", "del", "dev", veth, "parent", "ffff:", "prio", "5"]);
+    expect((await fx.invoke(bandwidthPlugin, fx.env("DEL", "ctr-a", ns), bwConf(limits, prev))).exitCode).toBe(0);
+    expect(qdiscs(veth).map((q) => q.kind)).not.toContain("ingress");
+  });
+
   it("DEL leaves a root qdisc of another kind and a non-IFB device that carries the IFB's name", async () => {
     const ns = fx.netns("a");
     const prev = await fx.bridgeAdd("ctr-a", ns);

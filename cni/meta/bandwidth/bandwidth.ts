@@ -5,11 +5,12 @@
 // Rates in bits/s and bursts in bits, from the config or runtimeConfig.bandwidth (a key set in
 // the config wins). Everything is programmed over netlink (native/netlink/tc.ts), no `tc` or `ip`
 // process: every request is a replace, so a repeated ADD converges; DEL and GC find the IFB by
-// its deterministic name, and remove the veth's qdiscs only when they are the kinds we put there.
+// its deterministic name, remove only our redirect filter from the veth's ingress (the ingress
+// qdisc goes when nothing else is on it) and a root qdisc only when it is a tbf.
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link } from "../../../native/netlink/link.ts";
 import { Rtnl } from "../../../native/netlink/socket.ts";
-import type { MirredAction, Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
+import type { Filter, MirredAction, Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
 import { shortHash } from "../../digest.ts";
 import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
@@ -164,29 +165,38 @@ function ensureIfb(nl: Rtnl, name: string, mtu: number): Link {
   return ifb;
 }
 
+/** Does this filter's mirred redirect to `ifindex`? */
+function redirectsTo(f: Filter, ifindex: number): boolean {
+  return f.actions
+    .filter((a): a is MirredAction => a.kind === "mirred")
+    .some((a) => a.mode === "redirect" && a.ifindex === ifindex);
+}
+
 /** Everything arriving on the veth (what the pod sends) leaves through the IFB instead. */
 function redirectToIfb(nl: Rtnl, veth: string, ifb: Link): void {
   const actions = [{ kind: "mirred" as const, mode: "redirect" as const, dev: ifb.index }];
+  const base = { dev: veth, parent: "ingress" as const, prio: FILTER_PRIO, actions };
   // A filter's kind is fixed per prio: a repeated ADD keeps the kind the first one chose.
-  const found = nl.filterList(veth, "ingress").find((f) => f.prio === FILTER_PRIO);
-  const existing = found?.kind;
-  if (found && existing === "matchall") {
-    // cls_matchall cannot be changed in place (any replace is EEXIST): keep one that already
-    // redirects to this IFB, make a different one anew.
-    const redirects = found.actions.filter((a): a is MirredAction => a.kind === "mirred");
-    if (redirects.some((a) => a.mode === "redirect" && a.ifindex === ifb.index)) return;
+  const atPrio = nl.filterList(veth, "ingress").filter((f) => f.prio === FILTER_PRIO);
+  if (atPrio.some((f) => redirectsTo(f, ifb.index))) return; // already in place
+  const kind = atPrio[0]?.kind;
+  if (kind === "matchall") {
+    // cls_matchall cannot be changed in place (any replace is EEXIST): make it anew.
     nl.filterDel({ dev: veth, parent: "ingress", prio: FILTER_PRIO, kind: "matchall" });
   }
-  if (existing !== "u32") {
+  if (kind !== "u32") {
     try {
-      nl.filterReplace({ kind: "matchall", dev: veth, parent: "ingress", prio: FILTER_PRIO, actions });
+      nl.filterReplace({ kind: "matchall", ...base });
       return;
     } catch (e) {
       // Kernels built without cls_matchall ("TC classifier not found"): u32 with a zero mask.
       if (!isNetlinkError(e, "ENOENT")) throw e;
     }
   }
-  nl.filterReplace({ kind: "u32", dev: veth, parent: "ingress", prio: FILTER_PRIO, actions });
+  // u32: replace our node where it is; a new one gets its handles from the kernel (a fixed
+  // 800::1 collides with another program's u32 at another prio, which owns hash table 800:).
+  const node = atPrio.find((f) => f.kind === "u32" && f.actions.length > 0);
+  nl.filterReplace({ kind: "u32", ...base, handle: node?.handle ?? 0 });
 }
 
 async function add(req: Request): Promise<Result> {
@@ -238,13 +248,44 @@ function removeQdisc(nl: Rtnl, dev: string, parent: "root" | "ingress", kind: st
   }
 }
 
-async function teardown(nl: Rtnl, veth: string | undefined, ifb: string): Promise<void> {
-  if (veth) {
-    removeQdisc(nl, veth, "ingress", "ingress");
-    removeQdisc(nl, veth, "root", "tbf");
+/**
+ * Removes our redirect from the veth's ingress: the filter at our prio whose mirred points at
+ * our IFB (or at a device that no longer exists). Other filters, and so the ingress qdisc
+ * holding them, stay; the qdisc goes once nothing is left on it.
+ */
+function removeRedirect(nl: Rtnl, veth: string, ifbIndex: number | undefined): void {
+  let filters: Filter[];
+  try {
+    filters = nl.filterList(veth, "ingress");
+  } catch (e) {
+    if (isGone(e)) return;
+    throw e;
   }
+  const ours = (f: Filter) =>
+    f.prio === FILTER_PRIO &&
+    f.actions
+      .filter((a): a is MirredAction => a.kind === "mirred")
+      .some((a) => a.ifindex === ifbIndex || (ifbIndex === undefined && !nl.linkGet(a.ifindex)));
+  let rest = filters;
+  if (filters.some(ours)) {
+    try {
+      nl.filterDel({ dev: veth, parent: "ingress", prio: FILTER_PRIO });
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+    // Everything at our prio went (u32 also lists its hash table there).
+    rest = filters.filter((f) => f.prio !== FILTER_PRIO);
+  }
+  if (rest.length === 0) removeQdisc(nl, veth, "ingress", "ingress");
+}
+
+async function teardown(nl: Rtnl, veth: string | undefined, ifb: string): Promise<void> {
   // Only an IFB: a device of another kind that happens to carry the name is not ours.
   const dev = nl.linkGet(ifb);
+  if (veth) {
+    removeRedirect(nl, veth, dev?.kind === "ifb" ? dev.index : undefined);
+    removeQdisc(nl, veth, "root", "tbf");
+  }
   if (dev?.kind !== "ifb") return;
   try {
     await nl.linkDelAsync(dev.index);

@@ -2,7 +2,7 @@
 // spec's terms before the agent holds a lease (STATUS 50, ADD 11), then two containers on the
 // host reach each other.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Cluster, type Host, tcpTransfer, unreachablePairs, waitAddressesSettled } from "./cluster.ts";
+import { Cluster, type Host, tcpTransfer, unreachablePairs, until, waitAddressesSettled } from "./cluster.ts";
 
 describe.sequential("overlay on the embedded store, one host", () => {
   let cluster: Cluster | undefined;
@@ -40,7 +40,15 @@ describe.sequential("overlay on the embedded store, one host", () => {
     const a = await host.attach(c);
     // The second one through the agent's CNI socket (the fast path): same outcome.
     const b = await host.addContainer({ fastPath: true });
-    expect(host.agent!.output()).toMatch(new RegExp(`served pid \\d+ berth-overlay ADD mh-${b.name} eth0: exit 0`));
+    // The agent logs asynchronously (pino): the line may land just after the reply.
+    const served = new RegExp(`served pid \\d+ berth-overlay ADD mh-${b.name} eth0: exit 0`);
+    await until(
+      "the agent's log of the fast-path ADD",
+      async () => host.agent!.output(),
+      (out) => served.test(out),
+      5000,
+    ).catch(() => {});
+    expect(host.agent!.output()).toMatch(served);
     expect(host.agent!.output()).not.toMatch(new RegExp(`ADD mh-${a.name} `));
     await Promise.all([a, b].map(waitAddressesSettled));
     const lease = await host.lease();

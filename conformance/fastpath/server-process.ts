@@ -69,6 +69,16 @@ export class ServerProcess {
     return this.log.join("").split("cni server: served ").length - 1;
   }
 
+  /**
+   * served(), once it reaches `count` or `timeoutMs` passed: the log arrives on the server's
+   * stderr pipe, which can trail the replies the launchers already returned.
+   */
+  async servedWhen(count: number, timeoutMs = 3000): Promise<number> {
+    const deadline = Date.now() + timeoutMs;
+    while (this.served() < count && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    return this.served();
+  }
+
   /** Open file descriptors of the server process (sockets, netlink, databases). */
   openFds(): string[] {
     return readFds(this.pid);

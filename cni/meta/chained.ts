@@ -42,8 +42,3 @@ export function containerAddresses(prev: Result): ContainerAddress[] {
 export function hostInterfaces(prev: Result): Interface[] {
   return (prev.interfaces ?? []).filter((i) => !i.sandbox);
 }
-
-/** The attachment identity the nft modules tag their elements with. */
-export function attachmentOf(req: Request): { network: string; containerId: string; ifname: string } {
-  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
-}

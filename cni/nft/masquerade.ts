@@ -9,6 +9,8 @@
 // of the network whose attachment is not valid — the reference plugins have no GC at all.
 import { shortHash } from "../digest.ts";
 import { parseIpPrefix, Subnet } from "../ipam/cidr.ts";
+import { gcAttachments } from "../spec/config.ts";
+import type { Request } from "../spec/types.ts";
 import { checkTableName, DEFAULT_TABLE, nftApply, nftList } from "./nft.ts";
 
 export interface MasqAttachment {
@@ -24,6 +26,17 @@ export function networkChain(network: string): string {
 }
 
 /** Element comment naming the attachment: `<network hash> <attachment hash>` (fits nft's 128-byte limit). */
+/** The attachment a request is about: the identity berth's nftables elements are tagged with. */
+export function attachmentOf(req: Request): MasqAttachment {
+  return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
+}
+
+/** GC's valid attachments of the request's network (code 7 when the config lists none). */
+export function validAttachmentsOf(req: Request): MasqAttachment[] {
+  const network = req.config.name;
+  return gcAttachments(req.config).map((a) => ({ network, containerId: a.containerID, ifname: a.ifname }));
+}
+
 export function attachmentTag(a: MasqAttachment): string {
   return `${hash(a.network, 12)} ${hash(`${a.containerId}/${a.ifname}`, 20)}`;
 }

@@ -124,6 +124,33 @@ export function kernelError(what: string, e: unknown): CniError {
   return new CniError(ErrorCode.Internal, `${what}: ${msg}`);
 }
 
+/**
+ * The attachment's veth pair: `host` in the host netns, the request's ifname created directly
+ * in the container's netns. A stale host end (a DEL that never ran) is removed first; the new
+ * pair's removal goes onto the ADD's undo stack.
+ */
+export async function createVethPair(
+  hostNl: Rtnl,
+  req: Request,
+  ns: Netns,
+  host: string,
+  link: { mtu?: number; mac?: string },
+  undo: Undo,
+): Promise<void> {
+  if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
+  try {
+    hostNl.linkAdd({
+      kind: "veth",
+      name: host,
+      mtu: link.mtu,
+      peer: { name: req.ifname, netns: ns, mtu: link.mtu, mac: link.mac },
+    });
+  } catch (e) {
+    throw kernelError(`create veth ${host}/${req.ifname}`, e);
+  }
+  undo.push(() => deleteLinkIfPresent(hostNl, host));
+}
+
 /** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */
 export function attachmentAddresses(req: Request, podNl: Rtnl | null): string[] {
   const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];

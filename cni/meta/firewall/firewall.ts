@@ -4,11 +4,11 @@
 // firewalld. DEL and GC remove the pod's elements; a bridge's isolation stays with the bridge.
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import { addFirewall, firewallOf, gcFirewall, type IngressPolicy, isolatedBridges, removeFirewall } from "../../nft/firewall.ts";
+import { attachmentOf, validAttachmentsOf } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
-import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
-import { attachmentOf, containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
+import { containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
 
 const schema = configSchema({
   backend: field
@@ -81,12 +81,7 @@ async function check(req: Request): Promise<void> {
 
 async function gc(req: Request): Promise<void> {
   const conf = parseConf(req);
-  const valid = gcAttachments(req.config).map((a) => ({
-    network: req.config.name,
-    containerId: a.containerID,
-    ifname: a.ifname,
-  }));
-  await gcFirewall(req.config.name, valid, conf.nftTable);
+  await gcFirewall(req.config.name, validAttachmentsOf(req), conf.nftTable);
 }
 
 export const firewallPlugin: Plugin = {

@@ -6,6 +6,7 @@
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { formatIp, parseIp, tryParseIp } from "../../ipam/cidr.ts";
+import { attachmentOf, validAttachmentsOf } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import {
   addPortmap,
@@ -18,10 +19,9 @@ import {
   portmapOf,
   removePortmap,
 } from "../../nft/portmap.ts";
-import { gcAttachments } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
-import { attachmentOf, containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
+import { containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
 
 /** berth-specific code: the host port is already forwarded to another container. */
 export const PORT_IN_USE = 120;
@@ -241,12 +241,7 @@ async function check(req: Request): Promise<void> {
 /** GC: drops this network's mappings of attachments not in the valid list (the reference has no GC). */
 async function gc(req: Request): Promise<void> {
   const conf = parseConf(req);
-  const valid = gcAttachments(req.config).map((a) => ({
-    network: req.config.name,
-    containerId: a.containerID,
-    ifname: a.ifname,
-  }));
-  await gcPortmap(req.config.name, valid, conf.nftTable);
+  await gcPortmap(req.config.name, validAttachmentsOf(req), conf.nftTable);
 }
 
 export const portmapPlugin: Plugin = {

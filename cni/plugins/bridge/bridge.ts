@@ -15,7 +15,7 @@ import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
-  deleteLinkIfPresent,
+  createVethPair,
   gcHostLinks,
   hostLinkName,
   kernelError,
@@ -188,19 +188,7 @@ async function add(req: Request): Promise<Result> {
             gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
           }));
 
-          // A stale host end (a DEL that never ran for this attachment) would block the name.
-          if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
-          try {
-            hostNl.linkAdd({
-              kind: "veth",
-              name: host,
-              mtu: conf.mtu,
-              peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
-            });
-          } catch (e) {
-            throw kernelError(`create veth ${host}/${req.ifname}`, e);
-          }
-          undo.push(() => deleteLinkIfPresent(hostNl, host));
+          await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
           try {
             hostNl.linkSet(host, { master: br.index, up: true });
           } catch (e) {
@@ -334,11 +322,11 @@ async function gc(req: Request): Promise<void> {
   errors.push(...(await gcHostLinks("bv", req.config.name, valid)));
   try {
     if (conf.ipMasq) {
-      await gcAttachmentMasq(req, valid, conf.nftTable);
+      await gcAttachmentMasq(req, conf.nftTable);
     }
     if (conf.macspoofchk) {
+      const keep = new Set(valid.map((a) => hostLinkName("bv", req.config.name, a.containerID, a.ifname)));
       for (const port of await macSpoofPorts(conf.nftTable)) {
-        const keep = new Set(valid.map((a) => hostLinkName("bv", req.config.name, a.containerID, a.ifname)));
         if (port.startsWith(`bv${networkTag(req.config.name)}`) && !keep.has(port))
           await removeMacSpoofCheck(port, conf.nftTable);
       }

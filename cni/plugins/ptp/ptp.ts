@@ -10,7 +10,7 @@ import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
 import {
-  deleteLinkIfPresent,
+  createVethPair,
   gcHostLinks,
   hostLinkName,
   kernelError,
@@ -107,18 +107,7 @@ async function add(req: Request): Promise<Result> {
             }
           }
 
-          if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
-          try {
-            hostNl.linkAdd({
-              kind: "veth",
-              name: host,
-              mtu: conf.mtu,
-              peer: { name: req.ifname, netns: ns, mtu: conf.mtu, mac },
-            });
-          } catch (e) {
-            throw kernelError(`create veth ${host}/${req.ifname}`, e);
-          }
-          undo.push(() => deleteLinkIfPresent(hostNl, host));
+          await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
           const routes = podRoutes(ips, ipam.routes ?? []);
           try {
             configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
@@ -211,7 +200,7 @@ async function gc(req: Request): Promise<void> {
   errors.push(...(await gcHostLinks("bp", req.config.name, valid)));
   if (conf.ipMasq) {
     try {
-      await gcAttachmentMasq(req, valid, conf.nftTable);
+      await gcAttachmentMasq(req, conf.nftTable);
     } catch (e) {
       errors.push(`nftables: ${(e as Error).message}`);
     }

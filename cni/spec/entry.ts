@@ -88,7 +88,7 @@ function versionReply(stdin: Buffer): { cniVersion: string; supportedVersions: s
 }
 
 /** Best effort, for replies written before (or without) a validated config. */
-function versionForError(stdin: Buffer): CniVersion {
+export function versionForError(stdin: Buffer): CniVersion {
   if (stdin.length === 0 || stdin.length > MAX_CONFIG_BYTES) return NEWEST_VERSION;
   try {
     const v = (JSON.parse(stdin.toString("utf8")) as { cniVersion?: unknown } | null)?.cniVersion;

@@ -10,9 +10,9 @@ import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync 
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
-import { handleInvocation, type InvocationOutcome } from "../../cni/spec/entry.ts";
+import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
 import { ErrorCode } from "../../cni/spec/types.ts";
-import { isSupportedVersion, NEWEST_VERSION } from "../../cni/spec/version.ts";
+import { NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { addon } from "../../native/addon.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
@@ -367,14 +367,4 @@ function json(v: unknown): string {
 
 function errorResponse(cniVersion: string, code: number, msg: string): InvocationResponse {
   return { exitCode: 1, stdout: json({ cniVersion, code, msg }), stderr: "" };
-}
-
-function versionForError(stdin: Buffer): string {
-  if (stdin.length === 0 || stdin.length > MAX_CONFIG_BYTES) return NEWEST_VERSION;
-  try {
-    const v = (JSON.parse(stdin.toString("utf8")) as { cniVersion?: unknown } | null)?.cniVersion;
-    return isSupportedVersion(v) ? v : NEWEST_VERSION;
-  } catch {
-    return NEWEST_VERSION;
-  }
 }

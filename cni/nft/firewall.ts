@@ -16,6 +16,7 @@
 import { shortHash } from "../digest.ts";
 import { attachmentTag, type MasqAttachment } from "./masquerade.ts";
 import { checkTableName, DEFAULT_TABLE, type NftElement, nftApply, nftElements } from "./nft.ts";
+import { TaggedSets } from "./tagged.ts";
 
 export type IngressPolicy = "open" | "same-bridge" | "isolated";
 
@@ -84,37 +85,20 @@ export async function addFirewall(
   await nftApply(`${lines.join("\n")}\n`);
 }
 
-function podElements(all: NftElement[] | null): NftElement[] {
-  return (all ?? []).filter((e) => (SETS as readonly string[]).includes(e.set));
-}
-
-async function dropElements(table: string, drop: (tag: string) => boolean): Promise<NftElement[]> {
-  checkTableName(table);
-  const stale = podElements(await nftElements("inet", table)).filter((e) => drop(e.comment));
-  if (stale.length === 0) return [];
-  await nftApply(`${stale.map((e) => `delete element inet ${table} ${e.set} { ${e.key} }`).join("\n")}\n`);
-  return stale;
-}
+const podSets = new TaggedSets(SETS);
 
 /** Removes the attachment's pod addresses (idempotent). Bridge isolation stays: it belongs to the bridge. */
 export function removeFirewall(a: MasqAttachment, table = DEFAULT_TABLE): Promise<NftElement[]> {
-  const tag = attachmentTag(a);
-  return dropElements(table, (t) => t === tag);
+  return podSets.remove(a, table);
 }
 
 export function gcFirewall(network: string, valid: MasqAttachment[], table = DEFAULT_TABLE): Promise<NftElement[]> {
-  const netTag = attachmentTag({ network, containerId: "", ifname: "" }).split(" ")[0]!;
-  const keep = new Set(valid.map(attachmentTag));
-  return dropElements(table, (t) => t.startsWith(`${netTag} `) && !keep.has(t));
+  return podSets.gc(network, valid, table);
 }
 
 /** The attachment's pod addresses as the kernel holds them. */
 export async function firewallOf(a: MasqAttachment, table = DEFAULT_TABLE): Promise<string[]> {
-  checkTableName(table);
-  const tag = attachmentTag(a);
-  return podElements(await nftElements("inet", table))
-    .filter((e) => e.comment === tag)
-    .map((e) => e.key);
+  return (await podSets.of(a, table)).map((e) => e.key);
 }
 
 /** Bridges isolated in the table (for CHECK). */

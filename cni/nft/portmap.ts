@@ -16,7 +16,8 @@
 // Elements carry the attachment tag as their comment; DEL and GC list the table and delete by
 // tag. Chain names are prefixed pm_ so they never collide with the masquerade module's chains.
 import { attachmentTag, type MasqAttachment } from "./masquerade.ts";
-import { checkTableName, DEFAULT_TABLE, type NftElement, NftError, nftApply, nftElements } from "./nft.ts";
+import { checkTableName, DEFAULT_TABLE, type NftElement, NftError, nftApply } from "./nft.ts";
+import { TaggedSets } from "./tagged.ts";
 
 export type Protocol = "tcp" | "udp" | "sctp";
 
@@ -126,9 +127,7 @@ function render(el: Element, tag?: string): string {
   return el.value === undefined ? `{ ${el.key}${comment} }` : `{ ${el.key}${comment} : ${el.value} }`;
 }
 
-function portmapElements(all: NftElement[] | null): NftElement[] {
-  return (all ?? []).filter((e) => (PORTMAP_SETS as readonly string[]).includes(e.set));
-}
+const portmapSets = new TaggedSets(PORTMAP_SETS);
 
 /**
  * Installs an attachment's entries in one transaction. An element of another attachment
@@ -144,7 +143,7 @@ export async function addPortmap(
   if (entries.length === 0) return;
   checkTableName(table);
   const tag = attachmentTag(a);
-  const existing = new Map(portmapElements(await nftElements("inet", table)).map((e) => [`${e.set} ${e.key}`, e]));
+  const existing = new Map((await portmapSets.list(table)).map((e) => [`${e.set} ${e.key}`, e]));
   const lines = baseScript(table);
   const seen = new Set<string>();
   for (const entry of entries) {
@@ -165,7 +164,7 @@ export async function addPortmap(
   } catch (e) {
     // A parallel ADD claimed a port between our listing and our transaction.
     if (e instanceof NftError && /File exists/.test(e.stderr)) {
-      const after = new Map(portmapElements(await nftElements("inet", table)).map((x) => [`${x.set} ${x.key}`, x]));
+      const after = new Map((await portmapSets.list(table)).map((x) => [`${x.set} ${x.key}`, x]));
       for (const entry of entries) {
         const el = elementsOf(entry, opts)[0]!;
         const held = after.get(`${el.set} ${el.key}`);
@@ -176,33 +175,19 @@ export async function addPortmap(
   }
 }
 
-/** Deletes the elements whose tag `drop` selects, in one transaction. Returns how many. */
-async function dropElements(table: string, drop: (tag: string) => boolean): Promise<NftElement[]> {
-  checkTableName(table);
-  const stale = portmapElements(await nftElements("inet", table)).filter((e) => drop(e.comment));
-  if (stale.length === 0) return [];
-  await nftApply(`${stale.map((e) => `delete element inet ${table} ${e.set} { ${e.key} }`).join("\n")}\n`);
-  return stale;
-}
-
 /** Removes everything of one attachment. Idempotent; returns the removed elements. */
 export function removePortmap(a: MasqAttachment, table = DEFAULT_TABLE): Promise<NftElement[]> {
-  const tag = attachmentTag(a);
-  return dropElements(table, (t) => t === tag);
+  return portmapSets.remove(a, table);
 }
 
 /** GC: removes the elements of `network` whose attachment is not in `valid`. */
 export function gcPortmap(network: string, valid: MasqAttachment[], table = DEFAULT_TABLE): Promise<NftElement[]> {
-  const netTag = attachmentTag({ network, containerId: "", ifname: "" }).split(" ")[0]!;
-  const keep = new Set(valid.map(attachmentTag));
-  return dropElements(table, (t) => t.startsWith(`${netTag} `) && !keep.has(t));
+  return portmapSets.gc(network, valid, table);
 }
 
 /** The attachment's elements as the kernel holds them (for CHECK and tests). */
-export async function portmapOf(a: MasqAttachment, table = DEFAULT_TABLE): Promise<NftElement[]> {
-  checkTableName(table);
-  const tag = attachmentTag(a);
-  return portmapElements(await nftElements("inet", table)).filter((e) => e.comment === tag);
+export function portmapOf(a: MasqAttachment, table = DEFAULT_TABLE): Promise<NftElement[]> {
+  return portmapSets.of(a, table);
 }
 
 /** The entries whose elements are missing from `held` (empty when all are installed). */
@@ -212,6 +197,6 @@ export function missingEntries(entries: PortmapEntry[], opts: PortmapOptions, he
 }
 
 /** All elements in the portmap sets, whoever owns them (tests, diagnostics). */
-export async function allPortmapElements(table = DEFAULT_TABLE): Promise<NftElement[]> {
-  return portmapElements(await nftElements("inet", table));
+export function allPortmapElements(table = DEFAULT_TABLE): Promise<NftElement[]> {
+  return portmapSets.list(table);
 }

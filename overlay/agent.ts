@@ -86,8 +86,8 @@ export class Agent {
   private readonly syncBackoff = new Backoff();
   private syncing = false;
   private peersListed = false;
-  private renewTimer: NodeJS.Timeout | undefined;
-  private syncTimer: NodeJS.Timeout | undefined;
+  /** The single pending timer of each rearmable loop (lease renewal, peer re-list). */
+  private readonly slots = new Map<"renew" | "sync", NodeJS.Timeout>();
   private renewing = false;
 
   constructor(
@@ -197,8 +197,8 @@ export class Agent {
         this.logger.info("cluster store reachable");
         // Whichever loop sees the store back first wakes the other, instead of leaving it in a
         // backoff of up to 30 s (the peer watch, above all: no new peer is seen until it runs).
-        if (this.syncTimer) this.scheduleSync(0);
-        if (this.renewTimer && !this.renewing) this.renewNow();
+        if (this.slots.has("sync")) this.scheduleSync(0);
+        if (this.slots.has("renew") && !this.renewing) this.renewNow();
       } else this.logger.warn({ err: (error as Error)?.message }, "cluster store unreachable; keeping the dataplane as it is");
     }
     this.storeUp = up;
@@ -226,21 +226,27 @@ export class Agent {
     return Math.max(1000, Math.min((this.config.leaseTtlSeconds * 1000) / 3, 60_000));
   }
 
-  /** One renewal loop: (re)arms its single timer; renewNow() pulls the next renewal forward. */
-  private scheduleRenew(ms: number): void {
-    if (this.renewTimer) {
-      clearTimeout(this.renewTimer);
-      this.timers.delete(this.renewTimer);
+  /** (Re)arms the single pending timer of `slot`: a newer call replaces the older one. */
+  private rearm(slot: "renew" | "sync", ms: number, fn: () => void): void {
+    const old = this.slots.get(slot);
+    if (old) {
+      clearTimeout(old);
+      this.timers.delete(old);
+      this.slots.delete(slot);
     }
-    this.renewTimer = undefined;
     if (this.stopped) return;
     const t = setTimeout(() => {
       this.timers.delete(t);
-      this.renewTimer = undefined;
-      void this.renewLease();
+      this.slots.delete(slot);
+      fn();
     }, ms);
     this.timers.add(t);
-    this.renewTimer = t;
+    this.slots.set(slot, t);
+  }
+
+  /** One renewal loop; renewNow() pulls the next renewal forward. */
+  private scheduleRenew(ms: number): void {
+    this.rearm("renew", ms, () => void this.renewLease());
   }
 
   private renewNow(): void {
@@ -419,19 +425,7 @@ export class Agent {
 
   /** The one pending re-list (re)armed; markStore pulls it forward when the store returns. */
   private scheduleSync(ms: number): void {
-    if (this.syncTimer) {
-      clearTimeout(this.syncTimer);
-      this.timers.delete(this.syncTimer);
-    }
-    this.syncTimer = undefined;
-    if (this.stopped) return;
-    const t = setTimeout(() => {
-      this.timers.delete(t);
-      this.syncTimer = undefined;
-      void this.syncPeers();
-    }, ms);
-    this.timers.add(t);
-    this.syncTimer = t;
+    this.rearm("sync", ms, () => void this.syncPeers());
   }
 
   private onWatchEvent(ev: WatchEvent): void {

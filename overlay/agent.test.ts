@@ -3,12 +3,12 @@
 // (`ip netns exec`, the way the multi-host suite runs it), stopped cleanly by SIGTERM.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../testing/kernel.ts";
+import { httpOverUnix, until } from "../testing/poll.ts";
 import { Agent } from "./agent.ts";
 import { parseCidr } from "./cidr.ts";
 import { AgentConfigError, parseAgentConfig } from "./config.ts";
@@ -17,35 +17,6 @@ import type { Dataplane, DataplaneOp, DataplaneState, ManagedDataplane } from ".
 import { EtcdStore } from "./store/etcd.ts";
 import { EtcdProcess } from "./store/etcd-process.ts";
 import { LocalStore } from "./store/local.ts";
-
-async function until<T>(probe: () => T | Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 15_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T;
-  for (;;) {
-    try {
-      last = await probe();
-      if (ok(last)) return last;
-    } catch (e) {
-      last = String(e) as T;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
-function get(socketPath: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path }, (res) => {
-      let body = "";
-      res.on("data", (d) => {
-        body += d;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
 
 describe("agent flags", () => {
   const base = ["--cluster-cidr", "10.244.0.0/16"];
@@ -263,7 +234,7 @@ describe("agent on etcd through an outage", () => {
 
       await etcd.stop();
       const down = await until(
-        () => get(config.apiSocket, "/readyz"),
+        () => httpOverUnix(config.apiSocket, "/readyz"),
         (r) => r.status === 503,
         "not ready while etcd is down",
       );
@@ -276,7 +247,7 @@ describe("agent on etcd through an outage", () => {
 
       await etcd.resume();
       await until(
-        () => get(config.apiSocket, "/readyz"),
+        () => httpOverUnix(config.apiSocket, "/readyz"),
         (r) => r.status === 200,
         "ready again after etcd returned",
         40_000,
@@ -291,7 +262,7 @@ describe("agent on etcd through an outage", () => {
         (n) => n === 1,
         "peer removal after the outage",
       );
-      const metrics = (await get(config.apiSocket, "/metrics")).body;
+      const metrics = (await httpOverUnix(config.apiSocket, "/metrics")).body;
       expect(metrics).toMatch(/berth_overlay_store_up 1/);
       expect(metrics).toMatch(/berth_overlay_watch_resets_total\{reason="(disconnected|error)"\} [1-9]/);
     } finally {
@@ -363,7 +334,7 @@ describe("agent process inside a netns", () => {
     const exited = new Promise<number | null>((r) => child!.once("exit", (code) => r(code)));
     try {
       await until(
-        () => get(socket, "/readyz"),
+        () => httpOverUnix(socket, "/readyz"),
         (r) => r.status === 200,
         "agent ready",
         30_000,
@@ -371,7 +342,7 @@ describe("agent process inside a netns", () => {
     } catch (e) {
       throw new Error(`${(e as Error).message}\nagent stderr:\n${stderr}`);
     }
-    const lease = JSON.parse((await get(socket, "/v1/lease")).body);
+    const lease = JSON.parse((await httpOverUnix(socket, "/v1/lease")).body);
     expect(lease.publicIP).toBe("198.51.100.1");
     expect(lease.subnet).toMatch(/^10\.244\.\d+\.0\/24$/);
     // The device is in the agent's namespace, sized from the 9000-byte underlay.

@@ -3,41 +3,11 @@
 // overlay MTU and not one byte more.
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, sh, testPrefix } from "../testing/kernel.ts";
-
-function get(socketPath: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path }, (res) => {
-      let body = "";
-      res.on("data", (d) => {
-        body += d;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
-
-async function until<T>(probe: () => Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (ok(v)) return v;
-      last = v;
-    } catch (e) {
-      last = String(e);
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+import { httpOverUnix, until } from "../testing/poll.ts";
 
 // No ping on these machines: a UDP echo in Python, which can also set DF on the datagram
 // (IP_MTU_DISCOVER = IP_PMTUDISC_DO) so an oversized one fails instead of being fragmented.
@@ -147,9 +117,10 @@ describe("two hosts on one shared local store", () => {
     try {
       for (const s of sockets) {
         await until(
-          async () => JSON.parse((await get(s, "/v1/peers")).body).length,
+          async () => JSON.parse((await httpOverUnix(s, "/v1/peers")).body).length,
           (n) => n === 1,
           "one peer each",
+          30_000,
         );
       }
     } catch (e) {
@@ -202,6 +173,7 @@ describe("two hosts on one shared local store", () => {
       async () => sh("ip", ["-n", hosts[0]!.ns, "-j", "route", "show", "dev", "berth.1"]),
       (out) => JSON.parse(out).filter((r: { protocol?: string }) => r.protocol !== "kernel").length === 0,
       "route to the departed host removed",
+      30_000,
     );
   });
 });

@@ -4,12 +4,12 @@
 // leaving the stale FDB entry, be repaired after hand deletion, and vanish with the lease.
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, bridgeJson, delNetns, ipJson, sh, testPrefix } from "../testing/kernel.ts";
+import { httpOverUnix, until } from "../testing/poll.ts";
 import { Agent } from "./agent.ts";
 import { parseCidr } from "./cidr.ts";
 import { parseAgentConfig } from "./config.ts";
@@ -18,31 +18,6 @@ import { LocalStore } from "./store/local.ts";
 import { openVxlanDataplane } from "./vxlan.ts";
 
 const PREFIX = "/berth/network";
-
-async function until<T>(probe: () => T | Promise<T>, ok: (v: T) => boolean, what: string, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T;
-  for (;;) {
-    last = await probe();
-    if (ok(last)) return last;
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
-function get(socketPath: string, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath, path }, (res) => {
-      let body = "";
-      res.on("data", (d) => {
-        body += d;
-      });
-      res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on("error", reject);
-    req.end();
-  });
-}
 
 describe("VXLAN dataplane in a netns", () => {
   let p: string;
@@ -136,9 +111,9 @@ describe("VXLAN dataplane in a netns", () => {
       device: "berth.1",
     });
     expect(runtime.gateway).toBe(lease.subnet.replace(/\.0\/24$/, ".1"));
-    const ready = await get(agent.config.apiSocket, "/readyz");
+    const ready = await httpOverUnix(agent.config.apiSocket, "/readyz");
     expect(ready.status).toBe(200);
-    const leaseApi = JSON.parse((await get(agent.config.apiSocket, "/v1/lease")).body);
+    const leaseApi = JSON.parse((await httpOverUnix(agent.config.apiSocket, "/v1/lease")).body);
     expect(leaseApi.subnet).toBe(lease.subnet);
     await agent.stop();
     expect(JSON.parse(readFileSync(join(dir, "run", "overlay.json"), "utf8")).ready).toBe(false);
@@ -159,7 +134,7 @@ describe("VXLAN dataplane in a netns", () => {
     expect(route).toMatchObject({ dst: "10.244.200.0/24", gateway: "10.244.200.0" });
     expect(route.flags).toContain("onlink");
     expect(fdb()[0].state).toBe("permanent");
-    expect((await get(agent.config.apiSocket, "/v1/peers")).body).toContain("10.244.200.0/24");
+    expect((await httpOverUnix(agent.config.apiSocket, "/v1/peers")).body).toContain("10.244.200.0/24");
 
     // The remote host comes back with another MAC: new entries, and the old FDB entry is gone.
     const replaced = await store.replace(key, JSON.stringify({ ...value, vtepMAC: "02:bb:00:00:00:02" }), 60, created.revision);
@@ -170,7 +145,7 @@ describe("VXLAN dataplane in a netns", () => {
     // Someone deletes the FDB entry by hand: repaired, and counted as a repair.
     sh("bridge", ["-n", ns, "fdb", "del", "02:bb:00:00:00:02", "dev", "berth.1", "dst", "192.0.2.2", "self"]);
     await until(fdb, (f) => f.length === 1, "fdb entry repaired", 3000);
-    const metrics = (await get(agent.config.apiSocket, "/metrics")).body;
+    const metrics = (await httpOverUnix(agent.config.apiSocket, "/metrics")).body;
     expect(metrics).toMatch(/berth_overlay_reconcile_operations_total\{op="fdb-replace",reason="drift"\} [1-9]/);
 
     // Someone deletes the device: it comes back with everything on it.

@@ -13,11 +13,13 @@
 // is created in the root netns: no links, no routes, no addresses.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { testPrefix } from "../../testing/kernel.ts";
+import { httpOverUnix, until as pollUntil } from "../../testing/poll.ts";
+
+export { httpOverUnix };
 
 const execFileAsync = promisify(execFile);
 const REPO = resolve(import.meta.dirname, "..", "..");
@@ -52,50 +54,15 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** Polls `probe` until `ok` holds; the error names `what` and the last value seen. */
-export async function until<T>(
+/** testing/poll.ts's until, with the name of what is awaited first. */
+export function until<T>(
   what: string,
   probe: () => Promise<T>,
   ok: (v: T) => boolean,
   timeoutMs = 15_000,
   intervalMs = 50,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await probe();
-      if (ok(v)) return v;
-      last = v;
-    } catch (e) {
-      last = (e as Error).message;
-    }
-    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms; last: ${JSON.stringify(last)}`);
-    await sleep(intervalMs);
-  }
-}
-
-/** One HTTP request over a unix socket. */
-export function httpOverUnix(
-  socketPath: string,
-  path: string,
-  options: { method?: string; body?: string; timeoutMs?: number } = {},
-): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request(
-      { socketPath, path, method: options.method ?? "GET", headers: { "content-type": "application/json" } },
-      (res) => {
-        let body = "";
-        res.setEncoding("utf8");
-        res.on("data", (d) => {
-          body += d;
-        });
-        res.on("end", () => resolve({ status: res.statusCode ?? 0, body }));
-      },
-    );
-    req.setTimeout(options.timeoutMs ?? 5000, () => req.destroy(new Error(`${path}: timed out`)));
-    req.on("error", reject);
-    req.end(options.body);
-  });
+  return pollUntil(probe, ok, what, timeoutMs, intervalMs);
 }
 
 /** A child process that keeps the tail of its output for failure messages and is stopped by PID. */

@@ -1,12 +1,30 @@
 // Podman as a real CNI engine for tests: private config (runc, cgroupfs, vfs storage,
 // explicit ulimits, CNI backend), a busybox-static root filesystem (no image registry is
 // reachable), and a network config dir pointing at berth's plugins.
-import { execFile } from "node:child_process";
+import { execFile, execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
 
 const run = promisify(execFile);
+
+function commandExists(cmd: string): boolean {
+  try {
+    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** What an engine test needs and this machine lacks: plugins in `cniDir`, commands on PATH, files. */
+export function missingForEngineTest(need: { cniDir: string; plugins: string[]; commands: string[]; files: string[] }): string[] {
+  return [
+    ...need.plugins.filter((p) => !existsSync(join(need.cniDir, p))).map((p) => `${need.cniDir}/${p}`),
+    ...need.commands.filter((c) => !commandExists(c)),
+    ...need.files.filter((f) => !existsSync(f)),
+  ];
+}
 
 export interface PodmanEnv {
   dir: string;

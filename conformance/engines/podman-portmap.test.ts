@@ -17,25 +17,17 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
-import { makePodmanEnv, type PodmanEnv } from "../../testing/podman.ts";
+import { makePodmanEnv, missingForEngineTest, type PodmanEnv } from "../../testing/podman.ts";
 
 const BERTH_CNI = resolve(import.meta.dirname, "../../build/cni");
 const PLUGINS = ["berth-bridge", "berth-host-local", "berth-portmap", "berth-firewall", "berth-tuning"];
 
-function commandExists(cmd: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const missing = [
-  ...PLUGINS.filter((p) => !existsSync(join(BERTH_CNI, p))).map((p) => `${BERTH_CNI}/${p}`),
-  ...["podman", "runc", "conntrack", "nft"].filter((c) => !commandExists(c)),
-  ...["/usr/bin/busybox", "/usr/bin/node"].filter((f) => !existsSync(f)),
-];
+const missing = missingForEngineTest({
+  cniDir: BERTH_CNI,
+  plugins: PLUGINS,
+  commands: ["podman", "runc", "conntrack", "nft"],
+  files: ["/usr/bin/busybox", "/usr/bin/node"],
+});
 if (missing.length > 0) console.warn(`SKIPPED: Podman port mapping through berth — missing ${missing.join(", ")}`);
 
 const TCP_PORT = 8080;

@@ -10,25 +10,17 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, sh } from "../../testing/kernel.ts";
-import { makePodmanEnv, type PodmanEnv } from "../../testing/podman.ts";
+import { makePodmanEnv, missingForEngineTest, type PodmanEnv } from "../../testing/podman.ts";
 import { Sandbox } from "../lib/sandbox.ts";
 
 const BERTH_CNI = resolve(import.meta.dirname, "../../build/cni");
 
-function commandExists(cmd: string): boolean {
-  try {
-    execFileSync("sh", ["-c", `command -v ${cmd}`], { stdio: "ignore" });
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-const missing = [
-  ...["berth-bridge", "berth-host-local"].filter((p) => !existsSync(join(BERTH_CNI, p))).map((p) => `${BERTH_CNI}/${p}`),
-  ...["podman", "runc", "nsenter"].filter((c) => !commandExists(c)),
-  ...["/usr/bin/busybox"].filter((f) => !existsSync(f)),
-];
+const missing = missingForEngineTest({
+  cniDir: BERTH_CNI,
+  plugins: ["berth-bridge", "berth-host-local"],
+  commands: ["podman", "runc", "nsenter"],
+  files: ["/usr/bin/busybox"],
+});
 if (missing.length > 0) console.warn(`SKIPPED: Podman on a berth-bridge network — missing ${missing.join(", ")}`);
 
 interface Inspected {

@@ -1,17 +1,13 @@
 // berth-bridge against the real kernel, in-process through handleInvocation (the same code
 // path the executable and the agent run). Every outcome is read back from the kernel with
 // iproute2 / nft / the lease database, never taken from the plugin's own answer.
-import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
+import { hostLinksStartingWith, invokePlugin, leaseRows, type Outcome, ulaPrefix } from "../../../testing/cni-plugin.ts";
 import { bridgeJson, delLink, ipJson, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
-import { handleInvocation } from "../../spec/entry.ts";
 import type { Result } from "../../spec/types.ts";
 import { networkTag } from "../attachment.ts";
 import { bridgePlugin } from "./bridge.ts";
@@ -23,13 +19,6 @@ interface Container {
   ifname: string;
 }
 
-/** A result on success, an error object ({code, msg}) on failure, {} for an empty stdout. */
-type Reply = Result & { code?: number; msg?: string };
-interface Outcome {
-  exitCode: number;
-  json: Reply;
-}
-
 let sb: Sandbox;
 let v4: { subnet: string; base: string };
 let v6Prefix: string;
@@ -39,9 +28,7 @@ let containers = 0;
 beforeEach(() => {
   sb = new Sandbox();
   v4 = sb.allocateSubnet(24);
-  // Groups without leading zeros, so the text matches the kernel's canonical form.
-  const group = () => (0x1000 + (randomBytes(2).readUInt16BE() % 0xf000)).toString(16);
-  v6Prefix = `fd${randomBytes(1).toString("hex")}:${group()}:${group()}:1`;
+  v6Prefix = ulaPrefix(1);
   network = `${sb.prefix}-net`;
   containers = 0;
 });
@@ -89,15 +76,7 @@ function container(): Container {
 }
 
 async function cni(command: string, config: Record<string, unknown>, c: Partial<Container> & { id: string }): Promise<Outcome> {
-  const env = {
-    CNI_COMMAND: command,
-    CNI_CONTAINERID: c.id,
-    CNI_NETNS: c.path,
-    CNI_IFNAME: c.ifname ?? "eth0",
-    CNI_PATH: "/usr/lib/cni",
-  };
-  const out = await handleInvocation(bridgePlugin, env, Buffer.from(JSON.stringify(config)));
-  return { exitCode: out.exitCode, json: out.stdout.trim() ? (JSON.parse(out.stdout) as Reply) : ({} as Reply) };
+  return invokePlugin(bridgePlugin, command, config, c);
 }
 
 async function add(config: Record<string, unknown>, c: Container): Promise<Result> {
@@ -117,25 +96,12 @@ function withPrev(config: Record<string, unknown>, prev: Result): Record<string,
 
 /** Host links of this test's network (bv<tag>…), as the kernel lists them. */
 function hostVeths(): string[] {
-  const tag = `bv${networkTag(network)}`;
-  return ipJson<{ ifname: string }>(["link", "show"])
-    .map((l) => l.ifname)
-    .filter((n) => n.startsWith(tag));
+  return hostLinksStartingWith(`bv${networkTag(network)}`);
 }
 
 /** Leases of this test's network, read straight from the SQLite file. */
 function leases(): { ip: string; container_id: string }[] {
-  const file = join(sb.dataDir, "ipam.db");
-  if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT ip, container_id FROM leases WHERE network = ? ORDER BY ip").all(network) as {
-      ip: string;
-      container_id: string;
-    }[];
-  } finally {
-    db.close();
-  }
+  return leaseRows(sb.dataDir, network);
 }
 
 interface AddrInfo {

@@ -3,15 +3,13 @@
 // runs the plugin executable inside a "host" netns of the test, whose default route goes out a
 // veth, so the plugin must pick that veth and the container reaches the veth's far end.
 import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
-import Database from "better-sqlite3";
+import { resolve } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
+import { invokePlugin, leaseRows, type Outcome, type Reply, ulaPrefix } from "../../../testing/cni-plugin.ts";
 import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
-import { handleInvocation } from "../../spec/entry.ts";
 import type { Result } from "../../spec/types.ts";
 import { macvlanPlugin } from "./macvlan.ts";
 
@@ -20,7 +18,6 @@ interface Container {
   ns: string;
   path: string;
 }
-type Reply = Result & { code?: number; msg?: string };
 
 let sb: Sandbox;
 let v4: { subnet: string; base: string };
@@ -32,8 +29,7 @@ let count = 0;
 beforeEach(() => {
   sb = new Sandbox();
   v4 = sb.allocateSubnet(24);
-  const group = () => (0x1000 + (randomBytes(2).readUInt16BE() % 0xf000)).toString(16);
-  v6Prefix = `fd${randomBytes(1).toString("hex")}:${group()}:${group()}:3`;
+  v6Prefix = ulaPrefix(3);
   network = `${sb.prefix}-mv`;
   // The master: one end of a veth pair of this test (this kernel has no dummy driver).
   master = `${sb.prefix}m`;
@@ -69,10 +65,8 @@ function container(): Container {
   return { id: `${sb.prefix}-ctr${count++}`, ns: name, path };
 }
 
-async function cni(command: string, config: Record<string, unknown>, c: { id: string; path?: string }) {
-  const env = { CNI_COMMAND: command, CNI_CONTAINERID: c.id, CNI_NETNS: c.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" };
-  const out = await handleInvocation(macvlanPlugin, env, Buffer.from(JSON.stringify(config)));
-  return { exitCode: out.exitCode, json: (out.stdout.trim() ? JSON.parse(out.stdout) : {}) as Reply };
+async function cni(command: string, config: Record<string, unknown>, c: { id: string; path?: string }): Promise<Outcome> {
+  return invokePlugin(macvlanPlugin, command, config, c);
 }
 
 async function ok(command: string, config: Record<string, unknown>, c: { id: string; path?: string }): Promise<Reply> {
@@ -82,14 +76,7 @@ async function ok(command: string, config: Record<string, unknown>, c: { id: str
 }
 
 function leases(): string[] {
-  const file = join(sb.dataDir, "ipam.db");
-  if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true });
-  try {
-    return (db.prepare("SELECT ip FROM leases WHERE network = ? ORDER BY ip").all(network) as { ip: string }[]).map((r) => r.ip);
-  } finally {
-    db.close();
-  }
+  return leaseRows(sb.dataDir, network).map((r) => r.ip);
 }
 
 interface LinkJson {

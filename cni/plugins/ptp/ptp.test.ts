@@ -2,17 +2,19 @@
 // point-to-point veth per container: read back the container's addresses and routes, the host
 // end's gateway address and /32 route, traffic between containers through the host, and the
 // cleanup paths (DEL, CHECK, GC, half-way ADD failure) from the kernel and the lease database.
-import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
+import {
+  hostLinksStartingWith,
+  invokePlugin,
+  leaseRows,
+  type Outcome,
+  type Reply,
+  ulaPrefix,
+} from "../../../testing/cni-plugin.ts";
 import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
-import { handleInvocation } from "../../spec/entry.ts";
-import type { Result } from "../../spec/types.ts";
 import { networkTag } from "../attachment.ts";
 import { ptpPlugin } from "./ptp.ts";
 
@@ -21,7 +23,6 @@ interface Container {
   ns: string;
   path: string;
 }
-type Reply = Result & { code?: number; msg?: string };
 
 let sb: Sandbox;
 let v4: { subnet: string; base: string };
@@ -32,8 +33,7 @@ let count = 0;
 beforeEach(() => {
   sb = new Sandbox();
   v4 = sb.allocateSubnet(24);
-  const group = () => (0x1000 + (randomBytes(2).readUInt16BE() % 0xf000)).toString(16);
-  v6Prefix = `fd${randomBytes(1).toString("hex")}:${group()}:${group()}:2`;
+  v6Prefix = ulaPrefix(2);
   network = `${sb.prefix}-ptp`;
 });
 
@@ -65,10 +65,8 @@ function container(): Container {
   return { id: `${sb.prefix}-ctr${count++}`, ns: name, path };
 }
 
-async function cni(command: string, config: Record<string, unknown>, c: { id: string; path?: string }) {
-  const env = { CNI_COMMAND: command, CNI_CONTAINERID: c.id, CNI_NETNS: c.path, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" };
-  const out = await handleInvocation(ptpPlugin, env, Buffer.from(JSON.stringify(config)));
-  return { exitCode: out.exitCode, json: (out.stdout.trim() ? JSON.parse(out.stdout) : {}) as Reply };
+async function cni(command: string, config: Record<string, unknown>, c: { id: string; path?: string }): Promise<Outcome> {
+  return invokePlugin(ptpPlugin, command, config, c);
 }
 
 async function ok(command: string, config: Record<string, unknown>, c: { id: string; path?: string }): Promise<Reply> {
@@ -78,21 +76,11 @@ async function ok(command: string, config: Record<string, unknown>, c: { id: str
 }
 
 function hostVeths(): string[] {
-  const tag = `bp${networkTag(network)}`;
-  return ipJson<{ ifname: string }>(["link", "show"])
-    .map((l) => l.ifname)
-    .filter((n) => n.startsWith(tag));
+  return hostLinksStartingWith(`bp${networkTag(network)}`);
 }
 
 function leases(): string[] {
-  const file = join(sb.dataDir, "ipam.db");
-  if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true });
-  try {
-    return (db.prepare("SELECT ip FROM leases WHERE network = ? ORDER BY ip").all(network) as { ip: string }[]).map((r) => r.ip);
-  } finally {
-    db.close();
-  }
+  return leaseRows(sb.dataDir, network).map((r) => r.ip);
 }
 
 interface AddrJson {

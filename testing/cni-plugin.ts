@@ -1,0 +1,67 @@
+// What the main-plugin tests (bridge, ptp, macvlan) share: calling a plugin function in-process
+// the way its executable would be called, and reading state back from the kernel and the
+// lease database rather than from the plugin.
+import { randomBytes } from "node:crypto";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import Database from "better-sqlite3";
+import { handleInvocation } from "../cni/spec/entry.ts";
+import type { Plugin, Result } from "../cni/spec/types.ts";
+import { ipJson } from "./kernel.ts";
+
+/** A result on success, an error object ({code, msg}) on failure, {} for an empty stdout. */
+export type Reply = Result & { code?: number; msg?: string };
+
+export interface Outcome {
+  exitCode: number;
+  json: Reply;
+}
+
+/**
+ * A random unique-local /64 prefix ending in `last`, e.g. "fd3c:1a2b:9f00:1". Groups have no
+ * leading zeros, so the text matches the kernel's canonical form.
+ */
+export function ulaPrefix(last: number): string {
+  const group = () => (0x1000 + (randomBytes(2).readUInt16BE() % 0xf000)).toString(16);
+  return `fd${randomBytes(1).toString("hex")}:${group()}:${group()}:${last}`;
+}
+
+/** One CNI command through the plugin's function, with the env its executable would get. */
+export async function invokePlugin(
+  plugin: Plugin,
+  command: string,
+  config: Record<string, unknown>,
+  c: { id: string; path?: string; ifname?: string },
+): Promise<Outcome> {
+  const env = {
+    CNI_COMMAND: command,
+    CNI_CONTAINERID: c.id,
+    CNI_NETNS: c.path,
+    CNI_IFNAME: c.ifname ?? "eth0",
+    CNI_PATH: "/usr/lib/cni",
+  };
+  const out = await handleInvocation(plugin, env, Buffer.from(JSON.stringify(config)));
+  return { exitCode: out.exitCode, json: out.stdout.trim() ? (JSON.parse(out.stdout) as Reply) : ({} as Reply) };
+}
+
+/** Leases of `network`, read straight from the SQLite file in `dataDir`. */
+export function leaseRows(dataDir: string, network: string): { ip: string; container_id: string }[] {
+  const file = join(dataDir, "ipam.db");
+  if (!existsSync(file)) return [];
+  const db = new Database(file, { readonly: true });
+  try {
+    return db.prepare("SELECT ip, container_id FROM leases WHERE network = ? ORDER BY ip").all(network) as {
+      ip: string;
+      container_id: string;
+    }[];
+  } finally {
+    db.close();
+  }
+}
+
+/** Host links whose names start with `prefix`, as the kernel lists them. */
+export function hostLinksStartingWith(prefix: string): string[] {
+  return ipJson<{ ifname: string }>(["link", "show"])
+    .map((l) => l.ifname)
+    .filter((n) => n.startsWith(prefix));
+}

@@ -49,3 +49,20 @@ export function delLink(name: string, ns?: string): void {
     // already gone
   }
 }
+
+/**
+ * busybox ping from netns `fromNs`: one packet, one second, up to `tries` times, because a
+ * whole suite running on two CPUs can delay one reply past the second. Unreachable is
+ * unreachable every time; a single-shot check passes tries = 1.
+ */
+export function ping(fromNs: string, ip: string, tries = 3): boolean {
+  for (let attempt = 0; attempt < tries; attempt++) {
+    try {
+      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
+      return true;
+    } catch {
+      // try again
+    }
+  }
+  return false;
+}

@@ -4,9 +4,9 @@
 // each netns holds, all reachable, and after the DELs not one port, veth, lease or masquerade
 // element left.
 import { afterAll, describe, expect, it } from "vitest";
-import { ipJson } from "../../testing/kernel.ts";
+import { ipJson, ping } from "../../testing/kernel.ts";
 import { describeOutcome } from "../lib/plugin-exec.ts";
-import { addressOf, BUILT, ping, World } from "./world.ts";
+import { addressOf, BUILT, World } from "./world.ts";
 
 const N = 100;
 const ROUNDS = 3;

@@ -8,6 +8,7 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { networkTag } from "../../cni/plugins/attachment.ts";
 import { delLink, ipJson, sh } from "../../testing/kernel.ts";
+
 import { type CniOutcome, execPlugin } from "../lib/plugin-exec.ts";
 import { Sandbox } from "../lib/sandbox.ts";
 
@@ -157,22 +158,6 @@ export class World {
       }
     }
   }
-}
-
-/**
- * busybox ping, one packet, one second; up to three tries, because a whole suite running on
- * two CPUs can delay one reply past the second. Unreachable is unreachable three times.
- */
-export function ping(fromNetns: string, ip: string): boolean {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      sh("ip", ["netns", "exec", fromNetns, "busybox", "ping", "-c1", "-W1", ip]);
-      return true;
-    } catch {
-      // try again
-    }
-  }
-  return false;
 }
 
 /** The single IPv4 address (no prefix) in a CNI 1.x result. */

@@ -1,7 +1,7 @@
 // berth-firewall chained after berth-bridge: elements read back with `nft -j`, and the
 // ingress policies checked with real traffic between pods on two bridges (br_netfilter is on).
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { sh } from "../../../testing/kernel.ts";
+import { ping } from "../../../testing/kernel.ts";
 import type { Result } from "../../spec/types.ts";
 import { ChainFixture } from "../chain-fixture.ts";
 import { firewallPlugin } from "./firewall.ts";
@@ -28,15 +28,6 @@ function podSet(): { key: unknown; comment?: string }[] {
     for (const e of o.set.elem ?? []) out.push(e.elem ? { key: e.elem.val, comment: e.elem.comment } : { key: e });
   }
   return out;
-}
-
-function ping(fromNs: string, to: string): boolean {
-  try {
-    sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c", "1", "-W", "1", to]);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 const ipOf = (r: Result) => r.ips![0]!.address.split("/")[0]!;
@@ -88,7 +79,7 @@ describe("berth-firewall", () => {
     const pa2 = await fx.bridgeAdd("a2", a2, "eth0", routed);
     const pb1 = await other.bridgeAdd("b1", b1, "eth0", routed);
     // Open: the host routes between the two bridges.
-    expect(ping(a1, ipOf(pb1))).toBe(true);
+    expect(ping(a1, ipOf(pb1), 1)).toBe(true);
 
     for (const [f, cid, n, p] of [
       [fx, "a1", a1, pa1],
@@ -98,18 +89,18 @@ describe("berth-firewall", () => {
       const r = await f.invoke(firewallPlugin, f.env("ADD", cid, n), fwConf(f, { ingressPolicy: "same-bridge" }, p));
       expect(r.exitCode, JSON.stringify(r.json)).toBe(0);
     }
-    expect(ping(a1, ipOf(pb1))).toBe(false);
-    expect(ping(b1, ipOf(pa1))).toBe(false);
-    expect(ping(a1, ipOf(pa2))).toBe(true);
-    expect(ping(a1, fx.gateway)).toBe(true);
+    expect(ping(a1, ipOf(pb1), 1)).toBe(false);
+    expect(ping(b1, ipOf(pa1), 1)).toBe(false);
+    expect(ping(a1, ipOf(pa2), 1)).toBe(true);
+    expect(ping(a1, fx.gateway, 1)).toBe(true);
     expect(
       (await fx.invoke(firewallPlugin, fx.env("CHECK", "a1", a1), fwConf(fx, { ingressPolicy: "same-bridge" }, pa1))).exitCode,
     ).toBe(0);
 
     const iso = await fx.invoke(firewallPlugin, fx.env("ADD", "a1", a1), fwConf(fx, { ingressPolicy: "isolated" }, pa1));
     expect(iso.exitCode, JSON.stringify(iso.json)).toBe(0);
-    expect(ping(a1, ipOf(pa2))).toBe(false);
-    expect(ping(a1, fx.gateway)).toBe(true);
+    expect(ping(a1, ipOf(pa2), 1)).toBe(false);
+    expect(ping(a1, fx.gateway, 1)).toBe(true);
   });
 
   it("refuses the iptables/firewalld backends (2) and a non-bridge chain for same-bridge (7)", async () => {

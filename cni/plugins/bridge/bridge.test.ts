@@ -4,7 +4,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
 import { hostLinksStartingWith, invokePlugin, leaseRows, type Outcome, ulaPrefix } from "../../../testing/cni-plugin.ts";
-import { bridgeJson, delLink, ipJson, sh } from "../../../testing/kernel.ts";
+import { bridgeJson, delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
@@ -131,19 +131,6 @@ function linkIn(ns: string | undefined, name: string): LinkJson | undefined {
 
 function globalAddrs(l: LinkJson | undefined): string[] {
   return (l?.addr_info ?? []).filter((a) => a.scope === "global").map((a) => `${a.local}/${a.prefixlen}`);
-}
-
-/** One packet, one second, up to three tries: a loaded run can delay one reply past the second. */
-function ping(fromNs: string, ip: string): boolean {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
-      return true;
-    } catch {
-      // try again
-    }
-  }
-  return false;
 }
 
 function nftText(family: "inet" | "bridge"): string {

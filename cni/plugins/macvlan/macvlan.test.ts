@@ -8,7 +8,7 @@ import { resolve } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
 import { invokePlugin, leaseRows, type Outcome, type Reply, ulaPrefix } from "../../../testing/cni-plugin.ts";
-import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
+import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import type { Result } from "../../spec/types.ts";
 import { macvlanPlugin } from "./macvlan.ts";
@@ -91,19 +91,6 @@ interface LinkJson {
 
 function podLinks(ns: string): string[] {
   return ipJson<{ ifname: string }>(["link", "show"], ns).map((l) => l.ifname);
-}
-
-/** One packet, one second, up to three tries: a loaded run can delay one reply past the second. */
-function ping(fromNs: string, ip: string): boolean {
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
-      return true;
-    } catch {
-      // try again
-    }
-  }
-  return false;
 }
 
 const ipOf = (cidr: string) => cidr.split("/")[0]!;

@@ -12,7 +12,7 @@ import {
   type Reply,
   ulaPrefix,
 } from "../../../testing/cni-plugin.ts";
-import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
+import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import { networkTag } from "../attachment.ts";
@@ -101,19 +101,6 @@ function addrs(ns: string | undefined, dev: string): string[] {
     .addr_info.filter((a) => a.scope !== "link")
     .map((a) => `${a.local}/${a.prefixlen}`)
     .sort();
-}
-
-/** One packet, one second, up to three tries: a loaded run can delay one reply past the second. */
-function ping(fromNs: string, ip: string, tries = 3): boolean {
-  for (let attempt = 0; attempt < tries; attempt++) {
-    try {
-      sh("ip", ["netns", "exec", fromNs, "busybox", "ping", "-c1", "-W1", ip]);
-      return true;
-    } catch {
-      // try again
-    }
-  }
-  return false;
 }
 
 const ipOf = (cidr: string) => cidr.split("/")[0]!;

@@ -4,12 +4,13 @@ const VERSION = "0.1.0";
 const USAGE = `usage: berth <command>
 
 commands:
-  up        run berth on this host in the foreground: the overlay agent on the embedded
-            store (single-host defaults) and the CSI driver on unix:///run/berth/csi.sock
-  agent     run the overlay agent (berth agent --help)
-  csi       run the CSI driver (berth csi --help)
-  version   print berth's version
-  doctor    check that this host has what berth needs
+  up          run berth on this host in the foreground: the overlay agent on the embedded
+              store (single-host defaults) and the CSI driver on unix:///run/berth/csi.sock
+  agent       run the overlay agent (berth agent --help)
+  cni-server  run only the CNI fast-path server, for hosts without the agent
+  csi         run the CSI driver (berth csi --help)
+  version     print berth's version
+  doctor      check that this host has what berth needs
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -26,6 +27,10 @@ async function main(argv: string[]): Promise<number> {
     case "agent": {
       const { runAgentCommand } = await import("../overlay/agent.ts");
       return runAgentCommand(rest);
+    }
+    case "cni-server": {
+      const { runCniServerCommand } = await import("../overlay/cniserver/main.ts");
+      return runCniServerCommand(rest);
     }
     case "csi": {
       const { runCsiCommand } = await import("../csi/server.ts");

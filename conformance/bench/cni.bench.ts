@@ -1,8 +1,13 @@
 // Side-by-side CNI benchmark (not a test): the same workloads, in the same run, against each
-// implementation given on the command line, timed as a runtime sees them (spawn to exit).
+// implementation given on the command line, timed as a runtime sees them: fork to reaped exit,
+// measured by the native runner berth_cnirun (native/bench/cnirun.c), whose fork+exec+wait is
+// what a Go runtime's exec does; `--timer node` times with Node's child_process instead (which
+// adds 2-5 ms per call on a small VM to every implementation alike).
 //
 //   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
+//                                                    [--timer native|node]
 //
+// "berth fast" runs the agent's CNI server as installed (`berth cni-server` from the bundle).
 // Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
 // + berth-host-local when they exist, twice: "berth fast" with the agent's CNI server running
 // (the launcher forwards to it) and "berth cold" with the fast path off (the launcher execs
@@ -14,7 +19,14 @@ import { parseArgs } from "node:util";
 import { ServerProcess } from "../fastpath/server-process.ts";
 import { type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
 import { addressOf, attachmentView } from "../lib/cni-result.ts";
-import { type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
+import {
+  type CniInvocation,
+  type CniOutcome,
+  describeOutcome,
+  execPlugin,
+  execPluginsTimed,
+  timedRunnerAvailable,
+} from "../lib/plugin-exec.ts";
 import { ipv4ToInt, Sandbox } from "../lib/sandbox.ts";
 
 interface Implementation extends PluginTarget {
@@ -30,6 +42,8 @@ interface Measurements {
 }
 
 const CNI_VERSION = "1.0.0";
+/** Time with berth_cnirun (native/bench/cnirun.c) unless it is not built or --timer node asks for Node's spawn. */
+let NATIVE_TIMER = timedRunnerAvailable();
 
 function percentile(samples: number[], p: number): number {
   const s = [...samples].sort((a, b) => a - b);
@@ -66,15 +80,15 @@ class Bench {
     return { name: `${this.sandbox.prefix}-bench${this.seq++}`, subnet, base };
   }
 
-  run(
+  invocation(
     command: "ADD" | "DEL",
     net: NetworkShape,
     cid: string,
     netnsPath: string | undefined,
     prevResult?: unknown,
-  ): Promise<CniOutcome> {
+  ): CniInvocation {
     const conf = networkConfig(this.impl, this.sandbox, net, CNI_VERSION);
-    return execPlugin({
+    return {
       cniPath: this.impl.cniPath,
       type: this.impl.type,
       env: {
@@ -85,7 +99,31 @@ class Bench {
         BERTH_CNI_SOCKET: this.impl.socket,
       },
       stdin: prevResult ? { ...conf, prevResult } : conf,
-    });
+    };
+  }
+
+  async run(
+    command: "ADD" | "DEL",
+    net: NetworkShape,
+    cid: string,
+    netnsPath: string | undefined,
+    prevResult?: unknown,
+  ): Promise<CniOutcome> {
+    return (await this.runAll([this.invocation(command, net, cid, netnsPath, prevResult)], 1)).outcomes[0]!;
+  }
+
+  /**
+   * Runs invocations at most `parallel` at once. Timed by the native runner (fork to reaped
+   * exit, as a runtime's exec) when it is built, else by Node's spawn.
+   */
+  async runAll(invs: CniInvocation[], parallel: number): Promise<{ outcomes: CniOutcome[]; wallMs: number }> {
+    if (NATIVE_TIMER) return execPluginsTimed(invs, parallel);
+    const t0 = performance.now();
+    const outcomes = await pooled(
+      invs.map((inv) => () => execPlugin(inv)),
+      parallel,
+    );
+    return { outcomes, wallMs: performance.now() - t0 };
   }
 
   /** IPAM-only ADD/DEL: how leases are pre-filled for implementations whose store we cannot write. */
@@ -129,8 +167,13 @@ async function main(): Promise<void> {
       impl: { type: "string", multiple: true },
       n: { type: "string", default: "100" },
       leases: { type: "string", default: "2000" },
+      timer: { type: "string", default: NATIVE_TIMER ? "native" : "node" },
     },
   });
+  if (values.timer !== "native" && values.timer !== "node") throw new Error("--timer: native or node");
+  if (values.timer === "native" && !timedRunnerAvailable())
+    throw new Error("--timer native: berth_cnirun is not built (npm run build)");
+  NATIVE_TIMER = values.timer === "native";
   const n = Number(values.n);
   const leases = Number(values.leases);
   const impls = values.impl?.length ? values.impl.map(parseImpl) : defaultImplementations();
@@ -144,7 +187,7 @@ async function main(): Promise<void> {
     try {
       if (impl.fastPath === "server") {
         impl.socket = `${socketDir}/cni.sock`;
-        server = await ServerProcess.start(impl.socket);
+        server = await ServerProcess.start(impl.socket, { bundled: true });
       } else if (impl.fastPath === "off") {
         impl.socket = "off";
       }
@@ -215,17 +258,21 @@ async function measure(b: Bench, n: number, leases: number): Promise<Measurement
     const net = b.network();
     const netns = Array.from({ length: n }, () => b.sandbox.createNetns("p"));
     const cids = netns.map(() => b.cid());
-    let t0 = performance.now();
-    const outs = await Promise.all(netns.map((ns, i) => b.run("ADD", net, cids[i]!, ns.path)));
-    m[`${n} parallel ADD wall (ms)`] = performance.now() - t0;
-    const results = outs.map((o) => mustSucceed(o, "parallel ADD"));
+    const adds = await b.runAll(
+      netns.map((ns, i) => b.invocation("ADD", net, cids[i]!, ns.path)),
+      n,
+    );
+    m[`${n} parallel ADD wall (ms)`] = adds.wallMs;
+    const results = adds.outcomes.map((o) => mustSucceed(o, "parallel ADD"));
     const addrs = results.map((r) => addressOf(attachmentView(r).ips[0]?.address ?? ""));
     const distinct = new Set(addrs).size;
     if (distinct !== n) throw new Error(`parallel ADD handed out ${n - distinct} duplicate addresses`);
-    t0 = performance.now();
-    const dels = await Promise.all(netns.map((ns, i) => b.run("DEL", net, cids[i]!, ns.path, results[i])));
-    m[`${n} parallel DEL wall (ms)`] = performance.now() - t0;
-    for (const o of dels) mustSucceed(o, "parallel DEL");
+    const dels = await b.runAll(
+      netns.map((ns, i) => b.invocation("DEL", net, cids[i]!, ns.path, results[i])),
+      n,
+    );
+    m[`${n} parallel DEL wall (ms)`] = dels.wallMs;
+    for (const o of dels.outcomes) mustSucceed(o, "parallel DEL");
     for (const ns of netns) b.sandbox.deleteNetns(ns.name);
   }
 
@@ -322,7 +369,8 @@ function printTable(rows: { label: string; m: Measurements }[], n: number, lease
   ]);
   const widths = header.map((_, i) => Math.max(...[header, ...lines].map((l) => l[i]!.length)));
   const show = (l: string[]) => l.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
-  process.stdout.write(`CNI benchmark: n=${n} namespaces, ${leases} leases held, cniVersion ${CNI_VERSION}\n`);
+  const timer = NATIVE_TIMER ? "berth_cnirun (fork to exit)" : "node child_process (spawn to close)";
+  process.stdout.write(`CNI benchmark: n=${n} namespaces, ${leases} leases held, cniVersion ${CNI_VERSION}, timed by ${timer}\n`);
   process.stdout.write(`${show(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}\n`);
   for (const l of lines) process.stdout.write(`${show(l)}\n`);
 }

@@ -1,32 +1,56 @@
-// Standalone CNI fast-path server, for tests and for hosts that run no overlay agent:
+// Standalone CNI fast-path server, for hosts that run no overlay agent (and for tests and the
+// benchmark):
 //
-//   node --import tsx overlay/cniserver/main.ts [--socket /run/berth/cni.sock] [--quiet]
+//   berth cni-server [--socket /run/berth/cni.sock] [--quiet]
+//   node --import tsx overlay/cniserver/main.ts [...]   (from the source tree)
 //
 // Prints "listening <path>" on stdout once the socket accepts; SIGTERM/SIGINT close it.
 import { parseArgs } from "node:util";
 import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
 
-async function main(): Promise<void> {
+/** Runs the server until SIGTERM/SIGINT; resolves with the exit code once it has closed. */
+export async function runCniServerCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
-    options: { socket: { type: "string", default: DEFAULT_CNI_SOCKET }, quiet: { type: "boolean", default: false } },
+    args: argv,
+    options: {
+      socket: { type: "string", default: DEFAULT_CNI_SOCKET },
+      quiet: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
     strict: true,
   });
+  if (values.help) {
+    process.stdout.write("usage: berth cni-server [--socket PATH] [--quiet]\n");
+    return 0;
+  }
   const log = values.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
-  const server = await startCniServer({ socketPath: values.socket, log });
+  let server: Awaited<ReturnType<typeof startCniServer>>;
+  try {
+    server = await startCniServer({ socketPath: values.socket, log });
+  } catch (e) {
+    if (!(e instanceof CniServerStartError)) throw e;
+    process.stderr.write(`berth cni-server: ${e.message}\n`);
+    return 2;
+  }
   process.stdout.write(`listening ${server.socketPath}\n`);
-  const stop = () => {
-    server.close().then(
-      () => process.exit(0),
-      () => process.exit(1),
-    );
-  };
-  process.once("SIGTERM", stop);
-  process.once("SIGINT", stop);
+  return new Promise((done) => {
+    const stop = () =>
+      server.close().then(
+        () => done(0),
+        () => done(1),
+      );
+    process.once("SIGTERM", stop);
+    process.once("SIGINT", stop);
+  });
 }
 
-main().catch((e) => {
-  process.stderr.write(
-    `berth cni server: ${e instanceof CniServerStartError ? e.message : e instanceof Error ? e.message : String(e)}\n`,
+// Run directly (tsx): behave as `berth cni-server`.
+if (process.argv[1] && import.meta.filename === process.argv[1]) {
+  runCniServerCommand(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (e: unknown) => {
+      process.stderr.write(`berth cni server: ${e instanceof Error ? e.message : String(e)}\n`);
+      process.exit(1);
+    },
   );
-  process.exit(e instanceof CniServerStartError ? 2 : 1);
-});
+}

@@ -91,7 +91,7 @@ export const hostLocalPlugin: Plugin = {
     const config = configOf(req);
     const store = storeFor(config.dataDir);
     const wanted = requested(req);
-    const leases = await store.grouped(() => store.allocate(ownerOf(req), config.rangeSets, wanted));
+    const leases = await store.grouped(() => store.allocate(ownerOf(req), config.rangeSets, wanted), req.pendingSync);
     // A delegated IPAM result is trimmed: no interfaces, no ips[].interface (SPEC).
     const result: Result = { cniVersion: req.config.cniVersion, ips: leases.map((l) => ipConfig(l, config.rangeSets)) };
     if (config.routes.length > 0) result.routes = config.routes;
@@ -104,7 +104,7 @@ export const hostLocalPlugin: Plugin = {
     // Nothing was ever allocated here: do not create a database just to find it empty.
     if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
     const store = storeFor(dataDir);
-    await store.grouped(() => store.release(ownerOf(req)));
+    await store.grouped(() => store.release(ownerOf(req)), req.pendingSync);
   },
 
   async check(req: Request): Promise<void> {

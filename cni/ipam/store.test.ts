@@ -329,6 +329,60 @@ describe("LeaseStore", () => {
   });
 });
 
+describe("LeaseStore deferred sync (the agent)", () => {
+  const SYNC_CHILD = join(import.meta.dirname, "testdata", "deferred-sync.ts");
+
+  /** Runs the child under strace; returns its JSON line and, between its marks, the syncs of the WAL by thread. */
+  async function tracedAllocation(mode: "deferred" | "full") {
+    const trace = join(dir, "strace.out");
+    const { stdout } = await execFileP("strace", [
+      "-f",
+      "-y",
+      "-qq",
+      "-e",
+      "trace=fsync,fdatasync,write",
+      "-e",
+      "signal=none",
+      "-o",
+      trace,
+      process.execPath,
+      "--import",
+      "tsx",
+      SYNC_CHILD,
+      dir,
+      mode,
+    ]);
+    const lines = readFileSync(trace, "utf8").split("\n");
+    const mainPid = lines[0]!.split(/\s+/)[0];
+    const begin = lines.findIndex((l) => l.includes('"MARK begin'));
+    const end = lines.findIndex((l) => l.includes('"MARK end'));
+    const syncs = lines
+      .slice(begin, end)
+      .filter((l) => /\b(fsync|fdatasync)\(\d+<[^>]*ipam\.db-wal>\)/.test(l))
+      .map((l) => (l.split(/\s+/)[0] === mainPid ? "main" : "pool"));
+    return { ...(JSON.parse(stdout) as { address: string; pendingAtResult: number; synchronous: string }), syncs, begin, end };
+  }
+
+  it("commits without waiting for the disk, then fsyncs the WAL on the thread pool before the sink settles", async () => {
+    const t = await tracedAllocation("deferred");
+    expect(t.begin).toBeGreaterThan(0);
+    expect(t.end).toBeGreaterThan(t.begin);
+    expect(t.synchronous).toBe("NORMAL");
+    expect(t.pendingAtResult).toBe(1); // the value came first, its fsync was handed over
+    expect(t.syncs).toContain("pool");
+    expect(t.syncs).not.toContain("main");
+    expect(rowsOnDisk(dir).map((r) => r.container_id)).toEqual(["warm", "c1"]);
+  });
+
+  it("a short-lived plugin's store (the default) syncs inside the commit, on its own thread", async () => {
+    const t = await tracedAllocation("full");
+    expect(t.synchronous).toBe("FULL");
+    expect(t.pendingAtResult).toBe(0);
+    expect(t.syncs).toContain("main");
+    expect(t.syncs).not.toContain("pool");
+  });
+});
+
 describe("LeaseStore across processes", () => {
   it("16 processes × 50 allocations against one database give 800 distinct addresses", async () => {
     // Workers wait for a common start time so that all 16 contend for the write lock at once.

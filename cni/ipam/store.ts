@@ -3,7 +3,8 @@
 //
 // Why SQLite and not host-local's one-file-per-IP directory: allocation, release and GC are
 // each one transaction (BEGIN IMMEDIATE serialises writers across processes, WAL lets readers
-// run alongside), synchronous=FULL makes a committed lease survive power loss, and the address
+// run alongside), synchronous=FULL makes a committed lease survive power loss (in the agent, an
+// explicit fsync of the WAL does, before any result is given: see grouped), and the address
 // is the PRIMARY KEY across all networks, so two networks with overlapping subnets can never
 // hand out the same address (host-local's per-network directories can, and do).
 //
@@ -12,7 +13,7 @@
 // at or after x" is one index probe (the span starting at or before x; if it covers x, the
 // answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
 // address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
-import { existsSync, mkdirSync } from "node:fs";
+import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
@@ -162,6 +163,8 @@ export class LeaseStore {
   private constructor(
     readonly path: string,
     private readonly db: Database.Database,
+    /** Commits skip their fsync; grouped()/gc() sync the WAL themselves (deferSyncs). */
+    private readonly deferred = false,
   ) {
     this.q = {
       byOwner: db.prepare<[string, string, string], LeaseRow>(
@@ -195,7 +198,9 @@ export class LeaseStore {
       // busy_timeout first: switching to WAL and creating the schema may wait for other openers.
       db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
       db.pragma("journal_mode = WAL");
-      db.pragma("synchronous = FULL");
+      // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
+      // thread pool while the caller goes on, and gc() fsyncs it before returning.
+      db.pragma(`synchronous = ${LeaseStore.deferSync ? "NORMAL" : "FULL"}`);
       const init = db.transaction(() => {
         const version = db!.pragma("user_version", { simple: true }) as number;
         if (version === SCHEMA_VERSION) return;
@@ -205,18 +210,42 @@ export class LeaseStore {
       });
       // Cheap read first: only the very first opener pays for a write transaction.
       if ((db.pragma("user_version", { simple: true }) as number) !== SCHEMA_VERSION) init.immediate();
-      return new LeaseStore(path, db);
+      return new LeaseStore(path, db, LeaseStore.deferSync);
     } catch (e) {
       db?.close();
       throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
     }
   }
 
-  close(): void {
-    this.db.close();
+  /** SQLite's synchronous setting as it reads back: "FULL", or "NORMAL" in deferred-sync mode. */
+  synchronousMode(): string {
+    const v = this.db.pragma("synchronous", { simple: true }) as number;
+    return ["OFF", "NORMAL", "FULL", "EXTRA"][v] ?? String(v);
   }
 
-  private pending: { work: () => unknown; done: (value: unknown) => void; fail: (error: unknown) => void }[] = [];
+  close(): void {
+    this.db.close();
+    this.closed = true;
+    if (this.syncing === 0) this.closeWal();
+  }
+
+  private static deferSync = false;
+
+  /**
+   * Stores opened from now on commit without waiting for the disk and fsync their WAL
+   * afterwards, on the thread pool (see grouped). For a resident process whose callers await
+   * Request.pendingSync before answering; short-lived plugins keep synchronous=FULL.
+   */
+  static deferSyncs(on: boolean): void {
+    LeaseStore.deferSync = on;
+  }
+
+  private pending: {
+    work: () => unknown;
+    done: (value: unknown) => void;
+    fail: (error: unknown) => void;
+    syncs?: Promise<void>[];
+  }[] = [];
 
   /**
    * Runs `work` (calls of this store's write methods) in one transaction with every other call
@@ -224,10 +253,16 @@ export class LeaseStore {
    * and waits for the disk, once. Each nested write is its own savepoint, so one that throws
    * (pool exhausted, address in use) is undone alone and rejects only its own caller. A single
    * call costs one setImmediate more than calling the method directly.
+   *
+   * In deferred-sync mode the commit does not wait for the disk: the WAL's fsync starts on the
+   * thread pool right after it. With `syncs` (an invocation's Request.pendingSync) the caller
+   * gets its value at once and the fsync goes into `syncs`, to be awaited before the result is
+   * given, so the kernel work of an ADD overlaps the disk; without it, the value comes once the
+   * fsync is done.
    */
-  grouped<T>(work: () => T): Promise<T> {
+  grouped<T>(work: () => T, syncs?: Promise<void>[]): Promise<T> {
     return new Promise<T>((done, fail) => {
-      this.pending.push({ work, done: done as (value: unknown) => void, fail });
+      this.pending.push({ work, done: done as (value: unknown) => void, fail, syncs });
       if (this.pending.length === 1) setImmediate(() => this.commitPending());
     });
   }
@@ -259,11 +294,70 @@ export class LeaseStore {
       for (const item of batch) item.fail(error);
       return;
     }
+    const synced = this.deferred ? this.syncWal() : undefined;
+    synced?.catch(() => {}); // handled by whoever awaits it; an unawaited failure must not crash the agent
     batch.forEach((item, i) => {
       const o = outcomes[i]!;
-      if (o.ok) item.done(o.value);
-      else item.fail(o.value);
+      if (!o.ok) item.fail(o.value);
+      else if (!synced) item.done(o.value);
+      else if (item.syncs) {
+        item.syncs.push(synced);
+        item.done(o.value);
+      } else {
+        synced.then(
+          () => item.done(o.value),
+          (e) => item.fail(e),
+        );
+      }
     });
+  }
+
+  /** Our descriptor on the WAL, kept for its fsyncs (the file lives as long as this connection). */
+  private walFd = -1;
+  private syncing = 0;
+  private closed = false;
+
+  /**
+   * fsync of the WAL after a deferred commit: one thread-pool job, so it runs while this
+   * thread does the ADD's kernel work (an open/sync/close chain would wait for this thread
+   * between its steps).
+   */
+  private async syncWal(): Promise<void> {
+    try {
+      if (this.walFd < 0) this.walFd = openSync(`${this.path}-wal`, "r");
+    } catch (e) {
+      // No WAL: the checkpoint that removed it synced everything first.
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+      throw this.syncError(e);
+    }
+    const fd = this.walFd;
+    this.syncing++;
+    try {
+      await new Promise<void>((done, fail) => fdatasync(fd, (e) => (e ? fail(this.syncError(e)) : done())));
+    } finally {
+      if (--this.syncing === 0 && this.closed) this.closeWal();
+    }
+  }
+
+  private syncError(e: unknown): CniError {
+    return new CniError(ErrorCode.IoFailure, `lease database ${this.path}: fsync of its log failed: ${(e as Error).message}`);
+  }
+
+  private closeWal(): void {
+    if (this.walFd >= 0) closeSync(this.walFd);
+    this.walFd = -1;
+  }
+
+  /** The same, blocking: for the rare writes outside grouped() (GC). */
+  private syncWalNow(): void {
+    if (!this.deferred) return;
+    try {
+      if (this.walFd < 0) this.walFd = openSync(`${this.path}-wal`, "r");
+      fdatasyncSync(this.walFd);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
+      throw this.syncError(e);
+    }
   }
 
   /**
@@ -355,7 +449,9 @@ export class LeaseStore {
       for (const l of stale) this.drop(l);
       return stale;
     });
-    return run.immediate();
+    const stale = run.immediate();
+    this.syncWalNow();
+    return stale;
   }
 
   /** Indexes of the range sets that have no free address left (for STATUS). */

@@ -5,7 +5,7 @@ import { appendFileSync, fstatSync, readSync, statSync, writeSync } from "node:f
 import { MAX_CONFIG_BYTES, parseNetConf, tooLargeError } from "./config.ts";
 import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
 import { convertResult } from "./result.ts";
-import { CniError, type Command, ErrorCode, type Plugin, type Request } from "./types.ts";
+import { awaitDurable, CniError, type Command, ErrorCode, type Plugin, type Request } from "./types.ts";
 import { type CniVersion, isSupportedVersion, NEWEST_VERSION, requireCommandInVersion, SUPPORTED_VERSIONS } from "./version.ts";
 
 export interface InvocationOptions {
@@ -44,6 +44,7 @@ export async function handleInvocation(
     switch (command) {
       case "ADD": {
         const result = await plugin.add(req);
+        await awaitDurable(req);
         return { stdout: json(convertResult(result, version)), exitCode: 0 };
       }
       case "DEL":
@@ -60,6 +61,7 @@ export async function handleInvocation(
         await plugin.status?.(req);
         break;
     }
+    await awaitDurable(req);
     return { stdout: "", exitCode: 0 };
   } catch (e) {
     const err = asCniError(e, log);
@@ -109,6 +111,7 @@ function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer): Re
     config,
     stdin,
     env: env.vars,
+    pendingSync: [],
   };
 }
 

@@ -111,6 +111,19 @@ export interface Request {
   stdin: Buffer;
   /** The original environment subset (CNI_*) for delegation. */
   env: Record<string, string>;
+  /**
+   * Writes of this invocation whose fsync is still running (the agent's lease store commits
+   * first and syncs on the thread pool meanwhile, see LeaseStore.grouped). No result may be
+   * given before they settle: a plugin awaits them with awaitDurable(req) where a failure can
+   * still be undone; handleInvocation awaits the rest before it answers.
+   */
+  pendingSync?: Promise<void>[];
+}
+
+/** Waits for the invocation's pending fsyncs (see Request.pendingSync); a failed one throws. */
+export async function awaitDurable(req: Request): Promise<void> {
+  const pending = req.pendingSync;
+  while (pending && pending.length > 0) await Promise.all(pending.splice(0));
 }
 
 /**

@@ -9,6 +9,7 @@
 import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, createServer, type Server, type Socket } from "node:net";
 import { dirname } from "node:path";
+import { LeaseStore } from "../../cni/ipam/store.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
 import { ErrorCode } from "../../cni/spec/types.ts";
@@ -61,6 +62,9 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   const open = new Set<Socket>();
 
   await claimSocketPath(socketPath);
+  // Lease commits here fsync on the thread pool while the ADD's kernel work goes on; every
+  // invocation awaits its fsyncs before it answers (Request.pendingSync).
+  LeaseStore.deferSyncs(true);
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);

@@ -13,7 +13,16 @@ import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
+import {
+  awaitDurable,
+  CniError,
+  ErrorCode,
+  type IpConfig,
+  type Plugin,
+  type Request,
+  type Result,
+  type Route,
+} from "../../spec/types.ts";
 import {
   createVethPair,
   gcHostLinks,
@@ -236,6 +245,8 @@ async function add(req: Request): Promise<Result> {
 
           const hostLink = hostNl.linkGet(host)!;
           const bridgeNow = hostNl.linkGet(br.index)!;
+          // The lease must be on disk before anyone sees the result; a failure here is still undone.
+          await awaitDurable(req);
           return {
             cniVersion: req.config.cniVersion,
             interfaces: [

@@ -5,7 +5,7 @@ import type { MacvlanMode } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../spec/types.ts";
 import { deleteLinkIfPresent, kernelError, openContainerNetns, openNetnsIfPresent, Undo, withRtnl } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
 import { checkSandbox, configureSandbox } from "../sandbox.ts";
@@ -79,6 +79,8 @@ async function add(req: Request): Promise<Result> {
             throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
           }
           const pod = podNl.linkGet(req.ifname)!;
+          // The lease must be on disk before anyone sees the result; a failure here is still undone.
+          await awaitDurable(req);
           return {
             cniVersion: req.config.cniVersion,
             interfaces: [{ name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns }],

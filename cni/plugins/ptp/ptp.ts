@@ -8,7 +8,16 @@ import { writeSysctl } from "../../../native/sysctl.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result, type Route } from "../../spec/types.ts";
+import {
+  awaitDurable,
+  CniError,
+  ErrorCode,
+  type IpConfig,
+  type Plugin,
+  type Request,
+  type Result,
+  type Route,
+} from "../../spec/types.ts";
 import {
   createVethPair,
   gcHostLinks,
@@ -125,6 +134,8 @@ async function add(req: Request): Promise<Result> {
           }
           const pod = podNl.linkGet(req.ifname)!;
           const hostLink = hostNl.linkGet(host)!;
+          // The lease must be on disk before anyone sees the result; a failure here is still undone.
+          await awaitDurable(req);
           return {
             cniVersion: req.config.cniVersion,
             interfaces: [

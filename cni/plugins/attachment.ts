@@ -1,6 +1,7 @@
 // What the main plugins share: deterministic host-side names, the undo stack of a
 // half-done ADD, and the container netns handling that DEL must survive without.
 import { isNetlinkError } from "../../native/netlink/error.ts";
+import type { Link } from "../../native/netlink/link.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
 import { randomBytes, shortHash } from "../digest.ts";
@@ -124,31 +125,66 @@ export function kernelError(what: string, e: unknown): CniError {
   return new CniError(ErrorCode.Internal, `${what}: ${msg}`);
 }
 
+/** A random unicast, locally administered MAC. */
+export function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfe) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
+}
+
+export interface VethOptions {
+  mtu?: number;
+  /** The container end's MAC (CNI_ARGS MAC / runtimeConfig.mac); else the kernel picks one. */
+  mac?: string;
+  /** Enslave the host end at creation (bridge): no separate round trip, and atomic with it. */
+  master?: number;
+  /** Bring the host end up at creation. */
+  up?: boolean;
+}
+
 /**
  * The attachment's veth pair: `host` in the host netns, the request's ifname created directly
- * in the container's netns. A stale host end (a DEL that never ran) is removed first; the new
- * pair's removal goes onto the ADD's undo stack.
+ * in the container's netns, in one RTM_NEWLINK. The host end's MAC is chosen here, not left
+ * random to the kernel: udev's MACAddressPolicy rewrites random MACs behind our back. The
+ * caller has made sure the container interface does not exist (a repeated ADD must fail before
+ * IPAM); a stale host end (a DEL that never ran) is then found by the EEXIST it causes,
+ * removed, and the creation retried. The new pair's removal goes onto the ADD's undo stack.
+ * Returns the host end's index and MAC.
  */
 export async function createVethPair(
   hostNl: Rtnl,
   req: Request,
   ns: Netns,
   host: string,
-  link: { mtu?: number; mac?: string },
+  link: VethOptions,
   undo: Undo,
-): Promise<void> {
-  if (hostNl.linkGet(host)) await deleteLinkIfPresent(hostNl, host);
-  try {
-    hostNl.linkAdd({
-      kind: "veth",
-      name: host,
-      mtu: link.mtu,
-      peer: { name: req.ifname, netns: ns, mtu: link.mtu, mac: link.mac },
-    });
-  } catch (e) {
-    throw kernelError(`create veth ${host}/${req.ifname}`, e);
+): Promise<{ index: number; mac: string }> {
+  const mac = randomMac();
+  const spec = {
+    kind: "veth" as const,
+    name: host,
+    mtu: link.mtu,
+    mac,
+    master: link.master,
+    up: link.up,
+    peer: { name: req.ifname, netns: ns, mtu: link.mtu, mac: link.mac },
+  };
+  let created: Link | undefined;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      created = hostNl.linkAdd(spec);
+      break;
+    } catch (e) {
+      if (!isNetlinkError(e, "EEXIST")) throw kernelError(`create veth ${host}/${req.ifname}`, e);
+      if (attempt > 1 || !hostNl.linkGet(host)) {
+        throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
+      }
+      await deleteLinkIfPresent(hostNl, host);
+    }
   }
   undo.push(() => deleteLinkIfPresent(hostNl, host));
+  const index = created?.index ?? hostNl.linkIndex(host);
+  return { index, mac };
 }
 
 /** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */

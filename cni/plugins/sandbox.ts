@@ -37,18 +37,25 @@ export interface SandboxOptions {
   down?: boolean;
 }
 
-/** Adds addresses, brings the link up and installs the routes, in that order. */
-export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], routes: Route[], opts: SandboxOptions): void {
+/**
+ * Adds addresses, brings the link up and installs the routes, in that order. Reads the link
+ * once (every later step goes by its index) and returns it as it was read: its MAC and MTU are
+ * what the result reports.
+ */
+export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], routes: Route[], opts: SandboxOptions): Link {
+  const link = nl.linkGet(ifname);
+  if (!link) throw new CniError(ErrorCode.Internal, `interface ${ifname} vanished before it was configured`);
+  const dev = link.index;
   for (const ip of ips) {
     const v6 = familyOf(ip.address) === 6;
-    nl.addrAdd(ifname, {
+    nl.addrAdd(dev, {
       cidr: ip.address,
       nodad: v6 && opts.nodad,
       noprefixroute: opts.noprefixroute,
       broadcast: v6 ? undefined : "auto",
     });
   }
-  if (!opts.down) nl.linkSet(ifname, { up: true });
+  if (!opts.down) nl.linkSet(dev, { up: true });
   for (const r of routes) {
     // As the reference plugins do: a route without a gateway goes via the address's gateway
     // of the same family; explicit link-scope routes stay on-link.
@@ -58,7 +65,7 @@ export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], rout
         dst: r.dst === "0.0.0.0/0" || r.dst === "::/0" ? "default" : r.dst,
         family: familyOf(r.dst),
         gateway: gw,
-        dev: ifname,
+        dev,
         priority: r.priority,
         table: r.table,
         mtu: r.mtu,
@@ -70,6 +77,7 @@ export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], rout
       if (!isNetlinkError(e, "EEXIST")) throw e;
     }
   }
+  return link;
 }
 
 /** CHECK of the container side: the interface, its MAC, addresses and routes are all there. */

@@ -344,12 +344,21 @@ export class Rtnl {
     return (ref) => found.get(ref) ?? (typeof ref === "number" ? ref : 0);
   }
 
-  /** Creates a link (veth with its peer directly in another netns, bridge, vxlan, macvlan, dummy, ifb). */
-  linkAdd(spec: LinkSpec): void {
+  /**
+   * Creates a link (veth with its peer directly in another netns, bridge, vxlan, macvlan, dummy,
+   * ifb). Returns the new link as the kernel echoes it (NLM_F_ECHO, kernels since 6.1: index,
+   * MAC, ... in the same round trip), or undefined from an older kernel.
+   */
+  linkAdd(spec: LinkSpec): Link | undefined {
     const op = `link add ${spec.name}`;
     const resolve = this.resolveAll(linkRefsOf(spec), op);
     try {
-      this.request(RTM_NEWLINK, CREATE, (w) => encodeLinkAdd(w, spec, resolve), op);
+      const reply = this.request(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op);
+      let link: Link | undefined;
+      forEachMessage(reply, (m) => {
+        if (m.type === RTM_NEWLINK && !link) link = decodeLink(m);
+      });
+      return link;
     } catch (e) {
       // Missing kinds come with extack text ("Unknown device type"); missing options do not.
       if (e instanceof NetlinkError && e.code === "EOPNOTSUPP" && !e.kernelMessage) {

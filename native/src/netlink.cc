@@ -85,11 +85,14 @@ Napi::Value NlOpen(const Napi::CallbackInfo& info) {
 }
 
 // Sends one request and receives until the reply for its sequence number is complete:
-// NLMSG_DONE or NLMSG_ERROR (errors and ACKs), or a message without NLM_F_MULTI.
+// NLMSG_DONE or NLMSG_ERROR (errors and ACKs), or a message without NLM_F_MULTI. A request
+// with NLM_F_ACK waits for its ACK even past such a message: with NLM_F_ECHO the kernel sends
+// the new object first, and a later step of the same request can still fail.
 // Returns 0 or an errno; `out` holds every message with that sequence number.
 int Transact(int fd, const uint8_t* req, size_t len, std::vector<uint8_t>* out) {
   if (len < sizeof(struct nlmsghdr)) return EINVAL;
   uint32_t seq = reinterpret_cast<const struct nlmsghdr*>(req)->nlmsg_seq;
+  bool wants_ack = (reinterpret_cast<const struct nlmsghdr*>(req)->nlmsg_flags & NLM_F_ACK) != 0;
   struct sockaddr_nl kernel = {};
   kernel.nl_family = AF_NETLINK;
   ssize_t sent;
@@ -112,7 +115,8 @@ int Transact(int fd, const uint8_t* req, size_t len, std::vector<uint8_t>* out) 
       if (h->nlmsg_len < sizeof(struct nlmsghdr) || off + h->nlmsg_len > static_cast<size_t>(n)) break;
       if (h->nlmsg_seq == seq) {
         out->insert(out->end(), buf.data() + off, buf.data() + off + NLMSG_ALIGN(h->nlmsg_len));
-        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR || !(h->nlmsg_flags & NLM_F_MULTI)) {
+        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR ||
+            (!wants_ack && !(h->nlmsg_flags & NLM_F_MULTI))) {
           done = true;
         }
       }

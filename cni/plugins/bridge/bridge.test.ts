@@ -1,6 +1,7 @@
 // berth-bridge against the real kernel, in-process through handleInvocation (the same code
 // path the executable and the agent run). Every outcome is read back from the kernel with
 // iproute2 / nft / the lease database, never taken from the plugin's own answer.
+import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { Sandbox } from "../../../conformance/lib/sandbox.ts";
 import { hostLinksStartingWith, invokePlugin, leaseRows, type Outcome, ulaPrefix } from "../../../testing/cni-plugin.ts";
@@ -9,7 +10,7 @@ import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import type { Result } from "../../spec/types.ts";
-import { networkTag } from "../attachment.ts";
+import { hostLinkName, networkTag } from "../attachment.ts";
 import { bridgePlugin } from "./bridge.ts";
 
 interface Container {
@@ -168,6 +169,8 @@ describe("berth-bridge ADD", () => {
     expect(host.address).toBe(hostIf!.mac);
     expect(host.mtu).toBe(1400);
     expect(host.operstate).not.toBe("DOWN");
+    // Set, not random (1): udev's MACAddressPolicy=persistent rewrites random MACs after the fact.
+    expect(readFileSync(`/sys/class/net/${hostIf!.name}/addr_assign_type`, "utf8").trim()).toBe("3");
 
     const br = linkIn(undefined, sb.bridgeName)!;
     expect(br.address).toBe(brIf!.mac);
@@ -178,6 +181,26 @@ describe("berth-bridge ADD", () => {
         .map((l) => l.ip)
         .sort(),
     ).toEqual(res.ips!.map((i) => ipOf(i.address)).sort());
+  });
+
+  it("replaces a stale host end whose DEL never ran; a repeated ADD fails without touching the live pair", async () => {
+    const c = container();
+    const hostName = hostLinkName("bv", network, c.id, c.ifname);
+    const orphan = `${sb.prefix}or`;
+    sh("ip", ["link", "add", hostName, "type", "veth", "peer", "name", orphan]);
+    const res = await add(conf(), c);
+    expect(res.interfaces![1]!.name).toBe(hostName);
+    expect(linkIn(undefined, orphan)).toBeUndefined(); // the old pair went with its host end
+    const host = ipJson<{ master?: string; link_netnsid?: number }>(["link", "show", "dev", hostName])[0]!;
+    expect(host.master).toBe(sb.bridgeName);
+    expect(host.link_netnsid).toBeDefined(); // its peer is in the container now
+    expect(globalAddrs(linkIn(c.ns, "eth0"))).toEqual([res.ips![0]!.address]);
+
+    const again = await cni("ADD", conf(), c);
+    expect(again.exitCode).toBe(1);
+    expect(again.json).toMatchObject({ code: 7, msg: expect.stringContaining("already exists") });
+    expect(ipJson<{ address: string }>(["link", "show", "dev", hostName])[0]!.address).toBe(res.interfaces![1]!.mac);
+    expect(leases().map((l) => l.ip)).toEqual([ipOf(res.ips![0]!.address)]);
   });
 
   it("carries traffic between two containers and to the gateway, IPv4 and IPv6", async () => {

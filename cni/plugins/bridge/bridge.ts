@@ -8,7 +8,6 @@ import type { Link } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Netns } from "../../../native/netns.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
-import { randomBytes } from "../../digest.ts";
 import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
@@ -31,6 +30,7 @@ import {
   networkTag,
   openContainerNetns,
   openNetnsIfPresent,
+  randomMac,
   removePair,
   Undo,
   withRtnl,
@@ -87,12 +87,6 @@ export function parseBridgeConf(req: Request): BridgeConf {
     );
   }
   return conf;
-}
-
-function randomMac(): string {
-  const b = randomBytes(6);
-  b[0] = (b[0]! & 0xfe) | 0x02; // unicast, locally administered
-  return [...b].map((x) => x.toString(16).padStart(2, "0")).join(":");
 }
 
 /**
@@ -181,6 +175,7 @@ async function add(req: Request): Promise<Result> {
     return await withRtnl(undefined, async (hostNl) =>
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
+          // Before IPAM: a repeated ADD must fail without touching the attachment that exists.
           if (podNl.linkGet(req.ifname)) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
@@ -197,18 +192,17 @@ async function add(req: Request): Promise<Result> {
             gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
           }));
 
-          await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
-          try {
-            hostNl.linkSet(host, { master: br.index, up: true });
-          } catch (e) {
-            throw kernelError(`attach ${host} to bridge ${conf.bridge}`, e);
-          }
+          // Enslaved and up as it is created: one round trip, and a full bridge (EXFULL) fails it whole.
+          const hostEnd = await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac, master: br.index, up: true }, undo);
           if (conf.hairpinMode || conf.portIsolation) {
-            hostNl.bridgePortSet(host, { hairpin: conf.hairpinMode || undefined, isolated: conf.portIsolation || undefined });
+            hostNl.bridgePortSet(hostEnd.index, {
+              hairpin: conf.hairpinMode || undefined,
+              isolated: conf.portIsolation || undefined,
+            });
           }
           if (conf.vlan !== undefined) {
-            hostNl.bridgeVlanAdd(host, conf.vlan, { pvid: true, untagged: true });
-            if (!conf.preserveDefaultVlan && conf.vlan !== 1) hostNl.bridgeVlanDel(host, 1);
+            hostNl.bridgeVlanAdd(hostEnd.index, conf.vlan, { pvid: true, untagged: true });
+            if (!conf.preserveDefaultVlan && conf.vlan !== 1) hostNl.bridgeVlanDel(hostEnd.index, 1);
           }
 
           const routes: Route[] = [...(ipam?.routes ?? [])];
@@ -219,8 +213,9 @@ async function add(req: Request): Promise<Result> {
               if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
             }
           }
+          let pod: Link;
           try {
-            configureSandbox(podNl, req.ifname, ips, routes, {
+            pod = configureSandbox(podNl, req.ifname, ips, routes, {
               nodad: !conf.enabledad,
               down: conf.disableContainerInterface,
             });
@@ -237,13 +232,12 @@ async function add(req: Request): Promise<Result> {
               undo,
             );
           }
-          const pod = podNl.linkGet(req.ifname)!;
           if (conf.macspoofchk && pod.mac) {
             await addMacSpoofCheck(host, pod.mac, conf.nftTable);
             undo.push(() => removeMacSpoofCheck(host, conf.nftTable));
           }
 
-          const hostLink = hostNl.linkGet(host)!;
+          // Re-read: a bridge whose MAC berth did not pin takes its lowest port's.
           const bridgeNow = hostNl.linkGet(br.index)!;
           // The lease must be on disk before anyone sees the result; a failure here is still undone.
           await awaitDurable(req);
@@ -251,7 +245,7 @@ async function add(req: Request): Promise<Result> {
             cniVersion: req.config.cniVersion,
             interfaces: [
               { name: bridgeNow.name, mac: bridgeNow.mac },
-              { name: host, mac: hostLink.mac },
+              { name: host, mac: hostEnd.mac },
               { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
             ],
             ips: ips.map((ip) => ({ ...ip, interface: 2 })),

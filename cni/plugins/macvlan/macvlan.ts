@@ -1,7 +1,7 @@
 // berth-macvlan: a macvlan link on a host interface, created directly inside the container
 // netns under its final name (no create-then-move: a move costs an RCU barrier). IPAM is
 // optional; without it the interface is L2 only. Reference option names: master, mode, mtu, mac.
-import type { MacvlanMode } from "../../../native/netlink/link.ts";
+import type { Link, MacvlanMode } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
@@ -73,12 +73,12 @@ async function add(req: Request): Promise<Result> {
           }
           undo.push(() => deleteLinkIfPresent(podNl, req.ifname));
           const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway }));
+          let pod: Link;
           try {
-            configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
+            pod = configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
           } catch (e) {
             throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
           }
-          const pod = podNl.linkGet(req.ifname)!;
           // The lease must be on disk before anyone sees the result; a failure here is still undone.
           await awaitDurable(req);
           return {

@@ -3,6 +3,7 @@
 // "gw/32 scope link" and everything else via gw. Host side: the gateway as a /32 on the
 // host veth (the same address on every veth) and "podIP/32 dev veth".
 import { isNetlinkError } from "../../../native/netlink/error.ts";
+import type { Link } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
@@ -72,10 +73,10 @@ function podRoutes(ips: IpConfig[], ipamRoutes: Route[]): { install: Route[]; re
   return { install, report };
 }
 
-function configureHost(nl: Rtnl, host: string, ips: IpConfig[]): void {
+function configureHost(nl: Rtnl, host: string, index: number, ips: IpConfig[]): void {
   for (const ip of ips) {
     try {
-      nl.addrAdd(host, { cidr: hostPrefix(ip.gateway!), nodad: familyOf(ip.address) === 6, noprefixroute: true });
+      nl.addrAdd(index, { cidr: hostPrefix(ip.gateway!), nodad: familyOf(ip.address) === 6, noprefixroute: true });
     } catch (e) {
       if (!isNetlinkError(e, "EEXIST")) throw e;
     }
@@ -83,9 +84,9 @@ function configureHost(nl: Rtnl, host: string, ips: IpConfig[]): void {
   // Without this the host end's link-local address sits tentative (DAD) for ~2 s, and until
   // then the host cannot resolve the pod as an IPv6 neighbour: a new pod's first v6 packets die.
   if (ips.some((i) => familyOf(i.address) === 6)) writeSysctl(["net", "ipv6", "conf", host, "accept_dad"], "0");
-  nl.linkSet(host, { up: true });
+  nl.linkSet(index, { up: true });
   for (const ip of ips) {
-    nl.routeReplace({ dst: hostPrefix(ipOf(ip.address)), dev: host, scope: "link", family: familyOf(ip.address) });
+    nl.routeReplace({ dst: hostPrefix(ipOf(ip.address)), dev: index, scope: "link", family: familyOf(ip.address) });
   }
   if (ips.some((i) => familyOf(i.address) === 4)) writeSysctl("net.ipv4.ip_forward", "1");
   if (ips.some((i) => familyOf(i.address) === 6)) writeSysctl("net.ipv6.conf.all.forwarding", "1");
@@ -101,6 +102,7 @@ async function add(req: Request): Promise<Result> {
     return await withRtnl(undefined, async (hostNl) =>
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
+          // Before IPAM: a repeated ADD must fail without touching the attachment that exists.
           if (podNl.linkGet(req.ifname)) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
@@ -116,11 +118,12 @@ async function add(req: Request): Promise<Result> {
             }
           }
 
-          await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
+          const hostEnd = await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
           const routes = podRoutes(ips, ipam.routes ?? []);
+          let pod: Link;
           try {
-            configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
-            configureHost(hostNl, host, ips);
+            pod = configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
+            configureHost(hostNl, host, hostEnd.index, ips);
           } catch (e) {
             throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);
           }
@@ -132,14 +135,12 @@ async function add(req: Request): Promise<Result> {
               undo,
             );
           }
-          const pod = podNl.linkGet(req.ifname)!;
-          const hostLink = hostNl.linkGet(host)!;
           // The lease must be on disk before anyone sees the result; a failure here is still undone.
           await awaitDurable(req);
           return {
             cniVersion: req.config.cniVersion,
             interfaces: [
-              { name: host, mac: hostLink.mac },
+              { name: host, mac: hostEnd.mac },
               { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
             ],
             ips: ips.map((ip) => ({ ...ip, interface: 1 })),

@@ -15,7 +15,7 @@
       "sources": ["launcher/launcher.c"],
       "defines": ["BERTH_NODE=\"<!(node -p process.execPath)\""],
       "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-Wno-format-truncation", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
-      "ldflags": ["-Wl,-z,relro,-z,now"]
+      "ldflags": ["-static", "-Wl,-z,relro,-z,now"]
     },
     {
       "target_name": "berth_cnirun",

@@ -149,7 +149,8 @@ export interface VethOptions {
  * caller has made sure the container interface does not exist (a repeated ADD must fail before
  * IPAM); a stale host end (a DEL that never ran) is then found by the EEXIST it causes,
  * removed, and the creation retried. The new pair's removal goes onto the ADD's undo stack.
- * Returns the host end's index and MAC.
+ * The kernel's part runs on the thread pool (see whileCreating). Returns the host end's index
+ * and MAC.
  */
 export async function createVethPair(
   hostNl: Rtnl,
@@ -172,7 +173,7 @@ export async function createVethPair(
   let created: Link | undefined;
   for (let attempt = 1; ; attempt++) {
     try {
-      created = hostNl.linkAdd(spec);
+      created = await hostNl.linkAddAsync(spec);
       break;
     } catch (e) {
       if (!isNetlinkError(e, "EEXIST")) throw kernelError(`create veth ${host}/${req.ifname}`, e);
@@ -185,6 +186,23 @@ export async function createVethPair(
   undo.push(() => deleteLinkIfPresent(hostNl, host));
   const index = created?.index ?? hostNl.linkIndex(host);
   return { index, mac };
+}
+
+/**
+ * Runs `work` (the ADD's IPAM) on this thread while `creating` (a createVethPair already under
+ * way on the thread pool) goes on, and returns both. If either fails, the other is waited for
+ * first, so that whatever it made is on the undo stack before the ADD unwinds.
+ */
+export async function whileCreating<A, B>(creating: Promise<A>, work: () => Promise<B>): Promise<[A, B]> {
+  creating.catch(() => {}); // awaited below; must not count as unhandled meanwhile
+  let done: B;
+  try {
+    done = await work();
+  } catch (e) {
+    await creating.catch(() => {});
+    throw e;
+  }
+  return [await creating, done];
 }
 
 /** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */

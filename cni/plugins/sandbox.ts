@@ -1,7 +1,6 @@
 // The container side of an attachment: addresses, routes and link state inside CNI_NETNS,
 // plus the checks CHECK runs against what the kernel holds there.
 
-import { isNetlinkError } from "../../native/netlink/error.ts";
 import type { Link } from "../../native/netlink/link.ts";
 import type { Rtnl } from "../../native/netlink/socket.ts";
 import { formatIp, parseIpPrefix, Subnet } from "../ipam/cidr.ts";
@@ -38,30 +37,38 @@ export interface SandboxOptions {
 }
 
 /**
- * Adds addresses, brings the link up and installs the routes, in that order. Reads the link
- * once (every later step goes by its index) and returns it as it was read: its MAC and MTU are
- * what the result reports.
+ * Adds addresses, brings the link up and installs the routes, in that order, as one netlink
+ * batch on the thread pool (one round trip; this thread goes on serving while concurrent ADDs
+ * hold the kernel's rtnl lock). Reads the link first and returns it as it was read: its MAC and
+ * MTU are what the result reports.
  */
-export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], routes: Route[], opts: SandboxOptions): Link {
+export async function configureSandbox(
+  nl: Rtnl,
+  ifname: string,
+  ips: IpConfig[],
+  routes: Route[],
+  opts: SandboxOptions,
+): Promise<Link> {
   const link = nl.linkGet(ifname);
   if (!link) throw new CniError(ErrorCode.Internal, `interface ${ifname} vanished before it was configured`);
   const dev = link.index;
+  const batch = nl.batch();
   for (const ip of ips) {
     const v6 = familyOf(ip.address) === 6;
-    nl.addrAdd(dev, {
+    batch.addrAdd(dev, {
       cidr: ip.address,
       nodad: v6 && opts.nodad,
       noprefixroute: opts.noprefixroute,
       broadcast: v6 ? undefined : "auto",
     });
   }
-  if (!opts.down) nl.linkSet(dev, { up: true });
+  if (!opts.down) batch.linkSet(dev, { up: true });
   for (const r of routes) {
     // As the reference plugins do: a route without a gateway goes via the address's gateway
     // of the same family; explicit link-scope routes stay on-link.
     const gw = r.gw ?? (r.scope === 253 ? undefined : ips.find((i) => familyOf(i.address) === familyOf(r.dst))?.gateway);
-    try {
-      nl.routeAdd({
+    batch.routeAdd(
+      {
         dst: r.dst === "0.0.0.0/0" || r.dst === "::/0" ? "default" : r.dst,
         family: familyOf(r.dst),
         gateway: gw,
@@ -71,12 +78,12 @@ export function configureSandbox(nl: Rtnl, ifname: string, ips: IpConfig[], rout
         mtu: r.mtu,
         advmss: r.advmss,
         scope: r.scope,
-      });
-    } catch (e) {
+      },
       // The same route from two range sets (e.g. a shared default) is fine once.
-      if (!isNetlinkError(e, "EEXIST")) throw e;
-    }
+      { ignore: ["EEXIST"] },
+    );
   }
+  await batch.runAsync();
   return link;
 }
 

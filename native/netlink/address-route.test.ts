@@ -142,3 +142,47 @@ describe("routes", () => {
     expect(() => a.rtnl.routeAdd({ dst: "10.0.0.0/40" })).toThrow(/prefix length must be 0..32 \(EINVAL\)$/);
   });
 });
+
+describe("batches (several requests in one message)", () => {
+  it("applies every step in order in one exchange, on the thread pool too", async () => {
+    const index = a.rtnl.linkIndex("e0");
+    a.rtnl.linkSet("e0", { up: false });
+    await a.rtnl
+      .batch()
+      .addrAdd(index, { cidr: "10.30.0.2/24", broadcast: "auto" })
+      .linkSet(index, { up: true })
+      .routeAdd({ dst: "10.31.0.0/16", gateway: "10.30.0.1", dev: index, family: 4 })
+      .runAsync();
+    expect(addrs("e0").map((x) => `${x.local}/${x.prefixlen}`)).toContain("10.30.0.2/24");
+    expect(ipJson(["link", "show", "dev", "e0"], a.name)[0].flags).toContain("UP");
+    // the route needed the address before it: order held
+    expect(routes(["10.31.0.0/16"])).toEqual([expect.objectContaining({ gateway: "10.30.0.1", dev: "e0" })]);
+
+    a.rtnl.batch().addrAdd(index, { cidr: "10.32.0.2/24" }).run();
+    expect(addrs("e0").map((x) => x.local)).toContain("10.32.0.2");
+  });
+
+  it("reports the first failure that is not ignored, naming its step; the kernel still ran the others", async () => {
+    const index = a.rtnl.linkIndex("e0");
+    a.rtnl.addrAdd(index, { cidr: "10.40.0.2/24" });
+    a.rtnl.routeAdd({ dst: "10.41.0.0/16", gateway: "10.40.0.1", dev: index });
+    const err = await a.rtnl
+      .batch()
+      .routeAdd({ dst: "10.41.0.0/16", gateway: "10.40.0.1", dev: index, family: 4 }, { ignore: ["EEXIST"] })
+      .addrAdd(index, { cidr: "10.40.0.2/24" }) // EEXIST, not ignored: the failure
+      .routeAdd({ dst: "10.42.0.0/16", gateway: "10.99.0.1", dev: index, family: 4 }) // unreachable: a later failure
+      .addrAdd(index, { cidr: "10.43.0.2/24" })
+      .runAsync()
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+    expect(err).toBeInstanceOf(NetlinkError);
+    expect((err as NetlinkError).code).toBe("EEXIST");
+    expect((err as NetlinkError).message).toContain("addr add 10.40.0.2/24");
+    expect(addrs("e0").map((x) => x.local)).toContain("10.43.0.2");
+    // the socket is still in step: a plain request afterwards gets its own answer
+    expect(a.rtnl.linkGet("e0")?.index).toBe(index);
+    expect(() => a.rtnl.batch().addrAdd(index, { cidr: "10.40.0.2/24" }).run()).toThrow(/EEXIST|exists/);
+  });
+});

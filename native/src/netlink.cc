@@ -84,15 +84,26 @@ Napi::Value NlOpen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// Sends one request and receives until the reply for its sequence number is complete:
-// NLMSG_DONE or NLMSG_ERROR (errors and ACKs), or a message without NLM_F_MULTI. A request
-// with NLM_F_ACK waits for its ACK even past such a message: with NLM_F_ECHO the kernel sends
-// the new object first, and a later step of the same request can still fail.
-// Returns 0 or an errno; `out` holds every message with that sequence number.
+// Sends a request and receives until its reply is complete: NLMSG_DONE or NLMSG_ERROR (errors
+// and ACKs), or a message without NLM_F_MULTI. A request with NLM_F_ACK waits for its ACK even
+// past such a message: with NLM_F_ECHO the kernel sends the new object first, and a later step
+// of the same request can still fail.
+// `req` may hold several messages with consecutive sequence numbers (a batch): the kernel
+// handles them in order and answers each, so the exchange ends with the last one's reply and
+// `out` holds the replies of all of them. Returns 0 or an errno.
 int Transact(int fd, const uint8_t* req, size_t len, std::vector<uint8_t>* out) {
   if (len < sizeof(struct nlmsghdr)) return EINVAL;
-  uint32_t seq = reinterpret_cast<const struct nlmsghdr*>(req)->nlmsg_seq;
-  bool wants_ack = (reinterpret_cast<const struct nlmsghdr*>(req)->nlmsg_flags & NLM_F_ACK) != 0;
+  uint32_t first = reinterpret_cast<const struct nlmsghdr*>(req)->nlmsg_seq;
+  const struct nlmsghdr* last_req = reinterpret_cast<const struct nlmsghdr*>(req);
+  for (size_t off = 0; off + sizeof(struct nlmsghdr) <= len;) {
+    auto* h = reinterpret_cast<const struct nlmsghdr*>(req + off);
+    if (h->nlmsg_len < sizeof(struct nlmsghdr) || off + h->nlmsg_len > len) return EINVAL;
+    last_req = h;
+    off += NLMSG_ALIGN(h->nlmsg_len);
+  }
+  uint32_t last = last_req->nlmsg_seq;
+  uint32_t span = last - first;  // consecutive numbers, wrapping included
+  bool wants_ack = (last_req->nlmsg_flags & NLM_F_ACK) != 0;
   struct sockaddr_nl kernel = {};
   kernel.nl_family = AF_NETLINK;
   ssize_t sent;
@@ -113,10 +124,11 @@ int Transact(int fd, const uint8_t* req, size_t len, std::vector<uint8_t>* out) 
     while (off + sizeof(struct nlmsghdr) <= static_cast<size_t>(n)) {
       auto* h = reinterpret_cast<struct nlmsghdr*>(buf.data() + off);
       if (h->nlmsg_len < sizeof(struct nlmsghdr) || off + h->nlmsg_len > static_cast<size_t>(n)) break;
-      if (h->nlmsg_seq == seq) {
+      if (h->nlmsg_seq - first <= span) {
         out->insert(out->end(), buf.data() + off, buf.data() + off + NLMSG_ALIGN(h->nlmsg_len));
-        if (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR ||
-            (!wants_ack && !(h->nlmsg_flags & NLM_F_MULTI))) {
+        if (h->nlmsg_seq == last &&
+            (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR ||
+             (!wants_ack && !(h->nlmsg_flags & NLM_F_MULTI)))) {
           done = true;
         }
       }

@@ -1,7 +1,8 @@
 // berth-bridge: a veth pair per container, the host end enslaved to a Linux bridge, with
 // addresses from IPAM. Accepts the reference bridge plugin's option names. ADD reads top to
-// bottom: config → bridge → IPAM → veth (peer created directly in the container netns) →
-// container addresses/routes → gateway → masquerade/spoof check → result. Every step that
+// bottom: config → bridge → veth (peer created directly in the container netns, on the thread
+// pool) alongside IPAM → container addresses/routes → gateway → masquerade/spoof check → result
+// once the lease is on disk. Every step that
 // changed something registers its undo, so a failed ADD leaves nothing behind.
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link } from "../../../native/netlink/link.ts";
@@ -33,6 +34,7 @@ import {
   randomMac,
   removePair,
   Undo,
+  whileCreating,
   withRtnl,
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
@@ -181,19 +183,19 @@ async function add(req: Request): Promise<Result> {
           }
           const br = ensureBridge(hostNl, conf);
 
-          // IPAM before any link: if it fails there is nothing to undo.
-          let ipam: Result | undefined;
-          if (ipamType(req)) {
-            ipam = await ipamAdd(req);
+          // The veth is made on the thread pool while IPAM allocates here. Enslaved and up as it
+          // is created: one round trip, and a full bridge (EXFULL) fails it whole.
+          const veth = createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac, master: br.index, up: true }, undo);
+          const [hostEnd, ipam] = await whileCreating(veth, async () => {
+            if (!ipamType(req)) return undefined;
+            const r = await ipamAdd(req);
             undo.push(() => ipamDel(req));
-          }
+            return r;
+          });
           const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({
             address: ip.address,
             gateway: ip.gateway ?? (conf.isGateway ? firstHost(ip.address) : undefined),
           }));
-
-          // Enslaved and up as it is created: one round trip, and a full bridge (EXFULL) fails it whole.
-          const hostEnd = await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac, master: br.index, up: true }, undo);
           if (conf.hairpinMode || conf.portIsolation) {
             hostNl.bridgePortSet(hostEnd.index, {
               hairpin: conf.hairpinMode || undefined,
@@ -215,7 +217,7 @@ async function add(req: Request): Promise<Result> {
           }
           let pod: Link;
           try {
-            pod = configureSandbox(podNl, req.ifname, ips, routes, {
+            pod = await configureSandbox(podNl, req.ifname, ips, routes, {
               nodad: !conf.enabledad,
               down: conf.disableContainerInterface,
             });

@@ -75,7 +75,7 @@ async function add(req: Request): Promise<Result> {
           const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway }));
           let pod: Link;
           try {
-            pod = configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
+            pod = await configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
           } catch (e) {
             throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
           }

@@ -28,6 +28,7 @@ import {
   openNetnsIfPresent,
   removePair,
   Undo,
+  whileCreating,
   withRtnl,
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam.ts";
@@ -106,8 +107,13 @@ async function add(req: Request): Promise<Result> {
           if (podNl.linkGet(req.ifname)) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
-          const ipam = await ipamAdd(req);
-          undo.push(() => ipamDel(req));
+          // The veth is made on the thread pool while IPAM allocates here.
+          const veth = createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
+          const [hostEnd, ipam] = await whileCreating(veth, async () => {
+            const r = await ipamAdd(req);
+            undo.push(() => ipamDel(req));
+            return r;
+          });
           const ips: IpConfig[] = (ipam.ips ?? []).map((ip) => ({
             address: ip.address,
             gateway: ip.gateway ?? firstHost(ip.address),
@@ -118,11 +124,10 @@ async function add(req: Request): Promise<Result> {
             }
           }
 
-          const hostEnd = await createVethPair(hostNl, req, ns, host, { mtu: conf.mtu, mac }, undo);
           const routes = podRoutes(ips, ipam.routes ?? []);
           let pod: Link;
           try {
-            pod = configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
+            pod = await configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
             configureHost(hostNl, host, hostEnd.index, ips);
           } catch (e) {
             throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);

@@ -5,7 +5,7 @@
 // adds 2-5 ms per call on a small VM to every implementation alike).
 //
 //   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
-//                                                    [--timer native|node]
+//                                                    [--timer native|node] [--warmup 20]
 //
 // "berth fast" runs the agent's CNI server as installed (`berth cni-server` from the bundle).
 // Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
@@ -166,6 +166,7 @@ async function main(): Promise<void> {
     options: {
       impl: { type: "string", multiple: true },
       n: { type: "string", default: "100" },
+      warmup: { type: "string", default: "20" },
       leases: { type: "string", default: "2000" },
       timer: { type: "string", default: NATIVE_TIMER ? "native" : "node" },
     },
@@ -191,7 +192,7 @@ async function main(): Promise<void> {
       } else if (impl.fastPath === "off") {
         impl.socket = "off";
       }
-      const m = await measure(new Bench(impl, sandbox), n, leases);
+      const m = await measure(new Bench(impl, sandbox), n, leases, Number(values.warmup));
       m["peak RSS of one plugin process (MiB)"] = peakRssMiB(impl);
       table.push({ label: impl.label, m });
     } finally {
@@ -200,7 +201,7 @@ async function main(): Promise<void> {
       rmSync(socketDir, { recursive: true, force: true });
     }
   }
-  printTable(table, n, leases);
+  printTable(table, n, leases, Number(values.warmup));
 }
 
 function parseImpl(spec: string): Implementation {
@@ -225,8 +226,22 @@ function defaultImplementations(): Implementation[] {
   return impls;
 }
 
-async function measure(b: Bench, n: number, leases: number): Promise<Measurements> {
+async function measure(b: Bench, n: number, leases: number, warmup: number): Promise<Measurements> {
   const m: Measurements = {};
+
+  // 0. Warm-up, not measured: `warmup` ADD/DEL cycles on a network of their own, for every
+  // implementation alike (page cache, the reference's files; a resident agent that has served
+  // before, as it has on any node that has run a pod).
+  {
+    const net = b.network();
+    for (let i = 0; i < warmup; i++) {
+      const ns = b.sandbox.createNetns("w");
+      const cid = b.cid();
+      const add = mustSucceed(await b.run("ADD", net, cid, ns.path), "warm-up ADD");
+      mustSucceed(await b.run("DEL", net, cid, ns.path, add), "warm-up DEL");
+      b.sandbox.deleteNetns(ns.name);
+    }
+  }
 
   // 1. Sequential ADD, then sequential DEL, one netns each.
   {
@@ -356,7 +371,7 @@ function fmt(x: number | undefined): string {
   return x === undefined || Number.isNaN(x) ? "-" : x >= 100 ? x.toFixed(0) : x.toFixed(1);
 }
 
-function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number): void {
+function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number, warmup: number): void {
   const metrics = [...new Set(rows.flatMap((r) => Object.keys(r.m)))];
   const ref = rows.find((r) => r.label === "reference");
   // One ratio column per other implementation, against the reference.
@@ -370,7 +385,9 @@ function printTable(rows: { label: string; m: Measurements }[], n: number, lease
   const widths = header.map((_, i) => Math.max(...[header, ...lines].map((l) => l[i]!.length)));
   const show = (l: string[]) => l.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
   const timer = NATIVE_TIMER ? "berth_cnirun (fork to exit)" : "node child_process (spawn to close)";
-  process.stdout.write(`CNI benchmark: n=${n} namespaces, ${leases} leases held, cniVersion ${CNI_VERSION}, timed by ${timer}\n`);
+  process.stdout.write(
+    `CNI benchmark: n=${n} namespaces, ${leases} leases held, ${warmup} warm-up ADD/DEL cycles, cniVersion ${CNI_VERSION}, timed by ${timer}\n`,
+  );
   process.stdout.write(`${show(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}\n`);
   for (const l of lines) process.stdout.write(`${show(l)}\n`);
 }

@@ -17,6 +17,7 @@ import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync } 
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
+import { loadNativeAddon } from "../../native/addon.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
@@ -138,23 +139,24 @@ export interface OpenOptions {
   busyTimeoutMs?: number;
 }
 
-let bindingPath: string | null | undefined;
+let binding: object | null | undefined;
 
 /**
- * better-sqlite3's compiled addon, by path: without one it searches a dozen candidate paths
- * through the `bindings` package, several milliseconds of every cold plugin start.
+ * better-sqlite3's compiled addon, loaded by path: without one it searches a dozen candidate
+ * paths through the `bindings` package, and even a path goes through require()'s resolution,
+ * several milliseconds of every cold plugin start.
  */
-function sqliteBinding(): string | undefined {
-  if (bindingPath === undefined) {
+function sqliteBinding(): object | undefined {
+  if (binding === undefined) {
     try {
       const req = createRequire(typeof __filename === "string" ? __filename : import.meta.url);
       const file = join(dirname(req.resolve("better-sqlite3/package.json")), "build", "Release", "better_sqlite3.node");
-      bindingPath = existsSync(file) ? file : null;
+      binding = existsSync(file) ? loadNativeAddon<object>(file) : null;
     } catch {
-      bindingPath = null;
+      binding = null;
     }
   }
-  return bindingPath ?? undefined;
+  return binding ?? undefined;
 }
 
 export class LeaseStore {
@@ -194,9 +196,11 @@ export class LeaseStore {
     let db: Database.Database | undefined;
     try {
       makeDirectory(dataDir);
-      db = new Database(path, { nativeBinding: sqliteBinding() });
-      // busy_timeout first: switching to WAL and creating the schema may wait for other openers.
-      db.pragma(`busy_timeout = ${opts.busyTimeoutMs ?? 30_000}`);
+      // The busy timeout is set as the connection opens: switching to WAL and creating the
+      // schema may wait for other openers.
+      // better-sqlite3 takes the loaded addon object too (its typings only say string).
+      const nativeBinding = sqliteBinding() as unknown as string | undefined;
+      db = new Database(path, { nativeBinding, timeout: opts.busyTimeoutMs ?? 30_000 });
       db.pragma("journal_mode = WAL");
       // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
       // thread pool while the caller goes on, and gc() fsyncs it before returning.

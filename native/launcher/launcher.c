@@ -459,11 +459,15 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
     }
     close(mfd);
   }
-  /* boot.cjs runs the bundle with a V8 code cache; without it, Node runs the bundle directly. */
+  /*
+   * boot.cjs runs the bundle with a V8 code cache; without it, Node runs the bundle directly.
+   * --preserve-symlinks-main: Node would otherwise realpath the main script, one lstat per
+   * path component, before running a line of it.
+   */
   char boot[PATH_MAX + 64];
   snprintf(boot, sizeof boot, "%s/../cni-node/boot.cjs", self);
-  char *with_boot[] = {(char *)BERTH_NODE, boot, bundle, NULL};
-  char *direct[] = {(char *)BERTH_NODE, bundle, NULL};
+  char *with_boot[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", boot, bundle, NULL};
+  char *direct[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", bundle, NULL};
   execve(BERTH_NODE, access(boot, R_OK) == 0 ? with_boot : direct, environ);
   snprintf(msg, sizeof msg, "%s; cold path: cannot run %s %s: %s", why, BERTH_NODE, bundle, strerror(errno));
   fail(type, 999, msg);

@@ -159,6 +159,23 @@ function sqliteBinding(): object | undefined {
   return binding ?? undefined;
 }
 
+/** An object whose properties are made by their thunks on first read, then kept. */
+function lazily<T extends object>(make: { [K in keyof T]: () => T[K] }): T {
+  const out = {} as T;
+  for (const key of Object.keys(make) as (keyof T)[]) {
+    Object.defineProperty(out, key, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        const value = make[key]();
+        Object.defineProperty(out, key, { value, enumerable: true });
+        return value;
+      },
+    });
+  }
+  return out;
+}
+
 export class LeaseStore {
   private readonly q;
 
@@ -168,26 +185,27 @@ export class LeaseStore {
     /** Commits skip their fsync; grouped()/gc() sync the WAL themselves (deferSyncs). */
     private readonly deferred = false,
   ) {
-    this.q = {
-      byOwner: db.prepare<[string, string, string], LeaseRow>(
+    // Prepared on first use: a plugin process runs a few of them, once.
+    this.q = lazily({
+      byOwner: () => db.prepare<[string, string, string], LeaseRow>(
         "SELECT * FROM leases WHERE container_id = ? AND ifname = ? AND network = ? ORDER BY range_set",
       ),
-      byNetwork: db.prepare<[string], LeaseRow>("SELECT * FROM leases WHERE network = ? ORDER BY address"),
-      byAddress: db.prepare<[Buffer], LeaseRow>("SELECT * FROM leases WHERE address = ?"),
-      insertLease: db.prepare(
+      byNetwork: () => db.prepare<[string], LeaseRow>("SELECT * FROM leases WHERE network = ? ORDER BY address"),
+      byAddress: () => db.prepare<[Buffer], LeaseRow>("SELECT * FROM leases WHERE address = ?"),
+      insertLease: () => db.prepare(
         "INSERT INTO leases (address, ip, family, network, range_set, container_id, ifname, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
       ),
-      deleteLease: db.prepare<[Buffer]>("DELETE FROM leases WHERE address = ?"),
-      spanAtOrBefore: db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo <= ? ORDER BY lo DESC LIMIT 1"),
-      spanStartingAt: db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo = ?"),
-      insertSpan: db.prepare<[Buffer, Buffer]>("INSERT INTO used_spans (lo, hi) VALUES (?, ?)"),
-      setSpanEnd: db.prepare<[Buffer, Buffer]>("UPDATE used_spans SET hi = ? WHERE lo = ?"),
-      deleteSpan: db.prepare<[Buffer]>("DELETE FROM used_spans WHERE lo = ?"),
-      cursor: db.prepare<[string, number], { last: Buffer }>("SELECT last FROM cursors WHERE network = ? AND range_set = ?"),
-      setCursor: db.prepare<[string, number, Buffer]>(
+      deleteLease: () => db.prepare<[Buffer]>("DELETE FROM leases WHERE address = ?"),
+      spanAtOrBefore: () => db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo <= ? ORDER BY lo DESC LIMIT 1"),
+      spanStartingAt: () => db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo = ?"),
+      insertSpan: () => db.prepare<[Buffer, Buffer]>("INSERT INTO used_spans (lo, hi) VALUES (?, ?)"),
+      setSpanEnd: () => db.prepare<[Buffer, Buffer]>("UPDATE used_spans SET hi = ? WHERE lo = ?"),
+      deleteSpan: () => db.prepare<[Buffer]>("DELETE FROM used_spans WHERE lo = ?"),
+      cursor: () => db.prepare<[string, number], { last: Buffer }>("SELECT last FROM cursors WHERE network = ? AND range_set = ?"),
+      setCursor: () => db.prepare<[string, number, Buffer]>(
         "INSERT INTO cursors (network, range_set, last) VALUES (?, ?, ?) ON CONFLICT (network, range_set) DO UPDATE SET last = excluded.last",
       ),
-    };
+    });
   }
 
   /** Opens (creating if needed) `<dataDir>/ipam.db`. Failure is CniError 5 naming the path. */

@@ -5,7 +5,10 @@
 // adds 2-5 ms per call on a small VM to every implementation alike).
 //
 //   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
-//                                                    [--timer native|node] [--warmup 20]
+//                                                    [--timer native|node] [--warmup 50] [--rounds 3]
+//
+// The implementations are measured side by side, sample by sample (see measure), not one after
+// the other.
 //
 // "berth fast" runs the agent's CNI server as installed (`berth cni-server` from the bundle).
 // Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
@@ -166,7 +169,8 @@ async function main(): Promise<void> {
     options: {
       impl: { type: "string", multiple: true },
       n: { type: "string", default: "100" },
-      warmup: { type: "string", default: "20" },
+      warmup: { type: "string", default: "50" },
+      rounds: { type: "string", default: "3" },
       leases: { type: "string", default: "2000" },
       timer: { type: "string", default: NATIVE_TIMER ? "native" : "node" },
     },
@@ -179,29 +183,40 @@ async function main(): Promise<void> {
   const leases = Number(values.leases);
   const impls = values.impl?.length ? values.impl.map(parseImpl) : defaultImplementations();
   if (process.getuid?.() !== 0) throw new Error("the CNI benchmark needs root (netns, links)");
-  const table: { label: string; m: Measurements }[] = [];
-  for (const impl of impls) {
-    process.stderr.write(`benchmarking ${impl.label}: ${impl.cniPath}/${impl.type} + ${impl.ipam}\n`);
-    const sandbox = new Sandbox();
-    const socketDir = mkdtempSync(`/tmp/${sandbox.prefix}-`);
-    let server: ServerProcess | undefined;
-    try {
+  const started: { impl: Implementation; sandbox: Sandbox; socketDir: string; server?: ServerProcess }[] = [];
+  let table: { label: string; m: Measurements }[];
+  try {
+    for (const impl of impls) {
+      process.stderr.write(`benchmarking ${impl.label}: ${impl.cniPath}/${impl.type} + ${impl.ipam}\n`);
+      const sandbox = new Sandbox();
+      const entry: (typeof started)[number] = { impl, sandbox, socketDir: mkdtempSync(`/tmp/${sandbox.prefix}-`) };
+      started.push(entry);
       if (impl.fastPath === "server") {
-        impl.socket = `${socketDir}/cni.sock`;
-        server = await ServerProcess.start(impl.socket, { bundled: true });
+        impl.socket = `${entry.socketDir}/cni.sock`;
+        entry.server = await ServerProcess.start(impl.socket, { bundled: true });
       } else if (impl.fastPath === "off") {
         impl.socket = "off";
       }
-      const m = await measure(new Bench(impl, sandbox), n, leases, Number(values.warmup));
-      m["peak RSS of one plugin process (MiB)"] = peakRssMiB(impl);
-      table.push({ label: impl.label, m });
-    } finally {
-      await server?.stop();
-      sandbox.cleanup();
-      rmSync(socketDir, { recursive: true, force: true });
+    }
+    const benches = started.map((e) => new Bench(e.impl, e.sandbox));
+    const results = await measure(benches, n, leases, Number(values.warmup), Number(values.rounds));
+    table = impls.map((impl, i) => {
+      results[i]!["peak RSS of one plugin process (MiB)"] = peakRssMiB(impl);
+      return { label: impl.label, m: results[i]! };
+    });
+  } finally {
+    for (const e of started) {
+      await e.server?.stop();
+      e.sandbox.cleanup();
+      rmSync(e.socketDir, { recursive: true, force: true });
     }
   }
-  printTable(table, n, leases, Number(values.warmup));
+  printTable(
+    table,
+    n,
+    leases,
+    `${values.warmup} warm-up ADD/DEL cycles, samples interleaved, parallel bursts median of ${values.rounds}`,
+  );
 }
 
 function parseImpl(spec: string): Implementation {
@@ -226,98 +241,110 @@ function defaultImplementations(): Implementation[] {
   return impls;
 }
 
-async function measure(b: Bench, n: number, leases: number, warmup: number): Promise<Measurements> {
-  const m: Measurements = {};
+/**
+ * Every measurement interleaves the implementations sample by sample (reference, fast, cold,
+ * reference, ...), so that a noisy stretch of a shared VM lands on all of them alike and the
+ * ratios hold still; the parallel bursts alternate the same way, `rounds` times each, median.
+ */
+async function measure(benches: Bench[], n: number, leases: number, warmup: number, rounds: number): Promise<Measurements[]> {
+  const ms: Measurements[] = benches.map(() => ({}));
+  const each = async (fn: (b: Bench, i: number) => Promise<void>) => {
+    for (const [i, b] of benches.entries()) await fn(b, i);
+  };
 
   // 0. Warm-up, not measured: `warmup` ADD/DEL cycles on a network of their own, for every
   // implementation alike (page cache, the reference's files; a resident agent that has served
   // before, as it has on any node that has run a pod).
-  {
-    const net = b.network();
-    for (let i = 0; i < warmup; i++) {
+  const warmNets = benches.map((b) => b.network());
+  for (let k = 0; k < warmup; k++) {
+    await each(async (b, i) => {
       const ns = b.sandbox.createNetns("w");
       const cid = b.cid();
-      const add = mustSucceed(await b.run("ADD", net, cid, ns.path), "warm-up ADD");
-      mustSucceed(await b.run("DEL", net, cid, ns.path, add), "warm-up DEL");
+      const add = mustSucceed(await b.run("ADD", warmNets[i]!, cid, ns.path), "warm-up ADD");
+      mustSucceed(await b.run("DEL", warmNets[i]!, cid, ns.path, add), "warm-up DEL");
       b.sandbox.deleteNetns(ns.name);
-    }
+    });
   }
 
   // 1. Sequential ADD, then sequential DEL, one netns each.
-  {
-    const net = b.network();
-    const netns = Array.from({ length: n }, () => b.sandbox.createNetns("s"));
-    const adds: { cid: string; path: string; result: unknown }[] = [];
-    const addMs: number[] = [];
-    for (const ns of netns) {
-      const cid = b.cid();
-      const o = await b.run("ADD", net, cid, ns.path);
-      adds.push({ cid, path: ns.path, result: mustSucceed(o, "sequential ADD") });
-      addMs.push(o.durationMs);
-    }
-    const delMs: number[] = [];
-    for (const a of adds) {
-      const o = await b.run("DEL", net, a.cid, a.path, a.result);
-      mustSucceed(o, "sequential DEL");
-      delMs.push(o.durationMs);
-    }
-    m["ADD sequential p50 (ms)"] = percentile(addMs, 50);
-    m["ADD sequential p90 (ms)"] = percentile(addMs, 90);
-    m["DEL sequential p50 (ms)"] = percentile(delMs, 50);
-    m["DEL sequential p90 (ms)"] = percentile(delMs, 90);
-    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
-  }
+  await sequential("sequential", n, 24, false);
 
   // 2. n ADDs all at once (a node starting n pods), then n DELs all at once.
-  {
-    const net = b.network();
-    const netns = Array.from({ length: n }, () => b.sandbox.createNetns("p"));
-    const cids = netns.map(() => b.cid());
-    const adds = await b.runAll(
-      netns.map((ns, i) => b.invocation("ADD", net, cids[i]!, ns.path)),
-      n,
-    );
-    m[`${n} parallel ADD wall (ms)`] = adds.wallMs;
-    const results = adds.outcomes.map((o) => mustSucceed(o, "parallel ADD"));
-    const addrs = results.map((r) => addressOf(attachmentView(r).ips[0]?.address ?? ""));
-    const distinct = new Set(addrs).size;
-    if (distinct !== n) throw new Error(`parallel ADD handed out ${n - distinct} duplicate addresses`);
-    const dels = await b.runAll(
-      netns.map((ns, i) => b.invocation("DEL", net, cids[i]!, ns.path, results[i])),
-      n,
-    );
-    m[`${n} parallel DEL wall (ms)`] = dels.wallMs;
-    for (const o of dels.outcomes) mustSucceed(o, "parallel DEL");
-    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
+  const addWall: number[][] = benches.map(() => []);
+  const delWall: number[][] = benches.map(() => []);
+  for (let r = 0; r < rounds; r++) {
+    await each(async (b, i) => {
+      const net = b.network();
+      const netns = Array.from({ length: n }, () => b.sandbox.createNetns("p"));
+      const cids = netns.map(() => b.cid());
+      const adds = await b.runAll(
+        netns.map((ns, j) => b.invocation("ADD", net, cids[j]!, ns.path)),
+        n,
+      );
+      addWall[i]!.push(adds.wallMs);
+      const results = adds.outcomes.map((o) => mustSucceed(o, "parallel ADD"));
+      const addrs = results.map((res) => addressOf(attachmentView(res).ips[0]?.address ?? ""));
+      const distinct = new Set(addrs).size;
+      if (distinct !== n) throw new Error(`${b.impl.label}: parallel ADD handed out ${n - distinct} duplicate addresses`);
+      const dels = await b.runAll(
+        netns.map((ns, j) => b.invocation("DEL", net, cids[j]!, ns.path, results[j])),
+        n,
+      );
+      delWall[i]!.push(dels.wallMs);
+      for (const o of dels.outcomes) mustSucceed(o, "parallel DEL");
+      for (const ns of netns) b.sandbox.deleteNetns(ns.name);
+    });
   }
+  benches.forEach((_, i) => {
+    ms[i]![`${n} parallel ADD wall (ms)`] = percentile(addWall[i]!, 50);
+    ms[i]![`${n} parallel DEL wall (ms)`] = percentile(delWall[i]!, 50);
+  });
 
   // 3. ADD and DEL on a network that already holds `leases` addresses.
-  {
-    const net = b.network(20);
-    const held = await prefill(b, net, leases);
-    const samples = 30;
-    const netns = Array.from({ length: samples }, () => b.sandbox.createNetns("l"));
-    const adds: { cid: string; path: string; result: unknown }[] = [];
-    const addMs: number[] = [];
-    for (const ns of netns) {
-      const cid = b.cid();
-      const o = await b.run("ADD", net, cid, ns.path);
-      adds.push({ cid, path: ns.path, result: mustSucceed(o, `ADD with ${leases} leases`) });
-      addMs.push(o.durationMs);
+  await sequential(`@${leases} leases`, 30, 20, true);
+  return ms;
+
+  async function sequential(tag: string, samples: number, prefixLen: number, prefilled: boolean): Promise<void> {
+    const nets = benches.map((b) => b.network(prefixLen));
+    const held: string[][] = [];
+    if (prefilled) for (const [i, b] of benches.entries()) held[i] = await prefill(b, nets[i]!, leases);
+    const netns = benches.map((b) => Array.from({ length: samples }, () => b.sandbox.createNetns(prefilled ? "l" : "s")));
+    const adds: { cid: string; path: string; result: unknown }[][] = benches.map(() => []);
+    const addMs: number[][] = benches.map(() => []);
+    const delMs: number[][] = benches.map(() => []);
+    for (let k = 0; k < samples; k++) {
+      await each(async (b, i) => {
+        const cid = b.cid();
+        const path = netns[i]![k]!.path;
+        const o = await b.run("ADD", nets[i]!, cid, path);
+        adds[i]!.push({ cid, path, result: mustSucceed(o, `ADD (${tag})`) });
+        addMs[i]!.push(o.durationMs);
+      });
     }
-    const delMs: number[] = [];
-    for (const a of adds) {
-      const o = await b.run("DEL", net, a.cid, a.path, a.result);
-      mustSucceed(o, `DEL with ${leases} leases`);
-      delMs.push(o.durationMs);
+    for (let k = 0; k < samples; k++) {
+      await each(async (b, i) => {
+        const a = adds[i]![k]!;
+        const o = await b.run("DEL", nets[i]!, a.cid, a.path, a.result);
+        mustSucceed(o, `DEL (${tag})`);
+        delMs[i]!.push(o.durationMs);
+      });
     }
-    m[`ADD p50 @${leases} leases (ms)`] = percentile(addMs, 50);
-    m[`ADD p90 @${leases} leases (ms)`] = percentile(addMs, 90);
-    m[`DEL p50 @${leases} leases (ms)`] = percentile(delMs, 50);
-    for (const ns of netns) b.sandbox.deleteNetns(ns.name);
-    await release(b, net, held);
+    benches.forEach((b, i) => {
+      const m = ms[i]!;
+      if (prefilled) {
+        m[`ADD p50 @${leases} leases (ms)`] = percentile(addMs[i]!, 50);
+        m[`ADD p90 @${leases} leases (ms)`] = percentile(addMs[i]!, 90);
+        m[`DEL p50 @${leases} leases (ms)`] = percentile(delMs[i]!, 50);
+      } else {
+        m["ADD sequential p50 (ms)"] = percentile(addMs[i]!, 50);
+        m["ADD sequential p90 (ms)"] = percentile(addMs[i]!, 90);
+        m["DEL sequential p50 (ms)"] = percentile(delMs[i]!, 50);
+        m["DEL sequential p90 (ms)"] = percentile(delMs[i]!, 90);
+      }
+      for (const ns of netns[i]!) b.sandbox.deleteNetns(ns.name);
+    });
+    if (prefilled) for (const [i, b] of benches.entries()) await release(b, nets[i]!, held[i]!);
   }
-  return m;
 }
 
 /**
@@ -371,7 +398,7 @@ function fmt(x: number | undefined): string {
   return x === undefined || Number.isNaN(x) ? "-" : x >= 100 ? x.toFixed(0) : x.toFixed(1);
 }
 
-function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number, warmup: number): void {
+function printTable(rows: { label: string; m: Measurements }[], n: number, leases: number, method: string): void {
   const metrics = [...new Set(rows.flatMap((r) => Object.keys(r.m)))];
   const ref = rows.find((r) => r.label === "reference");
   // One ratio column per other implementation, against the reference.
@@ -386,7 +413,7 @@ function printTable(rows: { label: string; m: Measurements }[], n: number, lease
   const show = (l: string[]) => l.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join("  ");
   const timer = NATIVE_TIMER ? "berth_cnirun (fork to exit)" : "node child_process (spawn to close)";
   process.stdout.write(
-    `CNI benchmark: n=${n} namespaces, ${leases} leases held, ${warmup} warm-up ADD/DEL cycles, cniVersion ${CNI_VERSION}, timed by ${timer}\n`,
+    `CNI benchmark: n=${n} namespaces, ${leases} leases held, cniVersion ${CNI_VERSION}, ${method}, timed by ${timer}\n`,
   );
   process.stdout.write(`${show(header)}\n${widths.map((w) => "-".repeat(w)).join("  ")}\n`);
   for (const l of lines) process.stdout.write(`${show(l)}\n`);

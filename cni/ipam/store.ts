@@ -187,24 +187,28 @@ export class LeaseStore {
   ) {
     // Prepared on first use: a plugin process runs a few of them, once.
     this.q = lazily({
-      byOwner: () => db.prepare<[string, string, string], LeaseRow>(
-        "SELECT * FROM leases WHERE container_id = ? AND ifname = ? AND network = ? ORDER BY range_set",
-      ),
+      byOwner: () =>
+        db.prepare<[string, string, string], LeaseRow>(
+          "SELECT * FROM leases WHERE container_id = ? AND ifname = ? AND network = ? ORDER BY range_set",
+        ),
       byNetwork: () => db.prepare<[string], LeaseRow>("SELECT * FROM leases WHERE network = ? ORDER BY address"),
       byAddress: () => db.prepare<[Buffer], LeaseRow>("SELECT * FROM leases WHERE address = ?"),
-      insertLease: () => db.prepare(
-        "INSERT INTO leases (address, ip, family, network, range_set, container_id, ifname, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-      ),
+      insertLease: () =>
+        db.prepare(
+          "INSERT INTO leases (address, ip, family, network, range_set, container_id, ifname, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        ),
       deleteLease: () => db.prepare<[Buffer]>("DELETE FROM leases WHERE address = ?"),
       spanAtOrBefore: () => db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo <= ? ORDER BY lo DESC LIMIT 1"),
       spanStartingAt: () => db.prepare<[Buffer], SpanRow>("SELECT lo, hi FROM used_spans WHERE lo = ?"),
       insertSpan: () => db.prepare<[Buffer, Buffer]>("INSERT INTO used_spans (lo, hi) VALUES (?, ?)"),
       setSpanEnd: () => db.prepare<[Buffer, Buffer]>("UPDATE used_spans SET hi = ? WHERE lo = ?"),
       deleteSpan: () => db.prepare<[Buffer]>("DELETE FROM used_spans WHERE lo = ?"),
-      cursor: () => db.prepare<[string, number], { last: Buffer }>("SELECT last FROM cursors WHERE network = ? AND range_set = ?"),
-      setCursor: () => db.prepare<[string, number, Buffer]>(
-        "INSERT INTO cursors (network, range_set, last) VALUES (?, ?, ?) ON CONFLICT (network, range_set) DO UPDATE SET last = excluded.last",
-      ),
+      cursor: () =>
+        db.prepare<[string, number], { last: Buffer }>("SELECT last FROM cursors WHERE network = ? AND range_set = ?"),
+      setCursor: () =>
+        db.prepare<[string, number, Buffer]>(
+          "INSERT INTO cursors (network, range_set, last) VALUES (?, ?, ?) ON CONFLICT (network, range_set) DO UPDATE SET last = excluded.last",
+        ),
     });
   }
 

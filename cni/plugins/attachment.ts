@@ -134,7 +134,7 @@ export function randomMac(): string {
 
 export interface VethOptions {
   mtu?: number;
-  /** The container end's MAC (CNI_ARGS MAC / runtimeConfig.mac); else the kernel picks one. */
+  /** The container end's MAC (CNI_ARGS MAC / runtimeConfig.mac); else a random one of ours. */
   mac?: string;
   /** Enslave the host end at creation (bridge): no separate round trip, and atomic with it. */
   master?: number;
@@ -144,13 +144,13 @@ export interface VethOptions {
 
 /**
  * The attachment's veth pair: `host` in the host netns, the request's ifname created directly
- * in the container's netns, in one RTM_NEWLINK. The host end's MAC is chosen here, not left
- * random to the kernel: udev's MACAddressPolicy rewrites random MACs behind our back. The
+ * in the container's netns, in one RTM_NEWLINK. Both MACs are chosen here, not left random to
+ * the kernel: udev's MACAddressPolicy rewrites random MACs behind our back. The
  * caller has made sure the container interface does not exist (a repeated ADD must fail before
  * IPAM); a stale host end (a DEL that never ran) is then found by the EEXIST it causes,
  * removed, and the creation retried. The new pair's removal goes onto the ADD's undo stack.
- * The kernel's part runs on the thread pool (see whileCreating). Returns the host end's index
- * and MAC.
+ * The kernel's part runs on the thread pool (see whileCreating). Returns both ends' index and
+ * MAC (the container end's from the kernel's echo, when it sends one).
  */
 export async function createVethPair(
   hostNl: Rtnl,
@@ -159,8 +159,9 @@ export async function createVethPair(
   host: string,
   link: VethOptions,
   undo: Undo,
-): Promise<{ index: number; mac: string }> {
+): Promise<VethPair> {
   const mac = randomMac();
+  const podMac = link.mac ?? randomMac();
   const spec = {
     kind: "veth" as const,
     name: host,
@@ -168,7 +169,7 @@ export async function createVethPair(
     mac,
     master: link.master,
     up: link.up,
-    peer: { name: req.ifname, netns: ns, mtu: link.mtu, mac: link.mac },
+    peer: { name: req.ifname, netns: ns, mtu: link.mtu, mac: podMac },
   };
   let created: Link | undefined;
   for (let attempt = 1; ; attempt++) {
@@ -185,7 +186,21 @@ export async function createVethPair(
   }
   undo.push(() => deleteLinkIfPresent(hostNl, host));
   const index = created?.index ?? hostNl.linkIndex(host);
-  return { index, mac };
+  // The echo's IFLA_LINK is the container end's index there: no lookup in the container.
+  const podIndex = created?.linkNetnsId !== undefined ? created.parentIndex : undefined;
+  const pod = podIndex === undefined ? undefined : { index: podIndex, mac: podMac, mtu: link.mtu ?? VETH_DEFAULT_MTU };
+  return { index, mac, pod };
+}
+
+/** What the kernel gives a veth without IFLA_MTU (ether_setup's ETH_DATA_LEN). */
+const VETH_DEFAULT_MTU = 1500;
+
+export interface VethPair {
+  /** The host end. */
+  index: number;
+  mac: string;
+  /** The container end, as created, when the kernel's echo named it (kernels since 6.1). */
+  pod?: { index: number; mac: string; mtu: number };
 }
 
 /**

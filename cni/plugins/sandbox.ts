@@ -36,11 +36,18 @@ export interface SandboxOptions {
   down?: boolean;
 }
 
+/** The container interface as the result reports it. */
+export interface SandboxLink {
+  index: number;
+  mac?: string;
+  mtu?: number;
+}
+
 /**
  * Adds addresses, brings the link up and installs the routes, in that order, as one netlink
  * batch on the thread pool (one round trip; this thread goes on serving while concurrent ADDs
- * hold the kernel's rtnl lock). Reads the link first and returns it as it was read: its MAC and
- * MTU are what the result reports.
+ * hold the kernel's rtnl lock). The link is `known` (just created) or read first; it is returned
+ * for the result: its MAC and MTU.
  */
 export async function configureSandbox(
   nl: Rtnl,
@@ -48,8 +55,9 @@ export async function configureSandbox(
   ips: IpConfig[],
   routes: Route[],
   opts: SandboxOptions,
-): Promise<Link> {
-  const link = nl.linkGet(ifname);
+  known?: SandboxLink,
+): Promise<SandboxLink> {
+  const link = known ?? nl.linkGet(ifname);
   if (!link) throw new CniError(ErrorCode.Internal, `interface ${ifname} vanished before it was configured`);
   const dev = link.index;
   const batch = nl.batch();

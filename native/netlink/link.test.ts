@@ -36,6 +36,20 @@ function thrown(fn: () => unknown): NetlinkError {
 }
 
 describe("linkAdd", () => {
+  it("returns the new link as the kernel echoes it: index, MAC, and a veth peer's index in its own netns", async () => {
+    const made = a.rtnl.linkAdd({ kind: "veth", name: "v0", mac: "02:00:00:00:00:0a", peer: { name: "p0", netns: b.ns } });
+    const host = show("v0", a.name);
+    const peer = show("p0", b.name);
+    expect(made).toMatchObject({ index: host.ifindex, name: "v0", mac: "02:00:00:00:00:0a" });
+    expect(made?.linkNetnsId).toBeDefined();
+    expect(made?.parentIndex).toBe(peer.ifindex);
+    const viaPool = await a.rtnl.linkAddAsync({ kind: "veth", name: "v1", peer: { name: "p1", netns: b.ns } });
+    expect(viaPool?.index).toBe(show("v1", a.name).ifindex);
+    expect(viaPool?.parentIndex).toBe(show("p1", b.name).ifindex);
+    expect((await a.rtnl.linkGetAsync("v1"))?.index).toBe(viaPool?.index);
+    expect(await a.rtnl.linkGetAsync("nope0")).toBeNull();
+  });
+
   it("creates a veth whose peer is born in another netns", () => {
     a.rtnl.linkAdd({
       kind: "veth",

@@ -463,6 +463,27 @@ export class Rtnl {
     }
   }
 
+  /** linkGet on the thread pool: this thread does not wait while other threads hold the rtnl lock. */
+  async linkGetAsync(ref: LinkRef): Promise<Link | null> {
+    const op = `link show ${ref}`;
+    try {
+      const reply = await this.requestAsync(
+        RTM_GETLINK,
+        NLM_F_REQUEST,
+        (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS),
+        op,
+      );
+      let link: Link | null = null;
+      forEachMessage(reply, (m) => {
+        if (m.type === RTM_NEWLINK) link = decodeLink(m);
+      });
+      return link;
+    } catch (e) {
+      if (e instanceof NetlinkError && e.code === "ENODEV") return null;
+      throw e;
+    }
+  }
+
   linkList(): Link[] {
     return this.dump(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
   }

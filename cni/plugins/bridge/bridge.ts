@@ -39,7 +39,7 @@ import {
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
-import { checkSandbox, configureSandbox, familyOf, firstHost, normalizeCidr, subnetOf } from "../sandbox.ts";
+import { checkSandbox, configureSandbox, familyOf, firstHost, normalizeCidr, type SandboxLink, subnetOf } from "../sandbox.ts";
 
 /** The kernel refuses the 1,024th port of a bridge (EXFULL). */
 export const MAX_BRIDGE_PORTS = 1023;
@@ -94,10 +94,10 @@ export function parseBridgeConf(req: Request): BridgeConf {
 /**
  * Creates the bridge if needed. Safe when many ADDs race on a new bridge: EEXIST means
  * another one won, and everything after is idempotent. The MAC is pinned at creation so it
- * does not change as ports come and go.
+ * does not change as ports come and go. `found`: the caller's own lookup of the bridge.
  */
-export function ensureBridge(nl: Rtnl, conf: BridgeConf): Link {
-  let br = nl.linkGet(conf.bridge);
+export function ensureBridge(nl: Rtnl, conf: BridgeConf, found?: Link | null): Link {
+  let br = found === undefined ? nl.linkGet(conf.bridge) : found;
   if (!br) {
     try {
       nl.linkAdd({
@@ -177,11 +177,14 @@ async function add(req: Request): Promise<Result> {
     return await withRtnl(undefined, async (hostNl) =>
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
-          // Before IPAM: a repeated ADD must fail without touching the attachment that exists.
-          if (podNl.linkGet(req.ifname)) {
+          // Both lookups at once on the thread pool (this thread keeps serving while concurrent
+          // ADDs hold the rtnl lock). Before IPAM: a repeated ADD must fail without touching
+          // the attachment that exists.
+          const [existing, bridge] = await Promise.all([podNl.linkGetAsync(req.ifname), hostNl.linkGetAsync(conf.bridge)]);
+          if (existing) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
-          const br = ensureBridge(hostNl, conf);
+          const br = ensureBridge(hostNl, conf, bridge);
 
           // The veth is made on the thread pool while IPAM allocates here. Enslaved and up as it
           // is created: one round trip, and a full bridge (EXFULL) fails it whole.
@@ -215,12 +218,19 @@ async function add(req: Request): Promise<Result> {
               if (gw && !routes.some((r) => r.dst === dst)) routes.push({ dst, gw });
             }
           }
-          let pod: Link;
+          // Re-read alongside, on the thread pool: a bridge whose MAC berth did not pin takes its lowest port's.
+          const bridgeNow = hostNl.linkGetAsync(br.index);
+          bridgeNow.catch(() => {}); // awaited below
+          let pod: SandboxLink;
           try {
-            pod = await configureSandbox(podNl, req.ifname, ips, routes, {
-              nodad: !conf.enabledad,
-              down: conf.disableContainerInterface,
-            });
+            pod = await configureSandbox(
+              podNl,
+              req.ifname,
+              ips,
+              routes,
+              { nodad: !conf.enabledad, down: conf.disableContainerInterface },
+              hostEnd.pod,
+            );
           } catch (e) {
             throw kernelError(`configure ${req.ifname} in ${req.netns}`, e);
           }
@@ -239,14 +249,13 @@ async function add(req: Request): Promise<Result> {
             undo.push(() => removeMacSpoofCheck(host, conf.nftTable));
           }
 
-          // Re-read: a bridge whose MAC berth did not pin takes its lowest port's.
-          const bridgeNow = hostNl.linkGet(br.index)!;
+          const bridgeMac = (await bridgeNow)?.mac ?? br.mac;
           // The lease must be on disk before anyone sees the result; a failure here is still undone.
           await awaitDurable(req);
           return {
             cniVersion: req.config.cniVersion,
             interfaces: [
-              { name: bridgeNow.name, mac: bridgeNow.mac },
+              { name: br.name, mac: bridgeMac },
               { name: host, mac: hostEnd.mac },
               { name: req.ifname, mac: pod.mac, mtu: pod.mtu, sandbox: req.netns },
             ],

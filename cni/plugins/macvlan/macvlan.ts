@@ -1,14 +1,14 @@
 // berth-macvlan: a macvlan link on a host interface, created directly inside the container
 // netns under its final name (no create-then-move: a move costs an RCU barrier). IPAM is
 // optional; without it the interface is L2 only. Reference option names: master, mode, mtu, mac.
-import type { Link, MacvlanMode } from "../../../native/netlink/link.ts";
+import type { MacvlanMode } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
 import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../spec/types.ts";
 import { deleteLinkIfPresent, kernelError, openContainerNetns, openNetnsIfPresent, Undo, withRtnl } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
-import { checkSandbox, configureSandbox } from "../sandbox.ts";
+import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 const schema = configSchema({
   master: field.string({ pattern: /^[A-Za-z0-9_.@-]{1,15}$/, patternName: "an interface name" }),
@@ -73,7 +73,7 @@ async function add(req: Request): Promise<Result> {
           }
           undo.push(() => deleteLinkIfPresent(podNl, req.ifname));
           const ips: IpConfig[] = (ipam?.ips ?? []).map((ip) => ({ address: ip.address, gateway: ip.gateway }));
-          let pod: Link;
+          let pod: SandboxLink;
           try {
             pod = await configureSandbox(podNl, req.ifname, ips, ipam?.routes ?? [], { nodad: !conf.enabledad });
           } catch (e) {

@@ -3,7 +3,6 @@
 // "gw/32 scope link" and everything else via gw. Host side: the gateway as a /32 on the
 // host veth (the same address on every veth) and "podIP/32 dev veth".
 import { isNetlinkError } from "../../../native/netlink/error.ts";
-import type { Link } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
@@ -33,7 +32,16 @@ import {
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
-import { checkSandbox, configureSandbox, familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../sandbox.ts";
+import {
+  checkSandbox,
+  configureSandbox,
+  familyOf,
+  firstHost,
+  ipOf,
+  normalizeCidr,
+  type SandboxLink,
+  subnetOf,
+} from "../sandbox.ts";
 
 const schema = configSchema({
   ipMasq: field.boolean().default(false),
@@ -125,9 +133,16 @@ async function add(req: Request): Promise<Result> {
           }
 
           const routes = podRoutes(ips, ipam.routes ?? []);
-          let pod: Link;
+          let pod: SandboxLink;
           try {
-            pod = await configureSandbox(podNl, req.ifname, ips, routes.install, { nodad: !conf.enabledad, noprefixroute: true });
+            pod = await configureSandbox(
+              podNl,
+              req.ifname,
+              ips,
+              routes.install,
+              { nodad: !conf.enabledad, noprefixroute: true },
+              hostEnd.pod,
+            );
             configureHost(hostNl, host, hostEnd.index, ips);
           } catch (e) {
             throw kernelError(`configure point-to-point link ${host}/${req.ifname}`, e);

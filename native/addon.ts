@@ -42,6 +42,8 @@ export interface Addon {
   netnsCreate(dir: string, name: string): string;
   netnsDelete(path: string): void;
   close(fd: number): void;
+  /** _exit(2): no VM teardown, no 'exit' handlers, no flushing (write output synchronously first). */
+  exitNow(code: number): never;
   nlOpen(protocol: number, groups?: number, nsFd?: number): number;
   nlTransact(fd: number, request: Buffer): Buffer;
   nlTransactAsync(fd: number, request: Buffer): Promise<Buffer>;
@@ -105,6 +107,11 @@ export function loadNativeAddon<T>(file: string): T {
 }
 
 let loaded: Addon | undefined;
+
+/** The addon if something has loaded it already, without loading it. */
+export function addonIfLoaded(): Addon | undefined {
+  return loaded;
+}
 
 export function addon(): Addon {
   loaded ??= loadNativeAddon<Addon>(locate());

@@ -2,6 +2,7 @@
 // function of (env, stdin) — the agent's fast path calls it in-process — and
 // `runPluginMain` wraps it with the process I/O of a short-lived plugin executable.
 import { appendFileSync, fstatSync, readSync, statSync, writeSync } from "node:fs";
+import { addonIfLoaded } from "../../native/addon.ts";
 import { MAX_CONFIG_BYTES, parseNetConf, tooLargeError } from "./config.ts";
 import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
 import { convertResult } from "./result.ts";
@@ -219,7 +220,12 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
     outcome = { stdout: json({ cniVersion: NEWEST_VERSION, code: ErrorCode.Internal, msg: "internal error" }), exitCode: 1 };
   }
   if (outcome.stdout) writeAllSync(1, outcome.stdout);
-  // Exit now: a plugin may leave sockets or timers open that would keep Node alive.
+  // Exit now: a plugin may leave sockets or timers open that would keep Node alive. Once the
+  // 'exit' handlers have run (boot.cjs writes its code cache there), skip Node's teardown of
+  // the VM and its threads when the addon is at hand: output and logs are written already
+  // (synchronously), the lease store's commits are on disk, and the kernel closes the rest.
+  const native = addonIfLoaded();
+  if (native) process.once("exit", (code) => native.exitNow(code));
   process.exit(outcome.exitCode);
 }
 

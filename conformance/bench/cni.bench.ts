@@ -7,8 +7,8 @@
 //   node --import tsx conformance/bench/cni.bench.ts [--impl LABEL=DIR,TYPE,IPAM ...] [--n 100] [--leases 2000]
 //                                                    [--timer native|node] [--warmup 50] [--rounds 3]
 //
-// The implementations are measured side by side, sample by sample (see measure), not one after
-// the other.
+// The implementations are measured side by side, taking turns of 10 samples (see measure), not
+// one after the other.
 //
 // "berth fast" runs the agent's CNI server as installed (`berth cni-server` from the bundle).
 // Default: the reference bridge + host-local from /usr/lib/cni, and berth's build/cni/berth-bridge
@@ -215,7 +215,7 @@ async function main(): Promise<void> {
     table,
     n,
     leases,
-    `${values.warmup} warm-up ADD/DEL cycles, samples interleaved, parallel bursts median of ${values.rounds}`,
+    `${values.warmup} warm-up ADD/DEL cycles, samples in turns of ${BLOCK}, parallel bursts median of ${values.rounds}`,
   );
 }
 
@@ -241,30 +241,41 @@ function defaultImplementations(): Implementation[] {
   return impls;
 }
 
+/** Samples an implementation takes in a row before the next one's turn (see measure). */
+const BLOCK = 10;
+
 /**
- * Every measurement interleaves the implementations sample by sample (reference, fast, cold,
- * reference, ...), so that a noisy stretch of a shared VM lands on all of them alike and the
- * ratios hold still; the parallel bursts alternate the same way, `rounds` times each, median.
+ * The implementations take turns, BLOCK samples each (reference, fast, cold, reference, ...),
+ * so that a noisy stretch of a shared VM lands on all of them alike and the ratios hold still,
+ * while each is measured in its own steady state (a sample right after another
+ * implementation's Node or Go process finds the CPU caches full of that process); the
+ * parallel bursts alternate the same way, `rounds` times each, median.
  */
 async function measure(benches: Bench[], n: number, leases: number, warmup: number, rounds: number): Promise<Measurements[]> {
   const ms: Measurements[] = benches.map(() => ({}));
   const each = async (fn: (b: Bench, i: number) => Promise<void>) => {
     for (const [i, b] of benches.entries()) await fn(b, i);
   };
+  /** `count` samples of each implementation, taken in turns of BLOCK samples per implementation. */
+  const inTurns = async (count: number, fn: (b: Bench, i: number, k: number) => Promise<void>) => {
+    for (let start = 0; start < count; start += BLOCK) {
+      await each(async (b, i) => {
+        for (let k = start; k < Math.min(count, start + BLOCK); k++) await fn(b, i, k);
+      });
+    }
+  };
 
   // 0. Warm-up, not measured: `warmup` ADD/DEL cycles on a network of their own, for every
   // implementation alike (page cache, the reference's files; a resident agent that has served
   // before, as it has on any node that has run a pod).
   const warmNets = benches.map((b) => b.network());
-  for (let k = 0; k < warmup; k++) {
-    await each(async (b, i) => {
-      const ns = b.sandbox.createNetns("w");
-      const cid = b.cid();
-      const add = mustSucceed(await b.run("ADD", warmNets[i]!, cid, ns.path), "warm-up ADD");
-      mustSucceed(await b.run("DEL", warmNets[i]!, cid, ns.path, add), "warm-up DEL");
-      b.sandbox.deleteNetns(ns.name);
-    });
-  }
+  await inTurns(warmup, async (b, i) => {
+    const ns = b.sandbox.createNetns("w");
+    const cid = b.cid();
+    const add = mustSucceed(await b.run("ADD", warmNets[i]!, cid, ns.path), "warm-up ADD");
+    mustSucceed(await b.run("DEL", warmNets[i]!, cid, ns.path, add), "warm-up DEL");
+    b.sandbox.deleteNetns(ns.name);
+  });
 
   // 1. Sequential ADD, then sequential DEL, one netns each.
   await sequential("sequential", n, 24, false);
@@ -312,23 +323,19 @@ async function measure(benches: Bench[], n: number, leases: number, warmup: numb
     const adds: { cid: string; path: string; result: unknown }[][] = benches.map(() => []);
     const addMs: number[][] = benches.map(() => []);
     const delMs: number[][] = benches.map(() => []);
-    for (let k = 0; k < samples; k++) {
-      await each(async (b, i) => {
-        const cid = b.cid();
-        const path = netns[i]![k]!.path;
-        const o = await b.run("ADD", nets[i]!, cid, path);
-        adds[i]!.push({ cid, path, result: mustSucceed(o, `ADD (${tag})`) });
-        addMs[i]!.push(o.durationMs);
-      });
-    }
-    for (let k = 0; k < samples; k++) {
-      await each(async (b, i) => {
-        const a = adds[i]![k]!;
-        const o = await b.run("DEL", nets[i]!, a.cid, a.path, a.result);
-        mustSucceed(o, `DEL (${tag})`);
-        delMs[i]!.push(o.durationMs);
-      });
-    }
+    await inTurns(samples, async (b, i, k) => {
+      const cid = b.cid();
+      const path = netns[i]![k]!.path;
+      const o = await b.run("ADD", nets[i]!, cid, path);
+      adds[i]!.push({ cid, path, result: mustSucceed(o, `ADD (${tag})`) });
+      addMs[i]!.push(o.durationMs);
+    });
+    await inTurns(samples, async (b, i, k) => {
+      const a = adds[i]![k]!;
+      const o = await b.run("DEL", nets[i]!, a.cid, a.path, a.result);
+      mustSucceed(o, `DEL (${tag})`);
+      delMs[i]!.push(o.durationMs);
+    });
     benches.forEach((b, i) => {
       const m = ms[i]!;
       if (prefilled) {

@@ -155,6 +155,44 @@ describe.skipIf(!built)("berth launcher", () => {
     expect(performance.now() - t0).toBeLessThan(5000);
   });
 
+  it("a cold ADD that ends with _exit (no VM teardown) still gives its exit code, output, log lines and code cache", () => {
+    const launcher = join(dirname(LAUNCHER), "berth-loopback");
+    const nodeDir = resolve(dirname(LAUNCHER), "../cni-node");
+    const bundle = join(nodeDir, "berth-loopback.cjs");
+    const st = statSync(bundle);
+    const cache = `${bundle}.ADD.${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}.v8cache`;
+    const ns = `${testPrefix()}-lo`;
+    const log = join(dir, "cold.log");
+    spawnSync("ip", ["netns", "add", ns]);
+    try {
+      const add = (netns: string) =>
+        spawnSync(launcher, [], {
+          env: {
+            PATH: "/usr/bin:/bin",
+            BERTH_CNI_SOCKET: "off",
+            BERTH_CNI_LOG: log,
+            CNI_COMMAND: "ADD",
+            CNI_CONTAINERID: "lo1",
+            CNI_NETNS: netns,
+            CNI_IFNAME: "lo",
+            CNI_PATH: dirname(LAUNCHER),
+          },
+          input: '{"cniVersion":"1.1.0","name":"lo","type":"berth-loopback"}',
+        });
+      rmSync(cache, { force: true });
+      const ok = add(`/run/netns/${ns}`);
+      expect(ok.status, ok.stderr.toString()).toBe(0);
+      expect(JSON.parse(ok.stdout.toString())).toMatchObject({ interfaces: [{ name: "lo", sandbox: `/run/netns/${ns}` }] });
+      expect(statSync(cache).size).toBeGreaterThan(1000); // the 'exit' handler ran before _exit
+      const bad = add(`/run/netns/${ns}-missing`);
+      expect(bad.status).toBe(1);
+      expect(JSON.parse(bad.stdout.toString())).toMatchObject({ code: 4 });
+      expect(readFileSync(log, "utf8")).toMatch(/berth-loopback\[\d+\] .*error 4/);
+    } finally {
+      spawnSync("ip", ["netns", "del", ns]);
+    }
+  });
+
   it("the cold path keeps a V8 code cache per bundle version and command; a corrupt one is replaced, never fatal", async () => {
     // berth-static's VERSION: a bundle and command no other test leans on.
     const launcher = join(dirname(LAUNCHER), "berth-static");

@@ -158,13 +158,19 @@ function checkReply(reply: Buffer, op: string): boolean {
   return interrupted;
 }
 
-/** The link a NLM_F_ECHO creation sent back, if the kernel echoed one. */
-function echoedLink(reply: Buffer): Link | undefined {
+/** The link in a reply: a lookup's answer, or what a NLM_F_ECHO creation sent back. */
+function linkIn(reply: Buffer): Link | undefined {
   let link: Link | undefined;
   forEachMessage(reply, (m) => {
     if (m.type === RTM_NEWLINK && !link) link = decodeLink(m);
   });
   return link;
+}
+
+/** A lookup's "no such link" is null; anything else is thrown on. */
+function noSuchDevice(e: unknown): null {
+  if (e instanceof NetlinkError && e.code === "ENODEV") return null;
+  throw e;
 }
 
 function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
@@ -400,7 +406,7 @@ export class Rtnl {
     const op = `link add ${spec.name}`;
     const resolve = this.resolveAll(linkRefsOf(spec), op);
     try {
-      return echoedLink(this.request(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
+      return linkIn(this.request(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
     } catch (e) {
       throw linkAddError(e, op, spec);
     }
@@ -415,7 +421,7 @@ export class Rtnl {
     const op = `link add ${spec.name}`;
     try {
       const resolve = this.resolveAll(linkRefsOf(spec), op);
-      return echoedLink(await this.requestAsync(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
+      return linkIn(await this.requestAsync(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
     } catch (e) {
       throw linkAddError(e, op, spec);
     }
@@ -451,15 +457,9 @@ export class Rtnl {
   linkGet(ref: LinkRef): Link | null {
     const op = `link show ${ref}`;
     try {
-      const reply = this.request(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS), op);
-      let link: Link | null = null;
-      forEachMessage(reply, (m) => {
-        if (m.type === RTM_NEWLINK) link = decodeLink(m);
-      });
-      return link;
+      return linkIn(this.request(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS), op)) ?? null;
     } catch (e) {
-      if (e instanceof NetlinkError && e.code === "ENODEV") return null;
-      throw e;
+      return noSuchDevice(e);
     }
   }
 
@@ -467,20 +467,10 @@ export class Rtnl {
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
     const op = `link show ${ref}`;
     try {
-      const reply = await this.requestAsync(
-        RTM_GETLINK,
-        NLM_F_REQUEST,
-        (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS),
-        op,
-      );
-      let link: Link | null = null;
-      forEachMessage(reply, (m) => {
-        if (m.type === RTM_NEWLINK) link = decodeLink(m);
-      });
-      return link;
+      const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
+      return linkIn(await this.requestAsync(RTM_GETLINK, NLM_F_REQUEST, encode, op)) ?? null;
     } catch (e) {
-      if (e instanceof NetlinkError && e.code === "ENODEV") return null;
-      throw e;
+      return noSuchDevice(e);
     }
   }
 

@@ -1,5 +1,5 @@
 import { type ChildProcess, execFile, fork } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -384,6 +384,55 @@ describe("LeaseStore deferred sync (the agent)", () => {
 });
 
 describe("LeaseStore across processes", () => {
+  /** A child holding the write lock of a new rollback-journal database `<dir>/fresh` for `ms`. */
+  async function holdFreshDatabase(ms: number): Promise<{ fresh: string; done: Promise<unknown> }> {
+    const fresh = join(dir, "fresh");
+    mkdirSync(fresh);
+    const child = fork(WORKER, ["hold", fresh, String(ms)], { execArgv: ["--import", "tsx"], stdio: "ignore" });
+    const done = new Promise((r) => child.once("exit", r));
+    await new Promise<void>((resolve, reject) => {
+      child.once("message", () => resolve());
+      child.once("exit", (code) => reject(new Error(`holder exited early with ${code}`)));
+    });
+    return { fresh, done };
+  }
+
+  it("opens a new database whose first opener still holds it: the immediate SQLITE_BUSY is retried", async () => {
+    // Our connection reads, then must lock the file to switch it to WAL while the other holds
+    // its write lock: SQLite answers SQLITE_BUSY at once (waiting could deadlock), without its
+    // busy handler. Many plugins opening a new dataDir at once meet exactly this.
+    const { fresh, done } = await holdFreshDatabase(400);
+    const started = Date.now();
+    const opened = LeaseStore.open(fresh);
+    const waited = Date.now() - started;
+    try {
+      expect(waited).toBeGreaterThanOrEqual(200);
+      expect(opened.allocate(owner("c1"), sets([[{ subnet: "10.45.0.0/24" }]]))[0]!.address).toBe("10.45.0.2");
+    } finally {
+      opened.close();
+    }
+    await done;
+    const raw = new Database(join(fresh, DATABASE_FILE), { readonly: true });
+    try {
+      expect(raw.pragma("journal_mode", { simple: true })).toBe("wal");
+      expect(raw.prepare("SELECT ip FROM leases").all()).toEqual([{ ip: "10.45.0.2" }]);
+    } finally {
+      raw.close();
+    }
+  });
+
+  it("gives up on a database held longer than the busy timeout: code 5, database is locked", async () => {
+    const { fresh, done } = await holdFreshDatabase(3000);
+    const started = Date.now();
+    const err = cniError(() => LeaseStore.open(fresh, { busyTimeoutMs: 300 }));
+    const waited = Date.now() - started;
+    expect(err.code).toBe(5);
+    expect(err.message).toMatch(/cannot open lease database .*fresh\/ipam\.db: database is locked/);
+    expect(waited).toBeGreaterThanOrEqual(300);
+    expect(waited).toBeLessThan(2500);
+    await done;
+  });
+
   it("16 processes × 50 allocations against one database give 800 distinct addresses", async () => {
     // Workers wait for a common start time so that all 16 contend for the write lock at once.
     const startAt = Date.now() + 3000;

@@ -18,6 +18,7 @@ import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { loadNativeAddon } from "../../native/addon.ts";
+import { sleepSync } from "../spec/entry.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
@@ -212,17 +213,40 @@ export class LeaseStore {
     });
   }
 
-  /** Opens (creating if needed) `<dataDir>/ipam.db`. Failure is CniError 5 naming the path. */
+  /**
+   * Opens (creating if needed) `<dataDir>/ipam.db`. Failure is CniError 5 naming the path.
+   *
+   * Many plugin processes may open a brand-new database at once. Most lock waits go through
+   * SQLite's busy handler, but not all: switching to WAL, or two openers both upgrading a read
+   * to a write, can fail with SQLITE_BUSY at once (waiting could deadlock). Such an open is
+   * retried from scratch, after a short random pause, until the busy timeout runs out.
+   */
   static open(dataDir: string, opts: OpenOptions = {}): LeaseStore {
     const path = join(dataDir, DATABASE_FILE);
+    const timeoutMs = opts.busyTimeoutMs ?? 30_000;
+    const deadline = Date.now() + timeoutMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        makeDirectory(dataDir);
+        return LeaseStore.openOnce(path, timeoutMs);
+      } catch (e) {
+        if (isBusy(e) && Date.now() < deadline) {
+          sleepSync(Math.min(5 * attempt, 50) * (0.5 + Math.random()));
+          continue;
+        }
+        throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
+      }
+    }
+  }
+
+  private static openOnce(path: string, timeoutMs: number): LeaseStore {
     let db: Database.Database | undefined;
     try {
-      makeDirectory(dataDir);
       // The busy timeout is set as the connection opens: switching to WAL and creating the
       // schema may wait for other openers.
       // better-sqlite3 takes the loaded addon object too (its typings only say string).
       const nativeBinding = sqliteBinding() as unknown as string | undefined;
-      db = new Database(path, { nativeBinding, timeout: opts.busyTimeoutMs ?? 30_000 });
+      db = new Database(path, { nativeBinding, timeout: timeoutMs });
       db.pragma("journal_mode = WAL");
       // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
       // thread pool while the caller goes on, and gc() fsyncs it before returning.
@@ -239,7 +263,7 @@ export class LeaseStore {
       return new LeaseStore(path, db, LeaseStore.deferSync);
     } catch (e) {
       db?.close();
-      throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
+      throw e;
     }
   }
 
@@ -643,4 +667,10 @@ export class LeaseStore {
       if (span.hi > x) this.q.insertSpan.run(keyFromValue(x + 1n), keyFromValue(span.hi));
     }
   }
+}
+
+/** SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT). */
+function isBusy(e: unknown): boolean {
+  const code = (e as { code?: unknown })?.code;
+  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
 }

@@ -170,7 +170,7 @@ export function readStdin(limit = MAX_CONFIG_BYTES, fd = 0): Buffer {
       const code = (e as NodeJS.ErrnoException).code;
       // A non-blocking stdin (inherited O_NONBLOCK): wait for data without spinning hot.
       if (code === "EAGAIN") {
-        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+        sleepSync(2);
         continue;
       }
       if (code === "EOF") break;
@@ -233,6 +233,13 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
  * Writes straight to the fd: going through process.stdout would load Node's net and stream
  * modules (several ms of a plugin's start-up) for one small write. Retries a non-blocking pipe.
  */
+const sleeper = new Int32Array(new SharedArrayBuffer(4));
+
+/** Blocks the thread for `ms` milliseconds (for the synchronous paths of a plugin process). */
+export function sleepSync(ms: number): void {
+  Atomics.wait(sleeper, 0, 0, ms);
+}
+
 function writeAllSync(fd: number, text: string): void {
   const buf = Buffer.from(text);
   let off = 0;
@@ -241,7 +248,7 @@ function writeAllSync(fd: number, text: string): void {
       off += writeSync(fd, buf, off);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EAGAIN") return; // reader gone: nothing left to tell
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 2);
+      sleepSync(2);
     }
   }
 }

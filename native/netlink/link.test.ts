@@ -1,3 +1,4 @@
+import { readdirSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { NetnsError } from "../netns.ts";
@@ -48,6 +49,26 @@ describe("linkAdd", () => {
     expect(viaPool?.parentIndex).toBe(show("p1", b.name).ifindex);
     expect((await a.rtnl.linkGetAsync("v1"))?.index).toBe(viaPool?.index);
     expect(await a.rtnl.linkGetAsync("nope0")).toBeNull();
+  });
+
+  it("linkGetAsync answers on this thread unless Rtnl.lookupsInline() says no (then on the pool's own socket)", async () => {
+    const rtnl = Rtnl.open(a.ns);
+    const fds = () => readdirSync("/proc/self/fd").length;
+    try {
+      a.rtnl.linkAdd({ kind: "veth", name: "v2", peer: { name: "p2", netns: b.ns } });
+      const index = show("v2", a.name).ifindex;
+      const before = fds();
+      expect((await rtnl.linkGetAsync("v2"))?.index).toBe(index);
+      expect(await rtnl.linkGetAsync("nope0")).toBeNull();
+      expect(fds()).toBe(before); // inline: no second socket was opened for the pool
+      Rtnl.lookupsInline = () => false;
+      expect((await rtnl.linkGetAsync("v2"))?.index).toBe(index);
+      expect(await rtnl.linkGetAsync("nope0")).toBeNull();
+      expect(fds()).toBe(before + 1); // the pool's socket in the same netns
+    } finally {
+      Rtnl.lookupsInline = () => true;
+      rtnl.close();
+    }
   });
 
   it("creates a veth whose peer is born in another netns", () => {

@@ -182,6 +182,14 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
 }
 
 export class Rtnl {
+  /**
+   * Whether linkGetAsync may answer on the calling thread. A lookup takes ~0.1 ms; the hop to
+   * the thread pool and back costs more than that when nothing else is going on, as in a plugin
+   * process. A resident server that runs several invocations at once says no while it does:
+   * then another thread may hold the rtnl lock, and this thread must not wait for it.
+   */
+  static lookupsInline: () => boolean = () => true;
+
   private seq = (Math.random() * 0x7fffffff) >>> 0;
   private readonly w = new MessageWriter(1024);
   private asyncFd = -1;
@@ -463,8 +471,12 @@ export class Rtnl {
     }
   }
 
-  /** linkGet on the thread pool: this thread does not wait while other threads hold the rtnl lock. */
+  /**
+   * linkGet on the thread pool: this thread does not wait while other threads hold the rtnl
+   * lock. On this thread instead when Rtnl.lookupsInline() says so.
+   */
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
+    if (Rtnl.lookupsInline()) return this.linkGet(ref);
     const op = `link show ${ref}`;
     try {
       const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);

@@ -15,6 +15,7 @@ import { handleInvocation, type InvocationOutcome, versionForError } from "../..
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { addon } from "../../native/addon.ts";
+import { Rtnl } from "../../native/netlink/socket.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
@@ -65,6 +66,8 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   // Lease commits here fsync on the thread pool while the ADD's kernel work goes on; every
   // invocation awaits its fsyncs before it answers (Request.pendingSync).
   LeaseStore.deferSyncs(true);
+  // A lone invocation looks links up on this thread; concurrent ones on the thread pool.
+  Rtnl.lookupsInline = () => inFlight <= 1;
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);
@@ -117,6 +120,8 @@ async function closeServer(server: Server, socketPath: string, ino: number, open
 
 /** Sockets with an invocation in flight: close() lets them finish. */
 const busy = new WeakSet<Socket>();
+/** Invocations in flight in this process (all servers): lookups go to the thread pool when > 1. */
+let inFlight = 0;
 
 /**
  * Makes the path free for our listen: a stale socket file (its server died) is removed; a
@@ -181,11 +186,12 @@ async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<
     return;
   }
   busy.add(socket);
+  inFlight++;
   const key = serialisationKey(req);
   const run = () => invoke(ctx.registry, req, peer.pid, ctx.log);
   const started = performance.now();
   // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
-  const res = await (key ? ctx.serialiser.run(key, run) : run());
+  const res = await (key ? ctx.serialiser.run(key, run) : run()).finally(() => inFlight--);
   busy.delete(socket);
   const env = req.env;
   ctx.log(

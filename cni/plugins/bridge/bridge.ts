@@ -177,8 +177,8 @@ async function add(req: Request): Promise<Result> {
     return await withRtnl(undefined, async (hostNl) =>
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
-          // Both lookups at once on the thread pool (this thread keeps serving while concurrent
-          // ADDs hold the rtnl lock). Before IPAM: a repeated ADD must fail without touching
+          // Both lookups at once on the thread pool when the agent serves other ADDs (this thread
+          // keeps serving while they hold the rtnl lock), inline when alone. Before IPAM: a repeated ADD must fail without touching
           // the attachment that exists.
           const [existing, bridge] = await Promise.all([podNl.linkGetAsync(req.ifname), hostNl.linkGetAsync(conf.bridge)]);
           if (existing) {

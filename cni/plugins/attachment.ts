@@ -125,6 +125,23 @@ export function kernelError(what: string, e: unknown): CniError {
   return new CniError(ErrorCode.Internal, `${what}: ${msg}`);
 }
 
+/** Prefix of a link taken out of service, awaiting its delete in the background. */
+export const RETIRED_PREFIX = "bz";
+
+/**
+ * Takes a link out of service for a deferred delete: down (and off its bridge with `detach`),
+ * then renamed to `bz<hex>` so its own name is free for the next ADD at once. One batch on the
+ * thread pool: the calling thread does not wait while the kernel takes a bridge port down. (A
+ * link must be down before it can be renamed, hence two messages.)
+ */
+export function takeOutOfService(nl: Rtnl, index: number, opts: { detach?: boolean } = {}): Promise<void> {
+  return nl
+    .batch()
+    .linkSet(index, opts.detach ? { up: false, master: null } : { up: false })
+    .linkSet(index, { name: `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}` })
+    .runAsync();
+}
+
 /** A random unicast, locally administered MAC. */
 export function randomMac(): string {
   const b = randomBytes(6);
@@ -268,11 +285,10 @@ export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, h
       if (!removed) await deleteLinkIfPresent(podNl, req.ifname);
       else {
         // Retired, not yet deleted: free the container's interface name for a new ADD now.
-        const pod = podNl.linkGet(req.ifname);
+        const pod = await podNl.linkGetAsync(req.ifname);
         if (pod) {
           try {
-            podNl.linkSet(pod.index, { up: false });
-            podNl.linkSet(pod.index, { name: `bz${randomBytes(4).toString("hex")}` });
+            await takeOutOfService(podNl, pod.index);
           } catch (e) {
             // The background delete won the race: the name is free either way.
             if (!isNetlinkError(e, "ENODEV")) throw e;

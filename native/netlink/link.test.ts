@@ -51,7 +51,7 @@ describe("linkAdd", () => {
     expect(await a.rtnl.linkGetAsync("nope0")).toBeNull();
   });
 
-  it("linkGetAsync answers on this thread unless Rtnl.lookupsInline() says no (then on the pool's own socket)", async () => {
+  it("linkGetAsync and a batch's runAsync run on this thread unless Rtnl.shortRequestsInline() says no (then on the pool's own socket)", async () => {
     const rtnl = Rtnl.open(a.ns);
     const fds = () => readdirSync("/proc/self/fd").length;
     try {
@@ -60,13 +60,17 @@ describe("linkAdd", () => {
       const before = fds();
       expect((await rtnl.linkGetAsync("v2"))?.index).toBe(index);
       expect(await rtnl.linkGetAsync("nope0")).toBeNull();
+      await rtnl.batch().linkSet(index, { mtu: 1400 }).runAsync();
+      expect(show("v2", a.name).mtu).toBe(1400);
       expect(fds()).toBe(before); // inline: no second socket was opened for the pool
-      Rtnl.lookupsInline = () => false;
+      Rtnl.shortRequestsInline = () => false;
       expect((await rtnl.linkGetAsync("v2"))?.index).toBe(index);
       expect(await rtnl.linkGetAsync("nope0")).toBeNull();
+      await rtnl.batch().linkSet(index, { mtu: 1300 }).runAsync();
+      expect(show("v2", a.name).mtu).toBe(1300);
       expect(fds()).toBe(before + 1); // the pool's socket in the same netns
     } finally {
-      Rtnl.lookupsInline = () => true;
+      Rtnl.shortRequestsInline = () => true;
       rtnl.close();
     }
   });

@@ -183,12 +183,14 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
 
 export class Rtnl {
   /**
-   * Whether linkGetAsync may answer on the calling thread. A lookup takes ~0.1 ms; the hop to
-   * the thread pool and back costs more than that when nothing else is going on, as in a plugin
-   * process. A resident server that runs several invocations at once says no while it does:
-   * then another thread may hold the rtnl lock, and this thread must not wait for it.
+   * Whether the async verbs whose kernel part is short (linkGetAsync, RtnlBatch.runAsync) may
+   * run on the calling thread. Such a request takes ~0.1 ms; the hop to the thread pool and back
+   * costs more than that when nothing else is going on, as in a plugin process. A resident
+   * server that runs several invocations at once says no while it does: then another thread may
+   * hold the rtnl lock, and this thread must not wait for it. (Creating, deleting and moving
+   * links always go to the pool: their kernel part is long, or overlaps other work.)
    */
-  static lookupsInline: () => boolean = () => true;
+  static shortRequestsInline: () => boolean = () => true;
 
   private seq = (Math.random() * 0x7fffffff) >>> 0;
   private readonly w = new MessageWriter(1024);
@@ -473,10 +475,10 @@ export class Rtnl {
 
   /**
    * linkGet on the thread pool: this thread does not wait while other threads hold the rtnl
-   * lock. On this thread instead when Rtnl.lookupsInline() says so.
+   * lock. On this thread instead when Rtnl.shortRequestsInline() says so.
    */
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
-    if (Rtnl.lookupsInline()) return this.linkGet(ref);
+    if (Rtnl.shortRequestsInline()) return this.linkGet(ref);
     const op = `link show ${ref}`;
     try {
       const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
@@ -852,8 +854,10 @@ export class RtnlBatch {
     this.check(this.nl.transactRaw(Buffer.concat(this.parts), this.steps[0]!.op));
   }
 
+  /** run() on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
   async runAsync(): Promise<void> {
     if (this.parts.length === 0) return;
+    if (Rtnl.shortRequestsInline()) return this.run();
     this.check(await this.nl.transactRawAsync(Buffer.concat(this.parts), this.steps[0]!.op));
   }
 

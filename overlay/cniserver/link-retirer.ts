@@ -3,12 +3,9 @@
 // takes the host end out of service at once — down, off its bridge, renamed to `bz<hex>` so
 // the attachment's name is free for the next ADD — and deletes it on the thread pool. The
 // address was already released by then; a down, detached veth carries no traffic.
-import { randomBytes } from "node:crypto";
-import { setLinkRetirer } from "../../cni/plugins/attachment.ts";
+import { RETIRED_PREFIX, setLinkRetirer, takeOutOfService } from "../../cni/plugins/attachment.ts";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
-
-export const RETIRED_PREFIX = "bz";
 
 export interface LinkRetirement {
   /** Waits for every background delete, then restores synchronous deletion. */
@@ -29,11 +26,10 @@ export function installLinkRetirer(log: (line: string) => void = () => {}): Link
     }
   }
   setLinkRetirer(async (nl, name) => {
-    const link = nl.linkGet(name);
+    const link = await nl.linkGetAsync(name);
     if (!link) return false;
     try {
-      nl.linkSet(link.index, { up: false, master: null });
-      nl.linkSet(link.index, { name: `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}` });
+      await takeOutOfService(nl, link.index, { detach: true });
     } catch (e) {
       if (isNetlinkError(e, "ENODEV")) return false;
       throw e;

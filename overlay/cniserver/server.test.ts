@@ -20,7 +20,7 @@ beforeEach(() => {
 afterEach(async () => {
   await server?.close();
   server = undefined;
-  Rtnl.lookupsInline = () => true;
+  Rtnl.shortRequestsInline = () => true;
   rmSync(dir, { recursive: true, force: true });
 });
 
@@ -55,12 +55,12 @@ describe("CNI server: lookups inline or on the thread pool", () => {
     const probe: Plugin = {
       name: "probe",
       async add(req): Promise<Result> {
-        const mine = [Rtnl.lookupsInline()];
+        const mine = [Rtnl.shortRequestsInline()];
         seen[req.containerId] = mine;
         if (req.containerId !== "alone") {
           if (++arrived === 2) bothHere();
           await together;
-          mine.push(Rtnl.lookupsInline());
+          mine.push(Rtnl.shortRequestsInline());
         }
         return { cniVersion: "1.0.0" };
       },
@@ -79,6 +79,6 @@ describe("CNI server: lookups inline or on the thread pool", () => {
     // Once both are in, neither may block the main thread on a lookup.
     expect(seen.one![1]).toBe(false);
     expect(seen.two![1]).toBe(false);
-    expect(Rtnl.lookupsInline()).toBe(true);
+    expect(Rtnl.shortRequestsInline()).toBe(true);
   });
 });

@@ -66,8 +66,8 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   // Lease commits here fsync on the thread pool while the ADD's kernel work goes on; every
   // invocation awaits its fsyncs before it answers (Request.pendingSync).
   LeaseStore.deferSyncs(true);
-  // A lone invocation looks links up on this thread; concurrent ones on the thread pool.
-  Rtnl.lookupsInline = () => inFlight <= 1;
+  // A lone invocation makes its short netlink requests on this thread; concurrent ones on the pool.
+  Rtnl.shortRequestsInline = () => inFlight <= 1;
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);

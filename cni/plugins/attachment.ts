@@ -238,15 +238,12 @@ export async function whileCreating<A, B>(creating: Promise<A>, work: () => Prom
 }
 
 /** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */
-export function attachmentAddresses(req: Request, podNl: Rtnl | null): string[] {
+export async function attachmentAddresses(req: Request, podNl: Rtnl | null): Promise<string[]> {
   const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
   if (prev.length > 0 || !podNl) return prev;
-  const link = podNl.linkGet(req.ifname);
+  const link = await podNl.linkGetAsync(req.ifname);
   if (!link) return [];
-  return podNl
-    .addrList({ ifindex: link.index })
-    .filter((a) => a.scope !== "link")
-    .map((a) => a.cidr);
+  return (await podNl.addrListAsync({ ifindex: link.index })).filter((a) => a.scope !== "link").map((a) => a.cidr);
 }
 
 /**
@@ -276,10 +273,10 @@ export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: A
  * when the host end is already gone, deletes the container end directly.
  */
 export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, host: string): Promise<string[]> {
-  let addresses = attachmentAddresses(req, null);
+  let addresses = await attachmentAddresses(req, null);
   const podNl = ns ? Rtnl.open(ns) : null;
   try {
-    if (podNl && addresses.length === 0) addresses = attachmentAddresses(req, podNl);
+    if (podNl && addresses.length === 0) addresses = await attachmentAddresses(req, podNl);
     const removed = await retireLinkIfPresent(hostNl, host);
     if (podNl) {
       if (!removed) await deleteLinkIfPresent(podNl, req.ifname);

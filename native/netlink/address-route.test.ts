@@ -2,6 +2,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { NetlinkError } from "./error.ts";
 import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
+import { Rtnl } from "./socket.ts";
 
 let a: ScratchNetns;
 
@@ -31,7 +32,7 @@ function routes(args: string[], family: 4 | 6 = 4) {
 }
 
 describe("addresses", () => {
-  it("adds IPv4 with broadcast and IPv6 with nodad/noprefixroute, lists and deletes them", () => {
+  it("adds IPv4 with broadcast and IPv6 with nodad/noprefixroute, lists and deletes them", async () => {
     a.rtnl.addrAdd("e0", { cidr: "10.20.0.2/24", broadcast: "auto" });
     a.rtnl.addrAdd("e0", { cidr: "fd20::2/64", nodad: true, noprefixroute: true });
     a.rtnl.addrAdd("e0", { cidr: "10.21.0.1/32", scope: "link" });
@@ -52,6 +53,16 @@ describe("addresses", () => {
     expect(ours.find((x) => x.address === "10.20.0.2")).toMatchObject({ family: 4, broadcast: "10.20.0.255", scope: "universe" });
     expect(ours.find((x) => x.address === "fd20::2")).toMatchObject({ family: 6, tentative: false });
     expect(a.rtnl.addrList({ ifindex: index, family: 6 }).every((x) => x.family === 6)).toBe(true);
+    // addrListAsync gives the same, on this thread and on the thread pool.
+    const cidrs = (l: { cidr: string }[]) => l.map((x) => x.cidr).sort();
+    expect(cidrs(await a.rtnl.addrListAsync({ ifindex: index }))).toEqual(cidrs(ours));
+    Rtnl.shortRequestsInline = () => false;
+    try {
+      expect(cidrs(await a.rtnl.addrListAsync({ ifindex: index }))).toEqual(cidrs(ours));
+      expect((await a.rtnl.addrListAsync({ ifindex: index, family: 4 })).every((x) => x.family === 4)).toBe(true);
+    } finally {
+      Rtnl.shortRequestsInline = () => true;
+    }
 
     a.rtnl.addrDel("e0", "10.20.0.2/24");
     a.rtnl.addrDel(index, "fd20::2/64");

@@ -183,7 +183,8 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
 
 export class Rtnl {
   /**
-   * Whether the async verbs whose kernel part is short (linkGetAsync, RtnlBatch.runAsync) may
+   * Whether the async verbs whose kernel part is short (linkGetAsync, addrListAsync,
+   * RtnlBatch.runAsync) may
    * run on the calling thread. Such a request takes ~0.1 ms; the hop to the thread pool and back
    * costs more than that when nothing else is going on, as in a plugin process. A resident
    * server that runs several invocations at once says no while it does: then another thread may
@@ -578,18 +579,13 @@ export class Rtnl {
   }
 
   addrList(filter: AddrFilter = {}): Addr[] {
-    return this.dump(
-      RTM_GETADDR,
-      (w) => {
-        const h = w.struct(8);
-        w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
-      },
-      (m) => {
-        const a = decodeAddr(m);
-        return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
-      },
-      "addr list",
-    );
+    return this.dump(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
+  }
+
+  /** addrList on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
+  async addrListAsync(filter: AddrFilter = {}): Promise<Addr[]> {
+    if (Rtnl.shortRequestsInline()) return this.addrList(filter);
+    return this.dumpAsync(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
   }
 
   // ---------------------------------------------------------------- routes
@@ -805,6 +801,20 @@ function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
  * and the kernel goes on past a failed one, so run() reports the first failure that is not
  * in that request's `ignore` list. Links are given by index (no lookups inside a batch).
  */
+function addrDumpEncoder(filter: AddrFilter): Encode {
+  return (w) => {
+    const h = w.struct(8);
+    w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
+  };
+}
+
+function addrDumpDecoder(filter: AddrFilter): Decode<Addr> {
+  return (m) => {
+    const a = decodeAddr(m);
+    return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
+  };
+}
+
 export class RtnlBatch {
   private readonly parts: Buffer[] = [];
   private readonly steps: { op: string; ignore: readonly string[] }[] = [];

@@ -184,12 +184,12 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
 export class Rtnl {
   /**
    * Whether the async verbs whose kernel part is short (linkGetAsync, addrListAsync,
-   * RtnlBatch.runAsync) may
-   * run on the calling thread. Such a request takes ~0.1 ms; the hop to the thread pool and back
-   * costs more than that when nothing else is going on, as in a plugin process. A resident
-   * server that runs several invocations at once says no while it does: then another thread may
-   * hold the rtnl lock, and this thread must not wait for it. (Creating, deleting and moving
-   * links always go to the pool: their kernel part is long, or overlaps other work.)
+   * RtnlBatch.runAsync) may run on the calling thread. Such a request takes ~0.1 ms; the hop to
+   * the thread pool and back costs more than that when nothing else is going on, as in a plugin
+   * process. A resident server that runs several invocations at once says no while it does:
+   * then another thread may hold the rtnl lock, and this thread must not wait for it. (Creating,
+   * deleting and moving links always go to the pool: their kernel part is long, or overlaps
+   * other work.)
    */
   static shortRequestsInline: () => boolean = () => true;
 
@@ -280,28 +280,22 @@ export class Rtnl {
    * reply messages. Kernel errors become NetlinkError named after `op`.
    */
   request(type: number, flags: number, encode: Encode, op: string): Buffer {
-    try {
-      this.ensureOpen(op);
+    return this.guarded(op, () => {
       const reply = addon().nlTransact(this.fd, this.build(type, flags, encode));
       checkReply(reply, op);
       return reply;
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
+    });
   }
 
   /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
   dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
-    try {
-      this.ensureOpen(op);
+    return this.guarded(op, () => {
       for (let attempt = 1; ; attempt++) {
         const reply = addon().nlTransact(this.fd, this.build(type, DUMP, encode));
         if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
         return decodeAll(reply, type, decode);
       }
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
+    });
   }
 
   private asyncSocket(): number {
@@ -313,35 +307,27 @@ export class Rtnl {
 
   /** `request` on the thread pool: for verbs where the kernel sleeps (link delete, netns move). */
   requestAsync(type: number, flags: number, encode: Encode, op: string): Promise<Buffer> {
-    const run = async (): Promise<Buffer> => {
-      try {
-        this.ensureOpen(op);
+    return this.enqueue(() =>
+      this.guardedAsync(op, async () => {
         // The addon copies the request before this returns, so the shared writer is free again.
         const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, flags, encode));
         checkReply(reply, op);
         return reply;
-      } catch (e) {
-        throw toNetlinkError(e, op);
-      }
-    };
-    return this.enqueue(run);
+      }),
+    );
   }
 
   /** `dump` on the thread pool, for very large tables (the decode still runs on this thread). */
   dumpAsync<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Promise<T[]> {
-    const run = async (): Promise<T[]> => {
-      try {
+    return this.enqueue(() =>
+      this.guardedAsync(op, async () => {
         for (let attempt = 1; ; attempt++) {
-          this.ensureOpen(op);
           const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, DUMP, encode));
           if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
           return decodeAll(reply, type, decode);
         }
-      } catch (e) {
-        throw toNetlinkError(e, op);
-      }
-    };
-    return this.enqueue(run);
+      }),
+    );
   }
 
   /**
@@ -355,23 +341,30 @@ export class Rtnl {
 
   /** Sends prebuilt messages (a batch) and returns every reply, synchronously or on the thread pool. */
   transactRaw(buf: Buffer, op: string): Buffer {
+    return this.guarded(op, () => addon().nlTransact(this.fd, buf));
+  }
+
+  transactRawAsync(buf: Buffer, op: string): Promise<Buffer> {
+    return this.enqueue(() => this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), buf)));
+  }
+
+  /** Runs `io` on an open socket; whatever it throws becomes a NetlinkError named after `op`. */
+  private guarded<T>(op: string, io: () => T): T {
     try {
       this.ensureOpen(op);
-      return addon().nlTransact(this.fd, buf);
+      return io();
     } catch (e) {
       throw toNetlinkError(e, op);
     }
   }
 
-  transactRawAsync(buf: Buffer, op: string): Promise<Buffer> {
-    return this.enqueue(async () => {
-      try {
-        this.ensureOpen(op);
-        return await addon().nlTransactAsync(this.asyncSocket(), buf);
-      } catch (e) {
-        throw toNetlinkError(e, op);
-      }
-    });
+  private async guardedAsync<T>(op: string, io: () => Promise<T>): Promise<T> {
+    try {
+      this.ensureOpen(op);
+      return await io();
+    } catch (e) {
+      throw toNetlinkError(e, op);
+    }
   }
 
   /** One exchange at a time on the async socket: replies are matched by reading in order. */
@@ -796,11 +789,6 @@ function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
   return out;
 }
 
-/**
- * Requests that go to the kernel as one message: each is answered (ACK or error) in order,
- * and the kernel goes on past a failed one, so run() reports the first failure that is not
- * in that request's `ignore` list. Links are given by index (no lookups inside a batch).
- */
 function addrDumpEncoder(filter: AddrFilter): Encode {
   return (w) => {
     const h = w.struct(8);
@@ -815,6 +803,11 @@ function addrDumpDecoder(filter: AddrFilter): Decode<Addr> {
   };
 }
 
+/**
+ * Requests that go to the kernel as one message: each is answered (ACK or error) in order,
+ * and the kernel goes on past a failed one, so run() reports the first failure that is not
+ * in that request's `ignore` list. Links are given by index (no lookups inside a batch).
+ */
 export class RtnlBatch {
   private readonly parts: Buffer[] = [];
   private readonly steps: { op: string; ignore: readonly string[] }[] = [];

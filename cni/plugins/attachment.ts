@@ -130,9 +130,10 @@ export const RETIRED_PREFIX = "bz";
 
 /**
  * Takes a link out of service for a deferred delete: down (and off its bridge with `detach`),
- * then renamed to `bz<hex>` so its own name is free for the next ADD at once. One batch on the
- * thread pool: the calling thread does not wait while the kernel takes a bridge port down. (A
- * link must be down before it can be renamed, hence two messages.)
+ * then renamed to `bz<hex>` so its own name is free for the next ADD at once. One batch, on the
+ * thread pool unless Rtnl.shortRequestsInline(): a busy agent's thread does not wait while the
+ * kernel takes a bridge port down. (A link must be down before it can be renamed, hence two
+ * messages.)
  */
 export function takeOutOfService(nl: Rtnl, index: number, opts: { detach?: boolean } = {}): Promise<void> {
   return nl

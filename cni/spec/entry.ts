@@ -229,10 +229,6 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
   process.exit(outcome.exitCode);
 }
 
-/**
- * Writes straight to the fd: going through process.stdout would load Node's net and stream
- * modules (several ms of a plugin's start-up) for one small write. Retries a non-blocking pipe.
- */
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
 /** Blocks the thread for `ms` milliseconds (for the synchronous paths of a plugin process). */
@@ -240,6 +236,10 @@ export function sleepSync(ms: number): void {
   Atomics.wait(sleeper, 0, 0, ms);
 }
 
+/**
+ * Writes straight to the fd: going through process.stdout would load Node's net and stream
+ * modules (several ms of a plugin's start-up) for one small write. Retries a non-blocking pipe.
+ */
 function writeAllSync(fd: number, text: string): void {
   const buf = Buffer.from(text);
   let off = 0;

@@ -1,5 +1,5 @@
 // The CNI server in this process, with a probe plugin: how it tells the netlink layer whether
-// link lookups may run on the main thread (alone) or must go to the thread pool (concurrent).
+// short requests may run on the main thread (alone) or must go to the thread pool (concurrent).
 import { mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";

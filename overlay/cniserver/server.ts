@@ -120,7 +120,7 @@ async function closeServer(server: Server, socketPath: string, ino: number, open
 
 /** Sockets with an invocation in flight: close() lets them finish. */
 const busy = new WeakSet<Socket>();
-/** Invocations in flight in this process (all servers): lookups go to the thread pool when > 1. */
+/** Invocations in flight in this process (all servers): short netlink requests go to the pool when > 1. */
 let inFlight = 0;
 
 /**

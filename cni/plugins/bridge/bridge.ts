@@ -178,8 +178,8 @@ async function add(req: Request): Promise<Result> {
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
           // Both lookups at once on the thread pool when the agent serves other ADDs (this thread
-          // keeps serving while they hold the rtnl lock), inline when alone. Before IPAM: a repeated ADD must fail without touching
-          // the attachment that exists.
+          // keeps serving while they hold the rtnl lock), inline when alone. Before IPAM: a
+          // repeated ADD must fail without touching the attachment that exists.
           const [existing, bridge] = await Promise.all([podNl.linkGetAsync(req.ifname), hostNl.linkGetAsync(conf.bridge)]);
           if (existing) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);

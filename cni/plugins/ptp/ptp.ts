@@ -112,7 +112,7 @@ async function add(req: Request): Promise<Result> {
       withRtnl(ns, (podNl) =>
         undo.guard(async () => {
           // Before IPAM: a repeated ADD must fail without touching the attachment that exists.
-          if (podNl.linkGet(req.ifname)) {
+          if (await podNl.linkGetAsync(req.ifname)) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);
           }
           // The veth is made on the thread pool while IPAM allocates here.

@@ -14,8 +14,13 @@
       "type": "executable",
       "sources": ["launcher/launcher.c"],
       "defines": ["BERTH_NODE=\"<!(node -p process.execPath)\""],
-      "cflags": ["-std=c11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-Wno-format-truncation", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2"],
-      "ldflags": ["-static", "-Wl,-z,relro,-z,now"]
+      "cflags!": ["-fPIC", "-pthread"],
+      "ldflags!": ["-pthread", "-rdynamic"],
+      "cflags": [
+        "-std=c11", "-O2", "-Wall", "-Wextra", "-Wshadow", "-ffreestanding", "-fno-tree-loop-distribute-patterns",
+        "-fstack-protector-strong", "-fno-pie", "-fno-asynchronous-unwind-tables"
+      ],
+      "ldflags": ["-static", "-nostdlib", "-no-pie", "-Wl,--gc-sections,-z,noexecstack,--build-id=none"]
     },
     {
       "target_name": "berth_cnirun",

@@ -84,6 +84,44 @@ describe.skipIf(!built)("berth launcher", () => {
     expect(got!.stdin.toString()).toBe(stdin);
   });
 
+  it("a runtime that stops reading stdout gets the agent's exit code, not death by SIGPIPE", async () => {
+    servers.push(
+      await fakeAgent(sock, (_req, s) => s.end(encodeResponse({ exitCode: 3, stdout: Buffer.alloc(1 << 20, 0x7b), stderr: "" }))),
+    );
+    const r = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; read: number }>((done, fail) => {
+      const child = spawn(LAUNCHER, [], { env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: sock, CNI_COMMAND: "ADD" } });
+      let read = 0;
+      // 1 MiB does not fit a pipe: the launcher is still writing when the reader goes away.
+      child.stdout.once("data", (b: Buffer) => {
+        read = b.length;
+        child.stdout.destroy();
+      });
+      child.on("error", fail);
+      child.on("exit", (code, signal) => done({ code, signal, read }));
+      child.stdin.end('{"cniVersion":"1.0.0"}');
+    });
+    expect(r.read).toBeGreaterThan(0);
+    expect(r.read).toBeLessThan(1 << 20);
+    expect(r.signal).toBeNull();
+    expect(r.code).toBe(3);
+  });
+
+  it("is a freestanding static executable: no program interpreter, no dynamic section, no libc", () => {
+    const elf = readFileSync(LAUNCHER);
+    expect(elf.subarray(0, 4).toString("latin1")).toBe("\x7fELF");
+    expect(elf[4]).toBe(2); // 64-bit
+    const phoff = Number(elf.readBigUInt64LE(32));
+    const phentsize = elf.readUInt16LE(54);
+    const phnum = elf.readUInt16LE(56);
+    const types = Array.from({ length: phnum }, (_, i) => elf.readUInt32LE(phoff + i * phentsize));
+    expect(types).toContain(1); // PT_LOAD
+    expect(types).not.toContain(2); // PT_DYNAMIC
+    expect(types).not.toContain(3); // PT_INTERP
+    // A static glibc is ~750 KiB; the launcher with its own runtime is ~20.
+    expect(elf.length).toBeLessThan(64 * 1024);
+    expect(elf.includes("GNU C Library")).toBe(false);
+  });
+
   it("sends at most 1 MiB + 1 of stdin, so the plugin can report the size error", async () => {
     let size = -1;
     servers.push(

@@ -9,7 +9,7 @@ import { testPrefix } from "../../testing/kernel.ts";
 import { CniError } from "../spec/types.ts";
 import { formatIp, parseIp, valueFromKey } from "./cidr.ts";
 import { parseHostLocalConfig, type RangeSet } from "./ranges.ts";
-import { DATABASE_FILE, IpamErrorCode, type LeaseOwner, LeaseStore } from "./store.ts";
+import { DATABASE_FILE, IpamErrorCode, type LeaseOwner, LeaseStore, WAL_CHECKPOINT_PAGES } from "./store.ts";
 
 const execFileP = promisify(execFile);
 const WORKER = join(import.meta.dirname, "testdata", "store-worker.ts");
@@ -40,6 +40,18 @@ function rowsOnDisk(dir: string): { ip: string; network: string; container_id: s
   } finally {
     db.close();
   }
+}
+
+/** Frames of the WAL's current generation (salts equal to the header's): what an opener's recovery reads. */
+function walLiveFrames(dir: string): number {
+  const wal = readFileSync(join(dir, `${DATABASE_FILE}-wal`));
+  const pageSize = wal.readUInt32BE(8);
+  let frames = 0;
+  for (let off = 32; off + 24 + pageSize <= wal.length; off += 24 + pageSize) {
+    if (!wal.subarray(off + 8, off + 16).equals(wal.subarray(16, 24))) break;
+    frames++;
+  }
+  return frames;
 }
 
 /** Commit frames in the WAL (a frame header's "database size after commit" is non-zero). */
@@ -76,6 +88,23 @@ describe("LeaseStore", () => {
     }
     // synchronous is per connection: read it through the store's own handle.
     expect((store as unknown as { db: Database.Database }).db.pragma("synchronous", { simple: true })).toBe(2);
+  });
+
+  it("a plugin process's store checkpoints its WAL every ~100 pages, so the next opener's recovery reads little", () => {
+    const db = (store as unknown as { db: Database.Database }).db;
+    expect(db.pragma("wal_autocheckpoint", { simple: true })).toBe(WAL_CHECKPOINT_PAGES);
+    const pool = sets([[{ subnet: "10.1.0.0/24" }]]);
+    let most = 0;
+    for (let i = 0; i < 150; i++) {
+      store.allocate(owner(`w${i}`), pool);
+      most = Math.max(most, walLiveFrames(dir));
+    }
+    // 150 commits of several pages each: at SQLite's default (1,000) nothing would be checkpointed yet.
+    expect(walCommits(dir)).toBeGreaterThan(WAL_CHECKPOINT_PAGES / 10);
+    expect(most).toBeGreaterThanOrEqual(WAL_CHECKPOINT_PAGES);
+    expect(most).toBeLessThan(WAL_CHECKPOINT_PAGES + 20);
+    expect(rowsOnDisk(dir)).toHaveLength(150);
+    expect(store.verify()).toEqual([]);
   });
 
   it("allocates until the pool is exhausted, then fails with a clear error; a release frees a slot", () => {

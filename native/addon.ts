@@ -82,9 +82,13 @@ export function isSysError(e: unknown, code?: string): e is SysError {
 }
 
 function locate(): string {
-  // Works from the source tree (native/addon.ts) and from bundles (build/**), via BERTH_NATIVE or by walking up.
+  // BERTH_NATIVE, else the path bundle.mjs put into a bundle, else (source tree) walking up.
   const fromEnv = process.env.BERTH_NATIVE;
   if (fromEnv) return fromEnv;
+  if (typeof __BERTH_NATIVE_ADDON__ === "string" && typeof __dirname === "string") {
+    const bundled = join(__dirname, __BERTH_NATIVE_ADDON__);
+    if (existsSync(bundled)) return bundled;
+  }
   let dir = typeof __dirname === "string" ? __dirname : dirname(new URL(import.meta.url).pathname);
   for (let i = 0; i < 6; i++) {
     for (const candidate of [join(dir, "native/build/Release/berth_native.node"), join(dir, "build/Release/berth_native.node")]) {
@@ -94,6 +98,9 @@ function locate(): string {
   }
   throw new Error("berth native addon not found: run `npm run build` (native/build/Release/berth_native.node)");
 }
+
+/** Set in bundles by scripts/bundle.mjs: the addon's path relative to the bundle (no walk up). */
+declare const __BERTH_NATIVE_ADDON__: string | undefined;
 
 /**
  * Loads a compiled addon by absolute path with process.dlopen: what require() does for a .node

@@ -24,6 +24,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -31,6 +32,13 @@ import { build } from "esbuild";
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const out = join(root, "build");
 const LAUNCHER = join(root, "native", "build", "Release", "berth_launcher");
+const NATIVE_ADDON = join(root, "native", "build", "Release", "berth_native.node");
+const SQLITE_ADDON = join(
+  dirname(createRequire(import.meta.url).resolve("better-sqlite3/package.json")),
+  "build",
+  "Release",
+  "better_sqlite3.node",
+);
 
 /** CNI plugin executables: name in build/cni → entry module. Missing entries are skipped. */
 export const PLUGINS = {
@@ -77,10 +85,16 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
   // Plugin bundles turn import() of a builtin into require(): boot.cjs compiles them with
   // vm.Script, where import() needs an experimental loader hook that a code cache drops.
   const supported = lean ? { "dynamic-import": false } : undefined;
+  // Where the compiled addons are, relative to the bundle (see addonPath and sqliteBinding).
+  const define = {
+    __BERTH_NATIVE_ADDON__: JSON.stringify(relative(dirname(file), NATIVE_ADDON)),
+    __BERTH_SQLITE_ADDON__: JSON.stringify(relative(dirname(file), SQLITE_ADDON)),
+  };
   const result = await build({
     ...common,
     external,
     supported,
+    define,
     entryPoints: [join(root, entry)],
     outfile: tmp,
     metafile: lean,

@@ -147,9 +147,6 @@ let binding: object | null | undefined;
  * paths through the `bindings` package, and even a path goes through require()'s resolution,
  * several milliseconds of every cold plugin start.
  */
-/** The WAL size (pages) at which a plugin process's commit checkpoints the log (see openOnce). */
-export const WAL_CHECKPOINT_PAGES = 100;
-
 function sqliteBinding(): object | undefined {
   if (binding === undefined) {
     try {
@@ -254,12 +251,6 @@ export class LeaseStore {
       // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
       // thread pool while the caller goes on, and gc() fsyncs it before returning.
       db.pragma(`synchronous = ${LeaseStore.deferSync ? "NORMAL" : "FULL"}`);
-      // A plugin process is usually the database's only connection, and SQLite's first
-      // connection rebuilds the WAL index by reading every frame of the log (~2 µs a frame
-      // here). At the default checkpoint threshold of 1,000 pages that is ~1 ms per call on
-      // average; at WAL_CHECKPOINT_PAGES it is ~0.1 ms, for a checkpoint (two fsyncs) every
-      // ~20 commits. The agent keeps its connection, and the index, open: it keeps the default.
-      if (!LeaseStore.deferSync) db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
       const init = db.transaction(() => {
         const version = db!.pragma("user_version", { simple: true }) as number;
         if (version === SCHEMA_VERSION) return;

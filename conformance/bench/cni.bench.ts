@@ -248,11 +248,8 @@ const BLOCK = 10;
  * The implementations take turns, BLOCK samples each (reference, fast, cold, reference, ...),
  * so that a noisy stretch of a shared VM lands on all of them alike and the ratios hold still,
  * while each is measured in its own steady state (a sample right after another
- * implementation's Node or Go process finds the CPU caches full of that process). A turn of
- * sequential samples is one run of the native timer: its BLOCK calls follow each other as a
- * runtime's do, without the harness's own Node (spawning the timer, reading results) running
- * between them on this 2-core VM. The parallel bursts alternate the same way, `rounds` times
- * each, median.
+ * implementation's Node or Go process finds the CPU caches full of that process); the
+ * parallel bursts alternate the same way, `rounds` times each, median.
  */
 async function measure(benches: Bench[], n: number, leases: number, warmup: number, rounds: number): Promise<Measurements[]> {
   const ms: Measurements[] = benches.map(() => ({}));
@@ -264,20 +261,6 @@ async function measure(benches: Bench[], n: number, leases: number, warmup: numb
     for (let start = 0; start < count; start += BLOCK) {
       await each(async (b, i) => {
         for (let k = start; k < Math.min(count, start + BLOCK); k++) await fn(b, i, k);
-      });
-    }
-  };
-  /** Like inTurns, but each turn's calls are one run of the timer (see above): `turn` builds them. */
-  const timedTurns = async (
-    count: number,
-    turn: (b: Bench, i: number, ks: number[]) => CniInvocation[],
-    each_: (b: Bench, i: number, k: number, o: CniOutcome) => void,
-  ) => {
-    for (let start = 0; start < count; start += BLOCK) {
-      await each(async (b, i) => {
-        const ks = Array.from({ length: Math.min(count, start + BLOCK) - start }, (_, j) => start + j);
-        const { outcomes } = await b.runAll(turn(b, i, ks), 1);
-        for (const [j, k] of ks.entries()) each_(b, i, k, outcomes[j]!);
       });
     }
   };
@@ -340,23 +323,19 @@ async function measure(benches: Bench[], n: number, leases: number, warmup: numb
     const adds: { cid: string; path: string; result: unknown }[][] = benches.map(() => []);
     const addMs: number[][] = benches.map(() => []);
     const delMs: number[][] = benches.map(() => []);
-    const cids = benches.map((b, i) => netns[i]!.map(() => b.cid()));
-    await timedTurns(
-      samples,
-      (b, i, ks) => ks.map((k) => b.invocation("ADD", nets[i]!, cids[i]![k]!, netns[i]![k]!.path)),
-      (_b, i, k, o) => {
-        adds[i]![k] = { cid: cids[i]![k]!, path: netns[i]![k]!.path, result: mustSucceed(o, `ADD (${tag})`) };
-        addMs[i]!.push(o.durationMs);
-      },
-    );
-    await timedTurns(
-      samples,
-      (b, i, ks) => ks.map((k) => b.invocation("DEL", nets[i]!, adds[i]![k]!.cid, adds[i]![k]!.path, adds[i]![k]!.result)),
-      (_b, i, _k, o) => {
-        mustSucceed(o, `DEL (${tag})`);
-        delMs[i]!.push(o.durationMs);
-      },
-    );
+    await inTurns(samples, async (b, i, k) => {
+      const cid = b.cid();
+      const path = netns[i]![k]!.path;
+      const o = await b.run("ADD", nets[i]!, cid, path);
+      adds[i]!.push({ cid, path, result: mustSucceed(o, `ADD (${tag})`) });
+      addMs[i]!.push(o.durationMs);
+    });
+    await inTurns(samples, async (b, i, k) => {
+      const a = adds[i]![k]!;
+      const o = await b.run("DEL", nets[i]!, a.cid, a.path, a.result);
+      mustSucceed(o, `DEL (${tag})`);
+      delMs[i]!.push(o.durationMs);
+    });
     benches.forEach((b, i) => {
       const m = ms[i]!;
       if (prefilled) {

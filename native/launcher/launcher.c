@@ -85,7 +85,10 @@ static void write_fd_all(int fd, const char *buf, size_t len) {
 
 static void read_stdin(void) {
   struct statx st;
-  if (sys_statx_fd(0, STATX_TYPE, &st) < 0 || (st.stx_mode & S_IFMT) == S_IFCHR) {
+  int sr = sys_statx_fd(0, STATX_TYPE, &st);
+  /* Closed, or a terminal. Any other failure (statx refused by an old kernel or a seccomp
+   * filter): read it anyway, as the plugin would. */
+  if (sr == -EBADF || (sr == 0 && (st.stx_mode & S_IFMT) == S_IFCHR)) {
     stdin_untouched = 1;
     return;
   }

@@ -26,6 +26,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#ifndef S_IFMT
+#error "S_IFMT must come from linux/stat.h: no libc header may be included here"
+#endif
+
 #if !defined(__x86_64__) && !defined(__aarch64__)
 #error "the launcher's runtime knows the system call conventions of x86-64 and arm64 only"
 #endif
@@ -160,7 +164,7 @@ void *memcpy(void *dst, const void *src, size_t n) {
 void *memmove(void *dst, const void *src, size_t n) {
   unsigned char *d = dst;
   const unsigned char *s = src;
-  if (d < s) {
+  if ((uintptr_t)d < (uintptr_t)s) {
     while (n--) *d++ = *s++;
   } else {
     while (n--) d[n] = s[n];
@@ -243,22 +247,28 @@ static void rt_put_errno(struct rt_buf *b, int err) {
       {ENOENT, "No such file or directory"},
       {EINTR, "Interrupted system call"},
       {EIO, "Input/output error"},
+      {ENXIO, "No such device or address"},
       {E2BIG, "Argument list too long"},
       {ENOEXEC, "Exec format error"},
       {EBADF, "Bad file descriptor"},
+      {EAGAIN, "Resource temporarily unavailable"},
       {ENOMEM, "Cannot allocate memory"},
       {EACCES, "Permission denied"},
       {EFAULT, "Bad address"},
+      {EBUSY, "Device or resource busy"},
       {ENOTDIR, "Not a directory"},
       {EISDIR, "Is a directory"},
       {EINVAL, "Invalid argument"},
       {ENFILE, "Too many open files in system"},
       {EMFILE, "Too many open files"},
       {ETXTBSY, "Text file busy"},
+      {EFBIG, "File too large"},
       {ENOSPC, "No space left on device"},
+      {EROFS, "Read-only file system"},
       {ENAMETOOLONG, "File name too long"},
       {ELOOP, "Too many levels of symbolic links"},
       {ENOSYS, "Function not implemented"},
+      {ELIBBAD, "Accessing a corrupted shared library"},
   };
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
     if (known[i].err == err) {
@@ -317,7 +327,11 @@ __attribute__((noreturn, used, no_stack_protector)) void rt_start(long *sp) {
   rt_tcb[0] = (unsigned long)rt_tcb; /* the TCB's self pointer */
   rt_tcb[2] = (unsigned long)rt_tcb;
   rt_tcb[5] = guard; /* %fs:0x28 */
-  SC2(__NR_arch_prctl, ARCH_SET_FS, rt_tcb);
+  if (SC2(__NR_arch_prctl, ARCH_SET_FS, rt_tcb) != 0) {
+    static const char msg[] = "berth launcher: cannot set up its thread pointer (arch_prctl)\n";
+    sys_write(2, msg, sizeof msg - 1);
+    sys_exit(127);
+  }
 #else
   __stack_chk_guard = guard;
 #endif
@@ -326,7 +340,7 @@ __attribute__((noreturn, used, no_stack_protector)) void rt_start(long *sp) {
 
 #if defined(__x86_64__)
 __asm__(
-    ".text\n"
+    ".pushsection .text\n"
     ".global _start\n"
     ".type _start,@function\n"
     "_start:\n"
@@ -334,10 +348,11 @@ __asm__(
     "  mov %rsp, %rdi\n"
     "  and $-16, %rsp\n"
     "  call rt_start\n"
-    "  hlt\n");
+    "  hlt\n"
+    ".popsection\n");
 #else
 __asm__(
-    ".text\n"
+    ".pushsection .text\n"
     ".global _start\n"
     ".type _start,%function\n"
     "_start:\n"
@@ -345,7 +360,8 @@ __asm__(
     "  mov x30, #0\n"
     "  mov x0, sp\n"
     "  bl rt_start\n"
-    "  brk #0\n");
+    "  brk #0\n"
+    ".popsection\n");
 #endif
 
 #endif

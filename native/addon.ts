@@ -85,10 +85,8 @@ function locate(): string {
   // BERTH_NATIVE, else the path bundle.mjs put into a bundle, else (source tree) walking up.
   const fromEnv = process.env.BERTH_NATIVE;
   if (fromEnv) return fromEnv;
-  if (typeof __BERTH_NATIVE_ADDON__ === "string" && typeof __dirname === "string") {
-    const bundled = join(__dirname, __BERTH_NATIVE_ADDON__);
-    if (existsSync(bundled)) return bundled;
-  }
+  const bundled = bundledFile(typeof __BERTH_NATIVE_ADDON__ === "string" ? __BERTH_NATIVE_ADDON__ : undefined);
+  if (bundled) return bundled;
   let dir = typeof __dirname === "string" ? __dirname : dirname(new URL(import.meta.url).pathname);
   for (let i = 0; i < 6; i++) {
     for (const candidate of [join(dir, "native/build/Release/berth_native.node"), join(dir, "build/Release/berth_native.node")]) {
@@ -101,6 +99,16 @@ function locate(): string {
 
 /** Set in bundles by scripts/bundle.mjs: the addon's path relative to the bundle (no walk up). */
 declare const __BERTH_NATIVE_ADDON__: string | undefined;
+
+/**
+ * In a bundle, the file at `relative` (a path scripts/bundle.mjs defined) from the bundle's
+ * directory when it exists; undefined in the source tree or when it is missing.
+ */
+export function bundledFile(relative: string | undefined): string | undefined {
+  if (relative === undefined || typeof __dirname !== "string") return undefined;
+  const file = join(__dirname, relative);
+  return existsSync(file) ? file : undefined;
+}
 
 /**
  * Loads a compiled addon by absolute path with process.dlopen: what require() does for a .node

@@ -85,7 +85,7 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
   // Plugin bundles turn import() of a builtin into require(): boot.cjs compiles them with
   // vm.Script, where import() needs an experimental loader hook that a code cache drops.
   const supported = lean ? { "dynamic-import": false } : undefined;
-  // Where the compiled addons are, relative to the bundle (see addonPath and sqliteBinding).
+  // Where the compiled addons are, relative to the bundle (bundledFile in native/addon.ts).
   const define = {
     __BERTH_NATIVE_ADDON__: JSON.stringify(relative(dirname(file), NATIVE_ADDON)),
     __BERTH_SQLITE_ADDON__: JSON.stringify(relative(dirname(file), SQLITE_ADDON)),

@@ -17,7 +17,7 @@ import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync } 
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { loadNativeAddon } from "../../native/addon.ts";
+import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
 import { sleepSync } from "../spec/entry.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
@@ -27,6 +27,8 @@ import { findRange, type RangeSet } from "./ranges.ts";
 export { IpamErrorCode };
 
 export const DATABASE_FILE = "ipam.db";
+/** The WAL size (pages) at which a plugin process's commit checkpoints the log (see openOnce). */
+export const WAL_CHECKPOINT_PAGES = 100;
 
 /** Who holds a lease: the CNI attachment (container id, interface) within one network. */
 export interface LeaseOwner {
@@ -143,32 +145,29 @@ export interface OpenOptions {
 let binding: object | null | undefined;
 
 /**
- * better-sqlite3's compiled addon, loaded by path: without one it searches a dozen candidate
- * paths through the `bindings` package, and even a path goes through require()'s resolution,
- * several milliseconds of every cold plugin start.
- */
-/** The WAL size (pages) at which a plugin process's commit checkpoints the log (see openOnce). */
-export const WAL_CHECKPOINT_PAGES = 100;
-
-/**
  * Set in bundles by scripts/bundle.mjs: better-sqlite3's compiled addon relative to the bundle,
  * so that a cold start skips resolving the package (~1.3 ms of Node's module resolution).
  */
 declare const __BERTH_SQLITE_ADDON__: string | undefined;
 
-function sqliteAddonFile(): string {
-  if (typeof __BERTH_SQLITE_ADDON__ === "string" && typeof __dirname === "string") {
-    const file = join(__dirname, __BERTH_SQLITE_ADDON__);
-    if (existsSync(file)) return file;
-  }
-  const req = createRequire(typeof __filename === "string" ? __filename : import.meta.url);
-  return join(dirname(req.resolve("better-sqlite3/package.json")), "build", "Release", "better_sqlite3.node");
-}
-
+/**
+ * better-sqlite3's compiled addon, loaded by path: without one it searches a dozen candidate
+ * paths through the `bindings` package, and even a path goes through require()'s resolution,
+ * several milliseconds of every cold plugin start.
+ */
 function sqliteBinding(): object | undefined {
   if (binding === undefined) {
     try {
-      const file = sqliteAddonFile();
+      const file =
+        bundledFile(typeof __BERTH_SQLITE_ADDON__ === "string" ? __BERTH_SQLITE_ADDON__ : undefined) ??
+        join(
+          dirname(
+            createRequire(typeof __filename === "string" ? __filename : import.meta.url).resolve("better-sqlite3/package.json"),
+          ),
+          "build",
+          "Release",
+          "better_sqlite3.node",
+        );
       binding = existsSync(file) ? loadNativeAddon<object>(file) : null;
     } catch {
       binding = null;

@@ -6,8 +6,8 @@
  * basename(argv[0]), the CNI_* and BERTH_* environment, stdin) to the agent over a unix
  * socket and reproduces the agent's stdout, stderr and exit code. When no agent answers it
  * execs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, through boot.cjs
- * and its V8 code cache) with the same
- * environment and stdin: the cold path, identical in behaviour, only slower.
+ * and its V8 code cache) with the same environment and stdin: the cold path, identical in
+ * behaviour, only slower.
  *
  * Socket, first found: $BERTH_CNI_SOCKET ("off" skips the agent), else the top-level string
  * key "berthSocket" or "agentSocket" of the stdin config, else /run/berth/cni.sock.

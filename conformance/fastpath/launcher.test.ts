@@ -2,10 +2,21 @@
 // environment only, stdin byte for byte up to 1 MiB + 1), that it replays an answer exactly,
 // where it finds the socket, and what a runtime sees when the agent breaks mid-request.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join, resolve } from "node:path";
-import { afterAll, afterEach, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   decodeRequest,
   encodeResponse,
@@ -229,6 +240,118 @@ describe.skipIf(!built)("berth launcher", () => {
     } finally {
       spawnSync("ip", ["netns", "del", ns]);
     }
+  });
+
+  describe("cold path: Node as the launcher's child", () => {
+    // A private install: the launcher as berth-fake, the real boot.cjs, and a scripted bundle.
+    const install = join(dir, "install");
+    const fake = join(install, "cni", "berth-fake");
+    const marker = join(dir, "lingered");
+    const runFake = (script: string, env: Record<string, string> = {}) => {
+      writeFileSync(join(install, "cni-node", "berth-fake.cjs"), script);
+      const t0 = performance.now();
+      return new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; ms: number }>(
+        (done, fail) => {
+          const child = spawn(fake, [], { env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off", ...env } });
+          const out: Buffer[] = [];
+          const err: Buffer[] = [];
+          child.stdout.on("data", (b: Buffer) => out.push(b));
+          child.stderr.on("data", (b: Buffer) => err.push(b));
+          child.on("error", fail);
+          // 'close': the process has ended and stdout and stderr are at EOF, as a runtime waits.
+          child.on("close", (code, signal) =>
+            done({
+              code,
+              signal,
+              stdout: Buffer.concat(out).toString(),
+              stderr: Buffer.concat(err).toString(),
+              ms: performance.now() - t0,
+            }),
+          );
+          child.stdin.end("{}");
+        },
+      );
+    };
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]?.[0] !== "Z";
+      } catch {
+        return false;
+      }
+    };
+    const gone = async (pid: number) => {
+      for (let i = 0; i < 100 && alive(pid); i++) await new Promise((r) => setTimeout(r, 20));
+      return !alive(pid);
+    };
+
+    beforeAll(() => {
+      mkdirSync(join(install, "cni"), { recursive: true });
+      mkdirSync(join(install, "cni-node"), { recursive: true });
+      copyFileSync(LAUNCHER, fake);
+      chmodSync(fake, 0o755);
+      copyFileSync(resolve(dirname(LAUNCHER), "../cni-node/boot.cjs"), join(install, "cni-node", "boot.cjs"));
+    });
+
+    it("ends at Node's status byte with the output complete; Node's own end is not waited for", async () => {
+      // The bundle's 'exit' listener runs after boot.cjs's has sent the status: it stands for a
+      // slow process teardown. The launcher's end kills it (PR_SET_PDEATHSIG): no marker file.
+      rmSync(marker, { force: true });
+      const r = await runFake(`
+        process.stdout.write(JSON.stringify({ pid: process.pid, fd: process.env.BERTH_STATUS_FD ?? null }));
+        process.stderr.write("a log line\\n");
+        process.exitCode = 3;
+        process.once("exit", () => {
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 3000);
+          require("fs").writeFileSync(${JSON.stringify(marker)}, "still ran");
+        });
+      `);
+      expect(r.code, JSON.stringify(r)).toBe(3);
+      expect(r.signal).toBeNull();
+      expect(r.stderr).toBe("a log line\n");
+      const { pid, fd } = JSON.parse(r.stdout);
+      expect(fd).toBeNull(); // boot.cjs takes the variable out of the plugin's environment
+      expect(r.ms).toBeLessThan(2500);
+      expect(await gone(pid)).toBe(true);
+      await new Promise((res) => setTimeout(res, 200));
+      expect(existsSync(marker)).toBe(false);
+    });
+
+    it("a Node that dies without a status: its signal is the launcher's; an uncaught error is exit 1", async () => {
+      const killed = await runFake(`process.stdout.write("partial"); process.kill(process.pid, "SIGKILL");`);
+      expect(killed.signal).toBe("SIGKILL");
+      expect(killed.stdout).toBe("partial");
+      const thrown = await runFake(`throw new Error("boom in the bundle");`);
+      expect(thrown.code).toBe(1);
+      expect(thrown.stderr).toContain("boom in the bundle");
+      const exited = await runFake(`process.exit(7);`);
+      expect(exited.code).toBe(7);
+    });
+
+    it("a runtime that kills the launcher kills the Node plugin with it", async () => {
+      const pidFile = join(dir, "fake.pid");
+      rmSync(pidFile, { force: true });
+      writeFileSync(
+        join(install, "cni-node", "berth-fake.cjs"),
+        `require("fs").writeFileSync(${JSON.stringify(pidFile)}, String(process.pid)); setTimeout(() => {}, 20000);`,
+      );
+      const child = spawn(fake, [], {
+        env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off" },
+        stdio: ["pipe", "ignore", "ignore"],
+      });
+      child.stdin.end("{}");
+      let pid = 0;
+      for (let i = 0; i < 250 && !pid; i++) {
+        await new Promise((r) => setTimeout(r, 20));
+        if (existsSync(pidFile)) pid = Number(readFileSync(pidFile, "utf8"));
+      }
+      expect(pid).toBeGreaterThan(0);
+      expect(alive(pid)).toBe(true);
+      const ended = new Promise((r) => child.on("exit", r));
+      child.kill("SIGKILL");
+      await ended;
+      expect(await gone(pid)).toBe(true);
+    });
   });
 
   it("the cold path keeps a V8 code cache per bundle version and command; a corrupt one is replaced, never fatal", async () => {

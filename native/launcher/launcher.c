@@ -5,9 +5,10 @@
  * function in-process. So this program only forwards the invocation (plugin type =
  * basename(argv[0]), the CNI_* and BERTH_* environment, stdin) to the agent over a unix
  * socket and reproduces the agent's stdout, stderr and exit code. When no agent answers it
- * execs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, through boot.cjs
+ * runs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, through boot.cjs
  * and its V8 code cache) with the same environment and stdin: the cold path, identical in
- * behaviour, only slower.
+ * behaviour, only slower. Node runs as a child that reports its exit status before its
+ * process is torn down (run_node_child).
  *
  * Socket, first found: $BERTH_CNI_SOCKET ("off" skips the agent), else the top-level string
  * key "berthSocket" or "agentSocket" of the stdin config, else /run/berth/cni.sock.
@@ -418,6 +419,67 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
   fail(type, 999, msg);
 }
 
+/*
+ * The cold path runs Node as this process's child and ends as soon as Node reports its exit
+ * status, not when Node's process is gone. boot.cjs sends the status (one byte on the pipe
+ * named by BERTH_STATUS_FD) from its 'exit' handler, after the plugin's output is written and
+ * Node's stdout and stderr are closed, so a runtime has everything it would have had. What is
+ * left is the kernel tearing down a ~50 MB Node process (unmapping it: ~3 ms here), which no
+ * runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
+ * the launcher (a timeout) kills the plugin, as before. A Node that dies without sending its
+ * status (a signal, an abort, a path without boot.cjs) closes the pipe by dying: its status is
+ * then the wait4() result, a signal reproduced as the same signal.
+ */
+#define MAX_COLD_ENV 8192
+static char *cold_env[MAX_COLD_ENV + 2];
+static char status_var[32];
+
+/* Returns only when Node cannot be started as a child (the caller then execs Node itself). */
+static void run_node_child(char *const argv[], const char *type, const char *why, const char *what) {
+  size_t n = 0;
+  for (char **e = rt_environ; *e; e++) {
+    if (rt_startswith(*e, "BERTH_STATUS_FD=")) continue;
+    if (n == MAX_COLD_ENV) return;
+    cold_env[n++] = *e;
+  }
+  int sp[2];
+  if (sys_pipe2(sp, O_CLOEXEC) < 0) return;
+  struct rt_buf sb = {status_var, sizeof status_var, 0, 0};
+  rt_put(&sb, "BERTH_STATUS_FD=");
+  rt_put_int(&sb, sp[1]);
+  cold_env[n++] = status_var;
+  cold_env[n] = (char *)0;
+  int parent = sys_getpid();
+  int pid = sys_fork();
+  if (pid < 0) {
+    sys_close(sp[0]);
+    sys_close(sp[1]);
+    return;
+  }
+  if (pid == 0) {
+    sys_close(sp[0]);
+    sys_prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (sys_getppid() != parent) sys_exit(1); /* the launcher was killed before prctl took */
+    sys_fcntl(sp[1], F_SETFD, 0);             /* the status pipe, and only it, survives exec */
+    fail_errno(type, why, what, -sys_execve(BERTH_NODE, argv, cold_env));
+  }
+  sys_close(sp[1]);
+  for (;;) {
+    unsigned char code;
+    ssize_t r = sys_read(sp[0], &code, 1);
+    if (r == 1) sys_exit(code);
+    if (r != -EINTR) break;
+  }
+  int status = 0;
+  int w;
+  do w = sys_wait4(pid, &status);
+  while (w == -EINTR);
+  if (w < 0) fail_errno(type, why, "cold path: waiting for Node", -w);
+  if ((status & 0x7f) == 0) sys_exit((status >> 8) & 0xff);
+  sys_raise_default(status & 0x7f);
+  sys_exit(128 + (status & 0x7f));
+}
+
 /* The cold path: Node on the bundled plugin, same environment, stdin re-fed from memory. */
 __attribute__((noreturn)) static void exec_cold_path(const char *type, const char *why) {
   char self[PATH_MAX];
@@ -460,14 +522,16 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
   rt_put(&bt, "/../cni-node/boot.cjs");
   char *with_boot[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", boot, bundle, (char *)0};
   char *direct[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", bundle, (char *)0};
-  int err = -sys_execve(BERTH_NODE, sys_access(boot, R_OK) == 0 ? with_boot : direct, rt_environ);
   char what[PATH_MAX + 256];
   struct rt_buf wb = {what, sizeof what, 0, 0};
   rt_put(&wb, "cold path: cannot run ");
   rt_put(&wb, BERTH_NODE);
   rt_put(&wb, " ");
   rt_put(&wb, bundle);
-  fail_errno(type, why, what, err);
+  /* Without boot.cjs nothing would send the status: Node then simply replaces this process. */
+  int have_boot = sys_access(boot, R_OK) == 0;
+  if (have_boot) run_node_child(with_boot, type, why, what);
+  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, rt_environ));
 }
 
 int main(int argc, char **argv) {

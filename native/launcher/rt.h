@@ -46,6 +46,9 @@ typedef long ssize_t;
 #define SO_SNDTIMEO_OLD 21
 #define MSG_NOSIGNAL 0x4000
 #define SIGPIPE 13
+#define SIGKILL 9
+#define SIGCHLD 17
+#define PR_SET_PDEATHSIG 1
 #define SIG_IGN_HANDLER 1UL
 #define ARCH_SET_FS 0x1002
 #define AT_RANDOM 25
@@ -147,6 +150,21 @@ static inline void *sys_mmap_anon(size_t len) {
 static inline void sys_ignore_sigpipe(void) {
   struct rt_sigaction sa = {.handler = SIG_IGN_HANDLER};
   SC4(__NR_rt_sigaction, SIGPIPE, &sa, 0, 8);
+}
+static inline int sys_pipe2(int fds[2], int flags) { return (int)SC2(__NR_pipe2, fds, flags); }
+/* fork(2) as clone(SIGCHLD): arm64 has no fork system call. The child gets 0. */
+static inline int sys_fork(void) { return (int)SC5(__NR_clone, SIGCHLD, 0, 0, 0, 0); }
+static inline int sys_wait4(int pid, int *status) { return (int)SC4(__NR_wait4, pid, status, 0, 0); }
+static inline int sys_prctl(int option, unsigned long arg) { return (int)SC5(__NR_prctl, option, arg, 0, 0, 0); }
+static inline int sys_getpid(void) { return (int)SC0(__NR_getpid); }
+static inline int sys_getppid(void) { return (int)SC0(__NR_getppid); }
+/* Dies of `sig` as the default action would (unblocked, handler reset); returns if it did not. */
+static inline void sys_raise_default(int sig) {
+  struct rt_sigaction sa = {.handler = 0 /* SIG_DFL */};
+  SC4(__NR_rt_sigaction, sig, &sa, 0, 8);
+  unsigned long set = 1UL << (sig - 1);
+  SC4(__NR_rt_sigprocmask, 1 /* SIG_UNBLOCK */, &set, 0, 8);
+  SC2(__NR_kill, sys_getpid(), sig);
 }
 __attribute__((noreturn)) static inline void sys_exit(int code) {
   for (;;) SC1(__NR_exit_group, code);

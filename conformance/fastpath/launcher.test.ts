@@ -16,6 +16,7 @@ import {
 } from "node:fs";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join, resolve } from "node:path";
+import type { Readable } from "node:stream";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import {
   decodeRequest,
@@ -326,6 +327,29 @@ describe.skipIf(!built)("berth launcher", () => {
       expect(thrown.stderr).toContain("boom in the bundle");
       const exited = await runFake(`process.exit(7);`);
       expect(exited.code).toBe(7);
+    });
+
+    it("a BERTH_STATUS_FD in the runtime's environment is not Node's: nothing is written to it", async () => {
+      writeFileSync(join(install, "cni-node", "berth-fake.cjs"), `process.stdout.write("ok"); process.exitCode = 4;`);
+      const r = await new Promise<{ code: number | null; stdout: string; fd9: number }>((done, fail) => {
+        const stdio = ["pipe", "pipe", "pipe", "ignore", "ignore", "ignore", "ignore", "ignore", "ignore", "pipe"] as const;
+        const child = spawn(fake, [], {
+          env: { PATH: "/usr/bin:/bin", BERTH_CNI_SOCKET: "off", BERTH_STATUS_FD: "9" },
+          stdio: [...stdio],
+        });
+        const out: Buffer[] = [];
+        let fd9 = 0;
+        child.stdout!.on("data", (b: Buffer) => out.push(b));
+        (child.stdio as unknown as Readable[])[9]!.on("data", (b: Buffer) => {
+          fd9 += b.length;
+        });
+        child.on("error", fail);
+        child.on("close", (code) => done({ code, stdout: Buffer.concat(out).toString(), fd9 }));
+        child.stdin!.end("{}");
+      });
+      expect(r.code).toBe(4);
+      expect(r.stdout).toBe("ok");
+      expect(r.fd9).toBe(0);
     });
 
     it("a runtime that kills the launcher kills the Node plugin with it", async () => {

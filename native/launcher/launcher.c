@@ -427,21 +427,33 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
  * left is the kernel tearing down a ~50 MB Node process (unmapping it: ~3 ms here), which no
  * runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
  * the launcher (a timeout) kills the plugin, as before. A Node that dies without sending its
- * status (a signal, an abort, a path without boot.cjs) closes the pipe by dying: its status is
- * then the wait4() result, a signal reproduced as the same signal.
+ * status (a signal, an abort, an uncaught error) closes the pipe by dying: its status is then
+ * the wait4() result, a signal reproduced as the same signal.
  */
 #define MAX_COLD_ENV 8192
 static char *cold_env[MAX_COLD_ENV + 2];
 static char status_var[32];
 
-/* Returns only when Node cannot be started as a child (the caller then execs Node itself). */
-static void run_node_child(char *const argv[], const char *type, const char *why, const char *what) {
+/*
+ * The runtime's environment for Node, minus any BERTH_STATUS_FD of its own (boot.cjs would
+ * write into that descriptor); NULL when it has more than MAX_COLD_ENV entries. Sets *count.
+ */
+static char **cold_environ(size_t *count) {
   size_t n = 0;
   for (char **e = rt_environ; *e; e++) {
     if (rt_startswith(*e, "BERTH_STATUS_FD=")) continue;
-    if (n == MAX_COLD_ENV) return;
+    if (n == MAX_COLD_ENV) return (char **)0;
     cold_env[n++] = *e;
   }
+  cold_env[n] = (char *)0;
+  *count = n;
+  return cold_env;
+}
+
+/* Returns only when Node cannot be started as a child (the caller then execs Node itself). */
+static void run_node_child(char *const argv[], const char *type, const char *why, const char *what) {
+  size_t n = 0;
+  if (!cold_environ(&n)) return;
   int sp[2];
   if (sys_pipe2(sp, O_CLOEXEC) < 0) return;
   struct rt_buf sb = {status_var, sizeof status_var, 0, 0};
@@ -531,7 +543,9 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
   /* Without boot.cjs nothing would send the status: Node then simply replaces this process. */
   int have_boot = sys_access(boot, R_OK) == 0;
   if (have_boot) run_node_child(with_boot, type, why, what);
-  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, rt_environ));
+  size_t count = 0;
+  char **env = cold_environ(&count);
+  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, env ? env : rt_environ));
 }
 
 int main(int argc, char **argv) {

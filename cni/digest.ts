@@ -18,6 +18,7 @@ const rotr = (x: number, n: number) => (x >>> n) | (x << (32 - n));
 
 /** SHA-256 of `input` (strings as UTF-8), as 64 lowercase hex characters. */
 export function sha256Hex(input: string | Uint8Array): string {
+  if (nativeSha256) return nativeSha256(input);
   const data = typeof input === "string" ? Buffer.from(input, "utf8") : input;
   const bitLen = data.length * 8;
   const padded = new Uint8Array((((data.length + 9 + 63) >> 6) << 6) >>> 0);
@@ -61,8 +62,8 @@ export function shortHash(s: string, n: number): string {
   return sha256Hex(s).slice(0, n);
 }
 
-/** `n` random bytes from the kernel (/dev/urandom). */
-export function randomBytes(n: number): Buffer {
+/** `n` bytes read from /dev/urandom. */
+function readUrandom(n: number): Buffer {
   const buf = Buffer.alloc(n);
   const fd = openSync("/dev/urandom", "r");
   try {
@@ -72,4 +73,39 @@ export function randomBytes(n: number): Buffer {
     closeSync(fd);
   }
   return buf;
+}
+
+/**
+ * Random bytes are read ahead, POOL_BYTES at a time: an ADD takes two MACs, and the agent serves
+ * hundreds of ADDs a second; one open/read/close per 40 ADDs instead of per MAC. Bytes handed
+ * out are wiped from the pool.
+ */
+const POOL_BYTES = 512;
+let pool: Buffer = Buffer.alloc(0);
+let poolOffset = 0;
+
+/** `n` random bytes from the kernel (/dev/urandom). */
+export function randomBytes(n: number): Buffer {
+  if (n > POOL_BYTES) return readUrandom(n);
+  if (poolOffset + n > pool.length) {
+    pool = readUrandom(POOL_BYTES);
+    poolOffset = 0;
+  }
+  const out = Buffer.from(pool.subarray(poolOffset, poolOffset + n));
+  pool.fill(0, poolOffset, poolOffset + n);
+  poolOffset += n;
+  return out;
+}
+
+/**
+ * SHA-256 through node:crypto's native code instead of the JavaScript below: for a long-lived
+ * process that has node:crypto loaded anyway (the agent), where hashing names is on every call's
+ * path. A plugin process keeps the JavaScript (loading node:crypto costs it milliseconds).
+ */
+let nativeSha256: ((input: string | Uint8Array) => string) | undefined;
+
+export function useNativeSha256(
+  createHash: ((algorithm: "sha256") => { update(data: string | Uint8Array): { digest(encoding: "hex"): string } }) | undefined,
+): void {
+  nativeSha256 = createHash && ((input) => createHash("sha256").update(input).digest("hex"));
 }

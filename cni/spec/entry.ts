@@ -121,16 +121,18 @@ function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer): Re
  * (plugins#714). Compared by device and inode; a path that cannot be stat'ed is left for the
  * plugin to report (DEL must tolerate a vanished netns).
  */
+/** This process's own netns, stat'ed once: the agent checks every invocation against it. */
+let ownNetns: { dev: number; ino: number } | undefined;
+
 function refuseOwnNetns(netns: string): void {
-  let target: { dev: number; ino: number };
-  let own: { dev: number; ino: number };
+  let target: { dev: number; ino: number } | undefined;
   try {
-    target = statSync(netns);
-    own = statSync("/proc/self/ns/net");
+    target = statSync(netns, { throwIfNoEntry: false });
+    ownNetns ??= statSync("/proc/self/ns/net");
   } catch {
     return;
   }
-  if (target.dev === own.dev && target.ino === own.ino) {
+  if (target && target.dev === ownNetns.dev && target.ino === ownNetns.ino) {
     throw new CniError(
       ErrorCode.InvalidNetns,
       `CNI_NETNS ${netns} is the plugin's own network namespace; set CNI_NETNS_OVERRIDE=1 to allow it`,

@@ -167,10 +167,21 @@ function linkIn(reply: Buffer): Link | undefined {
   return link;
 }
 
-/** A lookup's "no such link" is null; anything else is thrown on. */
-function noSuchDevice(e: unknown): null {
-  if (e instanceof NetlinkError && e.code === "ENODEV") return null;
-  throw e;
+const ENODEV = 19;
+
+/**
+ * A lookup's reply: the link, or null for ENODEV without building (and throwing) a NetlinkError
+ * first: an ADD's lookup of its not-yet-made pod interface is expected to miss, and an Error's
+ * stack capture costs more than the rest of the lookup's JavaScript.
+ */
+function linkOrNone(reply: Buffer, op: string): Link | null {
+  let missing = false;
+  forEachMessage(reply, (m) => {
+    if (m.type === NLMSG_ERROR && parseError(m).errno === ENODEV) missing = true;
+  });
+  if (missing) return null;
+  checkReply(reply, op);
+  return linkIn(reply) ?? null;
 }
 
 function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
@@ -460,11 +471,9 @@ export class Rtnl {
   /** The link, or null when there is none by that name/index. */
   linkGet(ref: LinkRef): Link | null {
     const op = `link show ${ref}`;
-    try {
-      return linkIn(this.request(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS), op)) ?? null;
-    } catch (e) {
-      return noSuchDevice(e);
-    }
+    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
+    const reply = this.guarded(op, () => addon().nlTransact(this.fd, this.build(RTM_GETLINK, NLM_F_REQUEST, encode)));
+    return linkOrNone(reply, op);
   }
 
   /**
@@ -474,12 +483,11 @@ export class Rtnl {
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
     if (Rtnl.shortRequestsInline()) return this.linkGet(ref);
     const op = `link show ${ref}`;
-    try {
-      const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-      return linkIn(await this.requestAsync(RTM_GETLINK, NLM_F_REQUEST, encode, op)) ?? null;
-    } catch (e) {
-      return noSuchDevice(e);
-    }
+    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
+    const reply = await this.enqueue(() =>
+      this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), this.build(RTM_GETLINK, NLM_F_REQUEST, encode))),
+    );
+    return linkOrNone(reply, op);
   }
 
   linkList(): Link[] {

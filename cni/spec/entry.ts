@@ -226,8 +226,16 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
   // 'exit' handlers have run (boot.cjs writes its code cache there), skip Node's teardown of
   // the VM and its threads when the addon is at hand: output and logs are written already
   // (synchronously), the lease store's commits are on disk, and the kernel closes the rest.
+  // Under the launcher's cold path, boot.cjs's status goes out first (its process.reallyExit
+  // hook would not run after an _exit); nothing may be written after it.
   const native = addonIfLoaded();
-  if (native) process.once("exit", (code) => native.exitNow(code));
+  if (native) {
+    process.once("exit", (code) => {
+      const sendExitStatus = (globalThis as Record<symbol, unknown>)[Symbol.for("berth.sendExitStatus")];
+      if (typeof sendExitStatus === "function") sendExitStatus(code);
+      native.exitNow(code);
+    });
+  }
   process.exit(outcome.exitCode);
 }
 

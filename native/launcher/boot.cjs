@@ -67,25 +67,31 @@ if (cachedData === undefined || script.cachedDataRejected) {
   });
 }
 
-// The launcher ends when it reads this byte, not when this process is gone (launcher.c,
-// run_node_child): once the output is written and stdout and stderr are closed, the exit code
-// is all a runtime still waits for, and tearing down Node's memory takes the kernel ~3 ms more.
-// Registered after the cache writer: the launcher's end kills this process (PR_SET_PDEATHSIG).
-const statusFd = Number.parseInt(process.env.BERTH_STATUS_FD ?? "", 10);
+// The launcher ends when it reads the exit status from BERTH_STATUS_FD, not when this process
+// is gone (launcher.c, run_node_child): once the output is written and stdout and stderr are
+// closed, the exit code is all a runtime still waits for, and tearing down Node's memory takes
+// the kernel ~3 ms more. The status goes out as the very last thing before the process ends,
+// after every 'exit' listener: from process.reallyExit (where process.exit ends), or from the
+// plugin's own last listener just before its _exit (cni/spec/entry.ts, through the global
+// below). An uncaught error is printed by Node after the 'exit' listeners and ends the process
+// without reallyExit: then nothing is sent and the launcher waits for the process's end, as for
+// one killed by a signal. So does a plugin that ends by running out of work.
+const statusVar = process.env.BERTH_STATUS_FD ?? "";
 delete process.env.BERTH_STATUS_FD;
+const statusFd = /^\d+$/.test(statusVar) ? Number(statusVar) : -1;
 if (statusFd > 2) {
-  // Node prints an uncaught error after the 'exit' listeners: then stderr stays open, no status
-  // is sent, and the launcher waits for the process's end as it does for one killed by a signal.
   let fatal = false;
   process.on("uncaughtExceptionMonitor", () => {
     fatal = true;
   });
-  process.once("exit", (code) => {
-    if (fatal) return;
+  let sent = false;
+  const sendStatus = (code) => {
+    if (sent || fatal) return;
+    sent = true;
     for (const fd of [1, 2]) {
       try {
         closeSync(fd);
-        const devNull = openSync("/dev/null", "w"); // takes the lowest free number: fd
+        const devNull = openSync("/dev/null", "r+"); // takes the lowest free number: fd
         if (devNull !== fd) closeSync(devNull);
       } catch {
         // already closed
@@ -96,7 +102,13 @@ if (statusFd > 2) {
     } catch {
       // the launcher is gone
     }
-  });
+  };
+  globalThis[Symbol.for("berth.sendExitStatus")] = sendStatus;
+  const reallyExit = process.reallyExit;
+  process.reallyExit = (code) => {
+    sendStatus(code);
+    reallyExit.call(process, code);
+  };
 }
 
 const main = new Module(file, null);

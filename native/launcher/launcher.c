@@ -422,8 +422,9 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
 /*
  * The cold path runs Node as this process's child and ends as soon as Node reports its exit
  * status, not when Node's process is gone. boot.cjs sends the status (one byte on the pipe
- * named by BERTH_STATUS_FD) from its 'exit' handler, after the plugin's output is written and
- * Node's stdout and stderr are closed, so a runtime has everything it would have had. What is
+ * named by BERTH_STATUS_FD) as the last thing Node does before it ends, after every 'exit'
+ * listener, with the plugin's output written and Node's stdout and stderr closed, so a runtime
+ * has everything it would have had. What is
  * left is the kernel tearing down a ~50 MB Node process (unmapping it: ~3 ms here), which no
  * runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
  * the launcher (a timeout) kills the plugin, as before. A Node that dies without sending its
@@ -435,32 +436,48 @@ static char *cold_env[MAX_COLD_ENV + 2];
 static char status_var[32];
 
 /*
- * The runtime's environment for Node, minus any BERTH_STATUS_FD of its own (boot.cjs would
- * write into that descriptor); NULL when it has more than MAX_COLD_ENV entries. Sets *count.
+ * Takes any BERTH_STATUS_FD of the runtime's own out of this process's environment, in place
+ * (boot.cjs would write into that descriptor; Node reads the first of duplicate variables).
+ * Returns the number of entries left.
  */
-static char **cold_environ(size_t *count) {
+static size_t drop_status_fd_var(void) {
   size_t n = 0;
   for (char **e = rt_environ; *e; e++) {
-    if (rt_startswith(*e, "BERTH_STATUS_FD=")) continue;
-    if (n == MAX_COLD_ENV) return (char **)0;
-    cold_env[n++] = *e;
+    if (!rt_startswith(*e, "BERTH_STATUS_FD=")) rt_environ[n++] = *e;
   }
-  cold_env[n] = (char *)0;
-  *count = n;
-  return cold_env;
+  rt_environ[n] = (char *)0;
+  return n;
+}
+
+/* Moves a descriptor to 3 or above: with fds 0-2 closed by the runtime, pipe2 would hand out one of those. */
+static int above_stdio(int fd) {
+  if (fd > 2) return fd;
+  int moved = sys_fcntl_dupfd_cloexec(fd, 3);
+  sys_close(fd);
+  return moved;
 }
 
 /* Returns only when Node cannot be started as a child (the caller then execs Node itself). */
 static void run_node_child(char *const argv[], const char *type, const char *why, const char *what) {
-  size_t n = 0;
-  if (!cold_environ(&n)) return;
+  size_t n = drop_status_fd_var();
+  if (n > MAX_COLD_ENV) return;
   int sp[2];
   if (sys_pipe2(sp, O_CLOEXEC) < 0) return;
+  sp[0] = above_stdio(sp[0]);
+  sp[1] = above_stdio(sp[1]);
+  if (sp[0] < 0 || sp[1] < 0) {
+    if (sp[0] >= 0) sys_close(sp[0]);
+    if (sp[1] >= 0) sys_close(sp[1]);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) cold_env[i] = rt_environ[i];
   struct rt_buf sb = {status_var, sizeof status_var, 0, 0};
   rt_put(&sb, "BERTH_STATUS_FD=");
   rt_put_int(&sb, sp[1]);
-  cold_env[n++] = status_var;
-  cold_env[n] = (char *)0;
+  cold_env[n] = status_var;
+  cold_env[n + 1] = (char *)0;
+  /* A SIGCHLD the runtime left ignored would have the kernel reap Node before our wait4. */
+  sys_default_action(SIGCHLD);
   int parent = sys_getpid();
   int pid = sys_fork();
   if (pid < 0) {
@@ -470,6 +487,7 @@ static void run_node_child(char *const argv[], const char *type, const char *why
   }
   if (pid == 0) {
     sys_close(sp[0]);
+    /* Unchecked: without it only the kill-Node-with-the-launcher property is lost. */
     sys_prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (sys_getppid() != parent) sys_exit(1); /* the launcher was killed before prctl took */
     sys_fcntl(sp[1], F_SETFD, 0);             /* the status pipe, and only it, survives exec */
@@ -486,7 +504,12 @@ static void run_node_child(char *const argv[], const char *type, const char *why
   int w;
   do w = sys_wait4(pid, &status);
   while (w == -EINTR);
-  if (w < 0) fail_errno(type, why, "cold path: waiting for Node", -w);
+  if (w < 0) {
+    /* Node may have written its answer already: nothing more on stdout, only a log line. */
+    static const char msg[] = "berth launcher: lost the exit status of the cold-path Node process\n";
+    sys_write(2, msg, sizeof msg - 1);
+    sys_exit(1);
+  }
   if ((status & 0x7f) == 0) sys_exit((status >> 8) & 0xff);
   sys_raise_default(status & 0x7f);
   sys_exit(128 + (status & 0x7f));
@@ -543,9 +566,8 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
   /* Without boot.cjs nothing would send the status: Node then simply replaces this process. */
   int have_boot = sys_access(boot, R_OK) == 0;
   if (have_boot) run_node_child(with_boot, type, why, what);
-  size_t count = 0;
-  char **env = cold_environ(&count);
-  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, env ? env : rt_environ));
+  drop_status_fd_var();
+  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, rt_environ));
 }
 
 int main(int argc, char **argv) {

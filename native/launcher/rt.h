@@ -158,10 +158,22 @@ static inline int sys_wait4(int pid, int *status) { return (int)SC4(__NR_wait4, 
 static inline int sys_prctl(int option, unsigned long arg) { return (int)SC5(__NR_prctl, option, arg, 0, 0, 0); }
 static inline int sys_getpid(void) { return (int)SC0(__NR_getpid); }
 static inline int sys_getppid(void) { return (int)SC0(__NR_getppid); }
-/* Dies of `sig` as the default action would (unblocked, handler reset); returns if it did not. */
-static inline void sys_raise_default(int sig) {
+static inline int sys_fcntl_dupfd_cloexec(int fd, int min) { return (int)SC3(__NR_fcntl, fd, F_DUPFD_CLOEXEC, min); }
+/* The default action for `sig` (SIG_DFL), whatever this process inherited. */
+static inline void sys_default_action(int sig) {
   struct rt_sigaction sa = {.handler = 0 /* SIG_DFL */};
   SC4(__NR_rt_sigaction, sig, &sa, 0, 8);
+}
+/*
+ * Dies of `sig` as the default action would (unblocked, handler reset); returns if it did not.
+ * Without a core file of its own: the process that crashed has already written one.
+ */
+static inline void sys_raise_default(int sig) {
+  sys_default_action(sig);
+  struct {
+    uint64_t cur, max;
+  } no_core = {0, 0};
+  SC4(__NR_prlimit64, 0, 4 /* RLIMIT_CORE */, &no_core, 0);
   unsigned long set = 1UL << (sig - 1);
   SC4(__NR_rt_sigprocmask, 1 /* SIG_UNBLOCK */, &set, 0, 8);
   SC2(__NR_kill, sys_getpid(), sig);

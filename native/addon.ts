@@ -31,6 +31,16 @@ export interface StatFs {
   flags: number;
 }
 
+/** A connection as unixAccept took it: peer credentials and what it had sent so far. */
+export interface AcceptedConnection {
+  fd: number;
+  pid: number;
+  uid: number;
+  data: Buffer;
+  /** The peer shut its side (or reset): no more bytes will come. */
+  eof: boolean;
+}
+
 export interface FdWatcher {
   stop(): void;
 }
@@ -51,6 +61,9 @@ export interface Addon {
   nlAddMembership(fd: number, group: number): void;
   FdWatcher: new (fd: number, onReadable: (status: number) => void) => FdWatcher;
   getPeerCred(fd: number): { pid: number; uid: number; gid: number };
+  unixListen(path: string, backlog: number): number;
+  unixAccept(listenFd: number, maxBytes: number): AcceptedConnection[];
+  unixSend(fd: number, data: Buffer): number;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   /** New mount API (fsopen/fsconfig/fsmount/move_mount); errors carry `detail`, the kernel's own message. */

@@ -7,6 +7,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   berth::InitNetns(env, exports);
   berth::InitNetlink(env, exports);
   berth::InitStorage(env, exports);
+  berth::InitUnixServe(env, exports);
   return exports;
 }
 

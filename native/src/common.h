@@ -57,5 +57,6 @@ inline bool OptStrArg(const Napi::CallbackInfo& info, size_t i, std::string* out
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitStorage(Napi::Env env, Napi::Object exports);
+void InitUnixServe(Napi::Env env, Napi::Object exports);
 
 }  // namespace berth

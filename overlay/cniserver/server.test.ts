@@ -1,6 +1,6 @@
 // The CNI server in this process, with a probe plugin: how it tells the netlink layer whether
 // short requests may run on the main thread (alone) or must go to the thread pool (concurrent).
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
@@ -80,5 +80,118 @@ describe("CNI server: lookups inline or on the thread pool", () => {
     expect(seen.one![1]).toBe(false);
     expect(seen.two![1]).toBe(false);
     expect(Rtnl.shortRequestsInline()).toBe(true);
+  });
+});
+
+describe("CNI server: connections off the common path", () => {
+  // A probe whose ADD answers with `size` bytes of stdout (a Result's dns.search entry).
+  const bigAnswer = (size: number): Plugin => ({
+    name: "probe",
+    async add(req): Promise<Result> {
+      return { cniVersion: req.config.cniVersion, dns: { search: ["x".repeat(size)] } };
+    },
+    async del() {},
+    async check() {},
+  });
+  const env = (cid: string) => ({
+    CNI_COMMAND: "ADD",
+    CNI_CONTAINERID: cid,
+    CNI_NETNS: "/proc/self/ns/net",
+    CNI_IFNAME: "eth0",
+    CNI_PATH: "/nonexistent",
+    CNI_NETNS_OVERRIDE: "1",
+  });
+  const request = (cid: string) =>
+    encodeRequest({ type: "probe", env: env(cid), stdin: Buffer.from('{"cniVersion":"1.0.0","name":"probe","type":"probe"}') });
+
+  /** Sends `parts` with `gapMs` between them and reads the whole answer, at `readDelayMs` after connecting. */
+  function exchange(path: string, parts: Buffer[], gapMs = 0, readDelayMs = 0): Promise<{ raw: Buffer; ended: boolean }> {
+    return new Promise((done, fail) => {
+      const s = connect(path);
+      const chunks: Buffer[] = [];
+      s.on("error", fail);
+      s.on("connect", async () => {
+        for (const [i, p] of parts.entries()) {
+          if (i > 0 && gapMs) await new Promise((r) => setTimeout(r, gapMs));
+          s.write(p);
+        }
+      });
+      if (readDelayMs) s.pause();
+      setTimeout(() => s.resume(), readDelayMs);
+      s.on("data", (b: Buffer) => chunks.push(b));
+      s.on("close", () => done({ raw: Buffer.concat(chunks), ended: true }));
+    });
+  }
+
+  it("a request that arrives in pieces, 50 ms apart, is read to its end and answered", async () => {
+    server = await startCniServer({ socketPath: join(dir, "cni.sock"), plugins: { probe: bigAnswer(10) } });
+    const req = request("pieces");
+    const r = await exchange(server.socketPath, [req.subarray(0, 5), req.subarray(5, 40), req.subarray(40)], 50);
+    const res = decodeResponse(r.raw);
+    expect(res.exitCode, res.stderr.toString()).toBe(0);
+    expect(JSON.parse(res.stdout.toString()).dns.search[0]).toBe("x".repeat(10));
+  });
+
+  it("an answer larger than the socket buffer reaches a slow reader whole", async () => {
+    server = await startCniServer({ socketPath: join(dir, "cni.sock"), plugins: { probe: bigAnswer(3 << 20) } });
+    const r = await exchange(server.socketPath, [request("big")], 0, 300);
+    const res = decodeResponse(r.raw);
+    expect(res.exitCode, res.stderr.toString()).toBe(0);
+    expect(JSON.parse(res.stdout.toString()).dns.search[0]).toHaveLength(3 << 20);
+  });
+
+  it("a wrong frame is a decode error; a launcher that closes early or never finishes is dropped", async () => {
+    const lines: string[] = [];
+    server = await startCniServer({
+      socketPath: join(dir, "cni.sock"),
+      plugins: { probe: bigAnswer(1) },
+      requestTimeoutMs: 300,
+      log: (l) => lines.push(l),
+    });
+    const wrong = request("wrong");
+    wrong.writeUInt16LE(2, 6); // kind: a response frame
+    const bad = decodeResponse((await exchange(server.socketPath, [wrong])).raw);
+    expect(bad.exitCode).toBe(1);
+    expect(JSON.parse(bad.stdout.toString())).toMatchObject({ code: 6 });
+    // Half a request, then the launcher's side closes: no answer, the server goes on.
+    await new Promise<void>((done, fail) => {
+      const s = connect(server!.socketPath, () => s.end(request("half").subarray(0, 20)));
+      s.on("error", fail);
+      s.on("close", () => done());
+      s.resume();
+    });
+    // Half a request and then silence: dropped after requestTimeoutMs.
+    const t0 = performance.now();
+    const silent = await exchange(server.socketPath, [request("silent").subarray(0, 20)]);
+    expect(silent.raw.length).toBe(0);
+    expect(performance.now() - t0).toBeGreaterThan(250);
+    expect(lines.join("\n")).toMatch(/closed the connection before sending its whole request/);
+    expect(lines.join("\n")).toMatch(/no complete request within 300 ms/);
+    // And a whole request is still served.
+    const ok = decodeResponse((await exchange(server.socketPath, [request("after")])).raw);
+    expect(ok.exitCode).toBe(0);
+  });
+
+  it("close() lets an invocation in flight answer, then removes the socket file", async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((r) => (release = r));
+    const slow: Plugin = {
+      ...bigAnswer(1),
+      async add(req): Promise<Result> {
+        await held;
+        return { cniVersion: req.config.cniVersion };
+      },
+    };
+    server = await startCniServer({ socketPath: join(dir, "cni.sock"), plugins: { probe: slow } });
+    const path = server.socketPath;
+    const answer = exchange(path, [request("inflight")]);
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = server.close();
+    server = undefined;
+    await new Promise((r) => setTimeout(r, 50));
+    release();
+    await closing;
+    expect(decodeResponse((await answer).raw).exitCode).toBe(0);
+    expect(existsSync(path)).toBe(false);
   });
 });

@@ -8,7 +8,7 @@
 
 import { createHash } from "node:crypto";
 import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
-import { connect, createServer, type Server, type Socket } from "node:net";
+import { connect, Socket } from "node:net";
 import { dirname } from "node:path";
 import { useNativeSha256 } from "../../cni/digest.ts";
 import { LeaseStore } from "../../cni/ipam/store.ts";
@@ -16,7 +16,7 @@ import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { NEWEST_VERSION } from "../../cni/spec/version.ts";
-import { addon } from "../../native/addon.ts";
+import { type AcceptedConnection, addon } from "../../native/addon.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
@@ -75,45 +75,52 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);
-  const server = createServer((socket) => {
-    open.add(socket);
-    socket.on("close", () => open.delete(socket));
-    socket.on("error", () => {}); // a launcher that died mid-request: nothing to tell it
-    serveConnection(socket, { registry, serialiser, log, ownUid, requestTimeoutMs }).catch((e) => {
-      log(`cni server: connection failed: ${e instanceof Error ? e.message : String(e)}`);
-      socket.destroy();
-    });
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(socketPath, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
+  const ctx: ConnectionContext = { registry, serialiser, log, ownUid, requestTimeoutMs, open, pending: new Set() };
+  let listenFd: number;
+  try {
+    listenFd = addon().unixListen(socketPath, 511);
+  } catch (e) {
+    await retirement.close();
+    throw e;
+  }
   // Connections that slip in before the chmod are still subject to the peer check.
   chmodSync(socketPath, 0o600);
   if (ownUid === 0) chownSync(socketPath, 0, 0);
   const ino = lstatSync(socketPath).ino;
-  server.on("error", (e) => log(`cni server: ${e.message}`));
+  const watcher = new (addon().FdWatcher)(listenFd, () => {
+    let accepted: AcceptedConnection[];
+    try {
+      accepted = addon().unixAccept(listenFd, HEADER_BYTES + MAX_REQUEST_BODY_BYTES);
+    } catch (e) {
+      log(`cni server: ${e instanceof Error ? e.message : String(e)}`);
+      return;
+    }
+    for (const c of accepted) {
+      const served = serveConnection(c, ctx).catch((e) => {
+        log(`cni server: connection failed: ${e instanceof Error ? e.message : String(e)}`);
+      });
+      ctx.pending.add(served);
+      void served.finally(() => ctx.pending.delete(served));
+    }
+  });
   log(`cni server: listening on ${socketPath} for ${registry.types().join(", ")}`);
 
   return {
     socketPath,
     close: async () => {
-      await closeServer(server, socketPath, ino, open, serialiser);
+      watcher.stop();
+      addon().close(listenFd);
+      await closeConnections(socketPath, ino, ctx);
       await retirement.close();
     },
   };
 }
 
-async function closeServer(server: Server, socketPath: string, ino: number, open: Set<Socket>, serialiser: KeyedSerialiser) {
-  await new Promise<void>((resolve) => {
-    server.close(() => resolve());
-    // Idle connections (no request yet) would hold close() forever; busy ones finish first.
-    for (const s of open) if (!busy.has(s)) s.destroy();
-  });
-  await serialiser.drain();
+async function closeConnections(socketPath: string, ino: number, ctx: ConnectionContext) {
+  // Idle connections (no complete request yet) would wait for their timeout; busy ones finish.
+  for (const s of ctx.open) if (!busy.has(s)) s.destroy();
+  await Promise.allSettled([...ctx.pending]);
+  await ctx.serialiser.drain();
   // Remove the socket file only if it is still ours (a successor may have replaced it).
   try {
     if (lstatSync(socketPath).ino === ino) unlinkSync(socketPath);
@@ -164,17 +171,100 @@ interface ConnectionContext {
   log: (line: string) => void;
   ownUid: number;
   requestTimeoutMs: number;
+  /** net.Sockets made for connections off the common path (see Connection). */
+  open: Set<Socket>;
+  /** Every accepted connection until it is answered or dropped: close() waits for them. */
+  pending: Set<Promise<void>>;
 }
 
-async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<void> {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== "number" || fd < 0) throw new Error("cannot read the connection's file descriptor");
-  const peer = addon().getPeerCred(fd);
-  if (peer.uid !== 0 && peer.uid !== ctx.ownUid) {
-    ctx.log(`cni server: refused pid ${peer.pid} uid ${peer.uid}: only root may run CNI plugins through the agent`);
-    socket.end(
+/**
+ * One launcher's connection, as unixAccept took it. The common case never makes a net.Socket:
+ * the request came whole with the accept and the reply fits the socket buffer (unixSend). A
+ * request still arriving, or the rest of a reply too large to write at once, is handed to a
+ * net.Socket made from the descriptor, which then owns it.
+ */
+class Connection {
+  private socket: Socket | undefined;
+  private closed = false;
+
+  constructor(
+    private readonly fd: number,
+    private readonly open: Set<Socket>,
+  ) {}
+
+  /** The rest of a request that had not all arrived at the accept (a net.Socket reads it). */
+  readRest(first: Buffer, timeoutMs: number): Promise<InvocationRequest> {
+    return readRequest(this.asSocket(true), timeoutMs, first);
+  }
+
+  /** Marks the connection busy (close() lets it finish) while an invocation runs. */
+  setBusy(on: boolean): void {
+    if (!this.socket) return;
+    if (on) busy.add(this.socket);
+    else busy.delete(this.socket);
+  }
+
+  /** Writes `data` and closes; a launcher that is gone is not an error. */
+  reply(data: Buffer): void {
+    if (this.closed) return;
+    if (this.socket) {
+      if (!this.socket.destroyed) this.socket.end(data);
+      this.closed = true;
+      return;
+    }
+    const written = addon().unixSend(this.fd, data);
+    if (written < 0 || written === data.length) {
+      this.destroy();
+      return;
+    }
+    this.asSocket(false).end(data.subarray(written));
+    this.closed = true;
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.socket) this.socket.destroy();
+    else addon().close(this.fd);
+  }
+
+  private asSocket(readable: boolean): Socket {
+    if (!this.socket) {
+      const s = new Socket({ fd: this.fd, readable, writable: true });
+      this.open.add(s);
+      s.on("close", () => this.open.delete(s));
+      s.on("error", () => {}); // a launcher that died mid-request: nothing to tell it
+      this.socket = s;
+    }
+    return this.socket;
+  }
+}
+
+/** The request in `data` when it is all there; undefined when more is to come. */
+function completeRequest(data: Buffer): InvocationRequest | undefined {
+  if (data.length < HEADER_BYTES) return undefined;
+  const need = requestFrameBytes(data);
+  if (data.length < need) return undefined;
+  if (data.length > need) throw new ProtocolError("data after the request frame");
+  return decodeRequest(data.subarray(HEADER_BYTES));
+}
+
+/** The whole frame's size from its header; a wrong kind or an oversized body is a ProtocolError. */
+function requestFrameBytes(data: Buffer): number {
+  const h = parseHeader(data);
+  if (h.kind !== KIND_REQUEST) throw new ProtocolError(`expected a request frame, got kind ${h.kind}`);
+  if (h.length > MAX_REQUEST_BODY_BYTES)
+    throw new ProtocolError(`request of ${h.length} bytes exceeds ${MAX_REQUEST_BODY_BYTES}`);
+  return HEADER_BYTES + h.length;
+}
+
+async function serveConnection(c: AcceptedConnection, ctx: ConnectionContext): Promise<void> {
+  const conn = new Connection(c.fd, ctx.open);
+  if (c.uid !== 0 && c.uid !== ctx.ownUid) {
+    ctx.log(`cni server: refused pid ${c.pid} uid ${c.uid}: only root may run CNI plugins through the agent`);
+    conn.reply(
       encodeResponse(
-        errorResponse(NEWEST_VERSION, ErrorCode.Internal, `berth agent refuses uid ${peer.uid}: CNI plugins must run as root`),
+        errorResponse(NEWEST_VERSION, ErrorCode.Internal, `berth agent refuses uid ${c.uid}: CNI plugins must run as root`),
       ),
     );
     return;
@@ -182,33 +272,39 @@ async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<
 
   let req: InvocationRequest;
   try {
-    req = await readRequest(socket, ctx.requestTimeoutMs);
+    const whole = completeRequest(c.data);
+    if (whole) req = whole;
+    else if (c.eof) throw new Error("launcher closed the connection before sending its whole request");
+    else req = await conn.readRest(c.data, ctx.requestTimeoutMs);
   } catch (e) {
-    if (!(e instanceof ProtocolError)) throw e;
-    ctx.log(`cni server: pid ${peer.pid}: ${e.message}`);
-    socket.end(encodeResponse(errorResponse(NEWEST_VERSION, ErrorCode.DecodeFailure, `berth agent: ${e.message}`)));
+    if (!(e instanceof ProtocolError)) {
+      conn.destroy();
+      throw e;
+    }
+    ctx.log(`cni server: pid ${c.pid}: ${e.message}`);
+    conn.reply(encodeResponse(errorResponse(NEWEST_VERSION, ErrorCode.DecodeFailure, `berth agent: ${e.message}`)));
     return;
   }
-  busy.add(socket);
+  conn.setBusy(true);
   inFlight++;
   const key = serialisationKey(req);
-  const run = () => invoke(ctx.registry, req, peer.pid, ctx.log);
+  const run = () => invoke(ctx.registry, req, c.pid, ctx.log);
   const started = performance.now();
   // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
   const res = await (key ? ctx.serialiser.run(key, run) : run()).finally(() => inFlight--);
-  busy.delete(socket);
+  conn.setBusy(false);
   const env = req.env;
   ctx.log(
-    `cni server: served pid ${peer.pid} ${req.type} ${env.CNI_COMMAND ?? "?"} ${env.CNI_CONTAINERID ?? ""} ${env.CNI_IFNAME ?? ""}: ` +
+    `cni server: served pid ${c.pid} ${req.type} ${env.CNI_COMMAND ?? "?"} ${env.CNI_CONTAINERID ?? ""} ${env.CNI_IFNAME ?? ""}: ` +
       `exit ${res.exitCode} in ${(performance.now() - started).toFixed(1)} ms`,
   );
-  if (!socket.destroyed) socket.end(encodeResponse(res));
+  conn.reply(encodeResponse(res));
 }
 
-function readRequest(socket: Socket, timeoutMs: number): Promise<InvocationRequest> {
+function readRequest(socket: Socket, timeoutMs: number, first: Buffer): Promise<InvocationRequest> {
   return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let have = 0;
+    const chunks: Buffer[] = [first];
+    let have = first.length;
     let need = -1;
     const done = (err: Error | undefined, req?: InvocationRequest) => {
       socket.off("data", onData);
@@ -222,13 +318,7 @@ function readRequest(socket: Socket, timeoutMs: number): Promise<InvocationReque
       chunks.push(chunk);
       have += chunk.length;
       try {
-        if (need < 0 && have >= HEADER_BYTES) {
-          const h = parseHeader(Buffer.concat(chunks, have));
-          if (h.kind !== KIND_REQUEST) throw new ProtocolError(`expected a request frame, got kind ${h.kind}`);
-          if (h.length > MAX_REQUEST_BODY_BYTES)
-            throw new ProtocolError(`request of ${h.length} bytes exceeds ${MAX_REQUEST_BODY_BYTES}`);
-          need = HEADER_BYTES + h.length;
-        }
+        if (need < 0 && have >= HEADER_BYTES) need = requestFrameBytes(Buffer.concat(chunks, have));
         if (need >= 0 && have >= need) {
           if (have > need) throw new ProtocolError("data after the request frame");
           socket.pause();

@@ -1,8 +1,12 @@
 // The agent runs plugin code for its whole life: 200 ADD/DEL cycles must leave its open file
-// descriptors (netlink sockets, netns fds, databases) exactly as they were.
+// descriptors (netlink sockets, netns fds, databases) exactly as they were, and running out of
+// descriptors must not stop it for good.
+import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { connect, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { decodeResponse, encodeRequest } from "../../overlay/cniserver/protocol.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
 import { describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
@@ -83,4 +87,55 @@ describe.skipIf(!built)("agent resources", () => {
       sandbox.deleteNetns(ns.name);
     });
   }
+});
+
+describe.skipIf(!built)("agent out of file descriptors", () => {
+  const BUNDLE = resolve(import.meta.dirname, "../../build/berth.cjs");
+
+  it("pauses accepting while accept4 fails with EMFILE, then serves again", { timeout: 60_000 }, async () => {
+    const dir = mkdtempSync(`/tmp/${testPrefix()}-`);
+    const socketPath = join(dir, "cni.sock");
+    // 96 descriptors: the agent's own take a few dozen, so idle launchers exhaust the rest.
+    const agent = spawn("prlimit", ["--nofile=96:96", process.execPath, BUNDLE, "cni-server", "--socket", socketPath], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    agent.stdout.on("data", (b: Buffer) => (out += b.toString()));
+    agent.stderr.on("data", (b: Buffer) => (out += b.toString()));
+    const exited = new Promise((r) => agent.once("exit", r));
+    const waitFor = async (re: RegExp, ms: number) => {
+      for (let t = 0; t < ms && !re.test(out); t += 20) await new Promise((r) => setTimeout(r, 20));
+      return re.test(out);
+    };
+    const idle: Socket[] = [];
+    try {
+      expect(await waitFor(/listening /, 20_000), out).toBe(true);
+      // Launchers that connect and send nothing: each holds one of the agent's descriptors.
+      for (let i = 0; i < 150; i++) {
+        const s = connect(socketPath);
+        s.on("error", () => {});
+        idle.push(s);
+      }
+      expect(await waitFor(/EMFILE.*accepting again in \d+ ms/, 10_000), out).toBe(true);
+      for (const s of idle) s.destroy();
+      const answer = await new Promise<Buffer>((done, fail) => {
+        const s = connect(socketPath);
+        const chunks: Buffer[] = [];
+        s.on("data", (b: Buffer) => chunks.push(b));
+        s.on("error", fail);
+        s.on("close", () => done(Buffer.concat(chunks)));
+        s.write(
+          encodeRequest({ type: "berth-bridge", env: { CNI_COMMAND: "VERSION" }, stdin: Buffer.from('{"cniVersion":"1.0.0"}') }),
+        );
+      });
+      const res = decodeResponse(answer);
+      expect(res.exitCode, res.stderr.toString()).toBe(0);
+      expect(JSON.parse(res.stdout.toString()).supportedVersions).toContain("1.1.0");
+    } finally {
+      for (const s of idle) s.destroy();
+      agent.kill("SIGTERM");
+      await exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

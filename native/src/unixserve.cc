@@ -50,6 +50,9 @@ Napi::Value UnixAccept(const Napi::CallbackInfo& info) {
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      // Out of descriptors (EMFILE) or memory: the connections taken so far go to the caller
+      // (thrown away, their descriptors would be lost for good); the error comes next call.
+      if (out.Length() > 0) break;
       ThrowSys(env, errno, "accept4");
     }
     struct ucred cred = {};

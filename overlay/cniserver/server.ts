@@ -87,12 +87,23 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   chmodSync(socketPath, 0o600);
   if (ownUid === 0) chownSync(socketPath, 0, 0);
   const ino = lstatSync(socketPath).ino;
-  const watcher = new (addon().FdWatcher)(listenFd, () => {
+  let closing = false;
+  let retry: NodeJS.Timeout | undefined;
+  const onReadable = () => {
     let accepted: AcceptedConnection[];
     try {
       accepted = addon().unixAccept(listenFd, HEADER_BYTES + MAX_REQUEST_BODY_BYTES);
     } catch (e) {
-      log(`cni server: ${e instanceof Error ? e.message : String(e)}`);
+      // Out of descriptors or memory: the listening socket stays readable, so stop watching it
+      // for a moment instead of failing in a loop; waiting connections are taken after.
+      const code = (e as { code?: unknown }).code;
+      log(
+        `cni server: ${code ? `${String(code)}: ` : ""}${e instanceof Error ? e.message : String(e)}; accepting again in ${ACCEPT_RETRY_MS} ms`,
+      );
+      watcher.stop();
+      retry = setTimeout(() => {
+        if (!closing) watcher = new (addon().FdWatcher)(listenFd, onReadable);
+      }, ACCEPT_RETRY_MS);
       return;
     }
     for (const c of accepted) {
@@ -102,12 +113,15 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
       ctx.pending.add(served);
       void served.finally(() => ctx.pending.delete(served));
     }
-  });
+  };
+  let watcher = new (addon().FdWatcher)(listenFd, onReadable);
   log(`cni server: listening on ${socketPath} for ${registry.types().join(", ")}`);
 
   return {
     socketPath,
     close: async () => {
+      closing = true;
+      clearTimeout(retry);
       watcher.stop();
       addon().close(listenFd);
       await closeConnections(socketPath, ino, ctx);
@@ -128,6 +142,9 @@ async function closeConnections(socketPath: string, ino: number, ctx: Connection
     // already gone
   }
 }
+
+/** How long accepting pauses after accept4 failed (EMFILE, ENOMEM). */
+const ACCEPT_RETRY_MS = 100;
 
 /** Sockets with an invocation in flight: close() lets them finish. */
 const busy = new WeakSet<Socket>();

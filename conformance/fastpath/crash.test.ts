@@ -56,10 +56,12 @@ describe.skipIf(!built)("agent killed during 100 parallel ADDs", () => {
 
     const first = await ServerProcess.start(socketPath);
     servers.push(first);
-    // 60 ADDs start; once the agent has answered a few, it is killed and the other 40 start:
-    // the first batch is answered or in flight, the second finds only a stale socket file.
+    // 60 ADDs start, one every 3 ms; once the agent has answered a few, it is killed and the
+    // other 40 start: the first batch is answered, in flight or (the last of it) on the cold
+    // path, the second finds only a stale socket file. Started all at once, the first batch could
+    // all be answered in the agent's first few event-loop turns, before the kill: none in flight.
     const EARLY = 60;
-    const early = Array.from({ length: EARLY }, (_, i) => run("ADD", i));
+    const early = Array.from({ length: EARLY }, (_, i) => new Promise((r) => setTimeout(r, i * 3)).then(() => run("ADD", i)));
     await new Promise<void>((done) => {
       const poll = setInterval(() => {
         if (first.served() >= 5) {

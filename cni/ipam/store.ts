@@ -158,8 +158,10 @@ declare const __BERTH_SQLITE_ADDON__: string | undefined;
 function sqliteBinding(): object | undefined {
   if (binding === undefined) {
     try {
+      // bundledFile has checked that its path exists.
+      const bundled = bundledFile(typeof __BERTH_SQLITE_ADDON__ === "string" ? __BERTH_SQLITE_ADDON__ : undefined);
       const file =
-        bundledFile(typeof __BERTH_SQLITE_ADDON__ === "string" ? __BERTH_SQLITE_ADDON__ : undefined) ??
+        bundled ??
         join(
           dirname(
             createRequire(typeof __filename === "string" ? __filename : import.meta.url).resolve("better-sqlite3/package.json"),
@@ -168,7 +170,7 @@ function sqliteBinding(): object | undefined {
           "Release",
           "better_sqlite3.node",
         );
-      binding = existsSync(file) ? loadNativeAddon<object>(file) : null;
+      binding = bundled || existsSync(file) ? loadNativeAddon<object>(file) : null;
     } catch {
       binding = null;
     }

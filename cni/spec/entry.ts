@@ -116,14 +116,14 @@ function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer): Re
   };
 }
 
+/** This process's own netns, stat'ed once: the agent checks every invocation against it. */
+let ownNetns: { dev: number; ino: number } | undefined;
+
 /**
  * libcni's guard: a CNI_NETNS that is the plugin's own namespace would configure the host
  * (plugins#714). Compared by device and inode; a path that cannot be stat'ed is left for the
  * plugin to report (DEL must tolerate a vanished netns).
  */
-/** This process's own netns, stat'ed once: the agent checks every invocation against it. */
-let ownNetns: { dev: number; ino: number } | undefined;
-
 function refuseOwnNetns(netns: string): void {
   let target: { dev: number; ino: number } | undefined;
   try {

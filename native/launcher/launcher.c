@@ -424,9 +424,8 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
  * status, not when Node's process is gone. boot.cjs sends the status (one byte on the pipe
  * named by BERTH_STATUS_FD) as the last thing Node does before it ends, after every 'exit'
  * listener, with the plugin's output written and Node's stdout and stderr closed, so a runtime
- * has everything it would have had. What is
- * left is the kernel tearing down a ~50 MB Node process (unmapping it: ~3 ms here), which no
- * runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
+ * has everything it would have had. What is left is the kernel tearing down a ~50 MB Node
+ * process (unmapping it: ~3 ms here), which no runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
  * the launcher (a timeout) kills the plugin, as before. A Node that dies without sending its
  * status (a signal, an abort, an uncaught error) closes the pipe by dying: its status is then
  * the wait4() result, a signal reproduced as the same signal.
@@ -452,7 +451,7 @@ static size_t drop_status_fd_var(void) {
 /* Moves a descriptor to 3 or above: with fds 0-2 closed by the runtime, pipe2 would hand out one of those. */
 static int above_stdio(int fd) {
   if (fd > 2) return fd;
-  int moved = sys_fcntl_dupfd_cloexec(fd, 3);
+  int moved = sys_fcntl(fd, F_DUPFD_CLOEXEC, 3);
   sys_close(fd);
   return moved;
 }
@@ -477,7 +476,7 @@ static void run_node_child(char *const argv[], const char *type, const char *why
   cold_env[n] = status_var;
   cold_env[n + 1] = (char *)0;
   /* A SIGCHLD the runtime left ignored would have the kernel reap Node before our wait4. */
-  sys_default_action(SIGCHLD);
+  sys_set_handler(SIGCHLD, SIG_DFL_HANDLER);
   int parent = sys_getpid();
   int pid = sys_fork();
   if (pid < 0) {

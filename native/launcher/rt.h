@@ -49,6 +49,7 @@ typedef long ssize_t;
 #define SIGKILL 9
 #define SIGCHLD 17
 #define PR_SET_PDEATHSIG 1
+#define SIG_DFL_HANDLER 0UL
 #define SIG_IGN_HANDLER 1UL
 #define ARCH_SET_FS 0x1002
 #define AT_RANDOM 25
@@ -147,10 +148,12 @@ static inline void *sys_mmap_anon(size_t len) {
   long r = SC6(__NR_mmap, 0, len, 0x1 | 0x2, 0x02 | 0x20, -1, 0);
   return r < 0 && r > -4096 ? (void *)0 : (void *)r;
 }
-static inline void sys_ignore_sigpipe(void) {
-  struct rt_sigaction sa = {.handler = SIG_IGN_HANDLER};
-  SC4(__NR_rt_sigaction, SIGPIPE, &sa, 0, 8);
+/* Sets `sig`'s disposition to `handler` (SIG_DFL_HANDLER or SIG_IGN_HANDLER), whatever was inherited. */
+static inline void sys_set_handler(int sig, unsigned long handler) {
+  struct rt_sigaction sa = {.handler = handler};
+  SC4(__NR_rt_sigaction, sig, &sa, 0, 8);
 }
+static inline void sys_ignore_sigpipe(void) { sys_set_handler(SIGPIPE, SIG_IGN_HANDLER); }
 static inline int sys_pipe2(int fds[2], int flags) { return (int)SC2(__NR_pipe2, fds, flags); }
 /* fork(2) as clone(SIGCHLD): arm64 has no fork system call. The child gets 0. */
 static inline int sys_fork(void) { return (int)SC5(__NR_clone, SIGCHLD, 0, 0, 0, 0); }
@@ -158,18 +161,12 @@ static inline int sys_wait4(int pid, int *status) { return (int)SC4(__NR_wait4, 
 static inline int sys_prctl(int option, unsigned long arg) { return (int)SC5(__NR_prctl, option, arg, 0, 0, 0); }
 static inline int sys_getpid(void) { return (int)SC0(__NR_getpid); }
 static inline int sys_getppid(void) { return (int)SC0(__NR_getppid); }
-static inline int sys_fcntl_dupfd_cloexec(int fd, int min) { return (int)SC3(__NR_fcntl, fd, F_DUPFD_CLOEXEC, min); }
-/* The default action for `sig` (SIG_DFL), whatever this process inherited. */
-static inline void sys_default_action(int sig) {
-  struct rt_sigaction sa = {.handler = 0 /* SIG_DFL */};
-  SC4(__NR_rt_sigaction, sig, &sa, 0, 8);
-}
 /*
  * Dies of `sig` as the default action would (unblocked, handler reset); returns if it did not.
  * Without a core file of its own: the process that crashed has already written one.
  */
 static inline void sys_raise_default(int sig) {
-  sys_default_action(sig);
+  sys_set_handler(sig, SIG_DFL_HANDLER);
   struct {
     uint64_t cur, max;
   } no_core = {0, 0};

@@ -472,8 +472,7 @@ export class Rtnl {
   linkGet(ref: LinkRef): Link | null {
     const op = `link show ${ref}`;
     const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-    const reply = this.guarded(op, () => addon().nlTransact(this.fd, this.build(RTM_GETLINK, NLM_F_REQUEST, encode)));
-    return linkOrNone(reply, op);
+    return linkOrNone(this.transactRaw(this.build(RTM_GETLINK, NLM_F_REQUEST, encode), op), op);
   }
 
   /**
@@ -484,6 +483,7 @@ export class Rtnl {
     if (Rtnl.shortRequestsInline()) return this.linkGet(ref);
     const op = `link show ${ref}`;
     const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
+    // Built inside the queued job (not transactRawAsync's prebuilt buffer): the writer is shared.
     const reply = await this.enqueue(() =>
       this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), this.build(RTM_GETLINK, NLM_F_REQUEST, encode))),
     );

@@ -87,7 +87,6 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   chmodSync(socketPath, 0o600);
   if (ownUid === 0) chownSync(socketPath, 0, 0);
   const ino = lstatSync(socketPath).ino;
-  let closing = false;
   let retry: NodeJS.Timeout | undefined;
   const onReadable = () => {
     let accepted: AcceptedConnection[];
@@ -102,7 +101,7 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
       );
       watcher.stop();
       retry = setTimeout(() => {
-        if (!closing) watcher = new (addon().FdWatcher)(listenFd, onReadable);
+        watcher = new (addon().FdWatcher)(listenFd, onReadable);
       }, ACCEPT_RETRY_MS);
       return;
     }
@@ -120,7 +119,6 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   return {
     socketPath,
     close: async () => {
-      closing = true;
       clearTimeout(retry);
       watcher.stop();
       addon().close(listenFd);

@@ -13,7 +13,7 @@
 // at or after x" is one index probe (the span starting at or before x; if it covers x, the
 // answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
 // address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
-import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync } from "node:fs";
+import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync, statSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
@@ -27,8 +27,8 @@ import { findRange, type RangeSet } from "./ranges.ts";
 export { IpamErrorCode };
 
 export const DATABASE_FILE = "ipam.db";
-/** The WAL size (pages) at which a plugin process's commit checkpoints the log (see openOnce). */
-export const WAL_CHECKPOINT_PAGES = 100;
+/** A WAL longer than this (~62 frames of 4 KiB pages) is checkpointed and truncated by its next opener (see truncateLongWal). */
+export const WAL_TRUNCATE_BYTES = 256 * 1024;
 
 /** Who holds a lease: the CNI attachment (container id, interface) within one network. */
 export interface LeaseOwner {
@@ -269,12 +269,7 @@ export class LeaseStore {
       // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
       // thread pool while the caller goes on, and gc() fsyncs it before returning.
       db.pragma(`synchronous = ${LeaseStore.deferSync ? "NORMAL" : "FULL"}`);
-      // A plugin process is usually the database's only connection, and SQLite's first
-      // connection rebuilds the WAL index by reading every frame of the log (~2 µs a frame
-      // here). At the default checkpoint threshold of 1,000 pages that is ~1 ms per call on
-      // average; at WAL_CHECKPOINT_PAGES it is ~0.1 ms, for a checkpoint (two fsyncs) every
-      // ~20 commits. The agent keeps its connection, and the index, open: it keeps the default.
-      if (!LeaseStore.deferSync) db.pragma(`wal_autocheckpoint = ${WAL_CHECKPOINT_PAGES}`);
+      truncateLongWal(db, path, timeoutMs);
       const init = db.transaction(() => {
         const version = db!.pragma("user_version", { simple: true }) as number;
         if (version === SCHEMA_VERSION) return;
@@ -690,6 +685,37 @@ export class LeaseStore {
       this.q.setSpanEnd.run(keyFromValue(x - 1n), lo);
       if (span.hi > x) this.q.insertSpan.run(keyFromValue(x + 1n), keyFromValue(span.hi));
     }
+  }
+}
+
+/**
+ * Keeps the WAL short when no process keeps the database open. SQLite restarts its log from the
+ * top only once a writer sees every frame checkpointed, and that count lives in the -shm index,
+ * which the first connection to open the database rebuilds from the log with nothing counted as
+ * checkpointed. Plugin processes on the cold path are each the only connection and exit with it
+ * open (a clean close would checkpoint and delete the log): so each appends its commit to a log
+ * that is never restarted, and each next opener's recovery reads all of it (~2.5 µs a frame
+ * here: ~9 ms after 800 cold calls, and growing). A resident agent keeps the index, and its
+ * checkpoints restart the log. So an opener that finds the log longer than WAL_TRUNCATE_BYTES
+ * checkpoints it and truncates it to nothing: a ~1 ms step every ~12 cold calls, and every opener
+ * reads at most ~60 frames. Best effort, without waiting: with another connection inside a
+ * transaction it gives up at once, and a later opener does it.
+ */
+function truncateLongWal(db: Database.Database, path: string, timeoutMs: number): void {
+  let size: number;
+  try {
+    size = statSync(`${path}-wal`).size;
+  } catch {
+    return; // no log yet
+  }
+  if (size <= WAL_TRUNCATE_BYTES) return;
+  db.pragma("busy_timeout = 0");
+  try {
+    db.pragma("wal_checkpoint(TRUNCATE)");
+  } catch (e) {
+    if (!isBusy(e)) throw e;
+  } finally {
+    db.pragma(`busy_timeout = ${timeoutMs}`);
   }
 }
 

@@ -109,6 +109,14 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
       throw new Error(`${entry} pulls server-side packages into a plugin bundle: ${pkgs.join(", ")}`);
     }
   }
+  if (lean) {
+    // esbuild escapes non-ASCII text in code but keeps some comments as written. One em dash in
+    // a comment makes the whole source a two-byte string for V8: a cold start then decodes and
+    // copies twice the bytes (~0.4 ms for the bridge bundle, measured). Escaped, it reads as Latin-1.
+    const text = readFileSync(tmp, "utf8");
+    const ascii = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+    if (ascii !== text) writeFileSync(tmp, ascii);
+  }
   if (executable) {
     const body = readFileSync(tmp, "utf8").replace(/^#!.*\n/, "");
     writeFileSync(tmp, `#!${process.execPath}\n${body}`);

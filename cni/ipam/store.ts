@@ -14,8 +14,8 @@
 // answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
 // address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
 import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync, statSync } from "node:fs";
-import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
 import { sleepSync } from "../spec/entry.ts";
@@ -160,12 +160,12 @@ function sqliteBinding(): object | undefined {
     try {
       // bundledFile has checked that its path exists.
       const bundled = bundledFile(typeof __BERTH_SQLITE_ADDON__ === "string" ? __BERTH_SQLITE_ADDON__ : undefined);
+      // import.meta.resolve, not createRequire: node:module's first load costs ~0.4 ms (a bundle
+      // never gets here; its import.meta is empty).
       const file =
         bundled ??
         join(
-          dirname(
-            createRequire(typeof __filename === "string" ? __filename : import.meta.url).resolve("better-sqlite3/package.json"),
-          ),
+          dirname(fileURLToPath(import.meta.resolve("better-sqlite3/package.json"))),
           "build",
           "Release",
           "better_sqlite3.node",

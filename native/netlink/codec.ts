@@ -1,9 +1,11 @@
 // Netlink wire format: message headers, attributes (TLVs, 4-byte aligned, nestable),
 // typed value helpers (IPv4/IPv6, MAC) and NLMSG_ERROR decoding with extended ack.
 // Netlink is host-endian; berth runs on little-endian machines (x86_64, arm64).
-import { endianness } from "node:os";
-
-if (endianness() !== "LE") throw new Error("berth netlink codec supports little-endian hosts only");
+// Checked on the typed arrays themselves, not with node:os, whose first load costs a cold plugin
+// start ~0.3 ms.
+if (new Uint8Array(new Uint16Array([1]).buffer)[0] !== 1) {
+  throw new Error("berth netlink codec supports little-endian hosts only");
+}
 
 export const NLMSG_HDRLEN = 16;
 export const NLA_HDRLEN = 4;

@@ -1,18 +1,52 @@
 import { createHash } from "node:crypto";
 import { describe, expect, it } from "vitest";
-import { randomBytes, sha256Hex, shortHash, useNativeSha256 } from "./digest.ts";
+import { addon, addonIfLoaded } from "../native/addon.ts";
+import { randomBytes, sha256Hex, sha256HexJs, shortHash } from "./digest.ts";
+
+/** Strings across SHA-256's block boundaries (one and two padding blocks), and multi-byte UTF-8. */
+const INPUTS = [
+  ...Array.from({ length: 200 }, (_, len) =>
+    Array.from({ length: len }, (_, i) => String.fromCharCode(32 + ((i * 7 + len) % 90))).join(""),
+  ),
+  "netz-ü-容器-🙂",
+  "x".repeat(1000),
+];
 
 describe("digest", () => {
-  it("matches node:crypto's SHA-256 on the FIPS vectors and on every length across block boundaries", () => {
-    expect(sha256Hex("")).toBe("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-    expect(sha256Hex("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    for (let len = 0; len < 200; len++) {
-      const s = Array.from({ length: len }, (_, i) => String.fromCharCode(32 + ((i * 7 + len) % 90))).join("");
-      expect(sha256Hex(s)).toBe(createHash("sha256").update(s).digest("hex"));
+  it("the JavaScript SHA-256 matches node:crypto's on the FIPS vectors and on every length across block boundaries", () => {
+    expect(sha256HexJs("")).toBe("e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    expect(sha256HexJs("abc")).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    for (const s of INPUTS) expect(sha256HexJs(s)).toBe(createHash("sha256").update(s).digest("hex"));
+    expect(sha256HexJs(Buffer.from("abc"))).toBe("ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  });
+
+  it("the native addon's SHA-256 matches node:crypto's, for strings and bytes, and refuses anything else", () => {
+    const native = addon();
+    for (const s of INPUTS) {
+      const want = createHash("sha256").update(s).digest("hex");
+      expect(native.sha256Hex(s)).toBe(want);
+      expect(native.sha256Hex(Buffer.from(s, "utf8"))).toBe(want);
     }
-    const utf8 = "netz-ü-容器-🙂";
-    expect(sha256Hex(utf8)).toBe(createHash("sha256").update(utf8).digest("hex"));
-    expect(shortHash("abc", 12)).toBe("ba7816bf8f01");
+    expect(() => native.sha256Hex(42 as unknown as string)).toThrow(TypeError);
+    expect(() => native.sha256Hex(new Uint16Array(4) as unknown as Uint8Array)).toThrow(TypeError);
+  });
+
+  it("hashes names through the addon once it is loaded, with the same digests", () => {
+    const native = addon();
+    expect(addonIfLoaded()).toBe(native);
+    const real = native.sha256Hex;
+    let calls = 0;
+    native.sha256Hex = (input) => {
+      calls++;
+      return real(input);
+    };
+    try {
+      for (const s of INPUTS) expect(sha256Hex(s)).toBe(sha256HexJs(s));
+      expect(shortHash("abc", 12)).toBe("ba7816bf8f01");
+      expect(calls).toBe(INPUTS.length + 1);
+    } finally {
+      native.sha256Hex = real;
+    }
   });
 
   it("gives fresh random bytes of the asked length, across refills of its read-ahead pool and beyond its size", () => {
@@ -26,20 +60,5 @@ describe("digest", () => {
     const big = randomBytes(4096);
     expect(big.length).toBe(4096);
     expect(new Set(big).size).toBeGreaterThan(200); // not a zero-filled or repeated buffer
-  });
-
-  it("hashes through node:crypto once a long-lived process opts in, with the same digests", () => {
-    const js = ["", "abc", "netz-ü-容器-🙂", "x".repeat(1000)].map((s) => sha256Hex(s));
-    let calls = 0;
-    useNativeSha256((algorithm) => {
-      calls++;
-      return createHash(algorithm);
-    });
-    try {
-      expect(["", "abc", "netz-ü-容器-🙂", "x".repeat(1000)].map((s) => sha256Hex(s))).toEqual(js);
-      expect(calls).toBe(4);
-    } finally {
-      useNativeSha256(undefined);
-    }
   });
 });

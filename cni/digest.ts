@@ -1,8 +1,12 @@
 // Names derived from hashes, and a little randomness, without node:crypto: loading that module
 // costs a cold plugin process several milliseconds, more than all the hashing a CNI call does.
 // SHA-256 (FIPS 180-4) over UTF-8, for the short inputs berth hashes (network, container id,
-// interface name); randomness comes from /dev/urandom.
+// interface name): berth's native addon's when something has loaded it (every main plugin
+// and the agent have, by the time they name a link: in a cold process the JavaScript below,
+// run for the first time by V8's interpreter, costs ~0.2 ms a name), else the JavaScript.
+// Randomness comes from /dev/urandom.
 import { closeSync, openSync, readSync } from "node:fs";
+import { addonIfLoaded } from "../native/addon.ts";
 
 const K = new Uint32Array([
   0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98, 0x12835b01,
@@ -18,7 +22,12 @@ const rotr = (x: number, n: number) => (x >>> n) | (x << (32 - n));
 
 /** SHA-256 of `input` (strings as UTF-8), as 64 lowercase hex characters. */
 export function sha256Hex(input: string | Uint8Array): string {
-  if (nativeSha256) return nativeSha256(input);
+  const native = addonIfLoaded();
+  return native ? native.sha256Hex(input) : sha256HexJs(input);
+}
+
+/** The same in JavaScript, for a process without the addon loaded. */
+export function sha256HexJs(input: string | Uint8Array): string {
   const data = typeof input === "string" ? Buffer.from(input, "utf8") : input;
   const bitLen = data.length * 8;
   const padded = new Uint8Array((((data.length + 9 + 63) >> 6) << 6) >>> 0);
@@ -95,17 +104,4 @@ export function randomBytes(n: number): Buffer {
   pool.fill(0, poolOffset, poolOffset + n);
   poolOffset += n;
   return out;
-}
-
-/**
- * SHA-256 through node:crypto's native code instead of the JavaScript below: for a long-lived
- * process that has node:crypto loaded anyway (the agent), where hashing names is on every call's
- * path. A plugin process keeps the JavaScript (loading node:crypto costs it milliseconds).
- */
-let nativeSha256: ((input: string | Uint8Array) => string) | undefined;
-
-export function useNativeSha256(
-  createHash: ((algorithm: "sha256") => { update(data: string | Uint8Array): { digest(encoding: "hex"): string } }) | undefined,
-): void {
-  nativeSha256 = createHash && ((input) => createHash("sha256").update(input).digest("hex"));
 }

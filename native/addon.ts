@@ -80,6 +80,8 @@ export interface Addon {
   copyDataExtents(srcFd: number, dstFd: number): Promise<{ size: number; copiedBytes: number }>;
   /** Q_GETINFO via quotactl_fd for the filesystem holding path; type 0 user, 1 group, 2 project; null when not enabled. */
   quotaGetInfo(path: string, type: number): { blockGrace: number; inodeGrace: number; flags: number } | null;
+  /** SHA-256 of a string (as UTF-8) or bytes, as 64 lowercase hex characters. */
+  sha256Hex(input: string | Uint8Array): string;
 }
 
 /** Error thrown by the addon: `code` is the errno name (EEXIST, ENODEV, ...). */

@@ -1,4 +1,5 @@
-// berth native addon: only what JavaScript cannot do (sockets, setns, syscalls, ioctls).
+// berth native addon: what JavaScript cannot do (sockets, setns, syscalls, ioctls), and SHA-256,
+// which a cold plugin process cannot afford to run in V8's interpreter (digest.cc).
 #include "common.h"
 
 namespace {
@@ -8,6 +9,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   berth::InitNetlink(env, exports);
   berth::InitStorage(env, exports);
   berth::InitUnixServe(env, exports);
+  berth::InitDigest(env, exports);
   return exports;
 }
 

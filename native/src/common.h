@@ -58,5 +58,6 @@ void InitNetns(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitStorage(Napi::Env env, Napi::Object exports);
 void InitUnixServe(Napi::Env env, Napi::Object exports);
+void InitDigest(Napi::Env env, Napi::Object exports);
 
 }  // namespace berth

@@ -6,11 +6,9 @@
 // Security: the socket is root-only (0600, owned by root) and every connection's peer
 // credentials are checked (SO_PEERCRED), since a CNI call configures the host's network.
 
-import { createHash } from "node:crypto";
 import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { connect, Socket } from "node:net";
 import { dirname } from "node:path";
-import { useNativeSha256 } from "../../cni/digest.ts";
 import { LeaseStore } from "../../cni/ipam/store.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
@@ -70,8 +68,6 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   LeaseStore.deferSyncs(true);
   // A lone invocation makes its short netlink requests on this thread; concurrent ones on the pool.
   Rtnl.shortRequestsInline = () => inFlight <= 1;
-  // Names are hashed on every call's path; this process can afford node:crypto.
-  useNativeSha256(createHash);
   mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);

@@ -2,6 +2,7 @@
 //
 //   build/berth.cjs               the CLI
 //   build/cni-node/berth-<type>.cjs  one self-contained CommonJS plugin per type: the cold path
+//   build/cni-node/berth-<type>.cjs.<identity>.wrapped.js  the same, wrapped as a CommonJS module (boot.cjs)
 //   build/cni-node/boot.cjs       the cold path's loader: runs a bundle with a V8 code cache
 //   build/cni/berth-<type>        the native launcher (native/build/Release/berth_launcher),
 //                                 what runtimes run: it forwards to the agent's fast path and
@@ -24,8 +25,8 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join, relative } from "node:path";
+import Module, { createRequire } from "node:module";
+import { basename, dirname, join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
 
@@ -123,6 +124,15 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
     chmodSync(tmp, 0o755);
   }
   renameSync(tmp, file);
+  if (lean) {
+    // The text boot.cjs compiles, wrapped here once, named by the bundle's identity (see
+    // boot.cjs). The shebang's line stays, empty: line numbers match the bundle's.
+    const dir = dirname(file);
+    for (const f of readdirSync(dir)) if (f.startsWith(`${basename(file)}.`) && f.endsWith(".wrapped.js")) rmSync(join(dir, f));
+    const st = statSync(file);
+    const wrapped = `${file}.${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}.wrapped.js`;
+    replaceFile(wrapped, (t) => writeFileSync(t, Module.wrap(readFileSync(file, "utf8").replace(/^#!.*/, ""))));
+  }
   return { file, bytes: statSync(file).size };
 }
 

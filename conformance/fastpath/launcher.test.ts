@@ -247,8 +247,9 @@ describe.skipIf(!built)("berth launcher", () => {
     // A private install: the launcher as berth-fake, the real boot.cjs, and a scripted bundle.
     const install = join(dir, "install");
     const fake = join(install, "cni", "berth-fake");
-    const runFake = (script: string, env: Record<string, string> = {}) => {
-      writeFileSync(join(install, "cni-node", "berth-fake.cjs"), script);
+    /** Runs berth-fake cold, with `script` as its bundle (undefined: the bundle as it is). */
+    const runFake = (script: string | undefined, env: Record<string, string> = {}) => {
+      if (script !== undefined) writeFileSync(join(install, "cni-node", "berth-fake.cjs"), script);
       const t0 = performance.now();
       return new Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string; ms: number }>(
         (done, fail) => {
@@ -317,6 +318,34 @@ describe.skipIf(!built)("berth launcher", () => {
       expect(fd).toBeNull(); // boot.cjs takes the variable out of the plugin's environment
       expect(r.ms).toBeLessThan(5000);
       expect(await gone(pid)).toBe(true);
+    });
+
+    it("compiles the bundle's pre-wrapped twin named by its identity; with a stale one or none, the bundle itself", async () => {
+      const bundle = join(install, "cni-node", "berth-fake.cjs");
+      const identity = () => {
+        const st = statSync(bundle);
+        return `${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}`;
+      };
+      // What scripts/bundle.mjs writes: the bundle without its shebang (the line stays), wrapped as
+      // the CommonJS loader wraps a module. Here the twin says which of the two ran.
+      const wrapped = (body: string) => `(function (exports, require, module, __filename, __dirname) { ${body}\n});`;
+      const body = (who: string) =>
+        `\nprocess.stdout.write("${who} " + require("path").basename(__filename));\nthrow new Error("at line 3");\n`;
+      writeFileSync(bundle, `#!/usr/bin/node${body("bundle")}`);
+      const twin = `${bundle}.${identity()}.wrapped.js`;
+      writeFileSync(twin, wrapped(body("twin")));
+      try {
+        const first = await runFake(undefined);
+        expect(first.stdout).toBe("twin berth-fake.cjs");
+        expect(first.code).toBe(1);
+        expect(first.stderr).toContain(`${bundle}:3`); // stack traces name the bundle, at its own line
+        writeFileSync(bundle, `#!/usr/bin/node${body("bundle")}// a new version\n`);
+        const stale = await runFake(undefined);
+        expect(stale.stdout).toBe("bundle berth-fake.cjs");
+        expect(stale.stderr).toContain(`${bundle}:3`);
+      } finally {
+        rmSync(twin, { force: true });
+      }
     });
 
     it("a Node that dies without a status: its signal is the launcher's; an uncaught error is exit 1", async () => {

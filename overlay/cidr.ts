@@ -1,6 +1,7 @@
 // IP prefixes as BigInt arithmetic: parse, format, split a cluster network into host subnets.
 // Only what the overlay needs; both families.
 import { isIPv4, isIPv6 } from "node:net";
+import { AddressError, formatIp as formatAddress, parseIp as parseAddress } from "../cni/ipam/cidr.ts";
 
 export type Family = 4 | 6;
 
@@ -26,55 +27,19 @@ export function ipFamily(ip: string): Family | null {
   return null;
 }
 
+/** A bare address as (family, value); the parsing is IPAM's (cni/ipam/cidr.ts), errors are CidrErrors. */
 export function parseIp(ip: string): { family: Family; value: bigint } {
-  if (isIPv4(ip)) {
-    const value = ip.split(".").reduce((acc, octet) => (acc << 8n) | BigInt(Number(octet)), 0n);
-    return { family: 4, value };
+  try {
+    return parseAddress(ip);
+  } catch (e) {
+    if (e instanceof AddressError) throw new CidrError(e.message);
+    throw e;
   }
-  if (isIPv6(ip)) {
-    let text = ip;
-    // An embedded IPv4 tail (::ffff:1.2.3.4) becomes two hextets.
-    const v4Tail = text.match(/(\d+\.\d+\.\d+\.\d+)$/);
-    if (v4Tail) {
-      const v = parseIp(v4Tail[1]!).value;
-      text = text.slice(0, -v4Tail[1]!.length) + `${(v >> 16n).toString(16)}:${(v & 0xffffn).toString(16)}`;
-    }
-    const [head, tail] = text.includes("::") ? text.split("::") : [text, undefined];
-    const headParts = head ? head.split(":") : [];
-    const tailParts = tail ? tail.split(":") : [];
-    const fill = tail === undefined ? [] : new Array(8 - headParts.length - tailParts.length).fill("0");
-    const parts = [...headParts, ...fill, ...tailParts];
-    const value = parts.reduce((acc, h) => (acc << 16n) | BigInt(Number.parseInt(h, 16)), 0n);
-    return { family: 6, value };
-  }
-  throw new CidrError(`"${ip}" is not an IP address`);
 }
 
+/** Canonical text (RFC 5952 for IPv6), as IPAM writes it. */
 export function formatIp(family: Family, value: bigint): string {
-  if (family === 4) {
-    return [24n, 16n, 8n, 0n].map((s) => String((value >> s) & 0xffn)).join(".");
-  }
-  const hextets: number[] = [];
-  for (let i = 7; i >= 0; i--) hextets.push(Number((value >> BigInt(i * 16)) & 0xffffn));
-  // RFC 5952: compress the longest run (length >= 2) of zero hextets, the first one on a tie.
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (hextets[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && hextets[j] === 0) j++;
-    if (j - i > bestLen) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = hextets.map((h) => h.toString(16));
-  if (bestStart < 0) return hex.join(":");
-  return `${hex.slice(0, bestStart).join(":")}::${hex.slice(bestStart + bestLen).join(":")}`;
+  return formatAddress({ family, value });
 }
 
 /** Parses "10.244.0.0/16"; host bits must be zero unless `allowHostBits`. */

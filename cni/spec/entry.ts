@@ -6,6 +6,7 @@ import { addonIfLoaded } from "../../native/addon.ts";
 import { MAX_CONFIG_BYTES, parseNetConf, tooLargeError } from "./config.ts";
 import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
 import { convertResult } from "./result.ts";
+import { sleepSync } from "./sleep.ts";
 import { awaitDurable, CniError, type Command, ErrorCode, type Plugin, type Request } from "./types.ts";
 import { type CniVersion, isSupportedVersion, NEWEST_VERSION, requireCommandInVersion, SUPPORTED_VERSIONS } from "./version.ts";
 
@@ -237,13 +238,6 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
     });
   }
   process.exit(outcome.exitCode);
-}
-
-const sleeper = new Int32Array(new SharedArrayBuffer(4));
-
-/** Blocks the thread for `ms` milliseconds (for the synchronous paths of a plugin process). */
-export function sleepSync(ms: number): void {
-  Atomics.wait(sleeper, 0, 0, ms);
 }
 
 /**

@@ -60,7 +60,6 @@ export interface Addon {
   nlRecv(fd: number): Buffer | null;
   nlAddMembership(fd: number, group: number): void;
   FdWatcher: new (fd: number, onReadable: (status: number) => void) => FdWatcher;
-  getPeerCred(fd: number): { pid: number; uid: number; gid: number };
   unixListen(path: string, backlog: number): number;
   unixAccept(listenFd: number, maxBytes: number): AcceptedConnection[];
   unixSend(fd: number, data: Buffer): number;

@@ -110,18 +110,18 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
       throw new Error(`${entry} pulls server-side packages into a plugin bundle: ${pkgs.join(", ")}`);
     }
   }
-  if (lean) {
+  // One read of esbuild's output for what plugin bundles add: ASCII only, a shebang, and a
+  // pre-wrapped twin for boot.cjs.
+  let text;
+  if (lean || executable) {
+    text = readFileSync(tmp, "utf8");
     // esbuild escapes non-ASCII text in code but keeps some comments as written. One em dash in
     // a comment makes the whole source a two-byte string for V8: a cold start then decodes and
     // copies twice the bytes (~0.4 ms for the bridge bundle, measured). Escaped, it reads as Latin-1.
-    const text = readFileSync(tmp, "utf8");
-    const ascii = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
-    if (ascii !== text) writeFileSync(tmp, ascii);
-  }
-  if (executable) {
-    const body = readFileSync(tmp, "utf8").replace(/^#!.*\n/, "");
-    writeFileSync(tmp, `#!${process.execPath}\n${body}`);
-    chmodSync(tmp, 0o755);
+    if (lean) text = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
+    if (executable) text = `#!${process.execPath}\n${text.replace(/^#!.*\n/, "")}`;
+    writeFileSync(tmp, text);
+    if (executable) chmodSync(tmp, 0o755);
   }
   renameSync(tmp, file);
   if (lean) {
@@ -131,7 +131,7 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
     for (const f of readdirSync(dir)) if (f.startsWith(`${basename(file)}.`) && f.endsWith(".wrapped.js")) rmSync(join(dir, f));
     const st = statSync(file);
     const wrapped = `${file}.${st.ino}-${st.size}-${Math.floor(st.mtimeMs)}.wrapped.js`;
-    replaceFile(wrapped, (t) => writeFileSync(t, Module.wrap(readFileSync(file, "utf8").replace(/^#!.*/, ""))));
+    replaceFile(wrapped, (t) => writeFileSync(t, Module.wrap(text.replace(/^#!.*/, ""))));
   }
   return { file, bytes: statSync(file).size };
 }

@@ -424,11 +424,12 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
  * status, not when Node's process is gone. boot.cjs sends the status (one byte on the pipe
  * named by BERTH_STATUS_FD) as the last thing Node does before it ends, after every 'exit'
  * listener, with the plugin's output written and Node's stdout and stderr closed, so a runtime
- * has everything it would have had. What is left is the kernel tearing down a ~50 MB Node
- * process (unmapping it: ~3 ms here), which no runtime needs to wait for. PR_SET_PDEATHSIG ties Node to this process: a runtime that kills
- * the launcher (a timeout) kills the plugin, as before. A Node that dies without sending its
- * status (a signal, an abort, an uncaught error) closes the pipe by dying: its status is then
- * the wait4() result, a signal reproduced as the same signal.
+ * has everything it would have had. What is left is the kernel tearing down a ~40 MB Node
+ * process (unmapping it: ~3 ms here), which no runtime needs to wait for. PR_SET_PDEATHSIG
+ * ties Node to this process: a runtime that kills the launcher (a timeout) kills the plugin,
+ * as before. A Node that dies without sending its status (a signal, an abort, an uncaught
+ * error) closes the pipe by dying: its status is then the wait4() result, a signal reproduced
+ * as the same signal.
  */
 #define MAX_COLD_ENV 8192
 static char *cold_env[MAX_COLD_ENV + 2];

@@ -275,20 +275,6 @@ class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
   uv_poll_t* handle_ = nullptr;
 };
 
-// getPeerCred(fd): SO_PEERCRED of a connected unix socket.
-Napi::Value GetPeerCred(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int fd = IntArg(info, 0, "fd");
-  struct ucred cred = {};
-  socklen_t len = sizeof(cred);
-  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) ThrowSys(env, errno, "getsockopt", "SO_PEERCRED");
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("pid", Napi::Number::New(env, cred.pid));
-  o.Set("uid", Napi::Number::New(env, cred.uid));
-  o.Set("gid", Napi::Number::New(env, cred.gid));
-  return o;
-}
-
 }  // namespace
 
 void InitNetlink(Napi::Env env, Napi::Object exports) {
@@ -298,7 +284,6 @@ void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("nlRecv", Napi::Function::New(env, NlRecv));
   exports.Set("nlAddMembership", Napi::Function::New(env, NlAddMembership));
   exports.Set("FdWatcher", FdWatcher::Define(env));
-  exports.Set("getPeerCred", Napi::Function::New(env, GetPeerCred));
 }
 
 }  // namespace berth

@@ -14,6 +14,7 @@ import {
   statSync,
   writeFileSync,
 } from "node:fs";
+import Module from "node:module";
 import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
@@ -328,12 +329,11 @@ describe.skipIf(!built)("berth launcher", () => {
       };
       // What scripts/bundle.mjs writes: the bundle without its shebang (the line stays), wrapped as
       // the CommonJS loader wraps a module. Here the twin says which of the two ran.
-      const wrapped = (body: string) => `(function (exports, require, module, __filename, __dirname) { ${body}\n});`;
       const body = (who: string) =>
         `\nprocess.stdout.write("${who} " + require("path").basename(__filename));\nthrow new Error("at line 3");\n`;
       writeFileSync(bundle, `#!/usr/bin/node${body("bundle")}`);
       const twin = `${bundle}.${identity()}.wrapped.js`;
-      writeFileSync(twin, wrapped(body("twin")));
+      writeFileSync(twin, Module.wrap(body("twin")));
       try {
         const first = await runFake(undefined);
         expect(first.stdout).toBe("twin berth-fake.cjs");

@@ -4,6 +4,7 @@
 // leaked (host veths, leases) and no address was handed out twice.
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { type NetworkShape, networkConfig } from "../lib/cni-netconf.ts";
@@ -56,20 +57,27 @@ describe.skipIf(!built)("agent killed during 100 parallel ADDs", () => {
 
     const first = await ServerProcess.start(socketPath);
     servers.push(first);
-    // 60 ADDs start, one every 3 ms; once the agent has answered a few, it is killed and the
-    // other 40 start: the first batch is answered, in flight or (the last of it) on the cold
-    // path, the second finds only a stale socket file. Started all at once, the first batch could
-    // all be answered in the agent's first few event-loop turns, before the kill: none in flight.
+    // The first 5 ADDs are answered. Then this test takes the lease database's write lock: the
+    // agent's next ADDs stop in IPAM (the wait holds its only thread), their veths under way,
+    // and launchers that connect meanwhile have sent their requests. 55 more ADDs start,
+    // and the agent is killed under them; the lock goes, and the other 40 start, finding only a
+    // stale socket file. (Killing it once it had answered a few, racing the ADDs, could find
+    // them all answered: none in flight, in 1 of ~10 runs.)
     const EARLY = 60;
-    const early = Array.from({ length: EARLY }, (_, i) => new Promise((r) => setTimeout(r, i * 3)).then(() => run("ADD", i)));
-    await new Promise<void>((done) => {
-      const poll = setInterval(() => {
-        if (first.served() >= 5) {
-          clearInterval(poll);
-          void first.kill().then(done);
-        }
-      }, 1);
-    });
+    const ANSWERED = 5;
+    const answered = await Promise.all(Array.from({ length: ANSWERED }, (_, i) => run("ADD", i)));
+    const lock = new Database(join(sandbox.dataDir, "ipam.db"));
+    let early: Promise<CniOutcome>[];
+    try {
+      lock.exec("BEGIN IMMEDIATE");
+      const held = Array.from({ length: EARLY - ANSWERED }, (_, k) => run("ADD", ANSWERED + k));
+      await new Promise((r) => setTimeout(r, 500)); // connected, requests sent
+      await first.kill();
+      early = [...answered.map((o) => Promise.resolve(o)), ...held];
+    } finally {
+      if (lock.inTransaction) lock.exec("ROLLBACK");
+      lock.close();
+    }
     const late = Array.from({ length: N - EARLY }, (_, i) => run("ADD", EARLY + i));
     const adds = await Promise.all([...early, ...late]);
     const servedBeforeKill = first.served();

@@ -37,6 +37,8 @@ import {
   parseCapability,
   requireId,
   requirePath,
+  requirePathField,
+  volumePathMatch,
 } from "./validate.ts";
 
 const EPHEMERAL_DEFAULT_SIZE = 100 * MiB;
@@ -320,11 +322,15 @@ export class NodeService {
   }
 
   async volumeStats(req: NodeGetVolumeStatsRequest__Output): Promise<NodeGetVolumeStatsResponse> {
+    // Missing fields are INVALID_ARGUMENT; past that, the volume and whether it is at that
+    // path are looked up first (NOT_FOUND), as kubelet and csi-sanity expect.
     const id = requireId("volume_id", req.volume_id);
-    const path = requirePath("volume_path", req.volume_path);
-    if (req.staging_target_path) requirePath("staging_target_path", req.staging_target_path);
+    const raw = requirePathField("volume_path", req.volume_path);
+    if (req.staging_target_path) requirePathField("staging_target_path", req.staging_target_path);
     const v = findVolume(this.d, id);
-    if (!v || !this.servedPath(v, path)) throw notFound(`volume ${id} is not at ${path}`);
+    if (!v) throw notFound(`volume ${id} does not exist`);
+    const path = volumePathMatch(raw);
+    if (!path || !this.servedPath(v, path)) throw notFound(`volume ${id} is not at ${raw}`);
     const condition = volumeCondition(this.d, v);
     const mountPoint = filesystemMountPoint(this.d, v);
     if (v.fsType && mountPoint && isMountPoint(mountPoint)) {
@@ -349,12 +355,15 @@ export class NodeService {
 
   async expand(req: NodeExpandVolumeRequest__Output): Promise<NodeExpandVolumeResponse> {
     const id = requireId("volume_id", req.volume_id);
-    const path = requirePath("volume_path", req.volume_path);
-    if (req.staging_target_path) requirePath("staging_target_path", req.staging_target_path);
+    const raw = requirePathField("volume_path", req.volume_path);
+    if (req.staging_target_path) requirePathField("staging_target_path", req.staging_target_path);
     if (req.volume_capability) parseCapability("volume_capability", req.volume_capability);
     return this.d.locks.with([id], async () => {
+      // As in volumeStats: an unknown volume, or one not at volume_path, is NOT_FOUND.
       const v = findVolume(this.d, id);
-      if (!v || !this.servedPath(v, path)) throw notFound(`volume ${id} is not at ${path}`);
+      if (!v) throw notFound(`volume ${id} does not exist`);
+      const path = volumePathMatch(raw);
+      if (!path || !this.servedPath(v, path)) throw notFound(`volume ${id} is not at ${raw}`);
       const loop = this.d.backing.loopFor(this.d.backing.imagePath(v.id));
       if (!loop) throw failedPrecondition(`volume ${id} is not attached on this node`);
       const mountPoint = filesystemMountPoint(this.d, v);

@@ -34,6 +34,30 @@ const NODE_CAPABILITIES: NodeRpcType[] = [
   "SINGLE_NODE_MULTI_WRITER",
 ];
 
+/**
+ * Controller capabilities that are alpha in spec 1.12 and that no released csi-sanity
+ * (up to v5.4.0) or Kubernetes sidecar knows: a consumer that meets an unknown capability
+ * fails, so these are advertised only with --enable-alpha-capabilities. The other
+ * alpha-annotated ones (GET_VOLUME, VOLUME_CONDITION, SINGLE_NODE_MULTI_WRITER) have been
+ * understood by kubelet and the sidecars for years (ReadWriteOncePod needs the last one), so
+ * they are always advertised.
+ */
+export const ALPHA_CONTROLLER_CAPABILITIES: ControllerRpcType[] = ["GET_SNAPSHOT"];
+
+const CONTROLLER_CAPABILITIES: ControllerRpcType[] = [
+  "CREATE_DELETE_VOLUME",
+  "LIST_VOLUMES",
+  "GET_CAPACITY",
+  "CREATE_DELETE_SNAPSHOT",
+  "LIST_SNAPSHOTS",
+  "CLONE_VOLUME",
+  "EXPAND_VOLUME",
+  "LIST_VOLUMES_PUBLISHED_NODES",
+  "VOLUME_CONDITION",
+  "GET_VOLUME",
+  "SINGLE_NODE_MULTI_WRITER",
+];
+
 export type DriverMode = "controller" | "node" | "both";
 
 export interface CsiDriverOptions {
@@ -45,6 +69,8 @@ export interface CsiDriverOptions {
   mode?: DriverMode;
   metricsListen?: string;
   maxVolumesPerNode?: number;
+  /** Also advertise ALPHA_CONTROLLER_CAPABILITIES. */
+  alphaCapabilities?: boolean;
   logger?: Logger;
 }
 
@@ -218,7 +244,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
   server.addService(pkg.csi.v1.Identity.service, identity);
   if (mode !== "node") {
     const c = controller;
-    const rpc = (...types: ControllerRpcType[]) => types.map((type) => ({ rpc: { type } }));
+    const advertised = [...CONTROLLER_CAPABILITIES, ...(options.alphaCapabilities ? ALPHA_CONTROLLER_CAPABILITIES : [])];
     const handlers: Omit<ControllerHandlers, "ControllerPublishVolume" | "ControllerUnpublishVolume" | "ControllerModifyVolume"> =
       {
         CreateVolume: w("CreateVolume", (r) => c.createVolume(r)),
@@ -227,20 +253,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
         ListVolumes: w("ListVolumes", (r) => c.listVolumes(r)),
         GetCapacity: w("GetCapacity", (r) => c.getCapacity(r)),
         ControllerGetCapabilities: w("ControllerGetCapabilities", () => ({
-          capabilities: rpc(
-            "CREATE_DELETE_VOLUME",
-            "LIST_VOLUMES",
-            "GET_CAPACITY",
-            "CREATE_DELETE_SNAPSHOT",
-            "LIST_SNAPSHOTS",
-            "CLONE_VOLUME",
-            "EXPAND_VOLUME",
-            "LIST_VOLUMES_PUBLISHED_NODES",
-            "VOLUME_CONDITION",
-            "GET_VOLUME",
-            "SINGLE_NODE_MULTI_WRITER",
-            "GET_SNAPSHOT",
-          ),
+          capabilities: advertised.map((type) => ({ rpc: { type } })),
         })),
         CreateSnapshot: w("CreateSnapshot", (r) => c.createSnapshot(r)),
         DeleteSnapshot: w("DeleteSnapshot", (r) => c.deleteSnapshot(r)),
@@ -329,7 +342,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
 
 const USAGE = `usage: berth csi [--endpoint unix:///path/csi.sock] [--node-id ID] [--driver-name NAME]
                  [--data-dir DIR] [--state-dir DIR] [--mode controller|node|both]
-                 [--metrics-listen HOST:PORT]`;
+                 [--metrics-listen HOST:PORT] [--enable-alpha-capabilities]`;
 
 /** `berth csi ...`: runs until SIGINT/SIGTERM; returns the exit code. */
 export async function runCsiCommand(argv: string[]): Promise<number> {
@@ -345,6 +358,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
         "state-dir": { type: "string" },
         mode: { type: "string" },
         "metrics-listen": { type: "string" },
+        "enable-alpha-capabilities": { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -372,6 +386,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
       stateDir: values["state-dir"] as string | undefined,
       mode: values.mode as DriverMode | undefined,
       metricsListen: values["metrics-listen"] as string | undefined,
+      alphaCapabilities: values["enable-alpha-capabilities"] === true,
     });
   } catch (e) {
     process.stderr.write(`berth csi: ${(e as Error).message}\n`);

@@ -39,6 +39,30 @@ export function isOurId(kind: "vol" | "snap", value: string): boolean {
   return OUR_ID.test(value) && value.startsWith(`${kind}-`);
 }
 
+/**
+ * A path field that is present, not oversized and free of control characters; what else is
+ * wrong with it is left to the caller (see volumePathMatch).
+ */
+export function requirePathField(field: string, value: string): string {
+  if (!value) throw invalidArgument(`${field} is required`);
+  if (byteLength(value) > MAX_PATH) throw invalidArgument(`${field} is longer than ${MAX_PATH} bytes`);
+  if (ANY_CONTROL.test(value)) throw invalidArgument(`${field} contains control characters`);
+  return value;
+}
+
+/**
+ * The normalised form of a path given where the spec asks "is volume X at this path?"
+ * (NodeGetVolumeStats, NodeExpandVolume): a relative or `..` path cannot be where any volume
+ * is, so it answers undefined (the caller says NOT_FOUND) instead of INVALID_ARGUMENT.
+ */
+export function volumePathMatch(value: string): string | undefined {
+  try {
+    return requirePath("path", value);
+  } catch {
+    return undefined;
+  }
+}
+
 /** An absolute, normalised path without `..` or control characters. */
 export function requirePath(field: string, value: string): string {
   if (!value) throw invalidArgument(`${field} is required`);

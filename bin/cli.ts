@@ -11,6 +11,9 @@ commands:
   csi         run the CSI driver (berth csi --help)
   version     print berth's version
   doctor      check that this host has what berth needs
+  install     install this release: plugins into the CNI bin dir, a network config, service
+              units (berth install --help)
+  uninstall   remove what berth install wrote (berth uninstall --help)
 `;
 
 async function main(argv: string[]): Promise<number> {
@@ -39,6 +42,11 @@ async function main(argv: string[]): Promise<number> {
     case "doctor": {
       const { runDoctor } = await import("./doctor.ts");
       return runDoctor(rest);
+    }
+    case "install":
+    case "uninstall": {
+      const { runInstallCommand } = await import("./install.ts");
+      return runInstallCommand(cmd, rest);
     }
     case undefined:
     case "help":

@@ -13,6 +13,9 @@
 // Bundle shebangs name this Node binary, not `env node`: engines run plugins with a minimal
 // PATH. Plugin bundles must stay lean (a cold start parses all of it): the build fails if one
 // pulls in a server-side package, and prints each bundle's size.
+//
+// scripts/release.mjs imports bundle() and PLUGINS to make the release's own bundles (addons
+// beside them, the CLI with every package inside); run directly, this builds build/.
 import {
   chmodSync,
   copyFileSync,
@@ -27,14 +30,14 @@ import {
 } from "node:fs";
 import Module, { createRequire } from "node:module";
 import { basename, dirname, join, relative } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { build } from "esbuild";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..");
 const out = join(root, "build");
-const LAUNCHER = join(root, "native", "build", "Release", "berth_launcher");
-const NATIVE_ADDON = join(root, "native", "build", "Release", "berth_native.node");
-const SQLITE_ADDON = join(
+export const LAUNCHER = join(root, "native", "build", "Release", "berth_launcher");
+export const NATIVE_ADDON = join(root, "native", "build", "Release", "berth_native.node");
+export const SQLITE_ADDON = join(
   dirname(createRequire(import.meta.url).resolve("better-sqlite3/package.json")),
   "build",
   "Release",
@@ -78,24 +81,61 @@ function replaceFile(file, write) {
   renameSync(tmp, file);
 }
 
-async function bundle(entry, file, { executable = false, lean = false } = {}) {
+/**
+ * better-sqlite3 finds its addon through the `bindings` package, which searches the package's
+ * own build tree. A self-contained bundle (the release's CLI) has no package tree: this stands
+ * in for `bindings` and loads the addon by path, relative to the bundle.
+ */
+function bindingsByPath(sqliteRelative) {
+  return {
+    name: "berth-bindings-by-path",
+    setup(b) {
+      b.onResolve({ filter: /^bindings$/ }, () => ({ path: "bindings", namespace: "berth-bindings" }));
+      b.onLoad({ filter: /.*/, namespace: "berth-bindings" }, () => ({
+        loader: "js",
+        contents: `const { join } = require("node:path");
+module.exports = () => { const m = { exports: {} }; process.dlopen(m, join(__dirname, ${JSON.stringify(sqliteRelative)})); return m.exports; };`,
+      }));
+    },
+  };
+}
+
+/**
+ * Bundles one entry point into file. executable: a plugin (shebang, mode 0755); lean: a plugin
+ * bundle (no server-side packages, ASCII, a pre-wrapped twin); selfContained: every package
+ * inside, better-sqlite3's addon loaded by path (the release's CLI). addons: where the compiled
+ * addons are, for the paths each bundle carries relative to itself (default: the checkout's).
+ */
+export async function bundle(
+  entry,
+  file,
+  {
+    executable = false,
+    lean = false,
+    selfContained = false,
+    addons = { native: NATIVE_ADDON, sqlite: SQLITE_ADDON },
+    twin = lean,
+  } = {},
+) {
   const tmp = `${file}.tmp${process.pid}`;
   // A plugin bundle carries better-sqlite3's JavaScript too (resolving and compiling its dozen
   // files costs a cold start ~5 ms); its compiled addon is loaded by path (cni/ipam/store.ts).
-  const external = lean ? ["bindings", "*.node"] : common.external;
+  const external = lean ? ["bindings", "*.node"] : selfContained ? ["*.node"] : common.external;
   // Plugin bundles turn import() of a builtin into require(): boot.cjs compiles them with
   // vm.Script, where import() needs an experimental loader hook that a code cache drops.
   const supported = lean ? { "dynamic-import": false } : undefined;
   // Where the compiled addons are, relative to the bundle (bundledFile in native/addon.ts).
   const define = {
-    __BERTH_NATIVE_ADDON__: JSON.stringify(relative(dirname(file), NATIVE_ADDON)),
-    __BERTH_SQLITE_ADDON__: JSON.stringify(relative(dirname(file), SQLITE_ADDON)),
+    __BERTH_NATIVE_ADDON__: JSON.stringify(relative(dirname(file), addons.native)),
+    __BERTH_SQLITE_ADDON__: JSON.stringify(relative(dirname(file), addons.sqlite)),
   };
+  const plugins = selfContained ? [bindingsByPath(relative(dirname(file), addons.sqlite))] : [];
   const result = await build({
     ...common,
     external,
     supported,
     define,
+    plugins,
     entryPoints: [join(root, entry)],
     outfile: tmp,
     metafile: lean,
@@ -124,7 +164,7 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
     if (executable) chmodSync(tmp, 0o755);
   }
   renameSync(tmp, file);
-  if (lean) {
+  if (lean && twin) {
     // The text boot.cjs compiles, wrapped here once, named by the bundle's identity (see
     // boot.cjs). The shebang's line stays, empty: line numbers match the bundle's.
     const dir = dirname(file);
@@ -136,36 +176,42 @@ async function bundle(entry, file, { executable = false, lean = false } = {}) {
   return { file, bytes: statSync(file).size };
 }
 
-mkdirSync(join(out, "cni"), { recursive: true });
-mkdirSync(join(out, "cni-node"), { recursive: true });
-// The repo is "type": "module"; bundles under build/ must load as CommonJS.
-writeFileSync(join(out, "package.json"), '{ "type": "commonjs" }\n');
+/** The checkout's build/: the CLI, the plugin bundles and their launchers. */
+async function buildCheckout() {
+  mkdirSync(join(out, "cni"), { recursive: true });
+  mkdirSync(join(out, "cni-node"), { recursive: true });
+  // The repo is "type": "module"; bundles under build/ must load as CommonJS.
+  writeFileSync(join(out, "package.json"), '{ "type": "commonjs" }\n');
 
-const plugins = Object.entries(PLUGINS).filter(([, entry]) => existsSync(join(root, entry)));
-const built = await Promise.all([
-  bundle("bin/cli.ts", join(out, "berth.cjs")),
-  ...plugins.map(([name, entry]) => bundle(entry, join(out, "cni-node", `${name}.cjs`), { executable: true, lean: true })),
-]);
+  const plugins = Object.entries(PLUGINS).filter(([, entry]) => existsSync(join(root, entry)));
+  const built = await Promise.all([
+    bundle("bin/cli.ts", join(out, "berth.cjs")),
+    ...plugins.map(([name, entry]) => bundle(entry, join(out, "cni-node", `${name}.cjs`), { executable: true, lean: true })),
+  ]);
 
-// The cold path's loader (V8 code cache); caches of the bundles just replaced are stale.
-copyFileSync(join(root, "native", "launcher", "boot.cjs"), join(out, "cni-node", "boot.cjs"));
-for (const f of readdirSync(join(out, "cni-node"))) if (f.endsWith(".v8cache")) rmSync(join(out, "cni-node", f), { force: true });
+  // The cold path's loader (V8 code cache); caches of the bundles just replaced are stale.
+  copyFileSync(join(root, "native", "launcher", "boot.cjs"), join(out, "cni-node", "boot.cjs"));
+  for (const f of readdirSync(join(out, "cni-node")))
+    if (f.endsWith(".v8cache")) rmSync(join(out, "cni-node", f), { force: true });
 
-const haveLauncher = existsSync(LAUNCHER);
-if (!haveLauncher) {
-  console.error(
-    `berth bundle: ${relative(root, LAUNCHER)} is not built (npm run build): build/cni holds the Node bundles, no fast path`,
-  );
+  const haveLauncher = existsSync(LAUNCHER);
+  if (!haveLauncher) {
+    console.error(
+      `berth bundle: ${relative(root, LAUNCHER)} is not built (npm run build): build/cni holds the Node bundles, no fast path`,
+    );
+  }
+  for (const [name] of plugins) {
+    const target = join(out, "cni", name);
+    const source = haveLauncher ? LAUNCHER : join(out, "cni-node", `${name}.cjs`);
+    replaceFile(target, (tmp) => {
+      copyFileSync(source, tmp);
+      chmodSync(tmp, 0o755);
+    });
+  }
+
+  for (const b of built) console.error(`  ${relative(root, b.file).padEnd(34)} ${(b.bytes / 1024).toFixed(0).padStart(5)} KiB`);
+  const launcherSize = haveLauncher ? `, launcher ${(statSync(LAUNCHER).size / 1024).toFixed(0)} KiB` : "";
+  console.error(`berth bundle: ${built.length} bundles, ${plugins.length} plugins in build/cni${launcherSize}`);
 }
-for (const [name] of plugins) {
-  const target = join(out, "cni", name);
-  const source = haveLauncher ? LAUNCHER : join(out, "cni-node", `${name}.cjs`);
-  replaceFile(target, (tmp) => {
-    copyFileSync(source, tmp);
-    chmodSync(tmp, 0o755);
-  });
-}
 
-for (const b of built) console.error(`  ${relative(root, b.file).padEnd(34)} ${(b.bytes / 1024).toFixed(0).padStart(5)} KiB`);
-const launcherSize = haveLauncher ? `, launcher ${(statSync(LAUNCHER).size / 1024).toFixed(0)} KiB` : "";
-console.error(`berth bundle: ${built.length} bundles, ${plugins.length} plugins in build/cni${launcherSize}`);
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await buildCheckout();

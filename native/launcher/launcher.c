@@ -27,6 +27,30 @@
 #error "BERTH_NODE (absolute path of the Node binary) must be defined at build time"
 #endif
 
+/*
+ * Paths `berth install` writes into its copy of this program (bin/install.ts, patchLauncher):
+ * after the marker, "<absolute Node binary>\0<absolute directory of the plugin bundles>\0".
+ * A copy in a CNI bin dir (/opt/cni/bin) then runs the Node it was installed with on the
+ * bundles under the install prefix, whatever the runtime's PATH and wherever the bin dir is.
+ * Left empty (the build tree, an unpacked release), the launcher uses the Node compiled in
+ * and ../cni-node beside itself. Not const and not static: the compiler must read it.
+ */
+#define INSTALL_MARKER "BERTH-INSTALL-PATHS-V1"
+char berth_install_paths[4096] = INSTALL_MARKER;
+
+static const char *node_path(void) {
+  const char *p = berth_install_paths + sizeof INSTALL_MARKER;
+  return *p ? p : BERTH_NODE;
+}
+
+/* The directory of the plugin bundles when installed, else NULL. */
+static const char *installed_bundle_dir(void) {
+  const char *p = berth_install_paths + sizeof INSTALL_MARKER;
+  if (!*p) return (const char *)0;
+  p += rt_strlen(p) + 1;
+  return *p ? p : (const char *)0;
+}
+
 #define DEFAULT_SOCKET "/run/berth/cni.sock"
 /* The plugins' stdin limit is 1 MiB; one byte more lets the plugin report the size error. */
 #define STDIN_LIMIT (1024u * 1024u + 1u)
@@ -491,7 +515,7 @@ static void run_node_child(char *const argv[], const char *type, const char *why
     sys_prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (sys_getppid() != parent) sys_exit(1); /* the launcher was killed before prctl took */
     sys_fcntl(sp[1], F_SETFD, 0);             /* the status pipe, and only it, survives exec */
-    fail_errno(type, why, what, -sys_execve(BERTH_NODE, argv, cold_env));
+    fail_errno(type, why, what, -sys_execve(argv[0], argv, cold_env));
   }
   sys_close(sp[1]);
   for (;;) {
@@ -518,15 +542,25 @@ static void run_node_child(char *const argv[], const char *type, const char *why
 /* The cold path: Node on the bundled plugin, same environment, stdin re-fed from memory. */
 __attribute__((noreturn)) static void exec_cold_path(const char *type, const char *why) {
   char self[PATH_MAX];
-  ssize_t n = sys_readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n < 0) fail_errno(type, why, "cannot locate the launcher (/proc/self/exe)", (int)-n);
-  self[n] = '\0';
-  char *slash = (char *)rt_strrchr(self, '/');
-  if (slash) *slash = '\0';
+  const char *dir = installed_bundle_dir();
+  if (dir) {
+    struct rt_buf sb = {self, sizeof self, 0, 0};
+    rt_put(&sb, dir);
+    if (sb.truncated) fail(type, 999, "cold path: bundle path too long");
+  } else {
+    ssize_t n = sys_readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n < 0) fail_errno(type, why, "cannot locate the launcher (/proc/self/exe)", (int)-n);
+    self[n] = '\0';
+    char *slash = (char *)rt_strrchr(self, '/');
+    if (slash) *slash = '\0';
+    struct rt_buf sb = {self + rt_strlen(self), sizeof self - rt_strlen(self), 0, 0};
+    rt_put(&sb, "/../cni-node");
+    if (sb.truncated) fail(type, 999, "cold path: bundle path too long");
+  }
   char bundle[PATH_MAX + 64];
   struct rt_buf bb = {bundle, sizeof bundle, 0, 0};
   rt_put(&bb, self);
-  rt_put(&bb, "/../cni-node/");
+  rt_put(&bb, "/");
   rt_put(&bb, type);
   rt_put(&bb, ".cjs");
   if (bb.truncated) fail(type, 999, "cold path: bundle path too long");
@@ -554,20 +588,21 @@ __attribute__((noreturn)) static void exec_cold_path(const char *type, const cha
   char boot[PATH_MAX + 64];
   struct rt_buf bt = {boot, sizeof boot, 0, 0};
   rt_put(&bt, self);
-  rt_put(&bt, "/../cni-node/boot.cjs");
-  char *with_boot[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", boot, bundle, (char *)0};
-  char *direct[] = {(char *)BERTH_NODE, "--preserve-symlinks-main", bundle, (char *)0};
+  rt_put(&bt, "/boot.cjs");
+  const char *node = node_path();
+  char *with_boot[] = {(char *)node, "--preserve-symlinks-main", boot, bundle, (char *)0};
+  char *direct[] = {(char *)node, "--preserve-symlinks-main", bundle, (char *)0};
   char what[PATH_MAX + 256];
   struct rt_buf wb = {what, sizeof what, 0, 0};
   rt_put(&wb, "cold path: cannot run ");
-  rt_put(&wb, BERTH_NODE);
+  rt_put(&wb, node);
   rt_put(&wb, " ");
   rt_put(&wb, bundle);
   /* Without boot.cjs nothing would send the status: Node then simply replaces this process. */
   int have_boot = sys_access(boot, R_OK) == 0;
   if (have_boot) run_node_child(with_boot, type, why, what);
   drop_status_fd_var();
-  fail_errno(type, why, what, -sys_execve(BERTH_NODE, have_boot ? with_boot : direct, rt_environ));
+  fail_errno(type, why, what, -sys_execve(node, have_boot ? with_boot : direct, rt_environ));
 }
 
 int main(int argc, char **argv) {

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Builds berth's container image offline, as an OCI image-layout tarball, from a release
+# tarball (`npm run release`) and this host's Node and tools: no registry, no Dockerfile.
+#
+#   deploy/kubernetes/build-image.sh [RELEASE_TAR] [OUT_TAR] [IMAGE_NAME]
+#     RELEASE_TAR  default: the newest build/release/berth-*.tar.gz
+#     OUT_TAR      default: build/image/berth-<version>-oci.tar
+#     IMAGE_NAME   default: localhost/berth:<version>
+#   then: ctr -n k8s.io images import OUT_TAR
+#
+# The root holds Node (this host's binary), the release unpacked under /usr/local/lib/berth,
+# `berth` on PATH, the tools berth shells out to (nft, conntrack, mkfs.ext4/xfs, e2fsck,
+# resize2fs, xfs_growfs) and the shared libraries all of these need, found with ldd.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REL=${1:-$(ls -t build/release/berth-*.tar.gz 2>/dev/null | head -1)}
+[ -n "$REL" ] && [ -f "$REL" ] || { echo "build-image: no release tarball (run npm run release)" >&2; exit 2; }
+base=$(basename "$REL" .tar.gz)             # berth-<version>-linux-<arch>
+version=${base#berth-}; version=${version%-linux-*}
+OUT=${2:-build/image/berth-$version-oci.tar}
+NAME=${3:-localhost/berth:$version}
+case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+
+W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
+R=$W/rootfs
+mkdir -p "$R"/{usr/local/bin,usr/local/lib/berth,usr/sbin,usr/bin,etc,tmp,run,var/lib,lib64} "$W/oci/blobs/sha256"
+chmod 1777 "$R/tmp"
+
+# copy_bin SRC [DEST]: a binary and every shared library it loads, at the same paths.
+copy_bin() {
+  local src dest lib
+  src=$(readlink -f "$(command -v "$1")")
+  dest=${2:-$(command -v "$1")}
+  install -D -m 0755 "$src" "$R$dest"
+  for lib in $(ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | sort -u); do
+    [ -e "$R$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$R$lib"
+  done
+}
+
+copy_bin node /usr/local/bin/node
+for t in nft conntrack mkfs.ext4 e2fsck resize2fs mkfs.xfs xfs_growfs; do
+  command -v "$t" > /dev/null || { echo "build-image: $t not found on this host (berth doctor names its package)" >&2; exit 2; }
+  copy_bin "$t"
+done
+[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$R/etc/"
+# xfs_growfs is a shell script on some distributions; take xfs_io and a shell with it.
+if head -c2 "$(command -v xfs_growfs)" | grep -q '#!'; then copy_bin xfs_io; copy_bin sh /bin/sh; fi
+
+tar -xzf "$REL" -C "$R/usr/local/lib/berth" --strip-components=1
+ln -s ../lib/berth/bin/berth "$R/usr/local/bin/berth"
+printf 'root:x:0:0:root:/root:/bin/false\n' > "$R/etc/passwd"
+printf 'root:x:0:\n' > "$R/etc/group"
+
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$R" -cf "$W/layer.tar" .
+put() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$W/oci/blobs/sha256/$d"; echo "$d"; }
+lsize=$(stat -c %s "$W/layer.tar"); ldig=$(put "$W/layer.tar")
+printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":["/usr/local/bin/berth"],"WorkingDir":"/","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"deploy/kubernetes/build-image.sh %s"}]}' \
+  "$arch" "$ldig" "$base" > "$W/config.json"
+csize=$(stat -c %s "$W/config.json"); cdig=$(put "$W/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
+  "$cdig" "$csize" "$ldig" "$lsize" > "$W/manifest.json"
+msize=$(stat -c %s "$W/manifest.json"); mdig=$(put "$W/manifest.json")
+echo '{"imageLayoutVersion":"1.0.0"}' > "$W/oci/oci-layout"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
+  "$mdig" "$msize" "$arch" "$NAME" "${NAME##*:}" > "$W/oci/index.json"
+mkdir -p "$(dirname "$OUT")"
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$W/oci" -cf "$OUT" oci-layout index.json blobs
+echo "$OUT $NAME $(du -h "$OUT" | cut -f1) manifest=sha256:$mdig"

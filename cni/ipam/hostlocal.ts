@@ -4,9 +4,17 @@
 import { existsSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { gcAttachments, requestedIps } from "../spec/config.ts";
+import { goFields } from "../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
 import { type AddressError, formatIp, type Ip, parseIp } from "./cidr.ts";
-import { DEFAULT_DATA_DIR, findRange, type HostLocalConfig, parseHostLocalConfig, type RangeSet } from "./ranges.ts";
+import {
+  DEFAULT_DATA_DIR,
+  findRange,
+  HOST_LOCAL_KEYS,
+  type HostLocalConfig,
+  parseHostLocalConfig,
+  type RangeSet,
+} from "./ranges.ts";
 import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "./store.ts";
 
 function ipamSection(req: Request): Record<string, unknown> {
@@ -27,7 +35,7 @@ function configOf(req: Request): HostLocalConfig {
  * is not an absolute path at all: no ADD ever used it.
  */
 function dataDirOf(req: Request): string | undefined {
-  const dir = ipamSection(req).dataDir;
+  const dir = goFields(ipamSection(req), HOST_LOCAL_KEYS).dataDir;
   if (dir === undefined || dir === null) return DEFAULT_DATA_DIR;
   return typeof dir === "string" && isAbsolute(dir) && !dir.includes("\0") ? resolve(dir) : undefined;
 }

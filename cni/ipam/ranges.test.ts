@@ -252,3 +252,33 @@ describe("resolvConf", () => {
     }
   });
 });
+
+describe("host-local keys are matched as its Go decoder matches them", () => {
+  it("reads Go-cased ipam keys, ranges, routes and runtimeConfig.ipRanges (go-cni IPRanges has no JSON tags)", () => {
+    const cfg = parseHostLocalConfig(
+      {
+        type: "berth-host-local",
+        Ranges: [[{ SUBNET: "10.2.0.0/24" }]],
+        Routes: [{ Dst: "0.0.0.0/0", GW: "10.2.0.1", Priority: 5 }],
+        DataDir: "/tmp/bt-ipam",
+      },
+      { ipRanges: [[{ Subnet: "10.1.0.0/24", RangeStart: "10.1.0.100", RangeEnd: "10.1.0.110", Gateway: "10.1.0.254" }]] },
+    );
+    expect(bounds(cfg)).toEqual([
+      [{ subnet: "10.1.0.0/24", start: "10.1.0.100", end: "10.1.0.110", gateway: "10.1.0.254" }],
+      [{ subnet: "10.2.0.0/24", start: "10.2.0.1", end: "10.2.0.254", gateway: "10.2.0.1" }],
+    ]);
+    expect(cfg.routes).toEqual([{ dst: "0.0.0.0/0", gw: "10.2.0.1", priority: 5 }]);
+    expect(cfg.dataDir).toBe("/tmp/bt-ipam");
+  });
+
+  it("reads a Go-cased legacy range and still names the declared key in errors", () => {
+    expect(bounds(parseHostLocalConfig({ Subnet: "10.3.0.0/24", RangeEnd: "10.3.0.9" }))).toEqual([
+      [{ subnet: "10.3.0.0/24", start: "10.3.0.1", end: "10.3.0.9", gateway: "10.3.0.1" }],
+    ]);
+    expect(codeOf(() => parseHostLocalConfig({}, { ipRanges: [[{ Subnet: "10.1.0.0/24", RangeStart: "x" }]] }))).toMatchObject({
+      code: 7,
+      msg: expect.stringContaining("runtimeConfig.ipRanges[0][0].rangeStart"),
+    });
+  });
+});

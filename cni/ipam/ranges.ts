@@ -4,6 +4,7 @@
 // disjoint. Every error is code 7 and names the key that holds the bad value.
 import { readFileSync } from "node:fs";
 import { isAbsolute } from "node:path";
+import { goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type Route } from "../spec/types.ts";
 import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "./cidr.ts";
 
@@ -41,6 +42,11 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+// host-local's keys, matched as its Go decoder matches them (see goFields).
+const RANGE_KEYS = ["subnet", "rangeStart", "rangeEnd", "gateway"];
+const ROUTE_KEYS = ["dst", "gw", "mtu", "advmss", "priority", "table", "scope"];
+export const HOST_LOCAL_KEYS = [...RANGE_KEYS, "ranges", "routes", "dataDir", "resolvConf"];
+
 function present(v: unknown): boolean {
   return v !== undefined && v !== null && v !== "";
 }
@@ -60,8 +66,9 @@ function show(family: Family, value: bigint): string {
 }
 
 /** Checks one {subnet, rangeStart, rangeEnd, gateway} object and applies host-local's defaults. */
-export function parseRange(raw: unknown, key: string): AddressRange {
-  if (!isObject(raw)) throw invalid(`${key} must be an object like {"subnet": "10.1.0.0/24"}, got ${JSON.stringify(raw)}`);
+export function parseRange(given: unknown, key: string): AddressRange {
+  if (!isObject(given)) throw invalid(`${key} must be an object like {"subnet": "10.1.0.0/24"}, got ${JSON.stringify(given)}`);
+  const raw = goFields(given, RANGE_KEYS);
   if (!present(raw.subnet)) throw invalid(`${key}.subnet is required`);
   if (typeof raw.subnet !== "string") throw invalid(`${key}.subnet must be a CIDR string, got ${JSON.stringify(raw.subnet)}`);
   let subnet: Subnet;
@@ -136,8 +143,9 @@ function parseRangeSets(raw: unknown, key: string): RangeSet[] {
 }
 
 /** A route from config: dst is masked to its network (the kernel rejects IPv4 host bits). */
-export function parseRoute(raw: unknown, key: string): Route {
-  if (!isObject(raw)) throw invalid(`${key} must be an object like {"dst": "0.0.0.0/0"}, got ${JSON.stringify(raw)}`);
+export function parseRoute(given: unknown, key: string): Route {
+  if (!isObject(given)) throw invalid(`${key} must be an object like {"dst": "0.0.0.0/0"}, got ${JSON.stringify(given)}`);
+  const raw = goFields(given, ROUTE_KEYS);
   if (typeof raw.dst !== "string") throw invalid(`${key}.dst must be a CIDR string, got ${JSON.stringify(raw.dst)}`);
   let dst: Subnet;
   try {
@@ -215,7 +223,8 @@ export function checkedDataDir(value: unknown): string | undefined {
   return value.split("/").some((seg) => seg === "." || seg === "..") ? undefined : value;
 }
 
-export function parseHostLocalConfig(ipam: Record<string, unknown>, runtimeConfig?: Record<string, unknown>): HostLocalConfig {
+export function parseHostLocalConfig(section: Record<string, unknown>, runtimeConfig?: Record<string, unknown>): HostLocalConfig {
+  const ipam = goFields(section, HOST_LOCAL_KEYS);
   const rangeSets: RangeSet[] = [];
   const fromRuntime = runtimeConfig?.ipRanges;
   if (fromRuntime !== undefined && fromRuntime !== null) rangeSets.push(...parseRangeSets(fromRuntime, "runtimeConfig.ipRanges"));

@@ -57,6 +57,23 @@ describe("berth-static", () => {
     });
   });
 
+  it("reads Go-cased keys as the reference static plugin's decoder does", async () => {
+    const out = await invoke(
+      "ADD",
+      conf({
+        Addresses: [{ Address: "10.70.0.5/24", GATEWAY: "10.70.0.1" }],
+        Routes: [{ DST: "0.0.0.0/0" }],
+        DNS: { Nameservers: ["10.70.0.10"], Domain: "example.com" },
+      }),
+    );
+    expect(out.json).toEqual({
+      cniVersion: "1.1.0",
+      ips: [{ address: "10.70.0.5/24", gateway: "10.70.0.1" }],
+      routes: [{ dst: "0.0.0.0/0" }],
+      dns: { nameservers: ["10.70.0.10"], domain: "example.com" },
+    });
+  });
+
   it("CNI_ARGS IP= and GATEWAY= add to the configured addresses", async () => {
     const out = await invoke("ADD", conf({ addresses: [addresses[0]] }), "IP=10.71.0.5/24,fd71::5/64;GATEWAY=10.71.0.1,fd71::1");
     expect(out.json.ips).toEqual([

@@ -2,6 +2,7 @@
 // Sources, as in the reference static plugin: runtimeConfig.ips replaces ipam.addresses, else
 // args.cni.ips replaces them, else CNI_ARGS IP= adds to them; CNI_ARGS GATEWAY= fills the
 // gateway of every address of its family that has none.
+import { goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
 import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
@@ -14,6 +15,16 @@ interface StaticAddress {
 
 function invalid(msg: string): CniError {
   return new CniError(ErrorCode.InvalidConfig, `invalid ipam config: ${msg}`);
+}
+
+// The reference static plugin's keys, matched as its Go decoder matches them (see goFields).
+const STATIC_KEYS = ["addresses", "routes", "dns"];
+const ADDRESS_KEYS = ["address", "gateway"];
+const DNS_KEYS = ["nameservers", "domain", "search", "options"];
+
+/** The ipam section with its keys matched to static's. */
+function ipamOf(req: Request): Record<string, unknown> {
+  return goFields(req.config.ipam ?? {}, STATIC_KEYS);
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
@@ -38,8 +49,9 @@ function ipAt(key: string, v: unknown): Ip {
   }
 }
 
-function parseAddress(raw: unknown, key: string): StaticAddress {
-  if (!isObject(raw)) throw invalid(`${key} must be an object like {"address": "10.1.0.5/24"}, got ${JSON.stringify(raw)}`);
+function parseAddress(given: unknown, key: string): StaticAddress {
+  if (!isObject(given)) throw invalid(`${key} must be an object like {"address": "10.1.0.5/24"}, got ${JSON.stringify(given)}`);
+  const raw = goFields(given, ADDRESS_KEYS);
   const address = prefixAt(`${key}.address`, raw.address);
   if (raw.gateway === undefined || raw.gateway === null || raw.gateway === "") return { address };
   const gateway = ipAt(`${key}.gateway`, raw.gateway);
@@ -60,7 +72,7 @@ function nonEmpty(v: unknown): boolean {
 
 /** The addresses for this attachment, after the runtime's overrides, in the order configured. */
 export function staticAddresses(req: Request): StaticAddress[] {
-  const ipam: Record<string, unknown> = req.config.ipam ?? {};
+  const ipam = ipamOf(req);
   const runtimeIps = req.config.runtimeConfig?.ips;
   const argsSection = req.config.args?.cni;
   const argsIps = isObject(argsSection) ? argsSection.ips : undefined;
@@ -97,9 +109,10 @@ export function staticAddresses(req: Request): StaticAddress[] {
   return addresses;
 }
 
-function parseDns(raw: unknown): Dns | undefined {
-  if (raw === undefined || raw === null) return undefined;
-  if (!isObject(raw)) throw invalid(`ipam.dns must be an object, got ${JSON.stringify(raw)}`);
+function parseDns(given: unknown): Dns | undefined {
+  if (given === undefined || given === null) return undefined;
+  if (!isObject(given)) throw invalid(`ipam.dns must be an object, got ${JSON.stringify(given)}`);
+  const raw = goFields(given, DNS_KEYS);
   const dns: Dns = {};
   for (const key of ["nameservers", "search", "options"] as const) {
     const v = raw[key];
@@ -126,7 +139,7 @@ export const staticPlugin: Plugin = {
   cniArgs: ["IP", "GATEWAY"],
 
   async add(req: Request): Promise<Result> {
-    const ipam: Record<string, unknown> = req.config.ipam ?? {};
+    const ipam = ipamOf(req);
     const result: Result = { cniVersion: req.config.cniVersion, ips: staticAddresses(req).map(toIpConfig) };
     const routes = parseRoutes(ipam.routes, "ipam.routes");
     if (routes.length > 0) result.routes = routes;

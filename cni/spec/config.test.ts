@@ -192,8 +192,12 @@ describe("gcAttachments", () => {
     expect(gcAttachments(conf({ "cni.dev/valid-attachments": null }))).toEqual([]);
   });
 
+  it("reads neither key as an empty list: what libcni sends when the runtime names no valid attachment", () => {
+    expect(gcAttachments(conf({}))).toEqual([]);
+    expect(gcAttachments(conf({ "cni.dev/valid-attachments": null, "cni.dev/attachments": null }))).toEqual([]);
+  });
+
   it.each<[string, Record<string, unknown>, RegExp]>([
-    ["neither key", {}, /GC needs "cni\.dev\/valid-attachments"/],
     ["not an array", { "cni.dev/valid-attachments": {} }, /"cni\.dev\/valid-attachments" must be an array/],
     ["entry without ifname", { "cni.dev/valid-attachments": [{ containerID: "a" }] }, /"cni\.dev\/valid-attachments\[0\]"/],
     ["entry with numeric id", { "cni.dev/attachments": [{ containerID: 1, ifname: "e" }] }, /"cni\.dev\/attachments\[0\]"/],
@@ -201,5 +205,54 @@ describe("gcAttachments", () => {
     const err = failure(() => gcAttachments(conf(extra)));
     expect(err.code).toBe(7);
     expect(err.message).toMatch(msg);
+  });
+});
+
+describe("the shared sections' keys are matched as the reference decoder matches them", () => {
+  it("reads Go-cased top-level, ipam, dns, runtimeConfig and args keys under their declared names", () => {
+    const { config, version } = parseNetConf(
+      stdin({
+        CNIVersion: "1.0.0",
+        Name: "net-1",
+        TYPE: "bridge",
+        IPAM: { Type: "host-local", Ranges: [[{ Subnet: "10.1.0.0/24" }]] },
+        DNS: { Nameservers: ["10.1.0.53"], Domain: "cluster.local", Search: ["svc.cluster.local"], Options: ["ndots:5"] },
+        RuntimeConfig: {
+          PortMappings: [{ HostPort: 18080, ContainerPort: 8080, Protocol: "tcp", HostIP: "" }],
+          IPs: ["10.1.0.9"],
+        },
+        Args: { CNI: { MAC: "02:00:00:00:00:09" } },
+        bridge: "br0",
+      }),
+    );
+    expect(version).toBe("1.0.0");
+    expect(config).toMatchObject({
+      cniVersion: "1.0.0",
+      name: "net-1",
+      type: "bridge",
+      // A plugin's own keys inside ipam are matched by that plugin's parser.
+      ipam: { type: "host-local", Ranges: [[{ Subnet: "10.1.0.0/24" }]] },
+      dns: { nameservers: ["10.1.0.53"], domain: "cluster.local", search: ["svc.cluster.local"], options: ["ndots:5"] },
+      runtimeConfig: { portMappings: [{ HostPort: 18080, ContainerPort: 8080, Protocol: "tcp", HostIP: "" }] },
+      bridge: "br0",
+    });
+    expect(requestedIps({ config, args: {} })).toEqual(["10.1.0.9"]);
+    expect(requestedMac({ config, args: {} })).toBe("02:00:00:00:00:09");
+  });
+
+  it("still refuses a bad value under a Go-cased key, naming the declared key", () => {
+    expect(failure(() => parseNetConf(stdin({ ...good, RuntimeConfig: "x" }))).message).toMatch(
+      /"runtimeConfig" must be an object/,
+    );
+    expect(failure(() => parseNetConf(stdin({ cniVersion: "1.0.0", Name: "bad name", type: "t" }))).message).toMatch(
+      /"name" must start/,
+    );
+  });
+
+  it("reads GC attachments with Go-cased fields", () => {
+    const { config } = parseNetConf(
+      stdin({ ...good, "CNI.dev/Valid-Attachments": [{ ContainerID: "a", IfName: "eth0" }], "cni.dev/attachments": null }),
+    );
+    expect(gcAttachments(config)).toEqual([{ containerID: "a", ifname: "eth0" }]);
   });
 });

@@ -3,6 +3,7 @@
 // arrive by several routes (requested IPs and MAC) and the GC attachment list.
 import { cidrFamily, ipFamily, isMac } from "./address.ts";
 import { parseResult } from "./result.ts";
+import { goFields } from "./schema.ts";
 import { type Attachment, CniError, ErrorCode, type NetConf } from "./types.ts";
 import { type CniVersion, pickVersion } from "./version.ts";
 
@@ -38,12 +39,59 @@ export function decodeConfig(stdin: Buffer): Record<string, unknown> {
   return raw;
 }
 
+// The keys of the sections every plugin shares, as the reference types spell them. Each
+// section's keys are matched the way Go's decoder matches them (see goFields); a plugin's own
+// keys are matched by its schema, host-local's and static's by their parsers.
+const NETCONF_KEYS = [
+  "cniVersion",
+  "cniVersions",
+  "name",
+  "type",
+  "capabilities",
+  "ipam",
+  "dns",
+  "runtimeConfig",
+  "args",
+  "prevResult",
+  "ipMasq",
+  "logFile",
+  "cni.dev/valid-attachments",
+  "cni.dev/attachments",
+] as const;
+const IPAM_KEYS = ["type"];
+const DNS_KEYS = ["nameservers", "domain", "search", "options"];
+/** The capability arguments berth reads (CONVENTIONS.md names). */
+const RUNTIME_CONFIG_KEYS = ["portMappings", "ipRanges", "bandwidth", "dns", "ips", "mac"];
+const ARGS_KEYS = ["cni"];
+const ARGS_CNI_KEYS = ["ips", "mac"];
+const ATTACHMENT_FIELDS = ["containerID", "ifname"];
+
+/** `section` of `obj` with its keys matched to `names`, when it is an object; else unchanged. */
+function matchSection(obj: Record<string, unknown>, section: string, names: readonly string[]): void {
+  const v = obj[section];
+  if (isObject(v)) obj[section] = goFields(v, names);
+}
+
+/** The config with the shared sections' keys spelled as declared (a copy where any differ). */
+function matchSpecKeys(raw: Record<string, unknown>): Record<string, unknown> {
+  const top = { ...goFields(raw, NETCONF_KEYS) };
+  matchSection(top, "ipam", IPAM_KEYS);
+  matchSection(top, "dns", DNS_KEYS);
+  matchSection(top, "runtimeConfig", RUNTIME_CONFIG_KEYS);
+  matchSection(top, "args", ARGS_KEYS);
+  if (isObject(top.args)) {
+    top.args = { ...top.args };
+    matchSection(top.args as Record<string, unknown>, "cni", ARGS_CNI_KEYS);
+  }
+  return top;
+}
+
 /**
  * Decodes and checks the config for one invocation. The result has `cniVersion` set to the
  * version to answer in and `prevResult` in the newest result shape.
  */
 export function parseNetConf(stdin: Buffer): { config: NetConf; version: CniVersion } {
-  const raw = decodeConfig(stdin);
+  const raw = matchSpecKeys(decodeConfig(stdin));
   const version = pickVersion(raw.cniVersion, raw.cniVersions);
 
   if (raw.name === undefined || raw.name === "") throw configError(`"name" is required`);
@@ -139,23 +187,23 @@ const ATTACHMENT_KEYS = ["cni.dev/valid-attachments", "cni.dev/attachments"] as 
 
 /**
  * The attachments GC must keep: the union of "cni.dev/valid-attachments" and the key the
- * 1.1.0 tag spelled "cni.dev/attachments" (libcni sends both). null means an empty list.
- * Neither key present is code 7: without the list, GC cannot tell what is still in use.
+ * 1.1.0 tag spelled "cni.dev/attachments" (libcni sends both). Neither key, or null, is an
+ * empty list: libcni leaves both out when the runtime names no valid attachment (cnitool gc
+ * does, after it has run DEL for every attachment it cached), and the reference plugins'
+ * decoder reads an absent list as empty. Every attachment of the network is then garbage.
  */
 export function gcAttachments(config: NetConf): Attachment[] {
-  if (ATTACHMENT_KEYS.every((k) => config[k] === undefined)) {
-    throw configError(`GC needs "cni.dev/valid-attachments" (the attachments still in use)`);
-  }
   const seen = new Map<string, Attachment>();
   for (const key of ATTACHMENT_KEYS) {
     const list: unknown = config[key];
     if (list === undefined || list === null) continue;
     if (!Array.isArray(list)) throw configError(`"${key}" must be an array, got ${JSON.stringify(list)}`);
     list.forEach((a, i) => {
-      if (!isObject(a) || typeof a.containerID !== "string" || a.containerID === "" || typeof a.ifname !== "string") {
+      const fields = isObject(a) ? goFields(a, ATTACHMENT_FIELDS) : undefined;
+      if (!fields || typeof fields.containerID !== "string" || fields.containerID === "" || typeof fields.ifname !== "string") {
         throw configError(`"${key}[${i}]" must be {"containerID": string, "ifname": string}, got ${JSON.stringify(a)}`);
       }
-      seen.set(`${a.containerID}\0${a.ifname}`, { containerID: a.containerID, ifname: a.ifname });
+      seen.set(`${fields.containerID}\0${fields.ifname}`, { containerID: fields.containerID, ifname: fields.ifname });
     });
   }
   return [...seen.values()];

@@ -1,5 +1,5 @@
 import { describe, expect, expectTypeOf, it } from "vitest";
-import { configSchema, field, validateConfig } from "./schema.ts";
+import { configSchema, field, foldKey, goFields, validateConfig } from "./schema.ts";
 import { CniError } from "./types.ts";
 
 const bridgeLike = configSchema(
@@ -121,5 +121,68 @@ describe("validateConfig", () => {
   it("truncates huge offending values in the message", () => {
     const err = failure(() => validateConfig({ master: "m", mode: "x".repeat(10_000) }, bridgeLike));
     expect(err.message.length).toBeLessThan(300);
+  });
+});
+
+// Expected values below are what Go's encoding/json decodes from the same text into a struct
+// whose fields carry these names as JSON tags (checked against Go's decoder).
+describe("keys are matched as Go's encoding/json matches struct fields", () => {
+  const mapping = configSchema({
+    hostPort: field.int(1, 65535).require(),
+    containerPort: field.int(1, 65535).require(),
+    protocol: field.string().default("tcp"),
+    hostIP: field.string(),
+  });
+
+  it("takes containerd's Go field names (go-cni PortMapping has no JSON tags)", () => {
+    const sent = { HostPort: 18080, ContainerPort: 8080, Protocol: "tcp", HostIP: "" };
+    expect(validateConfig(sent, mapping)).toEqual({ hostPort: 18080, containerPort: 8080, protocol: "tcp", hostIP: "" });
+  });
+
+  it("folds case as Go does: any ASCII case, ſ (U+017F) for s and K (U+212A) for k, nothing else", () => {
+    expect(
+      goFields({ HOSTPORT: 1, containerport: 2, ſubnet: "a", "\u212Aind": "b" }, ["hostPort", "containerPort", "subnet", "kind"]),
+    ).toEqual({
+      hostPort: 1,
+      containerPort: 2,
+      subnet: "a",
+      kind: "b",
+    });
+    // Dotless ı and dotted İ fold to no ASCII letter: the keys stay unknown.
+    expect(goFields({ Kınd: "x", KİND: "y" }, ["kind"])).toEqual({ Kınd: "x", KİND: "y" });
+    expect(foldKey("hoſtPort")).toBe(foldKey("HostPort"));
+  });
+
+  it("keys that differ only in case: the later one wins, a later null keeps the value, objects merge", () => {
+    expect(goFields({ mtu: 1, MTU: 2 }, ["mtu"])).toEqual({ mtu: 2 });
+    expect(goFields({ MTU: 2, mtu: 1 }, ["mtu"])).toEqual({ mtu: 1 });
+    expect(goFields({ mtu: 5, MTU: null }, ["mtu"])).toEqual({ mtu: 5 });
+    expect(goFields({ mtu: null, MTU: 5 }, ["mtu"])).toEqual({ mtu: 5 });
+    expect(goFields({ inner: { a: 1 }, Inner: { b: 2 } }, ["inner"])).toEqual({ inner: { a: 1, b: 2 } });
+    // Merged objects keep document order, so the inner level's later key still wins.
+    const merged = goFields({ inner: { a: 1, A: 2 }, INNER: { a: 3 } }, ["inner"]).inner as Record<string, unknown>;
+    expect(goFields(merged, ["a"])).toEqual({ a: 3 });
+  });
+
+  it("leaves keys matching no name alone, and returns the object itself when nothing differs", () => {
+    const given = { hostPort: 1, other: 2, Other: 3 };
+    expect(goFields(given, ["hostPort"])).toBe(given);
+    expect(goFields({ HostPort: 1, Other: 3 }, ["hostPort"])).toEqual({ Other: 3, hostPort: 1 });
+  });
+
+  it("keeps types, ranges, required keys and exclusivity as strict as before", () => {
+    expect(failure(() => validateConfig({ HostPort: "18080", ContainerPort: 8080 }, mapping)).message).toContain(
+      '"hostPort" must be an integer between 1 and 65535, got "18080"',
+    );
+    expect(failure(() => validateConfig({ HostPort: 1 }, mapping)).message).toContain('"containerPort" is required');
+    const err = failure(() => validateConfig({ Master: "m", HairpinMode: true, PROMISCMODE: true }, bridgeLike));
+    expect(err.code).toBe(2);
+    expect(
+      validateConfig({ Master: "m", Ranges: [[{ Subnet: "10.1.0.0/24" }]], VlanTrunk: [{ ID: 5 }] }, bridgeLike),
+    ).toMatchObject({
+      master: "m",
+      ranges: [[{ subnet: "10.1.0.0/24" }]],
+      vlanTrunk: [{ id: 5 }],
+    });
   });
 });

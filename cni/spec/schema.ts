@@ -11,6 +11,9 @@
 // Type and range errors are code 7 (InvalidConfig). Valid values the plugin does not support
 // (a value listed in .unsupported(), two keys declared exclusive) are code 2 (UnsupportedField),
 // whose message must carry key and value. Keys not declared are allowed (SPEC: plugins MAY reject).
+//
+// Declared keys are matched as the reference plugins' decoder (Go's encoding/json) matches them,
+// see goFields: runtimes depend on it (containerd sends capability arguments with Go field names).
 import { cidrFamily, type Family, ipFamily, isMac } from "./address.ts";
 import { CniError, ErrorCode } from "./types.ts";
 
@@ -67,6 +70,108 @@ type Flatten<T> = { [K in keyof T]: T[K] } & {};
 
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+// Key matching. The reference plugins decode their config with Go's encoding/json, which puts
+// an object key into the struct field of exactly that name, else into the field whose name it
+// equals under Unicode simple case folding ("HostPort", "HOSTPORT" and "hoſtPort" all fill
+// hostPort). Runtimes rely on that: containerd's CNI library marshals capability arguments
+// (portMappings, bandwidth, ipRanges, dns) from structs without JSON tags, so they arrive as
+// {"HostPort": 18080, "ContainerPort": 8080, ...}. Every key berth reads from a config object
+// is looked up through goFields, so berth accepts exactly what the reference plugins accept.
+
+/**
+ * A key folded as Go folds names, for comparison with an ASCII name: ASCII letters upper-cased,
+ * and the two non-ASCII letters whose simple case-fold orbit holds an ASCII letter mapped onto
+ * it (U+017F LATIN SMALL LETTER LONG S with s, U+212A KELVIN SIGN with k). Any other non-ASCII
+ * character folds to something outside ASCII, so it stays and never matches an ASCII name.
+ */
+export function foldKey(key: string): string {
+  let out = "";
+  for (const ch of key) {
+    const c = ch.charCodeAt(0);
+    if (c >= 0x61 && c <= 0x7a) out += String.fromCharCode(c - 0x20);
+    else if (c === 0x17f) out += "S";
+    else if (c === 0x212a) out += "K";
+    else out += ch;
+  }
+  return out;
+}
+
+interface NameIndex {
+  exact: Set<string>;
+  folded: Map<string, string>;
+}
+
+const nameIndexes = new WeakMap<readonly string[], NameIndex>();
+
+function indexOf(names: readonly string[]): NameIndex {
+  let index = nameIndexes.get(names);
+  if (!index) {
+    index = { exact: new Set(names), folded: new Map() };
+    for (const name of names) {
+      // foldKey is exact only against ASCII names; every config key berth declares is one.
+      if (!/^[\x20-\x7e]+$/.test(name)) throw new Error(`config key ${JSON.stringify(name)} is not printable ASCII`);
+      const f = foldKey(name);
+      // Two declared names that fold alike: Go gives a folded key to the first field declared.
+      if (!index.folded.has(f)) index.folded.set(f, name);
+    }
+    nameIndexes.set(names, index);
+  }
+  return index;
+}
+
+/** Go's decoding of one value into a destination that already holds `prev`: objects merge. */
+function decodeOver(prev: unknown, next: unknown): unknown {
+  if (!isObject(prev) || !isObject(next)) return next;
+  const out: Record<string, unknown> = { ...prev };
+  for (const [k, v] of Object.entries(next)) {
+    const merged = decodeOver(out[k], v);
+    delete out[k]; // re-inserted last: a later key decodes later
+    out[k] = merged;
+  }
+  return out;
+}
+
+/**
+ * `obj` with its keys matched to `names` as Go's decoder matches object keys to struct fields:
+ * a key equal to a name goes to it, else a key equal to a name under simple case folding.
+ * Several keys landing on one name are decoded in order into the same field, as Go does: the
+ * last wins, a null does not undo an earlier value, and objects merge key by key. Keys matching
+ * no name are kept as they are (whatever checks unknown keys sees them unchanged). Returns
+ * `obj` itself when every key already has a name's spelling (the usual case).
+ *
+ * Two limits, both from JSON.parse having already built the object: a key repeated with the
+ * exact same spelling keeps the position of its first occurrence (Go sees both in document
+ * order), and two arrays for one name are not merged element by element (the later one wins).
+ */
+export function goFields(obj: Readonly<Record<string, unknown>>, names: readonly string[]): Record<string, unknown> {
+  const index = indexOf(names);
+  let targets: (string | undefined)[] | undefined;
+  const keys = Object.keys(obj);
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i]!;
+    if (index.exact.has(key)) continue;
+    const name = index.folded.get(foldKey(key));
+    if (name === undefined) continue;
+    targets ??= keys.map((k) => (index.exact.has(k) ? k : undefined));
+    targets[i] = name;
+  }
+  if (!targets) return obj as Record<string, unknown>;
+  const out: Record<string, unknown> = {};
+  const decoded = new Map<string, unknown>();
+  keys.forEach((key, i) => {
+    const name = targets[i];
+    if (name === undefined) {
+      out[key] = obj[key];
+      return;
+    }
+    const v = obj[key];
+    if (!decoded.has(name)) decoded.set(name, v);
+    else if (v !== null) decoded.set(name, decodeOver(decoded.get(name), v));
+  });
+  for (const [name, v] of decoded) out[name] = v;
+  return out;
 }
 
 function familyWord(f?: Family): string {
@@ -182,7 +287,20 @@ function checkValue<T>(f: Field<T, boolean>, v: unknown, path: string): T {
   return value;
 }
 
-function checkShape<S extends Shape>(shape: S, obj: Record<string, unknown>, prefix: string): Infer<S> {
+const shapeNames = new WeakMap<Shape, readonly string[]>();
+
+/** The object's keys matched to the shape's declared names (see goFields). */
+function shapeFields(shape: Shape, obj: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  let names = shapeNames.get(shape);
+  if (!names) {
+    names = Object.keys(shape);
+    shapeNames.set(shape, names);
+  }
+  return goFields(obj, names);
+}
+
+function checkShape<S extends Shape>(shape: S, raw: Record<string, unknown>, prefix: string): Infer<S> {
+  const obj = shapeFields(shape, raw);
   const out: Record<string, unknown> = {};
   for (const [key, f] of Object.entries(shape)) {
     const path = `${prefix}${key}`;
@@ -216,7 +334,8 @@ export function configSchema<S extends Shape>(fields: S, rules: SchemaRules<S> =
 export function validateConfig<S extends Shape>(config: Readonly<Record<string, unknown>>, schema: ConfigSchema<S>): Infer<S> {
   const out = checkShape(schema.fields, config, "");
   const values = out as Record<string, unknown>;
-  const isSet = (k: string) => config[k] !== undefined && config[k] !== null && config[k] !== false;
+  const given = shapeFields(schema.fields, config);
+  const isSet = (k: string) => given[k] !== undefined && given[k] !== null && given[k] !== false;
   for (const [a, b] of schema.rules.exclusive ?? []) {
     if (isSet(a) && isSet(b)) {
       throw new CniError(

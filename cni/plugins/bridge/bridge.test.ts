@@ -397,11 +397,16 @@ describe("berth-bridge GC and STATUS", () => {
     expect(ping(keep.ns, `${v4.base}.1`)).toBe(true);
   });
 
-  it("GC without the valid-attachments list is refused with code 7", async () => {
-    const r = await cni("GC", conf(), { id: "" });
-    expect(r.exitCode).toBe(1);
-    expect(r.json.code).toBe(7);
-    expect(r.json.msg).toContain("cni.dev/valid-attachments");
+  it("GC without the valid-attachments list (libcni when no attachment is valid) removes every attachment", async () => {
+    const config = conf({ isGateway: true, ipMasq: true });
+    const ra = await add(config, container());
+    const rb = await add(config, container());
+    expect(hostVeths()).toHaveLength(2);
+    await ok("GC", config, { id: "" });
+    expect(hostVeths()).toEqual([]);
+    expect(leases()).toEqual([]);
+    const text = nftText("inet");
+    for (const r of [ra, rb]) expect(text).not.toContain(`${ipOf(r.ips![0]!.address)} comment`);
   });
 
   it("STATUS is ready while addresses are free and reports 50 once the pool is exhausted", async () => {

@@ -3,6 +3,7 @@
 // stops both cleanly. Own flags: `--no-csi` leaves the driver out, `--csi-endpoint URL`
 // (default $CSI_ENDPOINT, else unix:///run/berth/csi.sock) and `--csi-dir DIR` (volumes under
 // DIR/volumes, state in DIR; default /var/lib/berth/csi); every other flag goes to the agent.
+import { ListenFdsError, takeListener } from "../native/listen-fds.ts";
 import { runUp } from "../overlay/agent.ts";
 
 export const DEFAULT_CSI_ENDPOINT = "unix:///run/berth/csi.sock";
@@ -48,15 +49,19 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
   if (up.csi) {
     const { startCsiDriver } = await import("../csi/server.ts");
     try {
-      csi = await startCsiDriver({
-        endpoint: up.csiEndpoint,
+      // Socket activation: a socket passed as "csi" is served instead of the endpoint's path.
+      const passed = takeListener("csi");
+      const driver = await startCsiDriver({
+        passed,
+        endpoint: passed?.path ? `unix://${passed.path}` : up.csiEndpoint,
         stateDir: up.csiDir,
         dataDir: up.csiDir ? `${up.csiDir}/volumes` : undefined,
       });
-      process.stderr.write(`berth up: CSI driver serving ${up.csiEndpoint}\n`);
+      csi = driver;
+      process.stderr.write(`berth up: CSI driver serving ${driver.endpoint}\n`);
     } catch (e) {
       process.stderr.write(`berth up: CSI driver not started: ${(e as Error).message}\n`);
-      return 1;
+      return e instanceof ListenFdsError ? 2 : 1;
     }
   }
   try {

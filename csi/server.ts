@@ -1,13 +1,14 @@
 // `berth csi`: Identity, Controller and Node services on one gRPC unix socket.
 import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
-import { connect } from "node:net";
+import { connect, createServer as createNetServer, type Server as NetServer } from "node:net";
 import { hostname } from "node:os";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import pino, { type Logger } from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
+import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
 import { BackingStore, canResizeExt4Online } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
 import type { Driver } from "./driver.ts";
@@ -69,6 +70,11 @@ export interface CsiDriverOptions {
   mode?: DriverMode;
   metricsListen?: string;
   maxVolumesPerNode?: number;
+  /**
+   * A listening socket a service manager passed (native/listen-fds.ts): served instead of
+   * binding the endpoint's path, whose file then belongs to the service manager.
+   */
+  passed?: PassedListener;
   /** Also advertise ALPHA_CONTROLLER_CAPABILITIES. */
   alphaCapabilities?: boolean;
   logger?: Logger;
@@ -187,13 +193,16 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
   if (!nodeId || Buffer.byteLength(nodeId) > 256) throw new ConfigError("node id must be 1-256 bytes");
   const mode = options.mode ?? "both";
   if (!["controller", "node", "both"].includes(mode)) throw new ConfigError(`mode must be controller, node or both, got ${mode}`);
-  const socketPath = socketPathOf(options.endpoint);
+  const passed = options.passed;
+  const socketPath = passed ? passed.path : socketPathOf(options.endpoint);
   const dataDir = options.dataDir ?? "/var/lib/berth/csi/volumes";
   const stateDir = options.stateDir ?? "/var/lib/berth/csi";
   mkdirSync(stateDir, { recursive: true, mode: 0o700 });
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  mkdirSync(dirname(socketPath), { recursive: true });
-  await claimSocket(socketPath);
+  if (!passed) {
+    mkdirSync(dirname(socketPath), { recursive: true });
+    await claimSocket(socketPath);
+  }
 
   const store = new VolumeStore(join(stateDir, "csi.db"));
   const backing = new BackingStore(dataDir);
@@ -282,10 +291,26 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
     server.addService(pkg.csi.v1.Node.service, handlers);
   }
 
-  await new Promise<void>((resolve, reject) =>
-    server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
-  );
-  chmodSync(socketPath, 0o660);
+  // A passed socket cannot be bound by grpc-js: a net.Server accepts on it and hands each
+  // connection to the gRPC server through a connection injector.
+  let accepting: NetServer | undefined;
+  if (passed) {
+    const injector = server.createConnectionInjector(grpc.ServerCredentials.createInsecure());
+    const netServer = createNetServer((conn) => injector.injectConnection(conn));
+    accepting = netServer;
+    await new Promise<void>((resolve, reject) => {
+      netServer.once("error", reject);
+      netServer.listen({ fd: passed.fd }, () => {
+        netServer.off("error", reject);
+        resolve();
+      });
+    });
+  } else {
+    await new Promise<void>((resolve, reject) =>
+      server.bindAsync(`unix://${socketPath}`, grpc.ServerCredentials.createInsecure(), (err) => (err ? reject(err) : resolve())),
+    );
+    chmodSync(socketPath, 0o660);
+  }
 
   let http: HttpServer | undefined;
   let metricsAddress: string | undefined;
@@ -310,7 +335,10 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
     const a = h.address();
     metricsAddress = typeof a === "object" && a ? `${a.address}:${a.port}` : options.metricsListen;
   }
-  log.info({ endpoint: options.endpoint, nodeId, driverName, mode, metrics: metricsAddress }, "csi driver listening");
+  log.info(
+    { endpoint: options.endpoint, passedAs: passed?.name, nodeId, driverName, mode, metrics: metricsAddress },
+    "csi driver listening",
+  );
 
   let closed = false;
   return {
@@ -319,6 +347,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
     async close() {
       if (closed) return;
       closed = true;
+      accepting?.close();
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
           server.forceShutdown();
@@ -331,6 +360,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       });
       if (http) await new Promise<void>((resolve) => http.close(() => resolve()));
       store.close();
+      if (passed) return; // the socket file is the service manager's
       try {
         unlinkSync(socketPath);
       } catch {
@@ -371,7 +401,19 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
     process.stdout.write(`${USAGE}\n`);
     return 0;
   }
-  const endpoint = (values.endpoint as string | undefined) ?? process.env.CSI_ENDPOINT;
+  // Socket activation: a socket passed as "csi" (or a single unnamed one) is served instead.
+  let passed: PassedListener | undefined;
+  try {
+    passed = takeListener("csi", { soleUnnamed: true });
+  } catch (e) {
+    if (!(e instanceof ListenFdsError)) throw e;
+    process.stderr.write(`berth csi: ${e.message}\n`);
+    return 2;
+  }
+  const endpoint =
+    (values.endpoint as string | undefined) ??
+    process.env.CSI_ENDPOINT ??
+    (passed ? `unix://${passed.path || `(descriptor ${passed.fd})`}` : undefined);
   if (!endpoint) {
     process.stderr.write(`berth csi: --endpoint or CSI_ENDPOINT is required\n${USAGE}\n`);
     return 2;
@@ -379,6 +421,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
   let driver: RunningCsiDriver;
   try {
     driver = await startCsiDriver({
+      passed,
       endpoint,
       nodeId: values["node-id"] as string | undefined,
       driverName: values["driver-name"] as string | undefined,

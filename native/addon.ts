@@ -41,6 +41,17 @@ export interface AcceptedConnection {
   eof: boolean;
 }
 
+export interface SocketDescription {
+  /** "unix", "inet", "inet6", else the address family's number. */
+  domain: string;
+  /** "stream", "dgram", "seqpacket", else the type's number. */
+  type: string;
+  /** SO_ACCEPTCONN: listen() was called on it. */
+  listening: boolean;
+  /** The unix socket's path; "" when unnamed, abstract or not a unix socket. */
+  path: string;
+}
+
 export interface FdWatcher {
   stop(): void;
 }
@@ -63,6 +74,10 @@ export interface Addon {
   unixListen(path: string, backlog: number): number;
   unixAccept(listenFd: number, maxBytes: number): AcceptedConnection[];
   unixSend(fd: number, data: Buffer): number;
+  /** What a descriptor is (socket activation): throws ENOTSOCK/EBADF for a non-socket or closed one. */
+  socketDescribe(fd: number): SocketDescription;
+  /** Sets FD_CLOEXEC and/or O_NONBLOCK on a descriptor. */
+  fdSetFlags(fd: number, cloexec: boolean, nonblock: boolean): void;
   mount(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): void;
   umount2(target: string, flags: number): void;
   /** New mount API (fsopen/fsconfig/fsmount/move_mount); errors carry `detail`, the kernel's own message. */

@@ -9,6 +9,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
+import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
 import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
 import { cidrContains, formatCidr, networkAddress } from "./cidr.ts";
 import { AGENT_USAGE, type AgentConfig, AgentConfigError, parseAgentConfig } from "./config.ts";
@@ -38,6 +39,8 @@ export interface AgentDeps {
   logger?: Logger;
   /** Skips discovery (tests that keep the dataplane in another namespace than the process). */
   underlay?: Underlay;
+  /** The CNI socket a service manager passed (socket activation): served instead of binding cniSocket. */
+  cniListener?: PassedListener;
 }
 
 /** Exponential backoff with jitter, reset on success. */
@@ -82,6 +85,7 @@ export class Agent {
   private timers = new Set<NodeJS.Timeout>();
   private api: { close(): Promise<void>; tcpPort?: number } | null = null;
   private cniServer: { close(): Promise<void> } | null = null;
+  private readonly cniListener: PassedListener | undefined;
   private readonly leaseBackoff = new Backoff();
   private readonly syncBackoff = new Backoff();
   private syncing = false;
@@ -130,6 +134,7 @@ export class Agent {
       vni: config.vni,
       ttlSeconds: config.leaseTtlSeconds,
     });
+    this.cniListener = deps.cniListener;
     this.makeDataplane =
       deps.dataplane ??
       (async (spec, logger) => {
@@ -157,11 +162,19 @@ export class Agent {
     const app = buildApi(this.view(), this.metrics.registry, this.logger);
     this.api = await listenApi(app, this.config.apiSocket, this.config.apiListen);
     this.logger.info({ socket: this.config.apiSocket, tcp: this.config.apiListen }, "API listening");
-    if (this.config.cniSocket) {
+    if (this.config.cniSocket || this.cniListener) {
       // The CNI fast path: plugin launchers hand their invocations to this process.
       const { startCniServer } = await import("./cniserver/server.ts");
-      this.cniServer = await startCniServer({ socketPath: this.config.cniSocket, log: (line) => this.logger.debug(line) });
-      this.logger.info({ socket: this.config.cniSocket }, "CNI fast path listening");
+      const passed = this.cniListener;
+      this.cniServer = await startCniServer({
+        socketPath: this.config.cniSocket,
+        passed,
+        log: (line) => this.logger.debug(line),
+      });
+      this.logger.info(
+        passed ? { socket: passed.path, passedAs: passed.name } : { socket: this.config.cniSocket },
+        "CNI fast path listening",
+      );
     }
     void this.acquireLease();
   }
@@ -546,18 +559,22 @@ function remoteOf(key: string, subnet: HostLease["subnet"], subnetV6: HostLease[
 
 // ---------------------------------------------------------------- command entry points
 
-async function runUntilSignal(config: AgentConfig, deps: AgentDeps = {}): Promise<number> {
+async function runUntilSignal(config: AgentConfig, soleUnnamedIsCni: boolean): Promise<number> {
   let agent: Agent;
   try {
-    agent = new Agent(config, deps);
+    // Socket activation: a CNI socket passed as "cni" (or, to `berth agent`, a single unnamed one).
+    const cniListener = takeListener("cni", { soleUnnamed: soleUnnamedIsCni });
+    agent = new Agent(config, { cniListener });
     await agent.start();
   } catch (e) {
-    if (e instanceof AgentConfigError || e instanceof UnderlayError || e instanceof LeaseError) {
+    if (e instanceof AgentConfigError || e instanceof UnderlayError || e instanceof LeaseError || e instanceof ListenFdsError) {
       process.stderr.write(`berth agent: ${e.message}\n`);
       return 2;
     }
     throw e;
   }
+  for (const p of untakenListeners())
+    agent.logger.warn({ fd: p.fd, name: p.name }, 'a passed socket berth does not serve (expected "cni" or "csi")');
   const signal = await new Promise<string>((resolve) => {
     process.once("SIGINT", () => resolve("SIGINT"));
     process.once("SIGTERM", () => resolve("SIGTERM"));
@@ -586,11 +603,11 @@ function parseOrExplain(argv: string[], defaults?: Parameters<typeof parseAgentC
 /** `berth agent [flags]`: runs the overlay agent until SIGINT/SIGTERM. */
 export async function runAgentCommand(argv: string[]): Promise<number> {
   const config = parseOrExplain(argv);
-  return typeof config === "number" ? config : runUntilSignal(config);
+  return typeof config === "number" ? config : runUntilSignal(config, true);
 }
 
 /** `berth up`: the agent on the embedded store with single-host defaults, in the foreground. */
 export async function runUp(argv: string[]): Promise<number> {
   const config = parseOrExplain(argv, { store: "local", clusterCidrs: ["10.244.0.0/16"] });
-  return typeof config === "number" ? config : runUntilSignal(config);
+  return typeof config === "number" ? config : runUntilSignal(config, false);
 }

@@ -5,7 +5,9 @@
 // a net.Socket per connection (handle, two streams, their events) cost the agent's main thread
 // more than the system calls themselves. What does not fit this path (a request still arriving,
 // a reply larger than the socket buffer) goes back to a net.Socket made from the descriptor.
+#include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -108,12 +110,65 @@ Napi::Value UnixSend(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(off));
 }
 
+// socketDescribe(fd): what a descriptor handed to us (socket activation) is, so the caller can
+// refuse anything but a listening unix stream socket: { domain, type, listening, path } (path
+// "" for an unnamed or abstract socket). Throws ENOTSOCK for a descriptor that is no socket,
+// EBADF for one that is not open.
+Napi::Value SocketDescribe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = IntArg(info, 0, "fd");
+  struct stat st;
+  if (fstat(fd, &st) != 0) ThrowSys(env, errno, "fstat");
+  if (!S_ISSOCK(st.st_mode)) ThrowSys(env, ENOTSOCK, "fstat");
+  int domain = 0, type = 0, listening = 0;
+  socklen_t len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) ThrowSys(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) ThrowSys(env, errno, "getsockopt");
+  len = sizeof(int);
+  if (getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0) ThrowSys(env, errno, "getsockopt");
+  std::string path;
+  if (domain == AF_UNIX) {
+    struct sockaddr_un addr = {};
+    socklen_t alen = sizeof(addr);
+    if (getsockname(fd, reinterpret_cast<struct sockaddr*>(&addr), &alen) != 0) ThrowSys(env, errno, "getsockname");
+    size_t n = alen > offsetof(struct sockaddr_un, sun_path) ? alen - offsetof(struct sockaddr_un, sun_path) : 0;
+    if (n > 0 && addr.sun_path[0] != '\0') path.assign(addr.sun_path, strnlen(addr.sun_path, n));
+  }
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("domain", Napi::String::New(env, domain == AF_UNIX ? "unix" : domain == AF_INET ? "inet" : domain == AF_INET6 ? "inet6" : std::to_string(domain)));
+  out.Set("type", Napi::String::New(env, type == SOCK_STREAM ? "stream" : type == SOCK_DGRAM ? "dgram" : type == SOCK_SEQPACKET ? "seqpacket" : std::to_string(type)));
+  out.Set("listening", Napi::Boolean::New(env, listening != 0));
+  out.Set("path", Napi::String::New(env, path));
+  return out;
+}
+
+// fdSetFlags(fd, cloexec, nonblock): sets close-on-exec and/or O_NONBLOCK on a descriptor we
+// inherited (a service manager passes its sockets without either).
+Napi::Value FdSetFlags(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = IntArg(info, 0, "fd");
+  bool cloexec = info.Length() > 1 && info[1].ToBoolean().Value();
+  bool nonblock = info.Length() > 2 && info[2].ToBoolean().Value();
+  if (cloexec) {
+    int f = fcntl(fd, F_GETFD);
+    if (f < 0 || fcntl(fd, F_SETFD, f | FD_CLOEXEC) != 0) ThrowSys(env, errno, "fcntl");
+  }
+  if (nonblock) {
+    int f = fcntl(fd, F_GETFL);
+    if (f < 0 || fcntl(fd, F_SETFL, f | O_NONBLOCK) != 0) ThrowSys(env, errno, "fcntl");
+  }
+  return env.Undefined();
+}
+
 }  // namespace
 
 void InitUnixServe(Napi::Env env, Napi::Object exports) {
   exports.Set("unixListen", Napi::Function::New(env, UnixListen));
   exports.Set("unixAccept", Napi::Function::New(env, UnixAccept));
   exports.Set("unixSend", Napi::Function::New(env, UnixSend));
+  exports.Set("socketDescribe", Napi::Function::New(env, SocketDescribe));
+  exports.Set("fdSetFlags", Napi::Function::New(env, FdSetFlags));
 }
 
 }  // namespace berth

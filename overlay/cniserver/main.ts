@@ -4,8 +4,11 @@
 //   berth cni-server [--socket /run/berth/cni.sock] [--quiet]
 //   node --import tsx overlay/cniserver/main.ts [...]   (from the source tree)
 //
-// Prints "listening <path>" on stdout once the socket accepts; SIGTERM/SIGINT close it.
+// Prints "listening <path>" on stdout once the socket accepts; SIGTERM/SIGINT close it. Under
+// socket activation (a service manager passes the socket named "cni", or a single unnamed one)
+// that socket is served and --socket is not bound.
 import { parseArgs } from "node:util";
+import { ListenFdsError, type PassedListener, takeListener } from "../../native/listen-fds.ts";
 import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
 
 /** Runs the server until SIGTERM/SIGINT; resolves with the exit code once it has closed. */
@@ -20,15 +23,18 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    process.stdout.write("usage: berth cni-server [--socket PATH] [--quiet]\n");
+    process.stdout.write(
+      'usage: berth cni-server [--socket PATH] [--quiet]\n(a listening socket passed by a service manager as "cni" is served instead of --socket)\n',
+    );
     return 0;
   }
   const log = values.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
   let server: Awaited<ReturnType<typeof startCniServer>>;
   try {
-    server = await startCniServer({ socketPath: values.socket, log });
+    const passed: PassedListener | undefined = takeListener("cni", { soleUnnamed: true });
+    server = await startCniServer({ socketPath: values.socket, log, passed });
   } catch (e) {
-    if (!(e instanceof CniServerStartError)) throw e;
+    if (!(e instanceof CniServerStartError || e instanceof ListenFdsError)) throw e;
     process.stderr.write(`berth cni-server: ${e.message}\n`);
     return 2;
   }

@@ -15,6 +15,7 @@ import { handleInvocation, type InvocationOutcome, versionForError } from "../..
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { type AcceptedConnection, addon } from "../../native/addon.ts";
+import type { PassedListener } from "../../native/listen-fds.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
@@ -40,6 +41,11 @@ export interface CniServerOptions {
   log?: (line: string) => void;
   /** A connection that has not sent its whole request after this long is dropped (default 30 s). */
   requestTimeoutMs?: number;
+  /**
+   * A listening socket a service manager passed (native/listen-fds.ts): served instead of
+   * binding socketPath. Its file belongs to the service manager: never replaced or removed.
+   */
+  passed?: PassedListener;
 }
 
 export interface CniServer {
@@ -54,7 +60,8 @@ export class CniServerStartError extends Error {
 }
 
 export async function startCniServer(opts: CniServerOptions = {}): Promise<CniServer> {
-  const socketPath = opts.socketPath ?? DEFAULT_CNI_SOCKET;
+  const passed = opts.passed;
+  const socketPath = passed ? passed.path || `(descriptor ${passed.fd})` : (opts.socketPath ?? DEFAULT_CNI_SOCKET);
   const log = opts.log ?? (() => {});
   const registry = new PluginRegistry(opts.plugins ?? DEFAULT_PLUGINS);
   const serialiser = new KeyedSerialiser();
@@ -62,27 +69,31 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   const ownUid = process.geteuid?.() ?? 0;
   const open = new Set<Socket>();
 
-  await claimSocketPath(socketPath);
+  if (!passed) await claimSocketPath(socketPath);
   // Lease commits here fsync on the thread pool while the ADD's kernel work goes on; every
   // invocation awaits its fsyncs before it answers (Request.pendingSync).
   LeaseStore.deferSyncs(true);
   // A lone invocation makes its short netlink requests on this thread; concurrent ones on the pool.
   Rtnl.shortRequestsInline = () => inFlight <= 1;
-  mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  if (!passed) mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
 
   const retirement = installLinkRetirer(log);
   const ctx: ConnectionContext = { registry, serialiser, log, ownUid, requestTimeoutMs, open, pending: new Set() };
   let listenFd: number;
-  try {
-    listenFd = addon().unixListen(socketPath, 511);
-  } catch (e) {
-    await retirement.close();
-    throw e;
+  let ino: number | undefined;
+  if (passed) listenFd = passed.fd;
+  else {
+    try {
+      listenFd = addon().unixListen(socketPath, 511);
+    } catch (e) {
+      await retirement.close();
+      throw e;
+    }
+    // Connections that slip in before the chmod are still subject to the peer check.
+    chmodSync(socketPath, 0o600);
+    if (ownUid === 0) chownSync(socketPath, 0, 0);
+    ino = lstatSync(socketPath).ino;
   }
-  // Connections that slip in before the chmod are still subject to the peer check.
-  chmodSync(socketPath, 0o600);
-  if (ownUid === 0) chownSync(socketPath, 0, 0);
-  const ino = lstatSync(socketPath).ino;
   let retry: NodeJS.Timeout | undefined;
   const onReadable = () => {
     let accepted: AcceptedConnection[];
@@ -110,7 +121,9 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
     }
   };
   let watcher = new (addon().FdWatcher)(listenFd, onReadable);
-  log(`cni server: listening on ${socketPath} for ${registry.types().join(", ")}`);
+  log(
+    `cni server: listening on ${socketPath}${passed ? ` (passed by the service manager as "${passed.name}")` : ""} for ${registry.types().join(", ")}`,
+  );
 
   return {
     socketPath,
@@ -124,12 +137,14 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   };
 }
 
-async function closeConnections(socketPath: string, ino: number, ctx: ConnectionContext) {
+async function closeConnections(socketPath: string, ino: number | undefined, ctx: ConnectionContext) {
   // Idle connections (no complete request yet) would wait for their timeout; busy ones finish.
   for (const s of ctx.open) if (!busy.has(s)) s.destroy();
   await Promise.allSettled([...ctx.pending]);
   await ctx.serialiser.drain();
-  // Remove the socket file only if it is still ours (a successor may have replaced it).
+  // Remove the socket file only if it is still ours (a successor may have replaced it); a
+  // passed socket's file stays for the service manager, which starts the next server on it.
+  if (ino === undefined) return;
   try {
     if (lstatSync(socketPath).ino === ino) unlinkSync(socketPath);
   } catch {

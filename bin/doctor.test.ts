@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { delNetns, sh, testPrefix } from "../testing/kernel.ts";
-import { type CheckResult, runDoctor } from "./doctor.ts";
+import { type CheckResult, runDoctor, TOOL_CHECKS } from "./doctor.ts";
 
 function netnsNames(): string[] {
   try {
@@ -46,9 +46,11 @@ describe("berth doctor", () => {
       /^ok\s+vxlan links\s/m,
       /^ok\s+macvlan links\s/m,
       /^ok\s+\/dev\/loop-control\s+present$/m,
-      /^ok\s+mkfs\.ext4\s+.*\/mkfs\.ext4, .*\/resize2fs$/m,
+      /^ok\s+mkfs\.ext4\s+.*\/mkfs\.ext4, .*\/resize2fs, .*\/e2fsck$/m,
       /^ok\s+mkfs\.xfs\s+.*\/mkfs\.xfs, .*\/xfs_growfs$/m,
       /^ok\s+nft\s+.*\/nft$/m,
+      /^ok\s+conntrack\s+.*\/conntrack$/m,
+      /^ok\s+fsfreeze\s+.*\/fsfreeze$/m,
       // ext4 without quota support on these machines: a warning with the fallback, not a failure.
       /^warn\s+project quota\s+.* is on ext4 at \/.* — fix: dir-volume capacity falls back to loop-backed filesystems/m,
     ]) {
@@ -83,15 +85,32 @@ describe("berth doctor", () => {
     try {
       const { code, out } = await doctor([], ns, [empty]);
       expect(code).toBe(1);
-      expect(out).toMatch(/^MISSING mkfs\.ext4\s+mkfs\.ext4, resize2fs not on PATH — fix: install e2fsprogs/m);
-      expect(out).toMatch(/^warn\s+mkfs\.xfs\s+.*install xfsprogs/m);
-      expect(out).toMatch(/^MISSING nft\s+nft not on PATH — fix: install nftables/m);
+      // Each missing tool names the exact Debian package that holds it.
+      expect(out).toMatch(/^MISSING mkfs\.ext4\s+mkfs\.ext4, resize2fs, e2fsck not on PATH — fix: install e2fsprogs \(/m);
+      expect(out).toMatch(/^warn\s+mkfs\.xfs\s+mkfs\.xfs, xfs_growfs not on PATH — fix: install xfsprogs \(/m);
+      expect(out).toMatch(/^warn\s+fsfreeze\s+fsfreeze not on PATH — fix: install util-linux \(/m);
+      expect(out).toMatch(/^MISSING nft\s+nft not on PATH — fix: install nftables \(/m);
+      expect(out).toMatch(/^warn\s+conntrack\s+conntrack not on PATH — fix: install conntrack \(/m);
       expect(out).toMatch(/^warn\s+veth links\s+not checked: iproute2 `ip` not found/m);
       expect(out).toMatch(/2 required item\(s\) missing\n$/);
     } finally {
       rmSync(empty, { recursive: true, force: true });
     }
     expect(netnsNames()).not.toContain(ns);
+  });
+
+  it("names the Debian package that really holds each tool", () => {
+    for (const check of [...TOOL_CHECKS, { tools: ["ip"], pkg: "iproute2" }]) {
+      for (const tool of check.tools) {
+        // dpkg -S matches the pattern against every installed package's file list.
+        const owners = sh("dpkg", ["-S", `bin/${tool}`])
+          .trim()
+          .split("\n")
+          .filter((l) => new RegExp(`bin/${tool.replace(".", "\\.")}$`).test(l))
+          .map((l) => l.split(":")[0]);
+        expect(owners, tool).toContain(check.pkg);
+      }
+    }
   });
 
   it("rejects unknown arguments with usage", async () => {

@@ -220,8 +220,44 @@ function checkLoopControl(): CheckResult {
   }
 }
 
+/**
+ * The tools berth runs, each check with the Debian/Ubuntu package that holds its tools (the
+ * name `berth doctor` tells the operator to install; scripts/setup.sh installs them all).
+ */
+export const TOOL_CHECKS: { name: string; tools: string[]; pkg: string; why: string; required: boolean }[] = [
+  {
+    name: "mkfs.ext4",
+    tools: ["mkfs.ext4", "resize2fs", "e2fsck"],
+    pkg: "e2fsprogs",
+    why: "formatting, checking and growing ext4 block volumes",
+    required: true,
+  },
+  {
+    name: "mkfs.xfs",
+    tools: ["mkfs.xfs", "xfs_growfs"],
+    pkg: "xfsprogs",
+    why: "only volumes with fsType xfs need it",
+    required: false,
+  },
+  {
+    name: "fsfreeze",
+    tools: ["fsfreeze"],
+    pkg: "util-linux",
+    why: "consistent snapshots of mounted block volumes",
+    required: false,
+  },
+  { name: "nft", tools: ["nft"], pkg: "nftables", why: "ipMasq and port mapping program nftables", required: true },
+  {
+    name: "conntrack",
+    tools: ["conntrack"],
+    pkg: "conntrack",
+    why: "portmap flushes stale UDP conntrack entries of mapped ports",
+    required: false,
+  },
+];
+
 function checkTools(dirs: string[]): CheckResult[] {
-  const tool = (name: string, tools: string[], pkg: string, why: string, required: boolean): CheckResult => {
+  return TOOL_CHECKS.map(({ name, tools, pkg, why, required }) => {
     const found = tools.map((t) => [t, findTool(t, dirs)] as const);
     const absent = found.filter(([, p]) => !p).map(([t]) => t);
     if (absent.length === 0) return ok(name, found.map(([, p]) => p).join(", "));
@@ -229,12 +265,7 @@ function checkTools(dirs: string[]): CheckResult[] {
     return required
       ? missing(name, `${absent.join(", ")} not on PATH`, fix)
       : warn(name, `${absent.join(", ")} not on PATH`, fix);
-  };
-  return [
-    tool("mkfs.ext4", ["mkfs.ext4", "resize2fs"], "e2fsprogs", "formatting and growing ext4 block volumes", true),
-    tool("mkfs.xfs", ["mkfs.xfs", "xfs_growfs"], "xfsprogs", "only volumes with fsType xfs need it", false),
-    tool("nft", ["nft"], "nftables", "ipMasq and port mapping program nftables", true),
-  ];
+  });
 }
 
 function checkIpForward(): CheckResult {

@@ -183,6 +183,15 @@ export class EtcdNode {
     await this.proc?.stop("SIGKILL");
   }
 
+  /** A hang: SIGSTOP by PID. Connections stay open and nothing answers until resume(). */
+  freeze(): void {
+    if (this.proc?.running) process.kill(this.proc.pid, "SIGSTOP");
+  }
+
+  resume(): void {
+    if (this.proc?.running) process.kill(this.proc.pid, "SIGCONT");
+  }
+
   output(): string {
     return this.proc?.output() ?? "";
   }

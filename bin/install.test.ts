@@ -477,6 +477,26 @@ describe("berth install", () => {
     expect(existsSync(join(root, "var/lib/berth"))).toBe(false);
   });
 
+  it("a failure part-way (disk full) undoes every write: nothing half-installed", () => {
+    const base = freshDir("full");
+    const bin = join(base, "bin");
+    mkdirSync(bin);
+    writeFileSync(join(bin, "theirs"), "x", { mode: 0o755 });
+    const prefix = join(base, "prefix");
+    mkdirSync(prefix);
+    // Room for the launchers and a few bundles, not for the CLI bundle and the addons.
+    sh("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", prefix]);
+    try {
+      const r = berth(["install", "--prefix", prefix, "--cni-bin-dir", bin, "--network", "none", "--no-systemd"]);
+      expect(r.stderr).toBe("berth install: install failed, nothing changed: no space left on device\n");
+      expect(r.status).toBe(1);
+      expect(readdirSync(bin)).toEqual(["theirs"]);
+      expect(readdirSync(prefix)).toEqual([]);
+    } finally {
+      sh("umount", [prefix]);
+    }
+  });
+
   it("bad input: one line, exit code 2, nothing written", () => {
     const root = freshDir("root");
     const file = join(root, "a-file");

@@ -141,9 +141,12 @@ function decodeOver(prev: unknown, next: unknown): unknown {
  * no name are kept as they are (whatever checks unknown keys sees them unchanged). Returns
  * `obj` itself when every key already has a name's spelling (the usual case).
  *
- * Two limits, both from JSON.parse having already built the object: a key repeated with the
- * exact same spelling keeps the position of its first occurrence (Go sees both in document
- * order), and two arrays for one name are not merged element by element (the later one wins).
+ * Where this differs from Go, only for keys repeated within one object: a key repeated with
+ * the exact same spelling keeps the position of its first occurrence (JSON.parse has already
+ * collapsed it; Go sees both in document order); two arrays for one name are not merged
+ * element by element (the later one wins); and a later null keeps the earlier value whatever
+ * its type (Go keeps scalars and structs but clears a slice, map or pointer, a type this layer
+ * does not know).
  */
 export function goFields(obj: Readonly<Record<string, unknown>>, names: readonly string[]): Record<string, unknown> {
   const index = indexOf(names);

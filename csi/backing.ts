@@ -8,7 +8,6 @@ import {
   existsSync,
   fsyncSync,
   ftruncateSync,
-  mkdirSync,
   openSync,
   readFileSync,
   readSync,
@@ -22,6 +21,7 @@ import { reflinkFile, sparseCopyFile } from "../native/fs.ts";
 import { attachLoop, detachLoop, type LoopDevice, listLoops } from "../native/loop.ts";
 import { isMountPoint, mountFilesystem, unmount } from "../native/mount.ts";
 import type { MountOptions } from "./mount-flags.ts";
+import { makeDirectories } from "./paths.ts";
 
 const run = promisify(execFile);
 
@@ -59,7 +59,7 @@ export class BackingStore {
     this.imageDir = join(dataDir, "images");
     this.mountDir = join(dataDir, "mounts");
     this.snapshotDir = join(dataDir, "snapshots");
-    for (const d of [this.imageDir, this.mountDir, this.snapshotDir]) mkdirSync(d, { recursive: true, mode: 0o700 });
+    for (const d of [this.imageDir, this.mountDir, this.snapshotDir]) makeDirectories(d, 0o700);
   }
 
   imagePath(volumeId: string): string {
@@ -233,7 +233,7 @@ export class BackingStore {
   /** Mounts the image's filesystem at target unless something is already mounted there. */
   ensureMounted(path: string, target: string, fsType: string, opts: MountOptions): LoopDevice {
     const loop = this.ensureAttached(path);
-    mkdirSync(target, { recursive: true, mode: 0o750 });
+    makeDirectories(target, 0o750);
     if (!isMountPoint(target)) {
       // xfs refuses a second filesystem with the same UUID, which every clone and snapshot has.
       const words = fsType === "xfs" ? [...opts.filesystem, "nouuid"] : opts.filesystem;

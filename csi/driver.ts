@@ -45,6 +45,8 @@ export interface Condition {
 export function volumeCondition(d: Driver, v: VolumeRow): Condition {
   const image = d.backing.imagePath(v.id);
   if (!existsSync(image)) return { abnormal: true, message: `backing file ${image} is missing` };
+  // Why the start-up repair gave up says more than what is missing as a result.
+  if (v.condition) return { abnormal: true, message: v.condition };
   const staging = d.store.staging(v.id);
   const publications = d.store.publications(v.id);
   if (staging || publications.length > 0) {
@@ -55,7 +57,6 @@ export function volumeCondition(d: Driver, v: VolumeRow): Condition {
   for (const p of publications) {
     if (!isMountPoint(p.targetPath)) return { abnormal: true, message: `publication at ${p.targetPath} is not mounted` };
   }
-  if (v.condition) return { abnormal: true, message: v.condition };
   return { abnormal: false, message: "volume is healthy" };
 }
 

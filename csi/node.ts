@@ -1,8 +1,7 @@
 // Node service: stage = loop attached (+ filesystem mounted), publish = bind mount into the
 // target. Every step is recorded before it is done, and every step is idempotent.
 import { randomUUID } from "node:crypto";
-import { closeSync, existsSync, lstatSync, mkdirSync, openSync, realpathSync, rmdirSync, statSync, unlinkSync } from "node:fs";
-import { dirname } from "node:path";
+import { closeSync, existsSync, openSync, rmdirSync, statSync, unlinkSync } from "node:fs";
 import { statFs } from "../native/fs.ts";
 import { refreshLoopCapacity } from "../native/loop.ts";
 import { bindMount, isMountPoint } from "../native/mount.ts";
@@ -19,6 +18,7 @@ import {
 } from "./driver.ts";
 import { alreadyExists, failedPrecondition, invalidArgument, notFound } from "./errors.ts";
 import { type MountOptions, parseMountFlags } from "./mount-flags.ts";
+import { makeDirectories, vetNodePath } from "./paths.ts";
 import type { NodeExpandVolumeRequest__Output } from "./proto/generated/csi/v1/NodeExpandVolumeRequest.ts";
 import type { NodeExpandVolumeResponse } from "./proto/generated/csi/v1/NodeExpandVolumeResponse.ts";
 import type { NodeGetInfoResponse } from "./proto/generated/csi/v1/NodeGetInfoResponse.ts";
@@ -28,6 +28,7 @@ import type { NodePublishVolumeRequest__Output } from "./proto/generated/csi/v1/
 import type { NodeStageVolumeRequest__Output } from "./proto/generated/csi/v1/NodeStageVolumeRequest.ts";
 import type { NodeUnpublishVolumeRequest__Output } from "./proto/generated/csi/v1/NodeUnpublishVolumeRequest.ts";
 import type { NodeUnstageVolumeRequest__Output } from "./proto/generated/csi/v1/NodeUnstageVolumeRequest.ts";
+import { publicationConditionPrefix, stagingConditionPrefix } from "./reconcile.ts";
 import type { PublicationRow, StagingRow, VolumeRow } from "./state.ts";
 import {
   type Capability,
@@ -42,23 +43,6 @@ import {
 } from "./validate.ts";
 
 const EPHEMERAL_DEFAULT_SIZE = 100 * MiB;
-
-/** Refuses a path whose parent is reached through a symlink, or which is itself a symlink. */
-function requireNoSymlinks(field: string, path: string): void {
-  const parent = dirname(path);
-  let real: string;
-  try {
-    real = realpathSync(parent);
-  } catch {
-    throw invalidArgument(`${field}: parent directory ${parent} does not exist`);
-  }
-  if (real !== parent) throw invalidArgument(`${field}: ${parent} resolves through a symlink to ${real}`);
-  try {
-    if (lstatSync(path).isSymbolicLink()) throw invalidArgument(`${field}: ${path} is a symlink`);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-  }
-}
 
 function parseQuantity(field: string, value: string): number {
   const m = /^([0-9]+)(Ki|Mi|Gi|Ti|k|M|G|T)?$/.exec(value.trim());
@@ -91,7 +75,7 @@ export class NodeService {
 
   async stage(req: NodeStageVolumeRequest__Output): Promise<Record<string, never>> {
     const id = requireId("volume_id", req.volume_id);
-    const stagingPath = requirePath("staging_target_path", req.staging_target_path);
+    const stagingPath = vetNodePath("staging_target_path", req.staging_target_path).path;
     const cap = parseCapability("volume_capability", req.volume_capability);
     checkMap("secrets", req.secrets);
     checkMap("volume_context", req.volume_context);
@@ -122,6 +106,7 @@ export class NodeService {
         }
         throw e;
       }
+      if (v.condition.includes(stagingConditionPrefix(stagingPath))) this.d.store.setVolumeCondition(v.id, "");
       this.d.log.info({ volumeId: id, stagingPath }, "volume staged");
       return {};
     });
@@ -148,7 +133,7 @@ export class NodeService {
     }
     this.d.backing.ensureMounted(image, mountPoint, v.fsType, opts);
     if (grow && v.fsType === "xfs") await this.d.backing.growMounted(loop, v.fsType, mountPoint);
-    if (v.kind === "dir") mkdirSync(this.d.backing.dirDataPath(v.id), { recursive: true, mode: 0o777 });
+    if (v.kind === "dir") makeDirectories(this.d.backing.dirDataPath(v.id), 0o777);
   }
 
   private undoStaging(v: VolumeRow, row: StagingRow): void {
@@ -169,6 +154,7 @@ export class NodeService {
       if (this.d.store.publications(id).length > 0) throw failedPrecondition(`volume ${id} is still published`);
       this.undoStaging(v, row);
       this.d.store.deleteStaging(id);
+      if (v.condition.includes(stagingConditionPrefix(stagingPath))) this.d.store.setVolumeCondition(v.id, "");
       this.d.log.info({ volumeId: id, stagingPath }, "volume unstaged");
       return {};
     });
@@ -176,7 +162,7 @@ export class NodeService {
 
   async publish(req: NodePublishVolumeRequest__Output): Promise<Record<string, never>> {
     const id = requireId("volume_id", req.volume_id);
-    const target = requirePath("target_path", req.target_path);
+    const target = vetNodePath("target_path", req.target_path, { parentMustExist: true }).path;
     const cap = parseCapability("volume_capability", req.volume_capability);
     checkMap("secrets", req.secrets);
     const context = checkMap("volume_context", req.volume_context);
@@ -184,7 +170,6 @@ export class NodeService {
     const stagingPath = ephemeral ? "" : requirePath("staging_target_path", req.staging_target_path);
     const readOnly = req.readonly || isReadOnlyMode(cap.mode);
     const opts = parseMountFlags(cap.mountFlags, readOnly);
-    requireNoSymlinks("target_path", target);
     if (ephemeral && cap.accessType !== "mount") throw invalidArgument("ephemeral volumes support only mount access");
     const size = ephemeral && context.size ? parseQuantity("volume_context.size", context.size) : EPHEMERAL_DEFAULT_SIZE;
 
@@ -235,6 +220,7 @@ export class NodeService {
         }
         throw e;
       }
+      if (v.condition.includes(publicationConditionPrefix(target))) this.d.store.setVolumeCondition(v.id, "");
       this.d.log.info({ volumeId: v.id, target, readOnly }, "volume published");
       return {};
     });
@@ -271,7 +257,7 @@ export class NodeService {
       bindMount(loop.device, row.targetPath, { readOnly, flags: opts.bind });
       return;
     }
-    mkdirSync(row.targetPath, { recursive: true, mode: 0o750 });
+    makeDirectories(row.targetPath, 0o750);
     const source = v.kind === "dir" ? this.d.backing.dirDataPath(v.id) : stagingPath;
     if (!isMountPoint(v.kind === "dir" ? this.d.backing.dirMountPath(v.id) : stagingPath)) {
       throw failedPrecondition(`volume ${v.id} is not mounted on this node; stage it first`);
@@ -302,6 +288,7 @@ export class NodeService {
       if (!row || row.volumeId !== v.id) return {};
       this.removeTarget(row);
       this.d.store.deletePublication(v.id, target);
+      if (v.condition.includes(publicationConditionPrefix(target))) this.d.store.setVolumeCondition(v.id, "");
       const readOnlyRaw = (p: PublicationRow) => p.accessType === "block" && p.readOnly;
       if (readOnlyRaw(row) && !this.d.store.publications(v.id).some(readOnlyRaw)) {
         this.d.backing.detachReadOnly(this.d.backing.imagePath(v.id));

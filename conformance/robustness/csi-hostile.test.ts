@@ -1,0 +1,535 @@
+// Hostile staging and target paths, from outside: the CSI driver runs as its own process
+// (`berth csi`) and is reached only through its gRPC socket, so a driver that hangs shows up
+// as a call past its deadline, never as a hung test run. Each case asserts the gRPC code, a
+// message without a stack trace, that the driver still answers Probe right after, and that
+// nothing was recorded (state database, read-only), created or mounted at the hostile path.
+// The last cases write a hostile row straight into the state database, as a crash after the
+// row was written would leave it, and start the driver on it.
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { sh, testPrefix } from "../../testing/kernel.ts";
+import { CsiCallError, CsiClient } from "../csi/client.ts";
+import { mountAt, mountsUnder } from "../csi/kernel-view.ts";
+
+const REPO = resolve(import.meta.dirname, "../..");
+/** How long any single call may take; a driver spinning on a path misses it. */
+const CALL_MS = 10_000;
+const MiB = 1024 * 1024;
+
+const mountCap = (fsType = "") => ({ mount: { fs_type: fsType }, access_mode: { mode: "SINGLE_NODE_WRITER" } });
+
+/** `berth csi` in a child process, with its data, state and socket under one temp dir. */
+class DriverProcess {
+  readonly root: string;
+  readonly socket: string;
+  readonly dataDir: string;
+  readonly stateDir: string;
+  child: ChildProcess | undefined;
+  client: CsiClient | undefined;
+  stderr = "";
+
+  constructor(readonly prefix: string) {
+    this.root = mkdtempSync(join(tmpdir(), `${prefix}-`));
+    this.socket = join(this.root, "csi.sock");
+    this.dataDir = join(this.root, "data");
+    this.stateDir = join(this.root, "state");
+    mkdirSync(join(this.root, "kubelet"));
+  }
+
+  /** A path under the test's own kubelet dir. */
+  path(name: string): string {
+    return join(this.root, "kubelet", name);
+  }
+
+  /** Starts the driver; resolves once the socket answers, rejects when it does not within `readyMs`. */
+  async start(readyMs = 30_000): Promise<void> {
+    this.stderr = "";
+    const child = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        join(REPO, "bin", "cli.ts"),
+        "csi",
+        "--endpoint",
+        `unix://${this.socket}`,
+        "--data-dir",
+        this.dataDir,
+        "--state-dir",
+        this.stateDir,
+        "--node-id",
+        "hostile-node",
+      ],
+      { cwd: REPO, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, BERTH_LOG_LEVEL: "info" } },
+    );
+    this.child = child;
+    child.stderr?.on("data", (d: Buffer) => {
+      this.stderr += d.toString();
+    });
+    const exited = new Promise<never>((_, reject) =>
+      child.once("exit", (code, signal) => reject(new Error(`driver exited (${code ?? signal}): ${this.stderr}`))),
+    );
+    exited.catch(() => {});
+    const client = CsiClient.connect(`unix://${this.socket}`);
+    this.client = client;
+    await Promise.race([client.waitReady(readyMs), exited]);
+  }
+
+  call<T = unknown>(service: "Identity" | "Controller" | "Node", method: string, request: object): Promise<T> {
+    if (!this.client) throw new Error("driver not started");
+    return this.client.call<T>(service, method, request, CALL_MS);
+  }
+
+  /** True when Probe answers ready within the call deadline. */
+  async alive(): Promise<boolean> {
+    try {
+      await this.call("Identity", "Probe", {});
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  /** SIGKILL by pid (the driver may be spinning), and wait for the exit. */
+  async kill(): Promise<void> {
+    this.client?.close();
+    this.client = undefined;
+    const child = this.child;
+    this.child = undefined;
+    if (!child || child.exitCode !== null || child.signalCode !== null) return;
+    const gone = new Promise((r) => child.once("exit", r));
+    child.kill("SIGKILL");
+    await gone;
+  }
+
+  /** Rows of a state table, read-only. */
+  rows(table: "publications" | "stagings" | "volumes"): Record<string, unknown>[] {
+    const db = new Database(join(this.stateDir, "csi.db"), { readonly: true, fileMustExist: true });
+    try {
+      return db.prepare(`SELECT * FROM ${table}`).all() as Record<string, unknown>[];
+    } finally {
+      db.close();
+    }
+  }
+
+  /** Writes to the state database while the driver is down. */
+  write(sql: string, ...params: unknown[]): void {
+    const db = new Database(join(this.stateDir, "csi.db"), { fileMustExist: true });
+    try {
+      db.prepare(sql).run(...params);
+    } finally {
+      db.close();
+    }
+  }
+
+  async cleanup(): Promise<void> {
+    await this.kill();
+    for (let round = 0; round < 4; round++) {
+      const mounts = mountsUnder(this.root);
+      if (mounts.length === 0) break;
+      for (const m of mounts) {
+        try {
+          sh("umount", ["-l", m]);
+        } catch {
+          // gone with its parent
+        }
+      }
+    }
+    const loops = JSON.parse(sh("losetup", ["-J", "-l"]) || '{"loopdevices":[]}') as {
+      loopdevices?: { name: string; "back-file": string | null }[];
+    };
+    for (const l of loops.loopdevices ?? []) {
+      if ((l["back-file"] ?? "").startsWith(`${this.root}/`)) sh("losetup", ["-d", l.name]);
+    }
+    rmSync(this.root, { recursive: true, force: true });
+  }
+}
+
+/** Anything the driver may have made at a hostile path outside the test dir: unmounted and removed. */
+function removeStray(path: string): void {
+  for (let i = 0; i < 4 && mountAt(path); i++) sh("umount", ["-l", path]);
+  try {
+    rmdirSync(path);
+  } catch {
+    try {
+      rmSync(path, { force: true });
+    } catch {
+      // not ours to remove, or not there
+    }
+  }
+}
+
+async function expectCode(call: Promise<unknown>, code: string, message?: RegExp): Promise<CsiCallError> {
+  const err = await call.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(err, "the call must fail").toBeInstanceOf(CsiCallError);
+  const e = err as CsiCallError;
+  expect({ code: e.code, message: e.statusMessage }).toMatchObject({ code, ...(message ? { message } : {}) });
+  expect(e.statusMessage).not.toMatch(/\n\s+at /); // no stack trace
+  return e;
+}
+
+/** The driver under test, a staged dir volume (publish cases) and an unstaged block+ext4 volume (stage cases). */
+interface Scene {
+  d: DriverProcess;
+  dirVolume: string;
+  dirStaging: string;
+  blockVolume: string;
+}
+
+async function newScene(prefix: string): Promise<Scene> {
+  const d = new DriverProcess(prefix);
+  await d.start();
+  const create = async (name: string, kind: string, fsType: string) =>
+    (
+      await d.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
+        name: `${prefix}-${name}`,
+        capacity_range: { required_bytes: 16 * MiB },
+        volume_capabilities: [mountCap(fsType)],
+        parameters: { kind },
+      })
+    ).volume.volume_id;
+  const dirVolume = await create("dir", "dir", "");
+  const blockVolume = await create("block", "block", "ext4");
+  const dirStaging = d.path("dir-staging");
+  mkdirSync(dirStaging);
+  await d.call("Node", "NodeStageVolume", {
+    volume_id: dirVolume,
+    staging_target_path: dirStaging,
+    volume_capability: mountCap(),
+  });
+  return { d, dirVolume, dirStaging, blockVolume };
+}
+
+interface HostileCase {
+  label: string;
+  /** The path, given the scene (may set things up: symlinks, mounts). */
+  path: (s: Scene) => string;
+  /** Paths outside the test dir a wrong answer could leave something at. */
+  outside?: (s: Scene) => string[];
+  message?: RegExp;
+}
+
+/** A symlink at `link` to `to`, made once per driver (the cases run for publish and for stage). */
+function ensureSymlink(to: string, link: string): void {
+  try {
+    symlinkSync(to, link);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+}
+
+/** `base` + /aaa...a components, exactly `bytes` long. */
+function padded(base: string, bytes: number): string {
+  let p = base;
+  while (p.length < bytes) p += bytes - p.length === 1 ? "a" : `/${"a".repeat(Math.min(200, bytes - p.length - 1))}`;
+  return p;
+}
+
+const prefix = testPrefix();
+const name = (tag: string) => `${prefix}-${tag}`;
+
+const HOSTILE: HostileCase[] = [
+  { label: "under /proc", path: () => `/proc/${name("p")}`, outside: () => [`/proc/${name("p")}`], message: /proc/ },
+  { label: "under /sys", path: () => `/sys/${name("s")}`, outside: () => [`/sys/${name("s")}`], message: /sys/ },
+  { label: "under /dev (devtmpfs)", path: () => `/dev/${name("d")}`, outside: () => [`/dev/${name("d")}`], message: /dev/ },
+  {
+    label: "two levels under /proc",
+    path: () => `/proc/${name("p2")}/x`,
+    outside: () => [`/proc/${name("p2")}`],
+  },
+  {
+    label: "through a symlinked parent into /proc",
+    path: (s) => {
+      const link = s.d.path("to-proc");
+      ensureSymlink("/proc", link);
+      return join(link, name("l"));
+    },
+    outside: () => [`/proc/${name("l")}`],
+  },
+  {
+    label: "a symlink to a path under /proc",
+    path: (s) => {
+      const link = s.d.path("link-proc-x");
+      ensureSymlink(`/proc/${name("lx")}`, link);
+      return link;
+    },
+    outside: () => [`/proc/${name("lx")}`],
+  },
+  {
+    label: "on a proc filesystem mounted elsewhere",
+    path: (s) => {
+      const at = join(s.d.root, "procfs");
+      if (!existsSync(at)) {
+        mkdirSync(at);
+        sh("mount", ["-t", "proc", "proc", at]);
+      }
+      return join(at, name("m"));
+    },
+    message: /proc/,
+  },
+  {
+    label: "on a devtmpfs mounted elsewhere",
+    path: (s) => {
+      const at = join(s.d.root, "devfs");
+      if (!existsSync(at)) {
+        mkdirSync(at);
+        sh("mount", ["-t", "devtmpfs", "devtmpfs", at]);
+      }
+      return join(at, name("dt"));
+    },
+    // the same superblock as /dev: anything made there shows up in /dev
+    outside: () => [`/dev/${name("dt")}`],
+    message: /devtmpfs/,
+  },
+  {
+    label: "on a cgroup2 filesystem",
+    path: () => `/sys/fs/cgroup/${name("cg")}`,
+    outside: () => [`/sys/fs/cgroup/${name("cg")}`],
+  },
+  { label: "relative", path: () => `kubelet/${name("rel")}` },
+  { label: "of exactly PATH_MAX bytes (no room for the NUL)", path: (s) => padded(s.d.path("long"), 4096) },
+  { label: "of 64 KiB", path: (s) => padded(s.d.path("long"), 65536) },
+  { label: "with a component longer than NAME_MAX", path: (s) => s.d.path("n".repeat(256)) },
+  { label: "with a NUL byte", path: (s) => s.d.path("nul\u0000x") },
+];
+
+describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, () => {
+  let scene: Scene | undefined;
+  let strays: string[] = [];
+
+  const ready = async (): Promise<Scene> => {
+    if (scene && (await scene.d.alive())) return scene;
+    // A driver that stopped answering (hung on the previous case) is replaced by a fresh one.
+    await scene?.d.cleanup();
+    scene = await newScene(testPrefix());
+    return scene;
+  };
+
+  beforeAll(async () => {
+    await ready();
+  }, 120_000);
+
+  afterEach(() => {
+    for (const p of strays) removeStray(p);
+    strays = [];
+  });
+
+  afterAll(async () => {
+    await scene?.d.cleanup();
+  });
+
+  /** After a refused call: the driver answers, and nothing about `path` is recorded or mounted. */
+  const nothingLeft = async (s: Scene, path: string) => {
+    expect(await s.d.alive(), "the driver still answers Probe").toBe(true);
+    expect(s.d.rows("publications").map((r) => r.target_path)).not.toContain(path);
+    expect(s.d.rows("stagings").map((r) => r.staging_path)).not.toContain(path);
+    if (!path.includes("\u0000")) expect(mountAt(path)).toBeNull();
+  };
+
+  it.each(HOSTILE)("NodePublishVolume, target $label: INVALID_ARGUMENT", async (c) => {
+    const s = await ready();
+    const target = c.path(s);
+    strays.push(...(c.outside?.(s) ?? []));
+    await expectCode(
+      s.d.call("Node", "NodePublishVolume", {
+        volume_id: s.dirVolume,
+        staging_target_path: s.dirStaging,
+        target_path: target,
+        volume_capability: mountCap(),
+      }),
+      "INVALID_ARGUMENT",
+      c.message,
+    );
+    await nothingLeft(s, target);
+    for (const p of c.outside?.(s) ?? []) expect(existsSync(p), `${p} must not be created`).toBe(false);
+  });
+
+  it.each(HOSTILE)("NodeStageVolume, staging path $label: INVALID_ARGUMENT", async (c) => {
+    const s = await ready();
+    const staging = c.path(s);
+    strays.push(...(c.outside?.(s) ?? []));
+    await expectCode(
+      s.d.call("Node", "NodeStageVolume", {
+        volume_id: s.blockVolume,
+        staging_target_path: staging,
+        volume_capability: mountCap("ext4"),
+      }),
+      "INVALID_ARGUMENT",
+      c.message,
+    );
+    await nothingLeft(s, staging);
+    for (const p of c.outside?.(s) ?? []) expect(existsSync(p), `${p} must not be created`).toBe(false);
+  });
+
+  it("NodeStageVolume at a staging dir that is a symlink: INVALID_ARGUMENT", async () => {
+    const s = await ready();
+    const real = s.d.path("stage-real");
+    const link = s.d.path("stage-link");
+    mkdirSync(real);
+    symlinkSync(real, link);
+    await expectCode(
+      s.d.call("Node", "NodeStageVolume", {
+        volume_id: s.blockVolume,
+        staging_target_path: link,
+        volume_capability: mountCap("ext4"),
+      }),
+      "INVALID_ARGUMENT",
+      /symlink/,
+    );
+    await nothingLeft(s, link);
+    expect(mountAt(real)).toBeNull();
+  });
+
+  it("NodeStageVolume below a symlinked parent: INVALID_ARGUMENT", async () => {
+    const s = await ready();
+    const real = s.d.path("parent-real");
+    const link = s.d.path("parent-link");
+    mkdirSync(real);
+    symlinkSync(real, link);
+    const staging = join(link, "stage");
+    await expectCode(
+      s.d.call("Node", "NodeStageVolume", {
+        volume_id: s.blockVolume,
+        staging_target_path: staging,
+        volume_capability: mountCap("ext4"),
+      }),
+      "INVALID_ARGUMENT",
+      /symlink/,
+    );
+    await nothingLeft(s, staging);
+    expect(existsSync(join(real, "stage"))).toBe(false);
+  });
+
+  it("a staging path whose missing parents are ordinary directories is created and works", async () => {
+    const s = await ready();
+    const staging = s.d.path("deep/er/stage");
+    await s.d.call("Node", "NodeStageVolume", {
+      volume_id: s.blockVolume,
+      staging_target_path: staging,
+      volume_capability: mountCap("ext4"),
+    });
+    expect(mountAt(staging)?.fstype).toBe("ext4");
+    await s.d.call("Node", "NodeUnstageVolume", { volume_id: s.blockVolume, staging_target_path: staging });
+    expect(mountAt(staging)).toBeNull();
+  });
+});
+
+describe("CSI driver: start-up with a hostile row in its state", { timeout: 120_000 }, () => {
+  let d: DriverProcess | undefined;
+  let strays: string[] = [];
+  afterEach(async () => {
+    await d?.cleanup();
+    d = undefined;
+    for (const p of strays) removeStray(p);
+    strays = [];
+  });
+
+  it("opens its socket, answers Probe, and reports the volumes whose rows cannot be repaired as abnormal", async () => {
+    const p = testPrefix();
+    d = new DriverProcess(p);
+    await d.start();
+    const create = async (n: string, kind: string, fsType: string) =>
+      (
+        await d!.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
+          name: `${p}-${n}`,
+          capacity_range: { required_bytes: 16 * MiB },
+          volume_capabilities: [mountCap(fsType)],
+          parameters: { kind },
+        })
+      ).volume.volume_id;
+    const published = await create("pub", "dir", "");
+    const staged = await create("stage", "block", "ext4");
+    const healthy = await create("ok", "dir", "");
+    const staging = d.path("staging");
+    const healthyStaging = d.path("healthy-staging");
+    const healthyTarget = d.path("healthy-target");
+    mkdirSync(staging);
+    mkdirSync(healthyStaging);
+    await d.call("Node", "NodeStageVolume", {
+      volume_id: published,
+      staging_target_path: staging,
+      volume_capability: mountCap(),
+    });
+    await d.call("Node", "NodeStageVolume", {
+      volume_id: healthy,
+      staging_target_path: healthyStaging,
+      volume_capability: mountCap(),
+    });
+    await d.call("Node", "NodePublishVolume", {
+      volume_id: healthy,
+      staging_target_path: healthyStaging,
+      target_path: healthyTarget,
+      volume_capability: mountCap(),
+    });
+    await d.kill();
+
+    // What a crash right after recording a hostile request would have left.
+    const procTarget = `/proc/${p}-t`;
+    const procStaging = `/proc/${p}-s`;
+    strays.push(procTarget, procStaging);
+    d.write(
+      "INSERT INTO publications (volume_id, target_path, access_type, mode, read_only, mount_flags) VALUES (?, ?, 'mount', 'SINGLE_NODE_WRITER', 0, '[]')",
+      published,
+      procTarget,
+    );
+    d.write(
+      "INSERT INTO stagings (volume_id, staging_path, access_type, mode, mount_flags) VALUES (?, ?, 'mount', 'SINGLE_NODE_WRITER', '[]')",
+      staged,
+      procStaging,
+    );
+
+    await d.start(30_000);
+    expect(await d.alive()).toBe(true);
+    for (const [volume, path] of [
+      [published, procTarget],
+      [staged, procStaging],
+    ] as const) {
+      const stats = await d.call<{ volume_condition: { abnormal: boolean; message: string } }>("Node", "NodeGetVolumeStats", {
+        volume_id: volume,
+        volume_path: path,
+      });
+      expect(stats.volume_condition.abnormal).toBe(true);
+      expect(stats.volume_condition.message).toContain(path);
+      const got = await d.call<{ status: { volume_condition: { abnormal: boolean; message: string } } }>(
+        "Controller",
+        "ControllerGetVolume",
+        { volume_id: volume },
+      );
+      expect(got.status.volume_condition.abnormal).toBe(true);
+      expect(got.status.volume_condition.message).toContain(path);
+      expect(existsSync(path)).toBe(false);
+    }
+    const list = await d.call<{
+      entries: { volume: { volume_id: string }; status: { volume_condition: { abnormal: boolean } } }[];
+    }>("Controller", "ListVolumes", {});
+    const abnormal = Object.fromEntries(list.entries.map((e) => [e.volume.volume_id, e.status.volume_condition.abnormal]));
+    expect(abnormal).toEqual({ [published]: true, [staged]: true, [healthy]: false });
+    // The healthy volume was repaired as before: its publication is mounted again.
+    expect(mountAt(healthyTarget)?.fstype).toBe("ext4");
+    expect(d.stderr).toMatch(/abnormal|could not restore/);
+
+    // The CO cleans up: unpublishing and unstaging the hostile rows works and clears them.
+    await d.call("Node", "NodeUnpublishVolume", { volume_id: published, target_path: procTarget });
+    await d.call("Node", "NodeUnstageVolume", { volume_id: staged, staging_target_path: procStaging });
+    expect(d.rows("publications").map((r) => r.target_path)).toEqual([healthyTarget]);
+    expect(
+      d
+        .rows("stagings")
+        .map((r) => r.staging_path)
+        .sort(),
+    ).toEqual([healthyStaging, staging].sort());
+    const after = await d.call<{ status: { volume_condition: { abnormal: boolean; message: string } } }>(
+      "Controller",
+      "ControllerGetVolume",
+      { volume_id: published },
+    );
+    expect(after.status.volume_condition).toMatchObject({ abnormal: false });
+  });
+});

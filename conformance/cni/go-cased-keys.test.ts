@@ -105,6 +105,8 @@ describe.skipIf(!built)("containerd's Go-cased capability arguments through ADD,
       isGateway: true,
       capabilities: { ipRanges: true, dns: true },
       ipam: { type: "berth-host-local", dataDir: sandbox.dataDir },
+      // The network's own DNS with Go's field names, as the reference types.DNS decodes them.
+      DNS: { Nameservers: ["10.96.0.10"], Search: ["cluster.local"] },
     },
     { type: "berth-portmap", capabilities: { portMappings: true }, nftTable: table },
     { type: "berth-bandwidth", capabilities: { bandwidth: true }, ifbPrefix: table },
@@ -197,6 +199,9 @@ describe.skipIf(!built)("containerd's Go-cased capability arguments through ADD,
       // The address comes from RangeStart..RangeEnd, with the gateway given.
       expect(podIp.startsWith(`${base}.`) && last >= 100 && last <= 110, podIp).toBe(true);
       expect(ips[0]!.gateway).toBe(`${base}.1`);
+      // The config's dns reaches the result under the spec's keys; runtimeConfig.dns (Servers,
+      // Searches, Options) is taken and, as by the reference Linux plugins, not used.
+      expect(result.dns).toEqual({ nameservers: ["10.96.0.10"], search: ["cluster.local"] });
       const inPod = ipJson<{ ifname: string; addr_info: { local: string; prefixlen: number }[] }>(
         ["addr", "show", "eth0"],
         ns.name,

@@ -35,8 +35,10 @@ describe("agent flags", () => {
       stateDir: "/var/lib/berth/agent",
       runDir: "/run/berth",
       apiSocket: "/run/berth/agent.sock",
+      storeResetGraceSeconds: 60,
     });
     expect(c.apiListen).toBeUndefined();
+    expect(parseAgentConfig([...base, "--store-reset-grace", "0"]).storeResetGraceSeconds).toBe(0);
     expect(parseAgentConfig([...base, "--run-dir", "/tmp/x"]).apiSocket).toBe("/tmp/x/agent.sock");
   });
 
@@ -52,6 +54,7 @@ describe("agent flags", () => {
     fails([...base, "--bogus", "1"], /unknown flag --bogus/);
     fails([...base, "--mtu"], /--mtu needs a value/);
     fails([...base, "--etcd-cert", "/c"], /go together/);
+    fails([...base, "--store-reset-grace", "-1"], /--store-reset-grace/);
   });
 
   it("binds the TCP API to loopback unless a host is given", () => {

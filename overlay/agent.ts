@@ -5,7 +5,11 @@
 //
 // When the store is unreachable nothing is torn down: the kernel keeps the last known peers,
 // the agent reports not-ready and retries with backoff, and on return it re-lists and applies
-// only the differences (unchanged peers see no kernel operation at all).
+// only the differences (unchanged peers see no kernel operation at all). A probe with a short
+// deadline runs all along, so readiness follows the store within seconds whatever the lease TTL,
+// and the store's return wakes every waiting loop at once. A store that comes back without its
+// history (wiped, or a new cluster at the same address) is re-registered in, and the peers it
+// lost stay programmed for a grace period while they re-register.
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
@@ -63,6 +67,18 @@ interface RemoteHost extends Peer {
   hostname: string;
 }
 
+/** The loops that wait on a timer; each has at most one pending. */
+type Slot = "acquire" | "renew" | "sync" | "probe" | "grace";
+
+/** Store probe period while the store answers, and while it does not. */
+const PROBE_INTERVAL_MS = 1000;
+const PROBE_RETRY_MS = 250;
+
+/** The same host under another key: same VTEP MAC or same underlay address. */
+function sameHost(a: RemoteHost, b: RemoteHost): boolean {
+  return a.vtepMAC === b.vtepMAC || a.publicIP === b.publicIP;
+}
+
 export class Agent {
   readonly metrics = new AgentMetrics();
   readonly logger: Logger;
@@ -90,9 +106,13 @@ export class Agent {
   private readonly syncBackoff = new Backoff();
   private syncing = false;
   private peersListed = false;
-  /** The single pending timer of each rearmable loop (lease renewal, peer re-list). */
-  private readonly slots = new Map<"renew" | "sync", NodeJS.Timeout>();
+  /** The single pending timer of each loop. */
+  private readonly slots = new Map<Slot, NodeJS.Timeout>();
   private renewing = false;
+  /** Highest revision seen in lists and watch events: a lower one means the store lost its history. */
+  private highestRevision = 0;
+  /** Peers a reset store lost, kept programmed until they re-register or the grace period ends. */
+  private readonly retained = new Map<string, RemoteHost>();
 
   constructor(
     readonly config: AgentConfig,
@@ -135,6 +155,7 @@ export class Agent {
       ttlSeconds: config.leaseTtlSeconds,
     });
     this.cniListener = deps.cniListener;
+    this.metrics.readyNow = () => this.readiness().ready;
     this.makeDataplane =
       deps.dataplane ??
       (async (spec, logger) => {
@@ -177,6 +198,7 @@ export class Agent {
       );
     }
     void this.acquireLease();
+    void this.probeStore();
   }
 
   /** Stops the agent; the device, its entries and the lease stay (a restart picks them up). */
@@ -195,21 +217,13 @@ export class Agent {
     this.logger.info("berth agent stopped");
   }
 
-  private later(ms: number, fn: () => void | Promise<void>): void {
-    if (this.stopped) return;
-    const t = setTimeout(() => {
-      this.timers.delete(t);
-      if (!this.stopped) void fn();
-    }, ms);
-    this.timers.add(t);
-  }
-
   private markStore(up: boolean, error?: unknown): void {
     if (up !== this.storeUp) {
       if (up) {
         this.logger.info("cluster store reachable");
-        // Whichever loop sees the store back first wakes the other, instead of leaving it in a
-        // backoff of up to 30 s (the peer watch, above all: no new peer is seen until it runs).
+        // Whichever loop sees the store back first (the probe, usually) wakes the others instead
+        // of leaving them in a backoff of up to 30 s: a lease not yet acquired, the peer watch.
+        if (this.slots.has("acquire")) this.scheduleAcquire(0);
         if (this.slots.has("sync")) this.scheduleSync(0);
         if (this.slots.has("renew") && !this.renewing) this.renewNow();
       } else this.logger.warn({ err: (error as Error)?.message }, "cluster store unreachable; keeping the dataplane as it is");
@@ -219,9 +233,27 @@ export class Agent {
     this.updateReadyGauge();
   }
 
+  /** Proves the store answers, whatever else is (not) going on, with the store's short deadline. */
+  private async probeStore(): Promise<void> {
+    if (this.stopped) return;
+    try {
+      await this.store.probe();
+      this.markStore(true);
+    } catch (e) {
+      this.metrics.storeErrors.inc({ op: "probe" });
+      this.markStore(false, e);
+    }
+    this.rearm("probe", this.storeUp ? PROBE_INTERVAL_MS : PROBE_RETRY_MS, () => void this.probeStore());
+  }
+
   // ---------------------------------------------------------------- lease
 
+  private scheduleAcquire(ms: number): void {
+    this.rearm("acquire", ms, () => void this.acquireLease());
+  }
+
   private async acquireLease(): Promise<void> {
+    if (this.stopped) return;
     try {
       const lease = await this.metrics.time("lease_acquire", () => this.leases.acquire());
       this.markStore(true);
@@ -231,7 +263,7 @@ export class Agent {
     } catch (e) {
       if (e instanceof LeaseError) this.logger.error({ err: e.message }, "cannot lease a subnet");
       else this.markStore(false, e);
-      this.later(this.leaseBackoff.next(), () => this.acquireLease());
+      this.scheduleAcquire(this.leaseBackoff.next());
     }
   }
 
@@ -240,7 +272,7 @@ export class Agent {
   }
 
   /** (Re)arms the single pending timer of `slot`: a newer call replaces the older one. */
-  private rearm(slot: "renew" | "sync", ms: number, fn: () => void): void {
+  private rearm(slot: Slot, ms: number, fn: () => void): void {
     const old = this.slots.get(slot);
     if (old) {
       clearTimeout(old);
@@ -270,9 +302,12 @@ export class Agent {
     if (this.stopped || this.renewing) return;
     this.renewing = true;
     try {
+      const held = this.lease;
       const lease = await this.metrics.time("lease_renew", () => this.leases.renew());
       this.markStore(true);
       this.leaseBackoff.reset();
+      // Our lease was gone from the store: a wiped store looks like this before any list shows it.
+      if (held && (lease.key !== held.key || lease.leaseId !== held.leaseId)) this.storeReset("our lease was gone");
       await this.onLease(lease);
       this.scheduleRenew(this.keepAliveMs());
     } catch (e) {
@@ -403,15 +438,22 @@ export class Agent {
       const prefix = `${this.config.etcdPrefix}/subnets/`;
       const { entries, revision } = await this.metrics.time("list", () => this.store.list(prefix));
       this.markStore(true);
-      const next = new Map<string, RemoteHost>();
+      const listed = new Map<string, RemoteHost>();
       for (const e of entries) {
         const r = this.toRemote(e);
-        if (r) next.set(r.key, r);
+        if (r) listed.set(r.key, r);
       }
+      const ownGone = this.lease !== null && !entries.some((e) => e.key === this.lease?.key);
+      if (revision < this.highestRevision)
+        this.storeReset(`store revision went back from ${this.highestRevision} to ${revision}`);
+      else if (ownGone && this.peersListed) this.storeReset("our lease was gone");
+      else if (ownGone) this.renewNow();
+      // After a reset the new history is the one to compare against.
+      this.highestRevision = revision;
+      const next = this.withRetained(listed);
       this.remotes = next;
       this.peersListed = true;
       this.metrics.peers.set(next.size);
-      if (this.lease && !entries.some((e) => e.key === this.lease?.key)) this.renewNow();
       if (this.reconciler) {
         this.reconciler.setPeers([...next.values()], { ipv6: this.lease?.subnetV6 !== undefined });
         void this.reconciler.trigger();
@@ -441,8 +483,49 @@ export class Agent {
     this.rearm("sync", ms, () => void this.syncPeers());
   }
 
+  /**
+   * The store lost its history (wiped, restored from nothing, or another cluster at the same
+   * address): register again at once, and keep every peer known now programmed for the grace
+   * period, since the others are re-registering too. Nothing that works stops working.
+   */
+  private storeReset(reason: string): void {
+    const graceMs = this.config.storeResetGraceSeconds * 1000;
+    this.metrics.storeResets.inc();
+    this.logger.warn(
+      { reason, peers: this.remotes.size, graceSeconds: this.config.storeResetGraceSeconds },
+      "cluster store lost its history; registering again and keeping the known peers while they re-register",
+    );
+    if (this.lease) this.renewNow();
+    if (graceMs === 0) return;
+    for (const [key, r] of this.remotes) this.retained.set(key, r);
+    this.rearm("grace", graceMs, () => this.endGrace());
+  }
+
+  /** The listed peers plus the retained ones that have not re-registered (under any key) yet. */
+  private withRetained(listed: Map<string, RemoteHost>): Map<string, RemoteHost> {
+    for (const [key, r] of this.retained) {
+      if (listed.has(key) || [...listed.values()].some((l) => sameHost(l, r))) this.retained.delete(key);
+    }
+    const all = new Map(listed);
+    for (const [key, r] of this.retained) all.set(key, r);
+    return all;
+  }
+
+  private endGrace(): void {
+    if (this.retained.size === 0) return;
+    this.logger.warn({ peers: [...this.retained.keys()] }, "peers did not re-register within the grace period; removing them");
+    for (const key of this.retained.keys()) {
+      this.remotes.delete(key);
+      this.reconciler?.removePeer(key);
+    }
+    this.retained.clear();
+    this.metrics.peers.set(this.remotes.size);
+    void this.reconciler?.trigger();
+  }
+
   private onWatchEvent(ev: WatchEvent): void {
     this.markStore(true);
+    this.highestRevision = Math.max(this.highestRevision, ev.revision);
     if (ev.key === this.lease?.key) {
       // Our own lease: deleted or expired under us → get it (or another) back now.
       if (ev.type === "delete") this.renewNow();
@@ -451,9 +534,17 @@ export class Agent {
     if (ev.type === "put") {
       const r = this.toRemote({ key: ev.key, value: ev.value, modRevision: ev.revision, leaseId: ev.leaseId });
       if (!r) return;
+      for (const [key, old] of this.retained) {
+        if (key !== r.key && !sameHost(old, r)) continue;
+        this.retained.delete(key);
+        if (key === r.key) continue;
+        this.remotes.delete(key);
+        this.reconciler?.removePeer(key);
+      }
       this.remotes.set(r.key, r);
       this.reconciler?.upsertPeer(r);
     } else {
+      this.retained.delete(ev.key);
       this.remotes.delete(ev.key);
       this.reconciler?.removePeer(ev.key);
     }

@@ -30,6 +30,8 @@ export interface AgentConfig {
   /** HOST:PORT for a TCP listener besides the unix socket. */
   apiListen?: { host: string; port: number };
   leaseTtlSeconds: number;
+  /** How long peers missing from a wiped or replaced store stay programmed while they re-register. */
+  storeResetGraceSeconds: number;
   reconcileIntervalMs: number;
   logLevel: string;
 }
@@ -66,6 +68,7 @@ const FLAGS: Record<string, [keyof RawConfig, Kind]> = {
   "cni-socket": ["cniSocket", "string"],
   "api-listen": ["apiListen", "string"],
   "lease-ttl": ["leaseTtlSeconds", "number"],
+  "store-reset-grace": ["storeResetGraceSeconds", "number"],
   "reconcile-interval": ["reconcileIntervalMs", "number"],
   "log-level": ["logLevel", "string"],
 };
@@ -94,6 +97,8 @@ export const AGENT_USAGE = `usage: berth agent [flags]
   --cni-socket PATH         CNI fast path for the plugin launchers (default <run-dir>/cni.sock; "" = off)
   --api-listen HOST:PORT    also serve the API on TCP
   --lease-ttl SECONDS       subnet lease TTL (default 86400)
+  --store-reset-grace SECONDS  when the store comes back wiped, keep the peers it lost this long
+                            while they re-register (default 60)
   --reconcile-interval MS   periodic reconcile (default 5000)
   --log-level LEVEL         pino level (default info)
 `;
@@ -235,6 +240,7 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
     apiSocket: str(raw, "apiSocket") ?? join(runDir, "agent.sock"),
     cniSocket: str(raw, "cniSocket") ?? join(runDir, "cni.sock"),
     leaseTtlSeconds: int(raw, "leaseTtlSeconds", 5, 30 * 86400) ?? 86400,
+    storeResetGraceSeconds: int(raw, "storeResetGraceSeconds", 0, 86400) ?? 60,
     reconcileIntervalMs: int(raw, "reconcileIntervalMs", 100, 3_600_000) ?? 5000,
     logLevel: str(raw, "logLevel") ?? "info",
   };

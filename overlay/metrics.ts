@@ -18,7 +18,19 @@ export class AgentMetrics {
     help: "Remote hosts known from the store",
     registers: [this.registry],
   });
-  readonly ready = new Gauge({ name: "berth_overlay_ready", help: "1 while /readyz answers 200", registers: [this.registry] });
+  /** What /readyz answers now; berth_overlay_ready is read from it at every scrape. */
+  readyNow: () => boolean = () => false;
+  readonly ready: Gauge = new Gauge({
+    name: "berth_overlay_ready",
+    help: "1 while /readyz answers 200",
+    registers: [this.registry],
+    collect: (): void => this.ready.set(this.readyNow() ? 1 : 0),
+  });
+  readonly storeResets = new Counter({
+    name: "berth_overlay_store_resets_total",
+    help: "Times the cluster store came back without its history (wiped or replaced)",
+    registers: [this.registry],
+  });
   readonly reconcileRuns = new Counter({
     name: "berth_overlay_reconcile_runs_total",
     help: "Reconcile runs, by outcome",

@@ -3,8 +3,12 @@
 // Leases are granted and refreshed explicitly (no client-side auto keepalive) so that the
 // lease manager decides what to do when a refresh fails. A watch that loses its stream or
 // hits a compacted revision is ended with onReset: the consumer re-lists, then re-watches.
+// The client's default fault handling (three tries, then a circuit breaker that refuses every
+// call for 5 s) is replaced: a call is tried once per endpoint, an endpoint that just failed is
+// skipped for a second while others are left, and with one endpoint every call goes through, so
+// the agent's loops see etcd's return on their next call.
 import { readFileSync } from "node:fs";
-import { Etcd3, type IKeyValue, type IOptions, type Watcher } from "etcd3";
+import { Etcd3, type IKeyValue, type IOptions, isRecoverableError, type Watcher } from "etcd3";
 import {
   type LeaseStore,
   type ResetReason,
@@ -26,20 +30,69 @@ export interface EtcdStoreOptions {
   requestTimeoutMs?: number;
   /** How long `watch` waits for the stream to be established before giving up. */
   watchConnectTimeoutMs?: number;
+  /** Deadline of probe(): how long a frozen or unreachable etcd may take to be called down. */
+  probeTimeoutMs?: number;
+}
+
+type Policy = NonNullable<NonNullable<IOptions["faultHandling"]>["global"]>;
+type Call<T> = (context: { signal: AbortSignal }) => Promise<T> | T;
+const notAborted = new AbortController().signal;
+const recoverable = (e: unknown) => e instanceof Error && isRecoverableError(e);
+
+/** Runs the call once, as it is. */
+const runOnce = { execute: async <T>(fn: Call<T>) => fn({ signal: notAborted }) } as unknown as Policy;
+
+/** Tries the call up to `times` times while it fails for a connection-level reason. */
+function retryOnOtherEndpoints(times: number): Policy {
+  return {
+    execute: async <T>(fn: Call<T>) => {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          return await fn({ signal: notAborted });
+        } catch (e) {
+          if (attempt >= times || !recoverable(e)) throw e;
+        }
+      }
+    },
+  } as unknown as Policy;
+}
+
+/** One endpoint among several: skipped for `skipMs` after a connection-level failure. */
+function skipAfterFailure(skipMs: number): Policy {
+  let skipUntil = 0;
+  return {
+    execute: async <T>(fn: Call<T>) => {
+      if (Date.now() < skipUntil) throw new StoreUnavailableError("etcd endpoint failed a moment ago; skipped");
+      try {
+        return await fn({ signal: notAborted });
+      } catch (e) {
+        if (recoverable(e)) skipUntil = Date.now() + skipMs;
+        throw e;
+      }
+    },
+  } as unknown as Policy;
 }
 
 export class EtcdStore implements LeaseStore {
   readonly kind = "etcd" as const;
   private readonly client: Etcd3;
   private readonly watchConnectTimeoutMs: number;
+  private readonly probeTimeoutMs: number;
 
   constructor(options: EtcdStoreOptions) {
     if (options.endpoints.length === 0) throw new RangeError("etcd store: at least one endpoint is needed");
     const timeout = options.requestTimeoutMs ?? 5000;
+    this.probeTimeoutMs = options.probeTimeoutMs ?? 2000;
     const config: IOptions = {
       hosts: options.endpoints,
       dialTimeout: timeout,
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+      // Every try gets its own deadline; the probe's is short so that a frozen etcd is noticed soon.
+      defaultCallOptions: (ctx) =>
+        ctx.isStream ? {} : { deadline: Date.now() + (ctx.method === "status" ? this.probeTimeoutMs : timeout) },
+      faultHandling:
+        options.endpoints.length === 1
+          ? { host: () => runOnce, global: runOnce }
+          : { host: () => skipAfterFailure(1000), global: retryOnOtherEndpoints(options.endpoints.length) },
     };
     if (options.caFile) {
       config.credentials = {
@@ -52,6 +105,10 @@ export class EtcdStore implements LeaseStore {
     }
     this.client = new Etcd3(config);
     this.watchConnectTimeoutMs = options.watchConnectTimeoutMs ?? timeout;
+  }
+
+  async probe(): Promise<void> {
+    await this.guard("probe", () => this.client.maintenance.status());
   }
 
   async create(key: string, value: string, ttlSeconds: number | null): Promise<WriteResult> {

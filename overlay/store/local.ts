@@ -98,6 +98,10 @@ export class LocalStore implements LeaseStore {
     return row ? toEntry(row) : null;
   }
 
+  async probe(): Promise<void> {
+    this.revision();
+  }
+
   async list(prefix: string): Promise<{ entries: StoreEntry[]; revision: number }> {
     this.expireDue();
     // One read transaction so entries and revision are consistent.

@@ -232,6 +232,32 @@ describe("etcd store outage", () => {
   });
 });
 
+describe("etcd store probe", () => {
+  it("fails within its deadline while etcd is frozen, and the first call after etcd is back goes through", async () => {
+    const store = new EtcdStore({ endpoints: [etcd!.endpoint], probeTimeoutMs: 1000 });
+    const pid = etcd!.pid!;
+    try {
+      await store.probe();
+      process.kill(pid, "SIGSTOP");
+      const t0 = performance.now();
+      await expect(store.probe()).rejects.toMatchObject({ name: "StoreUnavailableError" });
+      expect(performance.now() - t0).toBeLessThan(2000);
+      process.kill(pid, "SIGCONT");
+      await store.probe();
+      // Gone for several calls in a row, then back: no client-side breaker keeps refusing calls.
+      await etcd!.stop();
+      for (let i = 0; i < 4; i++) await expect(store.probe()).rejects.toMatchObject({ name: "StoreUnavailableError" });
+      await etcd!.resume();
+      await store.probe();
+      expect((await store.create(`/berth-probe/${Math.random()}`, "v", null)).ok).toBe(true);
+    } finally {
+      if (etcd!.pid === pid) process.kill(pid, "SIGCONT");
+      await etcd!.resume();
+      await store.close();
+    }
+  });
+});
+
 describe("etcd store over TLS", () => {
   let secure: EtcdProcess | undefined;
   beforeAll(async () => {

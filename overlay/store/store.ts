@@ -25,7 +25,7 @@ export interface StoreWatch {
 export type WriteResult = { ok: true; leaseId: string | null; revision: number } | { ok: false };
 
 export interface LeaseStore {
-  readonly kind: "etcd" | "local";
+  readonly kind: "etcd" | "local" | "kube";
 
   /** Creates `key` only when absent. With a TTL the key is attached to a fresh lease. */
   create(key: string, value: string, ttlSeconds: number | null): Promise<WriteResult>;
@@ -61,6 +61,12 @@ export interface LeaseStore {
     onEvent: (event: WatchEvent) => void,
     onReset: (reason: ResetReason, cause?: unknown) => void,
   ): Promise<StoreWatch>;
+
+  /**
+   * A cheap round trip that proves the store answers, bounded by the store's probe timeout
+   * (whatever the lease TTL). Rejects with StoreUnavailableError when it does not.
+   */
+  probe(): Promise<void>;
 
   close(): Promise<void>;
 }

@@ -346,6 +346,21 @@ describe("berth install", () => {
     expect(existsSync(prefix)).toBe(false);
   });
 
+  it("runs again from the installed prefix (another network, same files)", () => {
+    const base = freshDir("again");
+    const prefix = join(base, "prefix");
+    const flags = ["--prefix", prefix, "--cni-bin-dir", join(base, "bin"), "--cni-conf-dir", join(base, "conf"), "--no-systemd"];
+    expect(berth(["install", ...flags]).status).toBe(0);
+    const bin = snapshot(join(base, "bin"));
+    const r = run(join(prefix, "bin", "berth"), ["install", ...flags, "--network", "overlay"]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/: 1 written, \d+ unchanged/);
+    expect(snapshot(join(base, "bin"))).toEqual(bin);
+    const conf = JSON.parse(readFileSync(join(base, "conf", "10-berth.conflist"), "utf8"));
+    expect(conf.plugins[0].type).toBe("berth-overlay");
+  });
+
   it("never replaces a file it did not write, unless --force", () => {
     const root = freshDir("root");
     mkdirSync(join(root, "etc/cni/net.d"), { recursive: true });
@@ -527,6 +542,18 @@ describe("berth install", () => {
     const un = berth(["uninstall", "--root", root, "--network", "bridge"]);
     expect(un.status).toBe(2);
     expect(un.stderr).toMatch(/^berth uninstall: unknown flag "--network"/);
+
+    // A release built for another Node ABI (better-sqlite3's addon would not load).
+    const other = join(freshDir("abi"), "tree");
+    sh("cp", ["-a", tree, other]);
+    const rel = JSON.parse(readFileSync(join(other, "RELEASE.json"), "utf8"));
+    writeFileSync(join(other, "RELEASE.json"), JSON.stringify({ ...rel, nodeMajor: 99, nodeModules: "999" }));
+    const abi = berth(["install", "--root", root], { from: other });
+    expect(abi.status).toBe(2);
+    expect(abi.stderr).toMatch(
+      /^berth install: this release's addons are built for Node 99\.x \(ABI 999\); .* is Node 20\.\d+\.\d+ \(ABI \d+\): run install with a Node 99\.x\n$/,
+    );
+    expect(readdirSync(root)).toEqual(["a-file"]);
 
     // No permission: an unprivileged user installing into a root-owned directory.
     const owned = freshDir("owned");

@@ -269,6 +269,8 @@ function releaseSource(): { dir: string; cleanup?: () => void } {
 
 interface Release {
   version: string;
+  nodeMajor?: number;
+  nodeModules?: string;
   files: Record<string, string>;
 }
 
@@ -293,6 +295,12 @@ function pristine(rel: string, data: Buffer): Buffer {
 
 function readRelease(dir: string): Release {
   const release = JSON.parse(readFileSync(join(dir, "RELEASE.json"), "utf8")) as Release;
+  // The recorded Node is the one every plugin and the service will run: it must load the addons.
+  if (release.nodeModules !== undefined && release.nodeModules !== process.versions.modules)
+    throw new InstallUsageError(
+      `this release's addons are built for Node ${release.nodeMajor}.x (ABI ${release.nodeModules}); ` +
+        `${process.execPath} is Node ${process.versions.node} (ABI ${process.versions.modules}): run install with a Node ${release.nodeMajor}.x`,
+    );
   for (const [rel, hash] of Object.entries(release.files)) {
     let h: string | null = null;
     try {

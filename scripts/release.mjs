@@ -13,7 +13,8 @@
 //   systemd/                   berth.service, berth-cni.socket, berth-csi.socket
 //   examples/                  network configs (bridge, overlay) and berth.env
 //   LICENSE, INSTALL
-//   RELEASE.json               name, version, arch and every file above with its SHA-256
+//   RELEASE.json               name, version, arch, the Node ABI the addons are built for, and
+//                              every file above with its SHA-256
 //
 // This is the one definition of a release's contents: `berth install` run from a checkout
 // stages the same tree (stageRelease) and installs from it.
@@ -113,7 +114,10 @@ export async function stageRelease(dir) {
   const { version, arch, name } = releaseName();
   const files = {};
   for (const f of listFiles(dir)) files[f] = sha256(join(dir, f));
-  const release = { name, version, arch, node: ">=20.10", files };
+  // better-sqlite3's addon is built against this Node's ABI (NODE_MODULE_VERSION, not N-API):
+  // the release runs on Node >= 20.10 of this major line only, which install checks.
+  const nodeMajor = Number(process.versions.node.split(".")[0]);
+  const release = { name, version, arch, node: ">=20.10", nodeMajor, nodeModules: process.versions.modules, files };
   writeFileSync(join(dir, "RELEASE.json"), `${JSON.stringify(release, null, 2)}\n`);
   return release;
 }

@@ -89,6 +89,8 @@ export interface Addon {
   loopStatus(n: number): LoopStatus | null;
   fallocate(fd: number, mode: number, offset: number, length: number): void;
   ficlone(destFd: number, srcFd: number): void;
+  /** FIFREEZE (freeze = true) or FITHAW on the filesystem holding fd, on the thread pool. */
+  fsFreeze(fd: number, freeze: boolean): Promise<void>;
   flock(fd: number, operation: number): boolean;
   /** Copies only the data extents of srcFd into dstFd (holes stay holes), on the thread pool. */
   copyDataExtents(srcFd: number, dstFd: number): Promise<{ size: number; copiedBytes: number }>;

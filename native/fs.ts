@@ -1,5 +1,6 @@
 // File and filesystem operations for volume back ends: capacity (statfs), preallocation and
-// hole punching, reflink clones with a caller-side fallback, sparse copies, and flock locks.
+// hole punching, reflink clones with a caller-side fallback, sparse copies, filesystem
+// freeze/thaw, and flock locks.
 import { closeSync, constants, fstatSync, openSync, unlinkSync } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { addon, isSysError } from "./addon.ts";
@@ -164,6 +165,73 @@ export async function sparseCopyFile(src: string, dst: string): Promise<{ size: 
   } finally {
     closeSync(srcFd);
   }
+}
+
+/** A filesystem frozen by freezeFilesystem; thaw() is safe to call twice. */
+export interface FrozenFilesystem {
+  readonly path: string;
+  thaw(): Promise<void>;
+}
+
+/**
+ * Freezes the filesystem mounted at `path` (FIFREEZE): dirty data is written out and every
+ * new write blocks until thaw(). The caller must thaw it on every path (try/finally): a
+ * filesystem left frozen stalls every writer on it. FsError EBUSY when already frozen.
+ */
+export async function freezeFilesystem(path: string): Promise<FrozenFilesystem> {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (e) {
+    fsError(e, `open ${path}`, path);
+  }
+  try {
+    await addon().fsFreeze(fd, true);
+  } catch (e) {
+    closeSync(fd);
+    fsError(e, `freeze ${path}`, path);
+  }
+  let frozen = true;
+  return {
+    path,
+    async thaw() {
+      if (!frozen) return;
+      frozen = false;
+      try {
+        await addon().fsFreeze(fd, false);
+      } catch (e) {
+        fsError(e, `thaw ${path}`, path);
+      } finally {
+        closeSync(fd);
+      }
+    },
+  };
+}
+
+/**
+ * Runs `fn` while every filesystem in `paths` is frozen: all are frozen before `fn` starts
+ * (one point in time for all of them) and all are thawed after it, also when a freeze or
+ * `fn` fails. A failed thaw is reported after the others were thawed.
+ */
+export async function withFrozenFilesystems<T>(paths: string[], fn: () => Promise<T>): Promise<T> {
+  const frozen: FrozenFilesystem[] = [];
+  let failure: unknown;
+  let result: T | undefined;
+  try {
+    for (const p of paths) frozen.push(await freezeFilesystem(p));
+    result = await fn();
+  } catch (e) {
+    failure = e;
+  }
+  for (const f of frozen.reverse()) {
+    try {
+      await f.thaw();
+    } catch (e) {
+      failure ??= e;
+    }
+  }
+  if (failure !== undefined) throw failure;
+  return result as T;
 }
 
 const LOCK_SH = 1;

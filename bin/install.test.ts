@@ -425,6 +425,9 @@ describe("berth install", () => {
     delete rel.files["cni-node/berth-static.cjs"];
     writeFileSync(join(next, "RELEASE.json"), JSON.stringify(rel));
 
+    // Code caches the cold path wrote: the replaced bundle's go, the unchanged one's stay.
+    writeFileSync(join(prefix, "cni-node/berth-bridge.cjs.ADD.1-2-3.v8cache"), "cache");
+    writeFileSync(join(prefix, "cni-node/berth-host-local.cjs.ADD.1-2-3.v8cache"), "cache");
     const bridge = join(root, "opt/cni/bin/berth-bridge");
     const oldBytes = readFileSync(bridge);
     const oldIno = statSync(bridge).ino;
@@ -451,6 +454,8 @@ describe("berth install", () => {
     );
     expect(twinsAfter).toHaveLength(1);
     expect(twinsAfter[0]).not.toBe(twinsBefore[0]);
+    expect(existsSync(join(prefix, "cni-node/berth-bridge.cjs.ADD.1-2-3.v8cache"))).toBe(false);
+    expect(existsSync(join(prefix, "cni-node/berth-host-local.cjs.ADD.1-2-3.v8cache"))).toBe(true);
     // No temporary or backup file is left anywhere.
     expect([...snapshot(root).keys()].filter((f) => /\.berth-(old-)?\d+$/.test(f))).toEqual([]);
   });

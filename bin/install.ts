@@ -668,9 +668,15 @@ function install(releaseDir: string, release: Release, files: string[], o: Insta
     undo();
     throw new Error(`install failed, nothing changed: ${errnoText(e)}`);
   }
-  // Committed: the backups go, then the files the new release no longer has.
+  // Committed: the backups go, then the files the new release no longer has, and the V8 code
+  // caches the cold path wrote for bundles just replaced (named by the old identity, never read again).
   for (const [, backup] of backups) rmSync(backup, { force: true });
   for (const f of removed) rmSync(f, { force: true });
+  const replacedBundles = actions.filter((a) => a.action === "write" && bundles.includes(a.p)).map((a) => basename(a.p.path));
+  const cacheDir = disk(join(o.prefix, "cni-node"));
+  for (const f of existsSync(cacheDir) ? readdirSync(cacheDir) : []) {
+    if (f.endsWith(".v8cache") && replacedBundles.some((b) => f.startsWith(`${b}.`))) rmSync(join(cacheDir, f), { force: true });
+  }
   for (const d of new Set([...backups.map(([f]) => dirname(f)), ...created.map((f) => dirname(f))])) fsyncDir(d);
 
   for (const f of keptEdited) out(`berth install: kept ${f}: changed since berth installed it (--force replaces it)\n`);

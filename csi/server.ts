@@ -1,9 +1,9 @@
 // `berth csi`: Identity, Controller and Node services on one gRPC unix socket.
-import { chmodSync, existsSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
 import { connect, createServer as createNetServer, type Server as NetServer } from "node:net";
 import { hostname } from "node:os";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import pino, { type Logger } from "pino";
@@ -15,6 +15,7 @@ import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
 import { InFlight } from "./locks.ts";
 import { NodeService } from "./node.ts";
+import { DirectoryError, makeDirectories } from "./paths.ts";
 import type { ControllerHandlers } from "./proto/generated/csi/v1/Controller.ts";
 import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerRpcType } from "./proto/generated/csi/v1/ControllerServiceCapability.ts";
 import type { IdentityHandlers } from "./proto/generated/csi/v1/Identity.ts";
@@ -96,6 +97,16 @@ export function socketPathOf(endpoint: string): string {
   const m = /^unix:\/\/(\/.+)$/.exec(endpoint) ?? /^unix:(\/.+)$/.exec(endpoint);
   if (!m?.[1]) throw new ConfigError(`endpoint must look like unix:///path/csi.sock, got ${JSON.stringify(endpoint)}`);
   return m[1];
+}
+
+/** Creates a directory the operator configured (bounded, see paths.ts); a failure is a ConfigError. */
+function makeConfiguredDirectory(what: string, path: string, mode: number): void {
+  try {
+    makeDirectories(path, mode);
+  } catch (e) {
+    if (e instanceof DirectoryError) throw new ConfigError(`${what}: ${e.message}`);
+    throw e;
+  }
 }
 
 /** Fails when a live server answers on the socket; removes a stale socket file. */
@@ -195,12 +206,12 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
   if (!["controller", "node", "both"].includes(mode)) throw new ConfigError(`mode must be controller, node or both, got ${mode}`);
   const passed = options.passed;
   const socketPath = passed ? passed.path : socketPathOf(options.endpoint);
-  const dataDir = options.dataDir ?? "/var/lib/berth/csi/volumes";
-  const stateDir = options.stateDir ?? "/var/lib/berth/csi";
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const dataDir = resolve(options.dataDir ?? "/var/lib/berth/csi/volumes");
+  const stateDir = resolve(options.stateDir ?? "/var/lib/berth/csi");
+  makeConfiguredDirectory("state dir", stateDir, 0o700);
+  makeConfiguredDirectory("data dir", dataDir, 0o700);
   if (!passed) {
-    mkdirSync(dirname(socketPath), { recursive: true });
+    makeConfiguredDirectory("socket dir", dirname(socketPath), 0o755);
     await claimSocket(socketPath);
   }
 

@@ -533,3 +533,50 @@ describe("CSI driver: start-up with a hostile row in its state", { timeout: 120_
     expect(after.status.volume_condition).toMatchObject({ abnormal: false });
   });
 });
+
+describe("CSI driver: hostile directories on the command line", () => {
+  it.each([
+    ["--data-dir", "/proc/berth-hostile/data"],
+    ["--state-dir", "/proc/berth-hostile/state"],
+    ["--endpoint", "unix:///proc/berth-hostile/csi.sock"],
+  ])("berth csi %s %s exits 2 with a message, not a hang", async (flag, value) => {
+    const root = mkdtempSync(join(tmpdir(), `${testPrefix()}-`));
+    try {
+      const args: Record<string, string> = {
+        "--endpoint": `unix://${join(root, "csi.sock")}`,
+        "--data-dir": join(root, "data"),
+        "--state-dir": join(root, "state"),
+        [flag]: value,
+      };
+      const child = spawn(
+        process.execPath,
+        ["--import", "tsx", join(REPO, "bin", "cli.ts"), "csi", ...Object.entries(args).flat()],
+        {
+          cwd: REPO,
+          stdio: ["ignore", "ignore", "pipe"],
+        },
+      );
+      let stderr = "";
+      child.stderr?.on("data", (d: Buffer) => {
+        stderr += d.toString();
+      });
+      const code = await new Promise<number | string>((res) => {
+        const timer = setTimeout(() => {
+          child.kill("SIGKILL");
+          res("hung");
+        }, 20_000);
+        child.once("exit", (c, sig) => {
+          clearTimeout(timer);
+          res(c ?? sig ?? "?");
+        });
+      });
+      expect({ code, stderr: stderr.trim() }).toMatchObject({
+        code: 2,
+        stderr: expect.stringMatching(/^berth csi: .*\/proc\/berth-hostile.*ENOENT$/),
+      });
+      expect(stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});

@@ -13,6 +13,7 @@ import {
   DEVICE,
   ETCD_PREFIX,
   type Host,
+  run,
   sleep,
   unreachablePairs,
   until,
@@ -152,6 +153,32 @@ describe.sequential("overlay under store faults (shared etcd, TTL 1 h)", () => {
     }
     figures.push(`etcd thawed: all agents ready after ${(performance.now() - thawed).toFixed(0)} ms`);
     expect(await unreachablePairs(hosts.flatMap((h) => h.containers))).toEqual([]);
+  }, 30_000);
+
+  it("a host whose underlay link goes down goes unready within seconds, and ready once it is back", async () => {
+    const h1 = cluster!.hosts[0]!;
+    const down = performance.now();
+    await run("ip", ["-n", h1.ns, "link", "set", h1.underlayIface, "down"]);
+    try {
+      await until(
+        "h1 unready",
+        () => health(h1),
+        (s) => s.readyz === 503 && s.gauge === 0,
+        6000,
+        100,
+      ).catch(fail);
+      figures.push(`underlay down: h1 unready after ${(performance.now() - down).toFixed(0)} ms`);
+    } finally {
+      await run("ip", ["-n", h1.ns, "link", "set", h1.underlayIface, "up"]);
+    }
+    await until(
+      "h1 ready again",
+      () => health(h1),
+      (s) => s.readyz === 200 && s.gauge === 1,
+      10_000,
+      100,
+    ).catch(fail);
+    expect(await unreachablePairs(cluster!.hosts.flatMap((h) => h.containers))).toEqual([]);
   }, 30_000);
 
   it("a host started while etcd is down joins within seconds of etcd's return", async () => {

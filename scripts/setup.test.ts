@@ -26,7 +26,7 @@ describe("scripts/setup.sh", () => {
   it("on a machine it has set up, installs nothing", () => {
     // Checked first, so that this test never runs apt-get: a missing package fails it instead.
     const missing = packages().filter(
-      (p) => !spawnSync("dpkg-query", ["-W", "-f=${Status}", p], { encoding: "utf8" }).stdout.includes("install ok installed"),
+      (p) => !/^Status: install ok installed$/m.test(spawnSync("dpkg", ["-s", p], { encoding: "utf8" }).stdout),
     );
     expect(missing).toEqual([]);
     const r = spawnSync("bash", [SCRIPT], { encoding: "utf8", env: { ...process.env, SETUP_STEPS: "apt" } });

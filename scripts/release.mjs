@@ -137,7 +137,8 @@ async function main(argv) {
   const release = await stageRelease(tree);
   const tarball = join(outDir, `${name}.tar.gz`);
   const tmp = `${tarball}.tmp${process.pid}`;
-  // Sorted names, one owner, the files' own modes, no build times.
+  // Sorted names, one owner, the files' own modes, no build times: the same sources and build
+  // give a byte-identical tarball.
   execFileSync(
     "tar",
     ["--sort=name", "--owner=0", "--group=0", "--numeric-owner", "--mtime=@0", "-I", "gzip -9n", "-cf", tmp, "-C", outDir, name],

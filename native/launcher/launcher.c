@@ -5,8 +5,9 @@
  * function in-process. So this program only forwards the invocation (plugin type =
  * basename(argv[0]), the CNI_* and BERTH_* environment, stdin) to the agent over a unix
  * socket and reproduces the agent's stdout, stderr and exit code. When no agent answers it
- * runs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, through boot.cjs
- * and its V8 code cache) with the same environment and stdin: the cold path, identical in
+ * runs Node on the bundled plugin (<dir of this exe>/../cni-node/<type>.cjs, or the Node and
+ * bundle directory `berth install` wrote into this copy; through boot.cjs and its V8 code
+ * cache) with the same environment and stdin: the cold path, identical in
  * behaviour, only slower. Node runs as a child that reports its exit status before its
  * process is torn down (run_node_child).
  *

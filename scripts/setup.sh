@@ -15,13 +15,13 @@ step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 # Debian packages: what berth runs (iproute2 .. quota, conntrack; bin/doctor.ts TOOL_CHECKS
 # names the same packages), the engines and stores the tests drive (etcd, podman, containerd,
-# runc, reference CNI plugins), the native build (python3, make, gcc, g++), golang-go for
+# runc, reference CNI plugins, docker.io), the native build (python3, make, gcc, g++), golang-go for
 # csi-sanity, systemd for systemd-analyze and systemd-socket-activate. Every name exists on
 # Debian 12 and Ubuntu 22.04/24.04.
 PACKAGES=(
   iproute2 nftables conntrack ethtool kmod util-linux mount e2fsprogs xfsprogs quota
   etcd-server etcd-client podman runc containerd containernetworking-plugins busybox-static
-  iperf3 python3 make gcc g++ linux-libc-dev openssl procps strace golang-go systemd
+  iperf3 python3 make gcc g++ linux-libc-dev openssl procps strace golang-go systemd docker.io
 )
 
 # Node.js is not installed here (Debian 12's is 18): berth needs >= 20.10.

@@ -1,0 +1,191 @@
+// The Docker Engine (Debian's docker.io 20.10) as a real engine for tests: a private dockerd
+// per test file, with its data root, exec root, socket and pid file in a test directory,
+// vfs storage, no default bridge and no iptables rules; a busybox-static image made with
+// `docker import` (no registry is reachable). Stopped by PID; every process, mount and file
+// under the test directory goes in cleanup.
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { readMountInfo, unmount } from "../native/mount.ts";
+import { RUN } from "./kernel.ts";
+import { until } from "./poll.ts";
+
+const run = promisify(execFile);
+
+/** Debian's client, the daemon's own version (the newer /usr/local/bin/docker may speak a newer API). */
+export const DOCKER_CLIENT = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
+export const DOCKERD = "/usr/sbin/dockerd";
+const BUSYBOX = "/usr/bin/busybox";
+const APPLETS = ["sh", "ping", "cat", "echo", "sleep", "dd", "df", "ls", "httpd", "wget", "ip", "ifconfig", "route", "nc", "rm"];
+
+/** Docker reads legacy plugins here (machine-wide): each test names its plugin uniquely. */
+export const DOCKER_PLUGIN_DIR = "/run/docker/plugins";
+
+/** What a Docker engine test needs and this machine lacks. */
+export function missingForDockerTest(): string[] {
+  return [DOCKERD, "/usr/bin/docker", BUSYBOX, "/usr/sbin/runc"].filter((f) => !existsSync(f));
+}
+
+export interface DockerResult {
+  stdout: string;
+  stderr: string;
+}
+
+export interface DockerEngine {
+  dir: string;
+  socket: string;
+  pid: number;
+  /** The imported busybox image. */
+  image: string;
+  docker(args: string[], timeoutMs?: number): Promise<DockerResult>;
+  /** Like docker() but resolves with the exit code instead of throwing. */
+  tryDocker(args: string[], timeoutMs?: number): Promise<DockerResult & { code: number }>;
+  /** Docker's own log, for failure messages. */
+  log(): string;
+  cleanup(): Promise<void>;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Processes whose command line names `dir` (dockerd's containerd and shims), by PID. */
+function processesUsing(dir: string): number[] {
+  const pids: number[] = [];
+  for (const e of readdirSync("/proc")) {
+    if (!/^[0-9]+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      if (readFileSync(`/proc/${e}/cmdline`, "utf8").includes(dir)) pids.push(Number(e));
+    } catch {
+      // gone
+    }
+  }
+  return pids;
+}
+
+async function stopPid(pid: number, graceMs: number): Promise<void> {
+  if (!alive(pid)) return;
+  try {
+    process.kill(pid, "SIGTERM");
+  } catch {}
+  const deadline = Date.now() + graceMs;
+  while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  if (alive(pid)) {
+    try {
+      process.kill(pid, "SIGKILL");
+    } catch {}
+  }
+}
+
+/** Unmounts everything under dir, deepest first. */
+function unmountUnder(dir: string): void {
+  for (let pass = 0; pass < 4; pass++) {
+    const mine = readMountInfo()
+      .filter((m) => m.mountPoint.startsWith(`${dir}/`))
+      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
+    if (mine.length === 0) return;
+    for (const m of mine) unmount(m.mountPoint, { detach: true });
+  }
+}
+
+/**
+ * Starts a private dockerd under `dir` (which should carry the run tag, so the leak check
+ * sees any mount it leaves) and imports a busybox image.
+ */
+export async function startDockerd(dir: string): Promise<DockerEngine> {
+  mkdirSync(dir, { recursive: true });
+  const socket = join(dir, "docker.sock");
+  const logFile = join(dir, "dockerd.log");
+  const out = openSync(logFile, "a");
+  const child = spawn(
+    DOCKERD,
+    [
+      "--data-root",
+      join(dir, "data"),
+      "--exec-root",
+      join(dir, "exec"),
+      "-H",
+      `unix://${socket}`,
+      "--pidfile",
+      join(dir, "dockerd.pid"),
+      "--storage-driver",
+      "vfs",
+      "--bridge",
+      "none",
+      "--iptables=false",
+      "--ip6tables=false",
+      "--userland-proxy=false",
+    ],
+    { stdio: ["ignore", out, out], detached: false },
+  );
+  const pid = child.pid;
+  if (!pid) throw new Error("dockerd did not start");
+  child.unref();
+  const env = { ...process.env, DOCKER_HOST: `unix://${socket}` };
+  delete env.DOCKER_CONTEXT;
+  const docker = (args: string[], timeoutMs = 60_000) =>
+    run(DOCKER_CLIENT, ["-H", `unix://${socket}`, ...args], { env, timeout: timeoutMs, encoding: "utf8" });
+  const tryDocker = async (args: string[], timeoutMs = 60_000) => {
+    try {
+      return { ...(await docker(args, timeoutMs)), code: 0 };
+    } catch (e) {
+      const err = e as { stdout?: string; stderr?: string; code?: number };
+      return { stdout: err.stdout ?? "", stderr: err.stderr ?? String(e), code: typeof err.code === "number" ? err.code : 1 };
+    }
+  };
+  const log = () => {
+    try {
+      return readFileSync(logFile, "utf8");
+    } catch {
+      return "";
+    }
+  };
+  const engine: DockerEngine = {
+    dir,
+    socket,
+    pid,
+    image: `bt${RUN}busybox:1`,
+    docker,
+    tryDocker,
+    log,
+    async cleanup() {
+      const ids = (await tryDocker(["ps", "-aq"], 20_000)).stdout.split("\n").filter(Boolean);
+      if (ids.length > 0) await tryDocker(["rm", "-f", ...ids], 60_000);
+      const nets = (await tryDocker(["network", "ls", "-q", "--filter", "type=custom"], 20_000)).stdout
+        .split("\n")
+        .filter(Boolean);
+      for (const n of nets) await tryDocker(["network", "rm", n], 20_000);
+      await stopPid(pid, 20_000);
+      for (const p of processesUsing(dir)) await stopPid(p, 5_000);
+      unmountUnder(dir);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  try {
+    await until(
+      async () => (await tryDocker(["version", "--format", "{{.Server.Version}}"], 5_000)).code,
+      (code) => code === 0,
+      "dockerd to answer",
+      30_000,
+      200,
+    );
+    const rootfs = join(dir, "rootfs");
+    for (const d of ["bin", "tmp", "proc", "sys", "dev", "etc", "data"]) mkdirSync(join(rootfs, d), { recursive: true });
+    copyFileSync(BUSYBOX, join(rootfs, "bin", "busybox"));
+    for (const a of APPLETS) symlinkSync("busybox", join(rootfs, "bin", a));
+    const tar = join(dir, "busybox.tar");
+    execFileSync("tar", ["-C", rootfs, "-cf", tar, "."]);
+    await docker(["import", tar, engine.image]);
+  } catch (e) {
+    const text = log().split("\n").slice(-20).join("\n");
+    await engine.cleanup();
+    throw new Error(`${(e as Error).message}\ndockerd log:\n${text}`);
+  }
+  return engine;
+}

@@ -273,6 +273,87 @@ describe("agent on etcd through an outage", () => {
       await writer.close();
     }
   });
+
+  it("after a wiped etcd: registers again, keeps the peers for the grace period, drops the ones that did not come back", async () => {
+    const dataplane = new RecordingDataplane();
+    const config = parseAgentConfig([
+      "--store",
+      "etcd",
+      "--etcd-endpoints",
+      etcd.endpoint,
+      "--cluster-cidr",
+      "10.244.0.0/16",
+      "--state-dir",
+      join(dir, "state"),
+      "--run-dir",
+      join(dir, "run"),
+      "--reconcile-interval",
+      "200",
+      "--store-reset-grace",
+      "3",
+    ]);
+    const agent = new Agent(config, {
+      logger: pino({ level: "silent" }),
+      underlay: { iface: "lo", publicIP: "192.0.2.1", family: 4, mtu: 1500 },
+      dataplane: async () => dataplane as Dataplane as ManagedDataplane,
+    });
+    const writer = new EtcdStore({ endpoints: [etcd.endpoint] });
+    const peer = (n: number) => ({
+      key: subnetKey("/berth/network", parseCidr(`10.244.${n}.0/24`)),
+      value: JSON.stringify({ publicIP: `192.0.2.${n}`, vtepMAC: `02:00:00:00:00:${n}`, vni: 1, hostname: `h${n}` }),
+    });
+    try {
+      await agent.start();
+      // Enough history that the wiped store's revision is certainly lower.
+      for (let i = 0; i < 20; i++) await writer.create(`/berth-test/filler/${i}`, "x", null);
+      for (const n of [21, 22]) await writer.create(peer(n).key, peer(n).value, 600);
+      await until(
+        () => agent.readiness().ready && dataplane.state.routes.length === 2,
+        (v) => v,
+        "ready with two peers",
+      );
+      const own = agent.leaseView()!;
+      const before = dataplane.applied.length;
+
+      await etcd.stop();
+      rmSync(join(etcd.dataDir, "data"), { recursive: true, force: true });
+      await etcd.resume();
+      const back = Date.now();
+      // Our lease is back on the same subnet; h21 comes back, h22 never does.
+      await until(
+        () => writer.list("/berth/network/subnets/").catch(() => ({ entries: [] })),
+        (l) => l.entries.some((e) => e.key === own.key),
+        "our lease registered again",
+        10_000,
+      );
+      await writer.create(peer(21).key, peer(21).value, 600);
+      await until(
+        () => httpOverUnix(config.apiSocket, "/metrics"),
+        (r) => /berth_overlay_store_resets_total [1-9]/.test(r.body),
+        "the reset noticed",
+      );
+      // Within the grace period nothing was touched.
+      expect(Date.now() - back).toBeLessThan(3000);
+      expect(dataplane.applied.slice(before)).toEqual([]);
+      expect(dataplane.state.routes.map((r) => r.dst).sort()).toEqual(["10.244.21.0/24", "10.244.22.0/24"]);
+      // After it, h22's entries go; h21's stay untouched.
+      await until(
+        () => dataplane.state.routes.map((r) => r.dst),
+        (d) => d.length === 1,
+        "h22 removed after the grace period",
+        10_000,
+      );
+      expect(Date.now() - back).toBeGreaterThanOrEqual(2500);
+      expect(dataplane.state.routes.map((r) => r.dst)).toEqual(["10.244.21.0/24"]);
+      const ops = dataplane.applied.slice(before);
+      expect(ops.map((o) => o.op).sort()).toEqual(["fdb-del", "neigh-del", "route-del"]);
+      expect(ops.every((o) => JSON.stringify(o).includes("22"))).toBe(true);
+      expect(agent.leaseView()!.subnet).toBe(own.subnet);
+    } finally {
+      await agent.stop();
+      await writer.close();
+    }
+  });
 });
 
 describe("agent process inside a netns", () => {

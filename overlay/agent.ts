@@ -493,7 +493,7 @@ export class Agent {
     this.metrics.storeResets.inc();
     this.logger.warn(
       { reason, peers: this.remotes.size, graceSeconds: this.config.storeResetGraceSeconds },
-      "cluster store lost its history; registering again and keeping the known peers while they re-register",
+      "cluster store may have lost its history (wiped or replaced); registering again and keeping the known peers while they re-register",
     );
     if (this.lease) this.renewNow();
     if (graceMs === 0) return;

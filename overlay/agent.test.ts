@@ -291,15 +291,18 @@ describe("agent on etcd through an outage", () => {
       "200",
       "--store-reset-grace",
       "3",
+      // Apart from what the test before left in this etcd.
+      "--etcd-prefix",
+      "/berth-wipe",
     ]);
     const agent = new Agent(config, {
       logger: pino({ level: "silent" }),
-      underlay: { iface: "lo", publicIP: "192.0.2.1", family: 4, mtu: 1500 },
+      underlay: { iface: "lo", publicIP: "192.0.2.2", family: 4, mtu: 1500 },
       dataplane: async () => dataplane as Dataplane as ManagedDataplane,
     });
     const writer = new EtcdStore({ endpoints: [etcd.endpoint] });
     const peer = (n: number) => ({
-      key: subnetKey("/berth/network", parseCidr(`10.244.${n}.0/24`)),
+      key: subnetKey("/berth-wipe", parseCidr(`10.244.${n}.0/24`)),
       value: JSON.stringify({ publicIP: `192.0.2.${n}`, vtepMAC: `02:00:00:00:00:${n}`, vni: 1, hostname: `h${n}` }),
     });
     try {
@@ -321,7 +324,7 @@ describe("agent on etcd through an outage", () => {
       const back = Date.now();
       // Our lease is back on the same subnet; h21 comes back, h22 never does.
       await until(
-        () => writer.list("/berth/network/subnets/").catch(() => ({ entries: [] })),
+        () => writer.list("/berth-wipe/subnets/").catch(() => ({ entries: [] })),
         (l) => l.entries.some((e) => e.key === own.key),
         "our lease registered again",
         10_000,

@@ -250,6 +250,31 @@ describe("berth install", () => {
     expect(dryAgain.stdout.split("\n").filter((l) => l.startsWith("write"))).toEqual([]);
   });
 
+  it("--root resolves links inside the root as the target would (an absolute link stays in the root)", () => {
+    const root = freshDir("root");
+    // An image whose /opt is an absolute link to /usr/opt, and whose /etc/cni is relative.
+    const hostOpt = `/usr/opt-${testPrefix()}`;
+    mkdirSync(join(root, "usr", "opt-target"), { recursive: true });
+    sh("ln", ["-s", hostOpt, join(root, "opt")]);
+    sh("ln", ["-s", "opt-target", join(root, hostOpt.slice(1))]);
+    mkdirSync(join(root, "etc", "real-cni"), { recursive: true });
+    sh("ln", ["-s", "real-cni", join(root, "etc", "cni")]);
+    try {
+      const r = berth(["install", "--root", root, "--no-systemd"]);
+      expect(r.stderr).toBe("");
+      expect(r.status).toBe(0);
+      expect(existsSync(hostOpt)).toBe(false);
+      expect(readdirSync(join(root, "usr/opt-target/cni/bin"))).toContain("berth-bridge");
+      expect(existsSync(join(root, "etc/real-cni/net.d/10-berth.conflist"))).toBe(true);
+      expect(lstatSync(join(root, "opt")).isSymbolicLink()).toBe(true);
+      const un = berth(["uninstall", "--root", root]);
+      expect(un.status).toBe(0);
+      expect(readdirSync(join(root, "usr/opt-target"))).toEqual([]);
+    } finally {
+      rmSync(hostOpt, { recursive: true, force: true });
+    }
+  });
+
   it("writes the overlay chain, another subnet, or no network config", () => {
     const overlay = freshDir("root");
     expect(berth(["install", "--root", overlay, "--network", "overlay", "--no-systemd"]).status).toBe(0);

@@ -36,6 +36,7 @@ import {
   openSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   renameSync,
   rmdirSync,
   rmSync,
@@ -222,8 +223,40 @@ function checkSubnet(v: string): string {
 }
 
 /** The path p on disk: under the install root. */
+/**
+ * The path p (absolute, as the target system sees it) on disk: under the install root, with
+ * every symbolic link on the way resolved as the target system would resolve it. An image or a
+ * host mounted at /host has absolute links (var/run -> /run, opt -> /usr/opt) that would
+ * otherwise point into the system running the install. ".." never leaves the root.
+ */
 function under(root: string, p: string): string {
-  return root === "/" ? p : join(root, p);
+  if (root === "/") return p;
+  const todo = p.split("/").filter(Boolean);
+  const at: string[] = [];
+  let links = 0;
+  while (todo.length > 0) {
+    const name = todo.shift()!;
+    if (name === ".") continue;
+    if (name === "..") {
+      at.pop();
+      continue;
+    }
+    const here = join(root, ...at, name);
+    let target: string | undefined;
+    try {
+      if (lstatSync(here).isSymbolicLink()) target = readlinkSync(here);
+    } catch {
+      // missing: the rest is created as named
+    }
+    if (target === undefined) {
+      at.push(name);
+      continue;
+    }
+    if (++links > 40) throw new InstallUsageError(`${here}: too many levels of symbolic links`);
+    if (target.startsWith("/")) at.length = 0;
+    todo.unshift(...target.split("/").filter(Boolean));
+  }
+  return join(root, ...at);
 }
 
 function hashOf(file: string): string | null {

@@ -1,6 +1,7 @@
 // The LeaseStore contract, run against both implementations: the embedded SQLite store and a
 // real etcd process (random loopback ports, temp data dir, killed by PID afterwards).
 import { mkdtempSync, rmSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Etcd3 } from "etcd3";
@@ -253,6 +254,27 @@ describe("etcd store probe", () => {
     } finally {
       if (etcd!.pid === pid) process.kill(pid, "SIGCONT");
       await etcd!.resume();
+      await store.close();
+    }
+  });
+});
+
+describe("etcd store with several endpoints", () => {
+  it("keeps answering while one endpoint is dead: each call moves on to the next endpoint", async () => {
+    // A port nothing listens on (closed right after it was bound): connections are refused.
+    const dead = await new Promise<number>((resolve) => {
+      const srv = createServer().listen(0, "127.0.0.1", () => {
+        const port = (srv.address() as AddressInfo).port;
+        srv.close(() => resolve(port));
+      });
+    });
+    const store = new EtcdStore({ endpoints: [`http://127.0.0.1:${dead}`, etcd!.endpoint], probeTimeoutMs: 1000 });
+    try {
+      for (let i = 0; i < 20; i++) {
+        await store.probe();
+        await store.list("/berth-multi/");
+      }
+    } finally {
       await store.close();
     }
   });

@@ -17,7 +17,7 @@ import {
 } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { reflinkFile, sparseCopyFile } from "../native/fs.ts";
+import { reflinkFile, sparseCopyFile, withFrozenFilesystems } from "../native/fs.ts";
 import { attachLoop, detachLoop, type LoopDevice, listLoops } from "../native/loop.ts";
 import { isMountPoint, mountFilesystem, unmount } from "../native/mount.ts";
 import type { MountOptions } from "./mount-flags.ts";
@@ -141,27 +141,40 @@ export class BackingStore {
    * the source filesystem is mounted it is frozen for the copy, so the copy is consistent.
    */
   async copyImage(src: string, dst: string, frozenMount?: string): Promise<CopyMethod> {
-    const tmp = `${dst}.tmp`;
-    rmSync(tmp, { force: true });
-    if (frozenMount) await run("fsfreeze", ["--freeze", frozenMount]);
-    let method: CopyMethod;
-    try {
-      if (reflinkFile(src, tmp)) method = "reflink";
-      else {
-        await sparseCopyFile(src, tmp);
-        method = "sparse-copy";
+    const [method] = await this.copyImagesTogether([{ src, dst }], frozenMount ? [frozenMount] : []);
+    return method!;
+  }
+
+  /**
+   * Copies several images as of one point in time: every filesystem in `frozenMounts` is
+   * frozen before the first copy starts and thawed after the last one ends (also on failure),
+   * so no write lands in one copy without the writes before it in the others. The copies run
+   * side by side on the thread pool; each is synced and renamed into place after the thaw.
+   */
+  async copyImagesTogether(pairs: { src: string; dst: string }[], frozenMounts: string[]): Promise<CopyMethod[]> {
+    for (const { dst } of pairs) rmSync(`${dst}.tmp`, { force: true });
+    const methods = await withFrozenFilesystems(frozenMounts, async () => {
+      const settled = await Promise.allSettled(pairs.map(({ src, dst }) => this.copyToTemp(src, `${dst}.tmp`)));
+      const failed = settled.find((r) => r.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+      return settled.map((r) => (r as PromiseFulfilledResult<CopyMethod>).value);
+    });
+    for (const { dst } of pairs) {
+      const fd = openSync(`${dst}.tmp`, "r+");
+      try {
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
       }
-    } finally {
-      if (frozenMount) await run("fsfreeze", ["--unfreeze", frozenMount]);
+      renameSync(`${dst}.tmp`, dst);
     }
-    const fd = openSync(tmp, "r+");
-    try {
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, dst);
-    return method;
+    return methods;
+  }
+
+  private async copyToTemp(src: string, tmp: string): Promise<CopyMethod> {
+    if (reflinkFile(src, tmp)) return "reflink";
+    await sparseCopyFile(src, tmp);
+    return "sparse-copy";
   }
 
   /** Grows an image file (never shrinks). */

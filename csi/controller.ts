@@ -120,7 +120,7 @@ function decodeToken(token: string, kind: "vol" | "snap"): string {
   return id;
 }
 
-function timestamp(ms: number) {
+export function timestamp(ms: number) {
   return { seconds: String(Math.floor(ms / 1000)), nanos: (ms % 1000) * 1_000_000 };
 }
 
@@ -142,13 +142,14 @@ export class ControllerService {
     };
   }
 
-  private snapshotMessage(s: SnapshotRow): Snapshot {
+  snapshotMessage(s: SnapshotRow): Snapshot {
     return {
       size_bytes: String(s.size),
       snapshot_id: s.id,
       source_volume_id: s.sourceVolumeId,
       creation_time: timestamp(s.createdAt),
       ready_to_use: s.status === "ready",
+      group_snapshot_id: s.groupSnapshotId,
     };
   }
 
@@ -444,6 +445,7 @@ export class ControllerService {
         kind: v.kind,
         status: "creating",
         createdAt: Date.now(),
+        groupSnapshotId: "",
       };
       this.d.store.insertSnapshot(s);
       const file = this.d.backing.snapshotPath(s.id);
@@ -468,6 +470,9 @@ export class ControllerService {
     return this.d.locks.with([id], async () => {
       const s = this.d.store.snapshot(id);
       if (!s) return {};
+      if (s.groupSnapshotId) {
+        throw invalidArgument(`snapshot ${id} belongs to group snapshot ${s.groupSnapshotId}; delete the group instead`);
+      }
       this.d.store.setSnapshotStatus(id, "deleting");
       this.d.backing.removeFile(this.d.backing.snapshotPath(id));
       this.d.store.deleteSnapshot(id);

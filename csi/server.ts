@@ -11,12 +11,14 @@ import { Counter, Histogram, Registry } from "prom-client";
 import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
 import { BackingStore, canResizeExt4Online } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
+import { GroupControllerService } from "./group-controller.ts";
 import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
 import { InFlight } from "./locks.ts";
 import { NodeService } from "./node.ts";
 import { DirectoryError, makeDirectories } from "./paths.ts";
 import type { ControllerHandlers } from "./proto/generated/csi/v1/Controller.ts";
+import type { GroupControllerHandlers } from "./proto/generated/csi/v1/GroupController.ts";
 import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerRpcType } from "./proto/generated/csi/v1/ControllerServiceCapability.ts";
 import type { IdentityHandlers } from "./proto/generated/csi/v1/Identity.ts";
 import type { NodeHandlers } from "./proto/generated/csi/v1/Node.ts";
@@ -253,6 +255,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       capabilities: [
         { service: { type: "CONTROLLER_SERVICE" } },
         { service: { type: "VOLUME_ACCESSIBILITY_CONSTRAINTS" } },
+        ...(mode === "node" ? [] : [{ service: { type: "GROUP_CONTROLLER_SERVICE" as const } }]),
         { volume_expansion: { type: expansion } },
       ],
     })),
@@ -284,6 +287,16 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       };
     // Left out on purpose (not advertised): grpc-js answers UNIMPLEMENTED for them.
     server.addService(pkg.csi.v1.Controller.service, handlers as grpc.UntypedServiceImplementation);
+    const g = new GroupControllerService(d, controller);
+    const groupHandlers: GroupControllerHandlers = {
+      GroupControllerGetCapabilities: w("GroupControllerGetCapabilities", () => ({
+        capabilities: [{ rpc: { type: "CREATE_DELETE_GET_VOLUME_GROUP_SNAPSHOT" } }],
+      })),
+      CreateVolumeGroupSnapshot: w("CreateVolumeGroupSnapshot", (r) => g.create(r)),
+      DeleteVolumeGroupSnapshot: w("DeleteVolumeGroupSnapshot", (r) => g.delete(r)),
+      GetVolumeGroupSnapshot: w("GetVolumeGroupSnapshot", (r) => g.get(r)),
+    };
+    server.addService(pkg.csi.v1.GroupController.service, groupHandlers);
   }
   if (node) {
     const n = node;

@@ -33,6 +33,17 @@ export interface SnapshotRow {
   kind: VolumeKind;
   status: RowStatus;
   createdAt: number;
+  /** The group snapshot this one was cut with ("" = none); it lives and dies with the group. */
+  groupSnapshotId: string;
+}
+
+export interface GroupSnapshotRow {
+  id: string;
+  name: string;
+  /** The member volumes in the order the CO named them. */
+  sourceVolumeIds: string[];
+  status: RowStatus;
+  createdAt: number;
 }
 
 export interface StagingRow {
@@ -75,6 +86,14 @@ CREATE TABLE IF NOT EXISTS snapshots (
   size INTEGER NOT NULL,
   fs_type TEXT NOT NULL,
   kind TEXT NOT NULL,
+  status TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  group_snapshot_id TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS group_snapshots (
+  id TEXT PRIMARY KEY,
+  name TEXT NOT NULL UNIQUE,
+  source_volume_ids TEXT NOT NULL,
   status TEXT NOT NULL,
   created_at INTEGER NOT NULL
 );
@@ -139,6 +158,7 @@ interface RawSnapshot {
   kind: string;
   status: string;
   created_at: number;
+  group_snapshot_id: string;
 }
 
 function toSnapshot(r: RawSnapshot): SnapshotRow {
@@ -149,6 +169,25 @@ function toSnapshot(r: RawSnapshot): SnapshotRow {
     size: r.size,
     fsType: r.fs_type,
     kind: r.kind as VolumeKind,
+    status: r.status as RowStatus,
+    createdAt: r.created_at,
+    groupSnapshotId: r.group_snapshot_id,
+  };
+}
+
+interface RawGroupSnapshot {
+  id: string;
+  name: string;
+  source_volume_ids: string;
+  status: string;
+  created_at: number;
+}
+
+function toGroupSnapshot(r: RawGroupSnapshot): GroupSnapshotRow {
+  return {
+    id: r.id,
+    name: r.name,
+    sourceVolumeIds: JSON.parse(r.source_volume_ids) as string[],
     status: r.status as RowStatus,
     createdAt: r.created_at,
   };
@@ -201,6 +240,11 @@ export class VolumeStore {
     this.db.pragma("synchronous = FULL");
     this.db.pragma("foreign_keys = ON");
     this.db.exec(SCHEMA);
+    // Databases made before group snapshots lack the column.
+    const columns = this.db.prepare("PRAGMA table_info(snapshots)").all() as { name: string }[];
+    if (!columns.some((c) => c.name === "group_snapshot_id")) {
+      this.db.exec("ALTER TABLE snapshots ADD COLUMN group_snapshot_id TEXT NOT NULL DEFAULT ''");
+    }
   }
 
   close(): void {
@@ -308,10 +352,10 @@ export class VolumeStore {
   insertSnapshot(s: SnapshotRow): void {
     this.db
       .prepare(
-        `INSERT INTO snapshots (id, name, source_volume_id, size, fs_type, kind, status, created_at)
-          VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+        `INSERT INTO snapshots (id, name, source_volume_id, size, fs_type, kind, status, created_at, group_snapshot_id)
+          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       )
-      .run(s.id, s.name, s.sourceVolumeId, s.size, s.fsType, s.kind, s.status, s.createdAt);
+      .run(s.id, s.name, s.sourceVolumeId, s.size, s.fsType, s.kind, s.status, s.createdAt, s.groupSnapshotId);
   }
 
   setSnapshotStatus(id: string, status: RowStatus): void {
@@ -320,6 +364,56 @@ export class VolumeStore {
 
   deleteSnapshot(id: string): void {
     this.db.prepare("DELETE FROM snapshots WHERE id = ?").run(id);
+  }
+
+  // ---- group snapshots: the group row and its member snapshot rows change together ----
+
+  groupSnapshot(id: string): GroupSnapshotRow | undefined {
+    const r = this.db.prepare("SELECT * FROM group_snapshots WHERE id = ?").get(id) as RawGroupSnapshot | undefined;
+    return r && toGroupSnapshot(r);
+  }
+
+  groupSnapshotByName(name: string): GroupSnapshotRow | undefined {
+    const r = this.db.prepare("SELECT * FROM group_snapshots WHERE name = ?").get(name) as RawGroupSnapshot | undefined;
+    return r && toGroupSnapshot(r);
+  }
+
+  allGroupSnapshots(): GroupSnapshotRow[] {
+    return (this.db.prepare("SELECT * FROM group_snapshots ORDER BY id").all() as RawGroupSnapshot[]).map(toGroupSnapshot);
+  }
+
+  /** The member snapshots of a group, in the group's volume order. */
+  groupMembers(groupId: string): SnapshotRow[] {
+    const g = this.groupSnapshot(groupId);
+    const rows = (this.db.prepare("SELECT * FROM snapshots WHERE group_snapshot_id = ?").all(groupId) as RawSnapshot[]).map(
+      toSnapshot,
+    );
+    const order = g?.sourceVolumeIds ?? [];
+    return rows.sort((a, b) => order.indexOf(a.sourceVolumeId) - order.indexOf(b.sourceVolumeId));
+  }
+
+  /** The intent: the group and its members, all "creating", in one transaction. */
+  insertGroupSnapshot(g: GroupSnapshotRow, members: SnapshotRow[]): void {
+    this.transaction(() => {
+      this.db
+        .prepare("INSERT INTO group_snapshots (id, name, source_volume_ids, status, created_at) VALUES (?, ?, ?, ?, ?)")
+        .run(g.id, g.name, JSON.stringify(g.sourceVolumeIds), g.status, g.createdAt);
+      for (const m of members) this.insertSnapshot(m);
+    });
+  }
+
+  setGroupSnapshotStatus(id: string, status: RowStatus): void {
+    this.transaction(() => {
+      this.db.prepare("UPDATE group_snapshots SET status = ? WHERE id = ?").run(status, id);
+      this.db.prepare("UPDATE snapshots SET status = ? WHERE group_snapshot_id = ?").run(status, id);
+    });
+  }
+
+  deleteGroupSnapshot(id: string): void {
+    this.transaction(() => {
+      this.db.prepare("DELETE FROM snapshots WHERE group_snapshot_id = ?").run(id);
+      this.db.prepare("DELETE FROM group_snapshots WHERE id = ?").run(id);
+    });
   }
 
   // ---- node state ----

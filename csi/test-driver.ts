@@ -9,6 +9,7 @@ import pino from "pino";
 import { detachLoop, listLoops } from "../native/loop.ts";
 import { readMountInfo, unmount } from "../native/mount.ts";
 import type { ControllerClient } from "./proto/generated/csi/v1/Controller.ts";
+import type { GroupControllerClient } from "./proto/generated/csi/v1/GroupController.ts";
 import type { IdentityClient } from "./proto/generated/csi/v1/Identity.ts";
 import type { NodeClient } from "./proto/generated/csi/v1/Node.ts";
 import type { VolumeCapability } from "./proto/generated/csi/v1/VolumeCapability.ts";
@@ -54,6 +55,7 @@ export interface TestDriver {
   socket: string;
   identity: AsyncClient<IdentityClient>;
   controller: AsyncClient<ControllerClient>;
+  group: AsyncClient<GroupControllerClient>;
   node: AsyncClient<NodeClient>;
   running: RunningCsiDriver | undefined;
   start(extra?: Partial<CsiDriverOptions>): Promise<void>;
@@ -88,6 +90,7 @@ export async function createTestDriver(prefix: string, nodeId = "test-node"): Pr
   const mk = () => ({
     identity: promisify(new pkg.csi.v1.Identity(endpoint, grpc.credentials.createInsecure())),
     controller: promisify(new pkg.csi.v1.Controller(endpoint, grpc.credentials.createInsecure())),
+    group: promisify(new pkg.csi.v1.GroupController(endpoint, grpc.credentials.createInsecure())),
     node: promisify(new pkg.csi.v1.Node(endpoint, grpc.credentials.createInsecure())),
   });
   const t: TestDriver = {

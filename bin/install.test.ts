@@ -393,7 +393,7 @@ describe("berth install", () => {
     const r = berth(["install", "--root", root]);
     expect(r.status).toBe(2);
     expect(r.stderr).toBe(
-      `berth install: ${root}/etc/cni/net.d/10-berth.conflist exists and was not written by berth install: use --force to replace it\n`,
+      `berth install: ${root}/etc/cni/net.d/10-berth.conflist exists and was not written by berth install (with --prefix /usr/local/lib/berth): use --force to replace it\n`,
     );
     expect([...snapshot(root).keys()].sort()).toEqual(["etc/", "etc/cni/", "etc/cni/net.d/", "etc/cni/net.d/10-berth.conflist"]);
     expect(readFileSync(join(root, "etc/cni/net.d/10-berth.conflist"), "utf8")).toBe('{"theirs":true}\n');
@@ -517,6 +517,21 @@ describe("berth install", () => {
     const again = berth(["uninstall", "--root", root]);
     expect(again.status).toBe(0);
     expect(again.stdout).toMatch(/nothing installed/);
+    // A volume still mounted under the state dir: --purge refuses rather than delete through it.
+    const mounted = join(root, "var/lib/berth/csi/volumes/v1");
+    mkdirSync(mounted, { recursive: true });
+    sh("mount", ["-t", "tmpfs", "-o", "size=1m", "tmpfs", mounted]);
+    try {
+      writeFileSync(join(mounted, "data"), "volume data");
+      const refused = berth(["uninstall", "--root", root, "--purge"]);
+      expect(refused.stderr).toBe(
+        `berth uninstall: --purge: ${mounted} is mounted under ${root}/var/lib/berth: unmount the volumes first\n`,
+      );
+      expect(refused.status).toBe(2);
+      expect(readFileSync(join(mounted, "data"), "utf8")).toBe("volume data");
+    } finally {
+      sh("umount", [mounted]);
+    }
     const purge = berth(["uninstall", "--root", root, "--purge"]);
     expect(purge.status).toBe(0);
     expect(existsSync(join(root, "var/lib/berth"))).toBe(false);

@@ -37,6 +37,7 @@ import {
   readdirSync,
   readFileSync,
   readlinkSync,
+  realpathSync,
   renameSync,
   rmdirSync,
   rmSync,
@@ -49,6 +50,7 @@ import { isIPv4, isIPv6 } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
+import { readMountInfo } from "../native/mount.ts";
 
 export const DEFAULTS = {
   prefix: "/usr/local/lib/berth",
@@ -573,7 +575,10 @@ function install(releaseDir: string, release: Release, files: string[], o: Insta
   }
   if (conflicts.length > 0) {
     const more = conflicts.length > 1 ? ` (and ${conflicts.length - 1} more)` : "";
-    throw new InstallUsageError(`${conflicts[0]} exists and was not written by berth install${more}: use --force to replace it`);
+    // An install with another --prefix has its own manifest: its files are foreign here.
+    throw new InstallUsageError(
+      `${conflicts[0]} exists and was not written by berth install${old ? "" : ` (with --prefix ${o.prefix})`}${more}: use --force to replace it`,
+    );
   }
 
   const wantedPaths = new Set(wanted.map((w) => w.path));
@@ -739,6 +744,7 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
   if (manifest === null) {
     out(`berth uninstall: nothing installed under ${disk(o.prefix)} (no ${MANIFEST})\n`);
     if (o.purge && existsSync(state)) {
+      refuseMountsUnder(state);
       if (o.dryRun) out(`${"remove".padEnd(10)} ${state}/\n`);
       else rmSync(state, { recursive: true, force: true });
     }
@@ -761,7 +767,10 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
   const manifestFile = disk(join(manifest.prefix, MANIFEST));
   const toRemove = [...present.map((f) => disk(f.path)), ...caches, manifestFile];
   for (const d of new Set(toRemove.map((f) => dirname(f)))) checkWritableDir(d, d);
-  if (o.purge && existsSync(state)) checkWritableDir(dirname(state), dirname(state));
+  if (o.purge && existsSync(state)) {
+    checkWritableDir(dirname(state), dirname(state));
+    refuseMountsUnder(state);
+  }
   if (o.dryRun) {
     for (const f of toRemove) out(`${"remove".padEnd(10)} ${f}\n`);
     if (o.purge && existsSync(state)) out(`${"remove".padEnd(10)} ${state}/\n`);
@@ -787,6 +796,19 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
       `${o.purge ? ` and ${state}` : ` (kept ${state}; --purge deletes it)`}\n`,
   );
   return 0;
+}
+
+/**
+ * --purge deletes the state directory; a volume still mounted under it (a block volume's
+ * filesystem, a bind mount) would have its contents deleted through the mount.
+ */
+function refuseMountsUnder(dir: string): void {
+  const real = realpathSync(dir);
+  const inside = readMountInfo().filter((m) => m.mountPoint === real || m.mountPoint.startsWith(`${real}/`));
+  if (inside.length > 0)
+    throw new InstallUsageError(
+      `--purge: ${inside[0]!.mountPoint} is mounted under ${dir}${inside.length > 1 ? ` (and ${inside.length - 1} more)` : ""}: unmount the volumes first`,
+    );
 }
 
 /** The CLI's entry: usage errors are one line and exit code 2. */

@@ -9,6 +9,7 @@ commands:
   agent       run the overlay agent (berth agent --help)
   cni-server  run only the CNI fast-path server, for hosts without the agent
   csi         run the CSI driver (berth csi --help)
+  docker-plugin  serve berth volumes to the Docker Engine's plugin API (berth docker-plugin --help)
   version     print berth's version
   doctor      check that this host has what berth needs
   install     install this release: plugins into the CNI bin dir, a network config, service
@@ -38,6 +39,10 @@ async function main(argv: string[]): Promise<number> {
     case "csi": {
       const { runCsiCommand } = await import("../csi/server.ts");
       return runCsiCommand(rest);
+    }
+    case "docker-plugin": {
+      const { runDockerPluginCommand } = await import("./docker-plugin.ts");
+      return runDockerPluginCommand(rest);
     }
     case "doctor": {
       const { runDoctor } = await import("./doctor.ts");

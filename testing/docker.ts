@@ -127,7 +127,7 @@ export async function startDockerd(dir: string): Promise<DockerEngine> {
   const pid = child.pid;
   if (!pid) throw new Error("dockerd did not start");
   child.unref();
-  const env = { ...process.env, DOCKER_HOST: `unix://${socket}` };
+  const env: NodeJS.ProcessEnv = { ...process.env, DOCKER_HOST: `unix://${socket}` };
   delete env.DOCKER_CONTEXT;
   const docker = (args: string[], timeoutMs = 60_000) =>
     run(DOCKER_CLIENT, ["-H", `unix://${socket}`, ...args], { env, timeout: timeoutMs, encoding: "utf8" });

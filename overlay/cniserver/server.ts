@@ -162,9 +162,10 @@ let inFlight = 0;
 
 /**
  * Makes the path free for our listen: a stale socket file (its server died) is removed; a
- * live server or a file that is not a socket makes us refuse to start.
+ * live server or a file that is not a socket makes us refuse to start. `what` names the
+ * server in that message (the Docker plugin claims its socket with this too).
  */
-async function claimSocketPath(path: string): Promise<void> {
+export async function claimSocketPath(path: string, what = "CNI server"): Promise<void> {
   let isSocket: boolean;
   try {
     isSocket = lstatSync(path).isSocket();
@@ -172,7 +173,7 @@ async function claimSocketPath(path: string): Promise<void> {
     return; // nothing there
   }
   if (!isSocket) throw new CniServerStartError(`${path} exists and is not a socket; refusing to replace it`);
-  if (await socketAnswers(path)) throw new CniServerStartError(`another CNI server is already listening on ${path}`);
+  if (await socketAnswers(path)) throw new CniServerStartError(`another ${what} is already listening on ${path}`);
   unlinkSync(path);
 }
 

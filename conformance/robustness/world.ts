@@ -1,6 +1,7 @@
 // The world of one robustness suite: a Sandbox (netns, bridge name, temp dataDir, private
 // subnet), a berth-bridge network with berth-host-local IPAM and ipMasq in an nftables table
-// of the test, the built executables run cold (never through an agent), and read-back of
+// of the test, the built executables run cold (or, with `socket` set, through the fast-path
+// server listening there), and read-back of
 // everything that could leak: bridge ports, host veths, leases (SQLite, read-only), masquerade
 // elements, and what is left in each container netns.
 import { existsSync } from "node:fs";
@@ -37,6 +38,8 @@ export class World {
   readonly subnet: string;
   readonly base: string;
   readonly table = this.prefix;
+  /** BERTH_CNI_SOCKET for every run: "off" is the cold path, a socket path the fast path. */
+  socket = "off";
 
   constructor(label: string) {
     this.network = `${this.prefix}-${label}`;
@@ -68,17 +71,23 @@ export class World {
     };
   }
 
-  /** Runs `build/cni/<type>` cold, with the CNI_* variables of `a` (CNI_PATH = build/cni). */
-  run(command: string, a: Attachment, stdin: string | object, env: Record<string, string | undefined> = {}): Promise<CniOutcome> {
+  /** Runs `build/cni/<type>` with the CNI_* variables of `a` (CNI_PATH = build/cni), on this world's path. */
+  run(
+    command: string,
+    a: Attachment,
+    stdin: string | object,
+    env: Record<string, string | undefined> = {},
+    type = "berth-bridge",
+  ): Promise<CniOutcome> {
     return execPlugin({
       cniPath: CNI_DIR,
-      type: "berth-bridge",
+      type,
       env: {
         CNI_COMMAND: command,
         CNI_CONTAINERID: a.containerId,
         CNI_NETNS: a.netns,
         CNI_IFNAME: a.ifname ?? "eth0",
-        BERTH_CNI_SOCKET: "off",
+        BERTH_CNI_SOCKET: this.socket,
         ...env,
       },
       stdin,

@@ -1,0 +1,368 @@
+// Hostile state and hostile timing, on both paths (cold: a Node process per call; fast: the
+// `berth cni-server` answering the launcher): a prevResult that is broken or empty, a lease
+// database that cannot be read, veths left retired by a fast-path server that was killed, an
+// overlay runtime file that is partial or not JSON, an overlay dataDir under /proc, and frames
+// on the fast-path socket that do not follow the protocol. Each case asserts the exit code, the
+// CNI code, no stack trace on stdout or stderr, and nothing left behind, read back from the
+// kernel (links on the host and in the container netns) and from the lease database.
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { connect } from "node:net";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { ServerProcess } from "../fastpath/server-process.ts";
+import { asCniError, type CniOutcome, describeOutcome } from "../lib/plugin-exec.ts";
+import { addressOf, BUILT, World } from "./world.ts";
+
+type Conf = Record<string, unknown>;
+const PATHS = ["cold", "fast"] as const;
+const STACK_FRAME = /\n\s+at .+[:(]/;
+
+/** A failed call that printed one clean CNI error with `code` (any code but 999 when undefined). */
+function expectCniError(o: CniOutcome, code?: number): void {
+  expect(o.exitCode, describeOutcome(o)).toBe(1);
+  const err = asCniError(o.json);
+  expect(err, describeOutcome(o)).toBeDefined();
+  if (code === undefined) expect(err!.code, describeOutcome(o)).not.toBe(999);
+  else expect(err!.code, describeOutcome(o)).toBe(code);
+  expectNoStack(o);
+}
+
+function expectOk(o: CniOutcome): void {
+  expect(o.exitCode, describeOutcome(o)).toBe(0);
+  expectNoStack(o);
+}
+
+function expectNoStack(o: CniOutcome): void {
+  for (const stream of [o.stdout, o.stderr]) {
+    expect(stream).not.toMatch(STACK_FRAME);
+    expect(stream).not.toMatch(/internal error/);
+  }
+}
+
+/** Polls until `f` holds (the fast path deletes retired links in the background). */
+async function eventually(f: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!f() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+}
+
+for (const path of PATHS) {
+  describe.skipIf(!BUILT)(`hostile state on the ${path} path`, () => {
+    const world = new World(`hs${path[0]}`);
+    const sockDir = mkdtempSync(`/tmp/${testPrefix()}-`);
+    const servers: ServerProcess[] = [];
+    let n = 0;
+    const attachment = () => {
+      const ns = world.sandbox.createNetns("h");
+      return { ns, who: { containerId: `${world.prefix}-h${n++}`, netns: ns.path } };
+    };
+    /** Nothing of this attachment is left: no link in its netns, no host veth, no lease. */
+    const expectGone = async (ns: { name: string }, containerId: string) => {
+      await eventually(() => world.linksIn(ns.name).length === 0 && world.hostVeths().length === 0);
+      expect(world.linksIn(ns.name)).toEqual([]);
+      expect(world.hostVeths()).toEqual([]);
+      expect(world.leases().filter((l) => l.container_id === containerId)).toEqual([]);
+    };
+
+    beforeAll(async () => {
+      if (path === "fast") {
+        const s = await ServerProcess.start(join(sockDir, "cni.sock"));
+        servers.push(s);
+        world.socket = s.socketPath;
+      }
+    });
+    afterAll(async () => {
+      for (const s of servers) await s.kill();
+      await world.cleanup();
+      rmSync(sockDir, { recursive: true, force: true });
+    });
+
+    const badPrevResults: [string, unknown][] = [
+      ["an address that is not a CIDR", { ips: [{ address: "bad" }] }],
+      ["a string", "prevResult"],
+      ["a number", 42],
+      ["interfaces of the wrong type", { interfaces: "eth0", ips: 7 }],
+      ["an unknown cniVersion", { cniVersion: "9.9.9", ips: [] }],
+    ];
+    for (const [what, prevResult] of badPrevResults) {
+      it(`DEL with a prevResult that is ${what} removes the lease and the veth pair`, async () => {
+        const conf = world.config(50);
+        const { ns, who } = attachment();
+        const add = await world.run("ADD", who, conf);
+        expectOk(add);
+        expect(world.leases().map((l) => l.ip)).toContain(addressOf(add.json));
+        const del = await world.run("DEL", who, { ...conf, prevResult });
+        expectOk(del);
+        expect(del.stdout).toBe("");
+        await expectGone(ns, who.containerId);
+        // And DEL again, with nothing left to remove.
+        expectOk(await world.run("DEL", who, { ...conf, prevResult }));
+      });
+    }
+
+    it("DEL without prevResult and without the netns still frees the lease and the host veth", async () => {
+      const conf = world.config(50);
+      const { ns, who } = attachment();
+      expectOk(await world.run("ADD", who, conf));
+      expectOk(await world.run("DEL", { containerId: who.containerId }, conf));
+      await expectGone(ns, who.containerId);
+    });
+
+    for (const [what, prevResult] of [
+      ["{}", {}],
+      ["without the container interface", { cniVersion: "1.1.0", interfaces: [], ips: [] }],
+    ] as const) {
+      it(`CHECK with prevResult ${what} fails; with the ADD result it passes`, async () => {
+        const conf = world.config(50);
+        const { ns, who } = attachment();
+        const add = await world.run("ADD", who, conf);
+        expectOk(add);
+        expectCniError(await world.run("CHECK", who, { ...conf, prevResult }));
+        expectOk(await world.run("CHECK", who, { ...conf, prevResult: add.json }));
+        expectOk(await world.run("DEL", who, { ...conf, prevResult: add.json }));
+        await expectGone(ns, who.containerId);
+      });
+    }
+
+    it("overlay: a runtime file that is partial, of the wrong shape or not JSON is 'not ready', never a crash", async () => {
+      const runDir = join(world.dataDir, "run");
+      mkdirSync(runDir, { recursive: true });
+      const overlayConf: Conf = {
+        cniVersion: "1.1.0",
+        name: `${world.network}-ov`,
+        type: "berth-overlay",
+        runDir,
+        dataDir: join(world.dataDir, "overlay"),
+        bridge: world.sandbox.bridgeName,
+        nftTable: world.table,
+      };
+      const subnet = world.subnet;
+      const files: [string, string][] = [
+        ["partial (no subnets/networks)", JSON.stringify({ ready: true, subnet })],
+        ["subnets not an array", JSON.stringify({ ready: true, subnet, subnets: subnet, networks: [subnet] })],
+        ["subnets of numbers", JSON.stringify({ ready: true, subnet, subnets: [42], networks: [subnet] })],
+        ["a subnet that is no CIDR", JSON.stringify({ ready: true, subnet, subnets: ["10.1.2.300/24"], networks: [subnet] })],
+        ["no subnets at all", JSON.stringify({ ready: true, subnet, subnets: [], networks: [] })],
+        ["mtu a string", JSON.stringify({ ready: true, subnet, subnets: [subnet], networks: [subnet], mtu: "1450" })],
+        ["ready a string", JSON.stringify({ ready: "yes", subnet, subnets: [subnet], networks: [subnet] })],
+        ["null", "null"],
+        ["an array", "[1,2]"],
+        ["empty", ""],
+        ["truncated JSON", '{"ready": true, "sub'],
+        ["binary", "\u0000\u0001\u0002\ufffd"],
+      ];
+      const { ns, who } = attachment();
+      for (const [what, text] of files) {
+        writeFileSync(join(runDir, "overlay.json"), text);
+        const add = await world.run("ADD", who, overlayConf, {}, "berth-overlay");
+        expect(add.stdout, what).not.toMatch(/internal error/);
+        expectCniError(add, 11);
+        const status = await world.run("STATUS", { containerId: "" }, overlayConf, {}, "berth-overlay");
+        expectCniError(status, 50);
+        expectOk(await world.run("DEL", who, overlayConf, {}, "berth-overlay"));
+        const gc = await world.run(
+          "GC",
+          { containerId: "" },
+          { ...overlayConf, "cni.dev/valid-attachments": [] },
+          {},
+          "berth-overlay",
+        );
+        expectOk(gc);
+        expect(world.linksIn(ns.name), what).toEqual([]);
+      }
+    });
+
+    it("overlay: a dataDir under /proc is a clean error at once, never a hang", async () => {
+      const runDir = join(world.dataDir, "run-proc");
+      mkdirSync(runDir, { recursive: true });
+      writeFileSync(
+        join(runDir, "overlay.json"),
+        JSON.stringify({
+          ready: true,
+          subnet: world.subnet,
+          subnets: [world.subnet],
+          networks: [world.subnet],
+          gateways: [`${world.base}.1`],
+          vni: 1,
+          device: "berth.1",
+          updatedAt: new Date().toISOString(),
+        }),
+      );
+      const { ns, who } = attachment();
+      const conf: Conf = {
+        cniVersion: "1.1.0",
+        name: `${world.network}-op`,
+        type: "berth-overlay",
+        runDir,
+        dataDir: `/proc/${world.prefix}/x`,
+        bridge: world.sandbox.bridgeName,
+        nftTable: world.table,
+      };
+      const t0 = Date.now();
+      const add = await world.run("ADD", who, conf, {}, "berth-overlay");
+      expect(Date.now() - t0).toBeLessThan(20_000);
+      expectCniError(add);
+      expect(world.linksIn(ns.name)).toEqual([]);
+      expect(existsSync(`/proc/${world.prefix}`)).toBe(false);
+      // The fast-path server is still answering.
+      expectOk(await world.run("VERSION", who, conf, {}, "berth-overlay"));
+    });
+
+    it("a lease database that cannot be read: DEL removes the links and reports code 5; GC is not 999", async () => {
+      const w = new World(`db${path[0]}`);
+      w.socket = world.socket;
+      try {
+        const conf = w.config(50);
+        const ns = w.sandbox.createNetns("d");
+        const who = { containerId: `${w.prefix}-d`, netns: ns.path };
+        expectOk(await w.run("ADD", who, conf));
+        expect(w.leases()).toHaveLength(1);
+        // Replaced (a new inode), so an open handle in the server is not reused.
+        const db = join(w.dataDir, "ipam.db");
+        for (const f of [`${db}-wal`, `${db}-shm`]) rmSync(f, { force: true });
+        writeFileSync(`${db}.new`, Buffer.alloc(8192, 0x5a));
+        renameSync(`${db}.new`, db);
+        const del = await w.run("DEL", who, conf);
+        expectCniError(del, 5);
+        await eventually(() => w.linksIn(ns.name).length === 0 && w.hostVeths().length === 0);
+        expect(w.linksIn(ns.name)).toEqual([]);
+        expect(w.hostVeths()).toEqual([]);
+        const gc = await w.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] });
+        expectCniError(gc, 5);
+      } finally {
+        await w.cleanup();
+      }
+    });
+
+    it("veths retired by a fast-path server killed after its DELs: a DEL on this path removes them", {
+      timeout: 120_000,
+    }, async () => {
+      const left = await retiredByCrash(world, sockDir, servers, 30);
+      console.log(`${path}: ${left.length} of 30 attachments left retired links after the kill`);
+      expect(left.length).toBeGreaterThan(0); // the kill did cut background deletes short
+      for (const a of left) expectOk(await world.run("DEL", a.who, world.config(50)));
+      for (const a of left) expect(world.linksIn(a.ns.name), a.ns.name).toEqual([]);
+      expect(ipJson(["link", "show", "master", world.sandbox.bridgeName])).toEqual([]);
+    });
+
+    it("veths retired by a fast-path server killed after its DELs: GC on this path removes them", {
+      timeout: 120_000,
+    }, async () => {
+      const left = await retiredByCrash(world, sockDir, servers, 30);
+      console.log(`${path}: ${left.length} of 30 attachments left retired links after the kill`);
+      expect(left.length).toBeGreaterThan(0);
+      const gc = await world.run("GC", { containerId: "" }, { ...world.config(50), "cni.dev/valid-attachments": [] });
+      expectOk(gc);
+      for (const a of left) expect(world.linksIn(a.ns.name), a.ns.name).toEqual([]);
+      expect(world.integrity()).toEqual(["ok"]);
+    });
+
+    if (path === "fast") {
+      it("hostile frames on the fast-path socket get a decode error or nothing; the server goes on", async () => {
+        const server = servers[0]!;
+        const header = (magic: string, version: number, kind: number, length: number) => {
+          const h = Buffer.alloc(12);
+          h.write(magic, 0, "latin1");
+          h.writeUInt16LE(version, 4);
+          h.writeUInt16LE(kind, 6);
+          h.writeUInt32LE(length, 8);
+          return h;
+        };
+        const u32 = (v: number) => {
+          const b = Buffer.alloc(4);
+          b.writeUInt32LE(v);
+          return b;
+        };
+        const str = (s: string) => Buffer.concat([u32(Buffer.byteLength(s)), Buffer.from(s)]);
+        const body = (...parts: Buffer[]) => Buffer.concat(parts);
+        const frame = (b: Buffer) => Buffer.concat([header("BCNI", 1, 1, b.length), b]);
+        const frames: [string, Buffer][] = [
+          ["bad magic", Buffer.concat([header("XXXX", 1, 1, 4), u32(0)])],
+          ["unknown version", Buffer.concat([header("BCNI", 99, 1, 4), u32(0)])],
+          ["a response frame", Buffer.concat([header("BCNI", 1, 2, 4), u32(0)])],
+          ["a body of 4 GiB", header("BCNI", 1, 1, 0xffffffff)],
+          ["a type longer than the body", frame(body(u32(1000), Buffer.from("berth-bridge")))],
+          ["an environment count of 2^32-1", frame(body(str("berth-bridge"), u32(0xffffffff)))],
+          ["an environment entry without =", frame(body(str("berth-bridge"), u32(1), str("CNI_COMMAND"), str("{}")))],
+          ["stray bytes after the frame", Buffer.concat([frame(body(str("berth-bridge"), u32(0), str("{}"))), u32(7)])],
+          ["a type with a path in it", frame(body(str("../../../bin/sh"), u32(1), str("CNI_COMMAND=VERSION"), str("{}")))],
+          ["a type with a newline", frame(body(str("berth-bridge\n"), u32(1), str("CNI_COMMAND=ADD"), str("{}")))],
+          [
+            "ADD with a config that is not JSON",
+            frame(
+              body(
+                str("berth-bridge"),
+                u32(4),
+                str("CNI_COMMAND=ADD"),
+                str(`CNI_CONTAINERID=${world.prefix}-frame`),
+                str("CNI_IFNAME=eth0"),
+                str("CNI_NETNS=/nonexistent"),
+                str("\u0000\u00ff not json"),
+              ),
+            ),
+          ],
+        ];
+        for (const [what, bytes] of frames) {
+          const raw = await exchange(server.socketPath, bytes);
+          if (raw.length === 0) continue; // dropped: a request the server will never see whole
+          const text = raw.subarray(12).toString("latin1");
+          expect(text, what).not.toMatch(STACK_FRAME);
+          expect(text, what).toMatch(/"code":(6|7|4|1)\b/);
+        }
+        const log = server.log.join("");
+        expect(log).not.toMatch(STACK_FRAME);
+        expect(server.running).toBe(true);
+        expectOk(await world.run("VERSION", { containerId: "x" }, world.config(50)));
+      });
+    }
+  });
+}
+
+/** Sends `bytes` on a fresh connection, half-closes, and reads until the server closes (≤ 3 s). */
+function exchange(socketPath: string, bytes: Buffer): Promise<Buffer> {
+  return new Promise((done) => {
+    const s = connect(socketPath);
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => s.destroy(), 3000);
+    s.on("error", () => {});
+    s.on("connect", () => s.end(bytes));
+    s.on("data", (b: Buffer) => chunks.push(b));
+    s.on("close", () => {
+      clearTimeout(timer);
+      done(Buffer.concat(chunks));
+    });
+  });
+}
+
+/**
+ * A fast-path server of its own ADDs and DELs `count` attachments, and is SIGKILLed as soon as
+ * the last DEL has answered: its background deletes of the retired veths are cut short.
+ * Returns the attachments whose netns still holds a link.
+ */
+async function retiredByCrash(
+  world: World,
+  sockDir: string,
+  servers: ServerProcess[],
+  count: number,
+): Promise<{ ns: { name: string; path: string }; who: { containerId: string; netns: string } }[]> {
+  const crashing = await ServerProcess.start(join(sockDir, `crash-${servers.length}.sock`));
+  servers.push(crashing);
+  const saved = world.socket;
+  world.socket = crashing.socketPath;
+  const conf = world.config(50);
+  const all = Array.from({ length: count }, (_, i) => {
+    const ns = world.sandbox.createNetns("r");
+    return { ns, who: { containerId: `${world.prefix}-r${servers.length}-${i}`, netns: ns.path } };
+  });
+  try {
+    const adds = await Promise.all(all.map((a) => world.run("ADD", a.who, conf)));
+    for (const o of adds) expectOk(o);
+    const dels = await Promise.all(all.map((a) => world.run("DEL", a.who, conf)));
+    await crashing.kill();
+    for (const o of dels) expectOk(o);
+  } finally {
+    world.socket = saved;
+  }
+  expect(world.leases().filter((l) => all.some((a) => a.who.containerId === l.container_id))).toEqual([]);
+  return all.filter((a) => world.linksIn(a.ns.name).length > 0);
+}

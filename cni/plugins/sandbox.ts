@@ -100,13 +100,18 @@ export function checkSandbox(nl: Rtnl, ifname: string, prev: Result, sandboxPath
   const link = nl.linkGet(ifname);
   if (!link) throw new CniError(ErrorCode.Internal, `CHECK: interface ${ifname} is missing in ${sandboxPath}`);
   const mine = (prev.interfaces ?? []).findIndex((i) => i.name === ifname && i.sandbox);
-  const expectedMac = mine >= 0 ? prev.interfaces![mine]!.mac : undefined;
+  // The plugin's ADD always reports the container interface: a prevResult without it is not
+  // the result of that ADD, and there is nothing in it to check against.
+  if (mine < 0) {
+    throw new CniError(ErrorCode.InvalidConfig, `CHECK: prevResult lists no interface ${ifname} in a sandbox`);
+  }
+  const expectedMac = prev.interfaces![mine]!.mac;
   if (expectedMac && link.mac?.toLowerCase() !== expectedMac.toLowerCase()) {
     throw new CniError(ErrorCode.Internal, `CHECK: ${ifname} has MAC ${link.mac}, the ADD result says ${expectedMac}`);
   }
   const have = new Set(nl.addrList({ ifindex: link.index }).map((a) => a.cidr));
   for (const ip of prev.ips ?? []) {
-    if (mine >= 0 && ip.interface !== undefined && ip.interface !== mine) continue;
+    if (ip.interface !== undefined && ip.interface !== mine) continue;
     if (!have.has(normalizeCidr(ip.address))) {
       throw new CniError(ErrorCode.Internal, `CHECK: address ${ip.address} is missing on ${ifname} in ${sandboxPath}`);
     }

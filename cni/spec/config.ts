@@ -90,7 +90,10 @@ function matchSpecKeys(raw: Record<string, unknown>): Record<string, unknown> {
  * Decodes and checks the config for one invocation. The result has `cniVersion` set to the
  * version to answer in and `prevResult` in the newest result shape.
  */
-export function parseNetConf(stdin: Buffer): { config: NetConf; version: CniVersion } {
+export function parseNetConf(
+  stdin: Buffer,
+  opts: { command?: string } = {},
+): { config: NetConf; version: CniVersion; droppedPrevResult?: string } {
   const raw = matchSpecKeys(decodeConfig(stdin));
   const version = pickVersion(raw.cniVersion, raw.cniVersions);
 
@@ -123,10 +126,16 @@ export function parseNetConf(stdin: Buffer): { config: NetConf; version: CniVers
   }
 
   const config = { ...raw, cniVersion: version } as NetConf;
+  delete config.prevResult;
   if (raw.prevResult !== undefined && raw.prevResult !== null) {
-    config.prevResult = parseResult(raw.prevResult, version, "prevResult");
-  } else {
-    delete config.prevResult;
+    try {
+      config.prevResult = parseResult(raw.prevResult, version, "prevResult");
+    } catch (e) {
+      // DEL works from what the plugin recorded at ADD; prevResult is only a hint there, and a
+      // broken one must not keep an attachment's lease and links alive.
+      if (opts.command !== "DEL" || !(e instanceof CniError)) throw e;
+      return { config, version, droppedPrevResult: e.message };
+    }
   }
   return { config, version };
 }

@@ -37,8 +37,9 @@ export async function handleInvocation(
 
     // Environment before config, as libcni does: a missing variable is the likelier mistake.
     const cniEnv = parseEnv(env, { knownArgs: plugin.cniArgs });
-    const parsed = parseNetConf(stdin);
+    const parsed = parseNetConf(stdin, { command });
     version = parsed.version;
+    if (parsed.droppedPrevResult) log(`DEL: prevResult ignored: ${parsed.droppedPrevResult}`);
     requireCommandInVersion(command, version);
     if (cniEnv.netns && !cniEnv.netnsOverride) refuseOwnNetns(cniEnv.netns);
 

@@ -1,8 +1,10 @@
 // `<run-dir>/overlay.json`: the agent's word to the berth-overlay CNI plugin about this host's
 // part of the overlay (flannel's subnet.env, as JSON). Written atomically; `ready` is false
 // before the lease is held and the device programmed, and after the agent stops.
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { join } from "node:path";
+import { configSchema, field, validateConfig } from "../cni/spec/schema.ts";
+import { CniError } from "../cni/spec/types.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 
 export interface OverlayRuntime {
@@ -35,18 +37,63 @@ export class OverlayNotReadyError extends Error {
   }
 }
 
-/** Reads the runtime file; throws OverlayNotReadyError when it is missing, unreadable or not ready. */
+/** The agent writes a few hundred bytes; anything much larger was not written by it. */
+const MAX_RUNTIME_FILE_BYTES = 64 * 1024;
+
+const runtimeSchema = configSchema({
+  ready: field.boolean().require(),
+  network: field.cidr(),
+  subnet: field.cidr(),
+  gateway: field.ip(),
+  networks: field.array(field.cidr(), { maxItems: 64 }).require(),
+  subnets: field.array(field.cidr(), { minItems: 1, maxItems: 2 }).require(),
+  gateways: field.array(field.ip(), { maxItems: 2 }),
+  mtu: field.int(68, 65535),
+  vni: field.int(0, 0xffffff),
+  device: field.string({ pattern: /^[^\s/:]{1,15}$/, patternName: "an interface name" }),
+  publicIP: field.ip(),
+  updatedAt: field.string(),
+});
+
+/**
+ * Reads and validates the runtime file. Throws OverlayNotReadyError when it is missing, not a
+ * regular file, unreadable, not ready, or not of the shape the agent writes: a file that is
+ * partial or damaged means "no usable lease here yet", never a crash of the plugin.
+ */
 export function readOverlayRuntime(runDir: string): OverlayRuntime {
   const path = join(runDir, RUNTIME_FILE);
-  let runtime: OverlayRuntime;
+  let raw: unknown;
   try {
-    runtime = JSON.parse(readFileSync(path, "utf8")) as OverlayRuntime;
+    raw = JSON.parse(readSmallRegularFile(path));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT")
       throw new OverlayNotReadyError(`${path} does not exist: is the berth agent running?`);
     throw new OverlayNotReadyError(`${path} is unreadable: ${(e as Error).message}`);
   }
-  if (!runtime.ready || !runtime.subnet)
-    throw new OverlayNotReadyError(`the berth agent is not ready (${path} says ready=false)`);
-  return runtime;
+  if (typeof raw !== "object" || raw === null || Array.isArray(raw))
+    throw new OverlayNotReadyError(`${path} is not a JSON object`);
+  const obj = raw as Record<string, unknown>;
+  if (obj.ready === false) throw new OverlayNotReadyError(`the berth agent is not ready (${path} says ready=false)`);
+  try {
+    return validateConfig(obj, runtimeSchema) as OverlayRuntime;
+  } catch (e) {
+    const msg = e instanceof CniError ? e.message.replace(/^invalid config: /, "") : String(e);
+    throw new OverlayNotReadyError(`${path} is not a valid runtime file: ${msg}`);
+  }
+}
+
+/** The file's text; refuses anything but a regular file of at most MAX_RUNTIME_FILE_BYTES (a FIFO would block). */
+function readSmallRegularFile(path: string): string {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile()) throw new Error("not a regular file");
+    if (st.size > MAX_RUNTIME_FILE_BYTES) throw new Error(`larger than ${MAX_RUNTIME_FILE_BYTES} bytes`);
+    const buf = Buffer.alloc(MAX_RUNTIME_FILE_BYTES + 1);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    if (n > MAX_RUNTIME_FILE_BYTES) throw new Error(`larger than ${MAX_RUNTIME_FILE_BYTES} bytes`);
+    return buf.toString("utf8", 0, n);
+  } finally {
+    closeSync(fd);
+  }
 }

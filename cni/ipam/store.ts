@@ -13,11 +13,12 @@
 // at or after x" is one index probe (the span starting at or before x; if it covers x, the
 // answer is its hi+1, which is free because spans are maximal). Allocating or releasing an
 // address merges or splits at most two spans. Nothing ever scans the leases of a pool, except GC.
-import { closeSync, existsSync, fdatasync, fdatasyncSync, mkdirSync, openSync, statSync } from "node:fs";
+import { closeSync, existsSync, fdatasync, fdatasyncSync, openSync, statSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
+import { makeDirectory } from "../spec/directory.ts";
 import { sleepSync } from "../spec/sleep.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
@@ -119,22 +120,6 @@ function setBounds(set: RangeSet, i: number): { lo: bigint; hi: bigint; gateway:
     hi: keyValue({ family: f, value: r.end }),
     gateway: keyValue({ family: f, value: r.gateway }),
   };
-}
-
-/**
- * mkdir -p, one level at a time. Node 20's mkdirSync({recursive: true}) spins forever when a
- * parent refuses the create with ENOENT (e.g. anything under /proc); a plugin must not hang.
- */
-function makeDirectory(path: string): void {
-  try {
-    mkdirSync(path, { mode: 0o700 });
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === "EEXIST") return;
-    if (code !== "ENOENT" || dirname(path) === path) throw e;
-    makeDirectory(dirname(path));
-    mkdirSync(path, { mode: 0o700 });
-  }
 }
 
 export interface OpenOptions {

@@ -4,9 +4,10 @@
 // the cluster networks, the overlay MTU) and runs berth-bridge in-process. Unlike flannel,
 // readiness is explicit: STATUS answers 50 and ADD 11 (try again later) until the agent holds
 // a lease, instead of failing with "subnet.env: no such file".
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { bridgePlugin } from "../../cni/plugins/bridge/bridge.ts";
+import { makeDirectory } from "../../cni/spec/directory.ts";
 import { configSchema, field, validateConfig } from "../../cni/spec/schema.ts";
 import { CniError, ErrorCode, type NetConf, type Plugin, type Request, type Result } from "../../cni/spec/types.ts";
 import { writeFileAtomic } from "../atomic-file.ts";
@@ -78,8 +79,12 @@ async function add(req: Request): Promise<Result> {
   const runtime = readRuntime(conf.runDir, "ADD");
   const config = bridgeConfigFor(req, runtime);
   const path = savedConfigPath(req);
-  mkdirSync(join(conf.dataDir, "attachments"), { recursive: true, mode: 0o700 });
-  writeFileAtomic(path, JSON.stringify({ ...config, prevResult: undefined }), 0o600);
+  try {
+    makeDirectory(join(conf.dataDir, "attachments"));
+    writeFileAtomic(path, JSON.stringify({ ...config, prevResult: undefined }), 0o600);
+  } catch (e) {
+    throw new CniError(ErrorCode.IoFailure, `cannot record attachment in ${path}: ${(e as Error).message}`);
+  }
   try {
     return await bridgePlugin.add(withConfig(req, config));
   } catch (e) {

@@ -3,7 +3,7 @@
 // with per-attachment overrides in args.cni. The link's original settings are saved before
 // the first change (a small JSON file, written atomically) and put back on DEL. Like the
 // reference plugin, sysctls are not restored: they die with the netns.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link, LinkChanges } from "../../../native/netlink/link.ts";
@@ -11,6 +11,7 @@ import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { readSysctl, SysctlError, writeSysctl } from "../../../native/sysctl.ts";
 import { kernelError, openContainerNetns, openNetnsIfPresent, withRtnl } from "../../plugins/attachment.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
+import { makeDirectory } from "../../spec/directory.ts";
 import { configSchema, Field, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
 import { requirePrevResult } from "../chained.ts";
@@ -143,15 +144,33 @@ function backupFile(dataDir: string, network: string, containerId: string, ifnam
 
 /** Writes through a temporary name: a crash never leaves half a backup. */
 function writeBackup(file: string, backup: LinkBackup, dataDir: string): void {
-  mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const tmp = `${file}.tmp${process.pid}`;
-  writeFileSync(tmp, JSON.stringify(backup));
-  renameSync(tmp, file);
+  try {
+    makeDirectory(dataDir);
+    const tmp = `${file}.tmp${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(backup));
+    renameSync(tmp, file);
+  } catch (e) {
+    throw new CniError(ErrorCode.IoFailure, `cannot write link backup ${file}: ${(e as Error).message}`);
+  }
 }
+
+/** What a backup file must hold; one that does not (damaged, hand-edited) is treated as absent. */
+const backupSchema = configSchema({
+  network: field.string().require(),
+  containerId: field.string().require(),
+  ifname: field.string().require(),
+  mac: field.mac(),
+  mtu: field.int(68, 65535),
+  promisc: field.boolean(),
+  allmulti: field.boolean(),
+  txqlen: field.int(0, 0xffffffff),
+});
 
 function readBackup(file: string): LinkBackup | null {
   try {
-    return JSON.parse(readFileSync(file, "utf8")) as LinkBackup;
+    const raw: unknown = JSON.parse(readFileSync(file, "utf8"));
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return null;
+    return validateConfig(raw as Record<string, unknown>, backupSchema);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
     // A corrupt backup cannot be restored from; it must not block DEL forever.

@@ -52,6 +52,36 @@ export class Undo {
   }
 }
 
+export interface Settled {
+  /** The step's failure as a spec error, when it failed. */
+  error?: CniError;
+  /** Its spec code, when it failed with one (a kernel or store failure keeps its own code). */
+  code?: number;
+  /** Throws the failure, if any. */
+  rethrow(): void;
+}
+
+/**
+ * Runs a step whose failure must not stop the steps after it (DEL's IPAM release before the
+ * link teardown, GC's IPAM collection before the links'): the failure is kept, as a CniError,
+ * for the caller to report once the rest is done.
+ */
+export async function settle(step: () => Promise<unknown>): Promise<Settled> {
+  try {
+    await step();
+    return { rethrow() {} };
+  } catch (e) {
+    const error = e instanceof CniError ? e : new CniError(ErrorCode.Internal, e instanceof Error ? e.message : String(e));
+    return {
+      error,
+      code: error.code,
+      rethrow() {
+        throw error;
+      },
+    };
+  }
+}
+
 /** Opens CNI_NETNS for ADD/CHECK; a missing or bogus path is a clear CNI error. */
 export function openContainerNetns(req: Request): Netns {
   try {
@@ -129,17 +159,49 @@ export function kernelError(what: string, e: unknown): CniError {
 export const RETIRED_PREFIX = "bz";
 
 /**
+ * The alias a retired host link carries: its name in service. A retired link outlives a
+ * process that dies before its background delete; by this alias a later DEL of the same
+ * attachment, or GC of its network, still finds it.
+ */
+export function retiredAlias(name: string): string {
+  return `berth-retired:${name}`;
+}
+
+/** The in-service name a retired link carried, or undefined when `l` is not a retired link. */
+function retiredFrom(l: Link): string | undefined {
+  if (!l.name.startsWith(RETIRED_PREFIX) || !l.alias?.startsWith("berth-retired:")) return undefined;
+  return l.alias.slice("berth-retired:".length);
+}
+
+/** Deletes the retired links that were `name` (or whose old name passes `match`); returns how many went. */
+export async function deleteRetiredLinks(nl: Rtnl, match: (oldName: string) => boolean): Promise<number> {
+  let n = 0;
+  for (const l of await nl.linkListAsync()) {
+    const was = retiredFrom(l);
+    if (was === undefined || !match(was)) continue;
+    try {
+      await nl.linkDelAsync(l.index);
+      n++;
+    } catch (e) {
+      if (!isNetlinkError(e, "ENODEV")) throw e; // the background delete got there first
+    }
+  }
+  return n;
+}
+
+/**
  * Takes a link out of service for a deferred delete: down (and off its bridge with `detach`),
  * then renamed to `bz<hex>` so its own name is free for the next ADD at once. One batch, on the
  * thread pool unless Rtnl.shortRequestsInline(): a busy agent's thread does not wait while the
  * kernel takes a bridge port down. (A link must be down before it can be renamed, hence two
  * messages.)
  */
-export function takeOutOfService(nl: Rtnl, index: number, opts: { detach?: boolean } = {}): Promise<void> {
+export function takeOutOfService(nl: Rtnl, index: number, opts: { detach?: boolean; alias?: string } = {}): Promise<void> {
+  const name = `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}`;
   return nl
     .batch()
     .linkSet(index, opts.detach ? { up: false, master: null } : { up: false })
-    .linkSet(index, { name: `${RETIRED_PREFIX}${randomBytes(4).toString("hex")}` })
+    .linkSet(index, opts.alias === undefined ? { name } : { name, alias: opts.alias })
     .runAsync();
 }
 
@@ -257,11 +319,15 @@ export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: A
   const errors: string[] = [];
   await withRtnl(undefined, async (nl) => {
     for (const l of nl.linkList()) {
-      if (l.name.length !== 14 || !l.name.startsWith(tag) || keep.has(l.name)) continue;
+      // Links retired by a DEL whose background delete never ran (the process died) are
+      // garbage whatever their attachment: that DEL has answered.
+      const was = retiredFrom(l);
+      const stale = was === undefined ? l.name.length === 14 && l.name.startsWith(tag) && !keep.has(l.name) : was.startsWith(tag);
+      if (!stale) continue;
       try {
-        await deleteLinkIfPresent(nl, l.name);
+        await nl.linkDelAsync(l.index);
       } catch (e) {
-        errors.push(`${l.name}: ${(e as Error).message}`);
+        if (!isNetlinkError(e, "ENODEV") && !isNetlinkError(e, "ENOENT")) errors.push(`${l.name}: ${(e as Error).message}`);
       }
     }
   });
@@ -279,6 +345,8 @@ export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, h
   try {
     if (podNl && addresses.length === 0) addresses = await attachmentAddresses(req, podNl);
     const removed = await retireLinkIfPresent(hostNl, host);
+    // Not there by its name: it may have been retired by a process that died before deleting it.
+    if (!removed) await deleteRetiredLinks(hostNl, (was) => was === host);
     if (podNl) {
       if (!removed) await deleteLinkIfPresent(podNl, req.ifname);
       else {

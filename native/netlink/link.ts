@@ -14,6 +14,7 @@ export const IFLA_MASTER = 10;
 export const IFLA_PROTINFO = 12;
 export const IFLA_TXQLEN = 13;
 export const IFLA_OPERSTATE = 16;
+export const IFLA_IFALIAS = 20;
 export const IFLA_LINKINFO = 18;
 export const IFLA_AF_SPEC = 26;
 export const IFLA_NET_NS_FD = 28;
@@ -172,6 +173,8 @@ export interface LinkChanges {
   promisc?: boolean;
   allmulti?: boolean;
   txqlen?: number;
+  /** The link's alias (IFLA_IFALIAS, at most 255 bytes); "" clears it. */
+  alias?: string;
 }
 
 export interface BridgePortChanges {
@@ -251,6 +254,8 @@ export interface Link {
   linkNetnsId?: number;
   /** IFLA_LINK: the veth peer's, macvlan parent's or underlay's ifindex. */
   parentIndex?: number;
+  /** IFLA_IFALIAS, when the link has one. */
+  alias?: string;
   vxlan?: VxlanInfo;
   bridge?: BridgeInfo;
   macvlan?: MacvlanInfo;
@@ -408,6 +413,11 @@ export function encodeLinkSet(
   }
   writeCommon(w, c);
   if (c.master !== undefined) w.u32(IFLA_MASTER, c.master === null ? 0 : resolve(c.master));
+  if (c.alias !== undefined) {
+    if (Buffer.byteLength(c.alias) > 255 || c.alias.includes("\0"))
+      throw new InvalidValueError(`link alias must be at most 255 bytes without NUL, got ${JSON.stringify(c.alias)}`);
+    w.string(IFLA_IFALIAS, c.alias);
+  }
 }
 
 /** RTM_SETLINK (AF_BRIDGE) with IFLA_PROTINFO: per-port bridge settings. */
@@ -491,6 +501,12 @@ export function decodeLink(m: MessageView): Link {
       case IFLA_TXQLEN:
         link.txqlen = buf.readUInt32LE(at);
         break;
+      case IFLA_IFALIAS: {
+        let e = at + size;
+        while (e > at && buf[e - 1] === 0) e--;
+        if (e > at) link.alias = buf.toString("utf8", at, e);
+        break;
+      }
       case IFLA_OPERSTATE:
         link.operstate = OPERSTATES[buf[at] as number] ?? "unknown";
         break;

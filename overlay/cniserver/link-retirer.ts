@@ -3,7 +3,7 @@
 // takes the host end out of service at once — down, off its bridge, renamed to `bz<hex>` so
 // the attachment's name is free for the next ADD — and deletes it on the thread pool. The
 // address was already released by then; a down, detached veth carries no traffic.
-import { RETIRED_PREFIX, setLinkRetirer, takeOutOfService } from "../../cni/plugins/attachment.ts";
+import { RETIRED_PREFIX, retiredAlias, setLinkRetirer, takeOutOfService } from "../../cni/plugins/attachment.ts";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 
@@ -29,7 +29,7 @@ export function installLinkRetirer(log: (line: string) => void = () => {}): Link
     const link = await nl.linkGetAsync(name);
     if (!link) return false;
     try {
-      await takeOutOfService(nl, link.index, { detach: true });
+      await takeOutOfService(nl, link.index, { detach: true, alias: retiredAlias(name) });
     } catch (e) {
       if (isNetlinkError(e, "ENODEV")) return false;
       throw e;

@@ -33,6 +33,7 @@ import {
   openNetnsIfPresent,
   randomMac,
   removePair,
+  settle,
   Undo,
   whileCreating,
   withRtnl,
@@ -276,8 +277,9 @@ async function add(req: Request): Promise<Result> {
 
 async function del(req: Request): Promise<void> {
   const conf = parseBridgeConf(req);
-  // The address is released first and always: a DEL must never leak an IP.
-  await ipamDel(req);
+  // The address is released first and always: a DEL must never leak an IP. A store that
+  // cannot be read does not keep the links: they go, and the store's error is reported after.
+  const released = await settle(() => ipamDel(req));
   const ns = openNetnsIfPresent(req);
   try {
     await withRtnl(undefined, async (hostNl) => {
@@ -290,6 +292,7 @@ async function del(req: Request): Promise<void> {
   } finally {
     ns?.close();
   }
+  released.rethrow();
 }
 
 async function check(req: Request): Promise<void> {
@@ -330,11 +333,10 @@ async function gc(req: Request): Promise<void> {
   const conf = parseBridgeConf(req);
   const valid = gcAttachments(req.config);
   const errors: string[] = [];
-  try {
+  const ipam = await settle(async () => {
     if (ipamType(req)) await ipamGc(req);
-  } catch (e) {
-    errors.push(`IPAM: ${(e as Error).message}`);
-  }
+  });
+  if (ipam.error) errors.push(`IPAM: ${ipam.error.message}`);
   errors.push(...(await gcHostLinks("bv", req.config.name, valid)));
   try {
     if (conf.ipMasq) {
@@ -350,7 +352,7 @@ async function gc(req: Request): Promise<void> {
   } catch (e) {
     errors.push(`nftables: ${(e as Error).message}`);
   }
-  if (errors.length > 0) throw new CniError(ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
+  if (errors.length > 0) throw new CniError(ipam.code ?? ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
 }
 
 /** STATUS: 50 when an ADD cannot be served — IPAM not ready, or the bridge has no free port. */

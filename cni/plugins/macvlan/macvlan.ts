@@ -6,7 +6,15 @@ import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
 import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../spec/types.ts";
-import { deleteLinkIfPresent, kernelError, openContainerNetns, openNetnsIfPresent, Undo, withRtnl } from "../attachment.ts";
+import {
+  deleteLinkIfPresent,
+  kernelError,
+  openContainerNetns,
+  openNetnsIfPresent,
+  settle,
+  Undo,
+  withRtnl,
+} from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
@@ -101,14 +109,19 @@ async function add(req: Request): Promise<Result> {
 
 async function del(req: Request): Promise<void> {
   validateConfig(req.config, schema);
-  if (ipamType(req)) await ipamDel(req);
+  // A store that cannot be read does not keep the link: it goes, and the error is reported after.
+  const released = await settle(async () => {
+    if (ipamType(req)) await ipamDel(req);
+  });
   const ns = openNetnsIfPresent(req);
-  if (!ns) return;
-  try {
-    await withRtnl(ns, (nl) => deleteLinkIfPresent(nl, req.ifname));
-  } finally {
-    ns.close();
+  if (ns) {
+    try {
+      await withRtnl(ns, (nl) => deleteLinkIfPresent(nl, req.ifname));
+    } finally {
+      ns.close();
+    }
   }
+  released.rethrow();
 }
 
 async function check(req: Request): Promise<void> {

@@ -26,6 +26,7 @@ import {
   openContainerNetns,
   openNetnsIfPresent,
   removePair,
+  settle,
   Undo,
   whileCreating,
   withRtnl,
@@ -180,7 +181,8 @@ async function add(req: Request): Promise<Result> {
 
 async function del(req: Request): Promise<void> {
   const conf = validateConfig(req.config, schema);
-  await ipamDel(req);
+  // As bridge: the release first; a store that cannot be read does not keep the links.
+  const released = await settle(() => ipamDel(req));
   const ns = openNetnsIfPresent(req);
   try {
     const addresses = await withRtnl(undefined, (hostNl) => removePair(req, ns, hostNl, hostName(req)));
@@ -190,6 +192,7 @@ async function del(req: Request): Promise<void> {
   } finally {
     ns?.close();
   }
+  released.rethrow();
 }
 
 async function check(req: Request): Promise<void> {
@@ -224,11 +227,8 @@ async function gc(req: Request): Promise<void> {
   const conf = validateConfig(req.config, schema);
   const valid = gcAttachments(req.config);
   const errors: string[] = [];
-  try {
-    await ipamGc(req);
-  } catch (e) {
-    errors.push(`IPAM: ${(e as Error).message}`);
-  }
+  const ipam = await settle(() => ipamGc(req));
+  if (ipam.error) errors.push(`IPAM: ${ipam.error.message}`);
   errors.push(...(await gcHostLinks("bp", req.config.name, valid)));
   if (conf.ipMasq) {
     try {
@@ -237,7 +237,7 @@ async function gc(req: Request): Promise<void> {
       errors.push(`nftables: ${(e as Error).message}`);
     }
   }
-  if (errors.length > 0) throw new CniError(ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
+  if (errors.length > 0) throw new CniError(ipam.code ?? ErrorCode.Internal, `GC finished with errors: ${errors.join("; ")}`);
 }
 
 async function status(req: Request): Promise<void> {

@@ -4,7 +4,11 @@
 // 1. For 64 MiB dir, raw block and ext4 block volumes: p50/p90 of create+stage+publish and of
 //    unpublish+unstage+delete through the driver's gRPC endpoint, beside the same kernel work done
 //    directly with the command-line tools in the same run (truncate, losetup, mkfs.ext4, mount …).
-// 2. The driver's resident memory (VmRSS) after creating 1,000 small dir volumes.
+// 2. A group snapshot of 3 × 64 MiB ext4 (dir) volumes in use, each holding 16 MiB of data:
+//    p50/p90 of CreateVolumeGroupSnapshot beside the same freeze + copy + thaw done by hand in
+//    the same run (fsfreeze --freeze ×3, cp --reflink=auto --sparse=always ×3, fsfreeze
+//    --unfreeze ×3), when the bench started the driver (it needs the driver's data dir).
+// 3. The driver's resident memory (VmRSS) after creating 1,000 small dir volumes.
 // Without --endpoint it starts berth's driver as a child process with temp dirs, and removes
 // everything (volumes, mounts, loop devices, dirs) at the end or on SIGINT.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -216,6 +220,82 @@ async function benchKind(client: Client, kind: Kind, iterations: number, staged:
   return { up, down, directUp, directDown };
 }
 
+const GROUP_SIZE = 3;
+const GROUP_DATA_MIB = 16;
+
+interface GroupSnapshotReply {
+  group_snapshot: { group_snapshot_id: string; snapshots: { snapshot_id: string }[] };
+}
+
+async function benchGroupSnapshot(client: Client, iterations: number, dataDir: string | undefined, track: Tracker) {
+  const capability = KINDS[0]!.capability;
+  const volumes: Volume[] = [];
+  for (let v = 0; v < GROUP_SIZE; v++) {
+    const dir = join(ROOT, `group-${v}`);
+    const staging = join(dir, "staging");
+    const target = join(dir, "target");
+    mkdirSync(staging, { recursive: true });
+    const { volume } = await client.call<{ volume: Volume }>("Controller", "CreateVolume", {
+      name: `bench-group-member-${v}-${Date.now()}`,
+      capacity_range: { required_bytes: 64 * MiB },
+      volume_capabilities: [capability],
+      parameters: { kind: "dir" },
+    });
+    track.volumes.add(volume.volume_id);
+    track.staged.set(staging, volume.volume_id);
+    await client.call("Node", "NodeStageVolume", {
+      volume_id: volume.volume_id,
+      staging_target_path: staging,
+      volume_capability: capability,
+      volume_context: volume.volume_context,
+    });
+    track.published.set(target, volume.volume_id);
+    await client.call("Node", "NodePublishVolume", {
+      volume_id: volume.volume_id,
+      staging_target_path: staging,
+      target_path: target,
+      volume_capability: capability,
+      volume_context: volume.volume_context,
+    });
+    sh("dd", ["if=/dev/urandom", `of=${join(target, "data")}`, "bs=1M", `count=${GROUP_DATA_MIB}`, "conv=fsync", "status=none"]);
+    volumes.push(volume);
+  }
+  const driver: number[] = [];
+  const direct: number[] = [];
+  const copies = join(ROOT, "group-direct");
+  for (let i = 0; i < iterations; i++) {
+    let t0 = performance.now();
+    const { group_snapshot: g } = await client.call<GroupSnapshotReply>("GroupController", "CreateVolumeGroupSnapshot", {
+      name: `bench-group-${i}-${Date.now()}`,
+      source_volume_ids: volumes.map((v) => v.volume_id),
+    });
+    driver.push(performance.now() - t0);
+    await client.call("GroupController", "DeleteVolumeGroupSnapshot", {
+      group_snapshot_id: g.group_snapshot_id,
+      snapshot_ids: g.snapshots.map((s) => s.snapshot_id),
+    });
+    if (!dataDir) continue;
+    mkdirSync(copies, { recursive: true });
+    const mounts = volumes.map((v) => join(dataDir, "mounts", v.volume_id));
+    t0 = performance.now();
+    const frozen: string[] = [];
+    try {
+      for (const m of mounts) {
+        sh("fsfreeze", ["--freeze", m]);
+        frozen.push(m);
+      }
+      for (const v of volumes) {
+        sh("cp", ["--reflink=auto", "--sparse=always", join(dataDir, "images", `${v.volume_id}.img`), join(copies, v.volume_id)]);
+      }
+    } finally {
+      for (const m of frozen) sh("fsfreeze", ["--unfreeze", m]);
+    }
+    direct.push(performance.now() - t0);
+    rmSync(copies, { recursive: true, force: true });
+  }
+  return { driver, direct };
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     options: {
@@ -287,6 +367,32 @@ async function main(): Promise<number> {
     console.log("\ndirect baselines:");
     for (const kind of KINDS) console.log(`  ${kind.label}: ${kind.direct.what}`);
     console.log("up = CreateVolume+NodeStageVolume+NodePublishVolume; down = NodeUnpublishVolume+NodeUnstageVolume+DeleteVolume");
+
+    const plugin = await client.call<{ capabilities: { service?: { type: string } | null }[] }>(
+      "Identity",
+      "GetPluginCapabilities",
+      {},
+    );
+    if (plugin.capabilities.some((c) => c.service?.type === "GROUP_CONTROLLER_SERVICE")) {
+      const g = await benchGroupSnapshot(client, iterations, child ? join(ROOT, "data") : undefined, track);
+      await track.release(client);
+      const label = `\ngroup snapshot, ${GROUP_SIZE} × 64 MiB ext4 volumes in use (${GROUP_DATA_MIB} MiB data each):`;
+      const driverCol = `CreateVolumeGroupSnapshot p50 / p90 ${ms(percentile(g.driver, 50))} / ${ms(percentile(g.driver, 90))}`;
+      if (g.direct.length > 0) {
+        const ratio = percentile(g.driver, 50) / percentile(g.direct, 50);
+        console.log(
+          `${label}\n  ${driverCol}\n  by hand (fsfreeze ×${GROUP_SIZE}, cp --reflink=auto --sparse=always ×${GROUP_SIZE}, ` +
+            `fsfreeze --unfreeze ×${GROUP_SIZE}) p50 / p90 ${ms(percentile(g.direct, 50))} / ${ms(percentile(g.direct, 90))}` +
+            `\n  ratio ${ratio.toFixed(2)}× (the driver also fsyncs each copy and records the group)`,
+        );
+      } else {
+        console.log(
+          `${label}\n  ${driverCol}\n  by hand: skipped (the driver's data dir is known only when the bench starts it)`,
+        );
+      }
+    } else {
+      console.log("\ngroup snapshot: skipped (GROUP_CONTROLLER_SERVICE not advertised)");
+    }
 
     if (volumeCount > 0) {
       if (!pid) {

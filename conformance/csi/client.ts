@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
-export type CsiService = "Identity" | "Controller" | "Node";
+export type CsiService = "Identity" | "Controller" | "Node" | "GroupController";
 
 /** gRPC status code names, as the spec's error tables write them. */
 export type StatusName = keyof typeof grpc.status;
@@ -69,7 +69,12 @@ export class CsiClient {
       });
     // One channel per service stub is fine: they share the same unix socket and grpc-js
     // pools subchannels by address.
-    this.stubs = { Identity: make("Identity"), Controller: make("Controller"), Node: make("Node") };
+    this.stubs = {
+      Identity: make("Identity"),
+      Controller: make("Controller"),
+      Node: make("Node"),
+      GroupController: make("GroupController"),
+    };
   }
 
   static connect(endpoint: string): CsiClient {

@@ -1,12 +1,14 @@
 // Malformed configurations and environments against the built berth-bridge executable (with
-// berth-host-local IPAM), one row each. Every row must end with: a non-zero exit; stdout that
+// berth-host-local IPAM), one row each, on both paths: cold (a Node process per call) and fast
+// (the launcher handing the call to a `berth cni-server`). Every row must end with: a non-zero exit; stdout that
 // is exactly one JSON error object with the expected code and a message naming the offending
 // key or variable; no stack trace anywhere; and nothing left behind — no link, no change in
 // any netns, no lease, no file where a path traversal would have put it.
-import { existsSync, readdirSync } from "node:fs";
-import { dirname, resolve } from "node:path";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ipJson } from "../../testing/kernel.ts";
+import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { ServerProcess } from "../fastpath/server-process.ts";
 import { type CniOutcome, describeOutcome } from "../lib/plugin-exec.ts";
 import { BUILT, World } from "./world.ts";
 
@@ -160,6 +162,119 @@ const rows: Row[] = [
     code: 8,
     msg: /CNI_NETNS/,
   },
+  // Hostile CNI_* values
+  {
+    name: "container id with a newline",
+    stdin: (g) => g,
+    env: (w) => ({ CNI_CONTAINERID: `${w.prefix}-a\nb` }),
+    code: 4,
+    msg: /CNI_CONTAINERID/,
+  },
+  { name: "ifname with a newline", stdin: (g) => g, env: () => ({ CNI_IFNAME: "eth\n0" }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "ifname with a space", stdin: (g) => g, env: () => ({ CNI_IFNAME: "eth 0" }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "ifname with a colon", stdin: (g) => g, env: () => ({ CNI_IFNAME: "eth0:1" }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "ifname '.'", stdin: (g) => g, env: () => ({ CNI_IFNAME: "." }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "ifname '..'", stdin: (g) => g, env: () => ({ CNI_IFNAME: ".." }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "ifname of 4000 bytes", stdin: (g) => g, env: () => ({ CNI_IFNAME: "e".repeat(4000) }), code: 4, msg: /CNI_IFNAME/ },
+  { name: "CNI_NETNS that is a directory", stdin: (g) => g, env: () => ({ CNI_NETNS: "/run/netns" }), code: 4, msg: /CNI_NETNS/ },
+  {
+    name: "CNI_NETNS that is a mount namespace",
+    stdin: (g) => g,
+    env: () => ({ CNI_NETNS: "/proc/self/ns/mnt" }),
+    code: 4,
+    msg: /CNI_NETNS/,
+  },
+  {
+    // The test runner lives in the host's netns, as the plugin (or the fast-path server) does.
+    name: "CNI_NETNS that is the host's netns (another process's path to it)",
+    stdin: (g) => g,
+    env: () => ({ CNI_NETNS: `/proc/${process.pid}/ns/net` }),
+    code: 8,
+    msg: /CNI_NETNS/,
+  },
+  {
+    name: "CNI_NETNS that reaches the host's netns through ..",
+    stdin: (g) => g,
+    env: () => ({ CNI_NETNS: `/run/netns/../../proc/${process.pid}/ns/net` }),
+    code: 4,
+    msg: /CNI_NETNS/,
+  },
+  { name: "CNI_NETNS relative", stdin: (g) => g, env: (_w, p) => ({ CNI_NETNS: p.slice(1) }), code: 4, msg: /CNI_NETNS/ },
+  // More wrong types
+  { name: "cniVersions is a string", stdin: (g) => ({ ...g, cniVersions: "1.1.0" }), code: 7, msg: /cniVersions/ },
+  { name: "ipMasq is a string", stdin: (g) => ({ ...g, ipMasq: "true" }), code: 7, msg: /ipMasq/ },
+  { name: "dns is a string", stdin: (g) => ({ ...g, dns: "8.8.8.8" }), code: 7, msg: /dns/ },
+  { name: "runtimeConfig is an array", stdin: (g) => ({ ...g, runtimeConfig: [] }), code: 7, msg: /runtimeConfig/ },
+  { name: "args is a string", stdin: (g) => ({ ...g, args: "x" }), code: 7, msg: /args/ },
+  { name: "logFile is a number", stdin: (g) => ({ ...g, logFile: 5 }), code: 7, msg: /logFile/ },
+  { name: "hairpinMode is a number", stdin: (g) => ({ ...g, hairpinMode: 1 }), code: 7, msg: /hairpinMode/ },
+  { name: "vlan is a string", stdin: (g) => ({ ...g, vlan: "10" }), code: 7, msg: /vlan/ },
+  { name: "vlan out of range", stdin: (g) => ({ ...g, vlan: 5000 }), code: 7, msg: /vlan/ },
+  { name: "isDefaultGateway is a string", stdin: (g) => ({ ...g, isDefaultGateway: "yes" }), code: 7, msg: /isDefaultGateway/ },
+  { name: "macspoofchk is a number", stdin: (g) => ({ ...g, macspoofchk: 1 }), code: 7, msg: /macspoofchk/ },
+  {
+    name: "runtimeConfig.ips is a string",
+    stdin: (g) => ({ ...g, runtimeConfig: { ips: "10.0.0.1" } }),
+    code: 7,
+    msg: /runtimeConfig\.ips/,
+  },
+  {
+    name: "runtimeConfig.mac is a number",
+    stdin: (g) => ({ ...g, runtimeConfig: { mac: 5 } }),
+    code: 7,
+    msg: /runtimeConfig\.mac/,
+  },
+  { name: "a prevResult on ADD that is a string", stdin: (g) => ({ ...g, prevResult: "x" }), code: 6, msg: /prevResult/ },
+  { name: "ipam.dataDir is a number", stdin: (g) => withIpam(g, { dataDir: 5 }), code: 7, msg: /ipam\.dataDir/ },
+  {
+    name: "ipam.ranges entry is not an array",
+    stdin: (g, w) => withIpam(g, { ranges: [{ subnet: w.subnet }] }),
+    code: 7,
+    msg: /ipam\.ranges/,
+  },
+  { name: "ipam subnet is a number", stdin: (g) => withIpam(g, { ranges: [[{ subnet: 5 }]] }), code: 7, msg: /subnet/ },
+  { name: "ipam.routes is a string", stdin: (g) => withIpam(g, { routes: "0.0.0.0/0" }), code: 7, msg: /routes/ },
+  { name: "ipam route dst not a CIDR", stdin: (g) => withIpam(g, { routes: [{ dst: "x" }] }), code: 7, msg: /dst/ },
+  // Bad CIDRs and ranges
+  {
+    name: "rangeStart not an address",
+    stdin: (g, w) => withIpam(g, ranges(w, [{ subnet: w.subnet, rangeStart: "ten" }])),
+    code: 7,
+    msg: /rangeStart/,
+  },
+  {
+    name: "subnet /32 (no usable address)",
+    stdin: (g, w) => withIpam(g, ranges(w, [{ subnet: `${w.base}.7/32` }])),
+    code: 7,
+    msg: /subnet/,
+  },
+  {
+    name: "subnet with a mixed family gateway",
+    stdin: (g, w) => withIpam(g, ranges(w, [{ subnet: w.subnet, gateway: "fd00::1" }])),
+    code: 7,
+    msg: /gateway/,
+  },
+  { name: "no ranges at all", stdin: (g) => withIpam(g, { ranges: [] }), code: 7, msg: /ranges/ },
+  // Hostile dataDirs
+  {
+    name: "dataDir under /proc",
+    stdin: (g, w) => withIpam(g, { dataDir: `/proc/${w.prefix}-ipam` }),
+    code: 5,
+    msg: /lease database/,
+  },
+  { name: "dataDir that is a file", stdin: (g) => withIpam(g, { dataDir: "/etc/hostname" }), code: 5, msg: /lease database/ },
+  {
+    name: "dataDir of 5000 bytes",
+    stdin: (g, w) => withIpam(g, { dataDir: `${w.dataDir}/${"d".repeat(5000)}` }),
+    code: 5,
+    msg: /lease database/,
+  },
+  {
+    name: "dataDir with a NUL",
+    stdin: (g, w) => withIpam(g, { dataDir: `${w.dataDir}/a\u0000b` }),
+    code: 7,
+    msg: /ipam\.dataDir/,
+  },
 ];
 
 /** Everything a bad invocation could have touched, as names; compared before and after each row. */
@@ -194,38 +309,57 @@ function expectCleanError(o: CniOutcome, row: Row): void {
   }
 }
 
-describe.skipIf(!BUILT)("bad input to the berth-bridge executable", () => {
-  const world = new World("bad");
-  let ns: { name: string; path: string };
-  let good: Conf;
+for (const path of ["cold", "fast"] as const) {
+  describe.skipIf(!BUILT)(`bad input to the berth-bridge executable, ${path} path`, () => {
+    const world = new World(`bad${path[0]}`);
+    const sockDir = mkdtempSync(`/tmp/${testPrefix()}-`);
+    let server: ServerProcess | undefined;
+    let ns: { name: string; path: string };
+    let good: Conf;
 
-  beforeAll(async () => {
-    ns = world.sandbox.createNetns("b");
-    good = world.config(50);
-    // The good config really works: a bad row fails because of what it changed, nothing else.
-    const ok = await world.run("ADD", { containerId: `${world.prefix}-good`, netns: ns.path }, good);
-    expect(ok.exitCode, describeOutcome(ok)).toBe(0);
-    const del = await world.run("DEL", { containerId: `${world.prefix}-good`, netns: ns.path }, good);
-    expect(del.exitCode, describeOutcome(del)).toBe(0);
-    expect(world.leases()).toEqual([]);
-  });
-  afterAll(() => world.cleanup());
-
-  for (const row of rows) {
-    (row.gap ? it.fails : it)(row.gap ? `${row.name} (known gap: ${row.gap})` : row.name, async () => {
-      const before = snapshot(world, ns.name);
-      const env = row.env?.(world, ns.path) ?? {};
-      const who = { containerId: `${world.prefix}-bad`, netns: ns.path };
-      const o = await world.run("ADD", who, row.stdin(good, world), env);
-      try {
-        expectCleanError(o, row);
-        expect(snapshot(world, ns.name)).toEqual(before);
-        expect(world.leases()).toEqual([]);
-        for (const p of row.mustNotExist?.(world) ?? []) expect(existsSync(p), p).toBe(false);
-      } finally {
-        // An ADD that wrongly succeeded must not spoil the rows after it.
-        if (o.exitCode === 0) await world.run("DEL", who, row.stdin(good, world), env);
+    beforeAll(async () => {
+      if (path === "fast") {
+        server = await ServerProcess.start(join(sockDir, "cni.sock"));
+        world.socket = server.socketPath;
       }
+      ns = world.sandbox.createNetns("b");
+      good = world.config(50);
+      // The good config really works: a bad row fails because of what it changed, nothing else.
+      const ok = await world.run("ADD", { containerId: `${world.prefix}-good`, netns: ns.path }, good);
+      expect(ok.exitCode, describeOutcome(ok)).toBe(0);
+      const del = await world.run("DEL", { containerId: `${world.prefix}-good`, netns: ns.path }, good);
+      expect(del.exitCode, describeOutcome(del)).toBe(0);
+      expect(world.leases()).toEqual([]);
     });
-  }
-});
+    afterAll(async () => {
+      await server?.kill();
+      await world.cleanup();
+      rmSync(sockDir, { recursive: true, force: true });
+    });
+
+    for (const row of rows) {
+      (row.gap ? it.fails : it)(row.gap ? `${row.name} (known gap: ${row.gap})` : row.name, async () => {
+        const before = snapshot(world, ns.name);
+        const env = row.env?.(world, ns.path) ?? {};
+        const who = { containerId: `${world.prefix}-bad`, netns: ns.path };
+        const o = await world.run("ADD", who, row.stdin(good, world), env);
+        try {
+          expectCleanError(o, row);
+          expect(snapshot(world, ns.name)).toEqual(before);
+          expect(world.leases()).toEqual([]);
+          for (const p of row.mustNotExist?.(world) ?? []) expect(existsSync(p), p).toBe(false);
+        } finally {
+          // An ADD that wrongly succeeded must not spoil the rows after it.
+          if (o.exitCode === 0) await world.run("DEL", who, row.stdin(good, world), env);
+        }
+      });
+    }
+
+    if (path === "fast") {
+      it("the server logged no stack trace and still serves", async () => {
+        expect(server!.log.join("")).not.toMatch(/\n\s+at .+[:(]/);
+        expect(server!.running).toBe(true);
+      });
+    }
+  });
+}

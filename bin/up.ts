@@ -2,7 +2,9 @@
 // embedded store (single-host defaults) and the CSI driver on its default endpoint. Ctrl-C
 // stops both cleanly. Own flags: `--no-csi` leaves the driver out, `--csi-endpoint URL`
 // (default $CSI_ENDPOINT, else unix:///run/berth/csi.sock) and `--csi-dir DIR` (volumes under
-// DIR/volumes, state in DIR; default /var/lib/berth/csi); every other flag goes to the agent.
+// DIR/volumes, state in DIR; default /var/lib/berth/csi); `--docker` also serves the Docker
+// plugin (bin/docker-plugin.ts) over the same volume state, on `--docker-socket PATH`
+// (default /run/docker/plugins/berth.sock); every other flag goes to the agent.
 import { ListenFdsError, takeListener } from "../native/listen-fds.ts";
 import { runUp } from "../overlay/agent.ts";
 
@@ -12,20 +14,24 @@ interface UpArgs {
   csi: boolean;
   csiEndpoint: string;
   csiDir?: string;
+  docker: boolean;
+  dockerSocket?: string;
   agentArgs: string[];
 }
 
 function splitArgs(argv: string[]): UpArgs | string {
-  const up: UpArgs = { csi: true, csiEndpoint: process.env.CSI_ENDPOINT ?? DEFAULT_CSI_ENDPOINT, agentArgs: [] };
+  const up: UpArgs = { csi: true, docker: false, csiEndpoint: process.env.CSI_ENDPOINT ?? DEFAULT_CSI_ENDPOINT, agentArgs: [] };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const [flag, inline] =
       a.startsWith("--") && a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a];
     if (flag === "--no-csi") up.csi = false;
-    else if (flag === "--csi-endpoint" || flag === "--csi-dir") {
+    else if (flag === "--docker") up.docker = true;
+    else if (flag === "--csi-endpoint" || flag === "--csi-dir" || flag === "--docker-socket") {
       const value = inline ?? argv[++i];
       if (!value || (inline === undefined && value.startsWith("--"))) return `${flag} needs a value`;
       if (flag === "--csi-endpoint") up.csiEndpoint = value;
+      else if (flag === "--docker-socket") up.dockerSocket = value;
       else if (!value.startsWith("/")) return `--csi-dir must be an absolute path, got ${JSON.stringify(value)}`;
       else up.csiDir = value;
     } else up.agentArgs.push(a);
@@ -41,7 +47,7 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
   }
   if (up.agentArgs.includes("--help") || up.agentArgs.includes("-h")) {
     process.stdout.write(
-      "berth up [--no-csi] [--csi-endpoint URL] [--csi-dir DIR] [agent flags]: the agent on the embedded store plus the CSI driver\n",
+      "berth up [--no-csi] [--csi-endpoint URL] [--csi-dir DIR] [--docker [--docker-socket PATH]] [agent flags]: the agent on the embedded store plus the CSI driver (and the Docker plugin)\n",
     );
     return runUp(up.agentArgs);
   }
@@ -64,9 +70,25 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
       return e instanceof ListenFdsError ? 2 : 1;
     }
   }
+  let docker: { close(): Promise<void> } | undefined;
+  if (up.docker) {
+    const { startDockerPlugin } = await import("./docker-plugin.ts");
+    try {
+      // With --csi-dir, Docker's mount points and use counts live beside the volume state.
+      const dockerDir = up.csiDir ? `${up.csiDir}/docker` : undefined;
+      const plugin = await startDockerPlugin({ socket: up.dockerSocket, csiDir: up.csiDir, dockerDir });
+      docker = plugin;
+      process.stderr.write(`berth up: Docker plugin serving ${plugin.socket}\n`);
+    } catch (e) {
+      process.stderr.write(`berth up: Docker plugin not started: ${(e as Error).message}\n`);
+      await csi?.close();
+      return 1;
+    }
+  }
   try {
     return await runUp(up.agentArgs);
   } finally {
+    await docker?.close();
     await csi?.close();
   }
 }

@@ -188,7 +188,7 @@ describe.skipIf(missing.length > 0)(
       expect(r.stdout.trim()).toBe("kept");
       // Both containers are gone: the volume is unmounted and its loop device detached.
       expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
-        const loops = readdirSync("/sys/block")
+      const loops = readdirSync("/sys/block")
         .filter((b) => b.startsWith("loop"))
         .filter((b) => {
           try {

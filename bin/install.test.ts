@@ -275,6 +275,25 @@ describe("berth install", () => {
     }
   });
 
+  it("records the target's Node with --node", () => {
+    const root = freshDir("root");
+    const r = berth(["install", "--root", root, "--no-systemd", "--node", "/opt/node20/bin/node"]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain(`berth install: note: /opt/node20/bin/node is not under ${root} yet`);
+    const launcher = readFileSync(join(root, "opt/cni/bin/berth-bridge"));
+    expect(launcher.includes(Buffer.from(`BERTH-INSTALL-PATHS-V1\0/opt/node20/bin/node\0/usr/local/lib/berth/cni-node\0`))).toBe(
+      true,
+    );
+    expect(readFileSync(join(root, "usr/local/lib/berth/bin/berth"), "utf8")).toContain("NODE='/opt/node20/bin/node'");
+    expect(JSON.parse(readFileSync(join(root, "usr/local/lib/berth/manifest.json"), "utf8")).node).toBe("/opt/node20/bin/node");
+    // Explicit dirs under the root, so that even a broken check never writes to the host's.
+    const dirs = ["--prefix", join(root, "p"), "--cni-bin-dir", join(root, "b"), "--network", "none", "--no-systemd"];
+    const bad = berth(["install", ...dirs, "--node", join(root, "no-node")]);
+    expect(bad.status).toBe(2);
+    expect(bad.stderr).toBe(`berth install: --node ${root}/no-node is not an executable file\n`);
+  });
+
   it("writes the overlay chain, another subnet, or no network config", () => {
     const overlay = freshDir("root");
     expect(berth(["install", "--root", overlay, "--network", "overlay", "--no-systemd"]).status).toBe(0);
@@ -596,7 +615,7 @@ describe("berth install", () => {
     const abi = berth(["install", "--root", root], { from: other });
     expect(abi.status).toBe(2);
     expect(abi.stderr).toMatch(
-      /^berth install: this release's addons are built for Node 99\.x \(ABI 999\); .* is Node 20\.\d+\.\d+ \(ABI \d+\): run install with a Node 99\.x\n$/,
+      /^berth install: this release's addons are built for Node 99\.x \(ABI 999\); .* is Node 20\.\d+\.\d+ \(ABI \d+\): install with a Node 99\.x \(--node\)\n$/,
     );
     expect(readdirSync(root)).toEqual(["a-file"]);
 

@@ -70,7 +70,8 @@ const LAUNCHER_AREA = 4096;
 
 const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-conf-dir DIR]
                      [--network bridge|overlay|none] [--subnet CIDR]
-                     [--systemd-dir DIR | --no-systemd] [--root DIR] [--dry-run] [--force]
+                     [--systemd-dir DIR | --no-systemd] [--root DIR] [--node PATH]
+                     [--dry-run] [--force]
        berth uninstall [--prefix DIR] [--root DIR] [--purge] [--dry-run] [--force]
 
   --prefix DIR        the release's home (default ${DEFAULTS.prefix}); its manifest.json lists
@@ -84,6 +85,8 @@ const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-co
                       (default ${DEFAULTS.systemdDir}), with ${ENV_FILE}
   --no-systemd        no units and no ${ENV_FILE}
   --root DIR          install into an image or chroot: every path above is under DIR
+  --node PATH         the Node binary plugins and the service run, as the target sees it
+                      (default: the Node running this install; under --root, the target's)
   --dry-run           print every path that would be written or removed; change nothing
   --force             replace files install did not write (or configs edited since);
                       uninstall: remove files changed since install
@@ -96,6 +99,8 @@ export class InstallUsageError extends Error {}
 type Network = "bridge" | "overlay" | "none";
 
 export interface InstallOptions {
+  /** The Node binary the plugins and the service run, as the target sees it. */
+  node: string;
   prefix: string;
   cniBinDir: string;
   cniConfDir: string;
@@ -141,19 +146,21 @@ const sha256 = (data: Buffer | string) => createHash("sha256").update(data).dige
 function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOptions | "help" {
   const o: InstallOptions = {
     ...DEFAULTS,
+    node: process.execPath,
     network: "bridge",
     root: "/",
     dryRun: false,
     force: false,
     purge: false,
   };
-  const pathFlags: Record<string, "prefix" | "cniBinDir" | "cniConfDir" | "systemdDir" | "root"> = {
+  const pathFlags: Record<string, "node" | "prefix" | "cniBinDir" | "cniConfDir" | "systemdDir" | "root"> = {
     "--prefix": "prefix",
     "--cni-bin-dir": "cniBinDir",
     "--cni-conf-dir": "cniConfDir",
     "--systemd-dir": "systemdDir",
     "--root": "root",
   };
+  if (command === "install") pathFlags["--node"] = "node";
   let systemdDirGiven = false;
   let noSystemd = false;
   for (let i = 0; i < argv.length; i++) {
@@ -328,13 +335,32 @@ function pristine(rel: string, data: Buffer): Buffer {
   return data;
 }
 
-function readRelease(dir: string): Release {
+/** Node's version and ABI (NODE_MODULE_VERSION) of the binary at file (on disk), or null when it does not run here. */
+function nodeVersionOf(file: string): { version: string; modules: string } | null {
+  if (file === process.execPath) return { version: process.versions.node, modules: process.versions.modules };
+  try {
+    const out = execFileSync(file, ["-p", "process.versions.node + ' ' + process.versions.modules"], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 20_000,
+      env: {},
+    }).trim();
+    const [version = "", modules = ""] = out.split(" ");
+    return { version, modules };
+  } catch {
+    return null;
+  }
+}
+
+function readRelease(dir: string, o: InstallOptions): Release {
   const release = JSON.parse(readFileSync(join(dir, "RELEASE.json"), "utf8")) as Release;
   // The recorded Node is the one every plugin and the service will run: it must load the addons.
-  if (release.nodeModules !== undefined && release.nodeModules !== process.versions.modules)
+  // Under a root without that Node yet, the running one (the default) is the best guess.
+  const node = nodeVersionOf(under(o.root, o.node)) ?? (o.node === process.execPath ? nodeVersionOf(process.execPath) : null);
+  if (node && release.nodeModules !== undefined && release.nodeModules !== node.modules)
     throw new InstallUsageError(
       `this release's addons are built for Node ${release.nodeMajor}.x (ABI ${release.nodeModules}); ` +
-        `${process.execPath} is Node ${process.versions.node} (ABI ${process.versions.modules}): run install with a Node ${release.nodeMajor}.x`,
+        `${o.node} is Node ${node.version} (ABI ${node.modules}): install with a Node ${release.nodeMajor}.x (--node)`,
     );
   for (const [rel, hash] of Object.entries(release.files)) {
     let h: string | null = null;
@@ -375,7 +401,7 @@ function networkConfig(release: string, o: InstallOptions): Buffer | null {
 }
 
 function plan(release: string, files: string[], o: InstallOptions): Planned[] {
-  const node = process.execPath;
+  const node = o.node;
   if (/['\n\0]/.test(node)) throw new InstallUsageError(`cannot record the Node path ${JSON.stringify(node)}`);
   const bundleDir = join(o.prefix, "cni-node");
   const out: Planned[] = [];
@@ -513,14 +539,27 @@ export function runInstall(argv: string[], out = (t: string) => process.stdout.w
   }
   const o = parsed;
   checkRoot(o);
+  if (o.root === "/" && o.node !== process.execPath) checkNode(o);
   const source = releaseSource();
   try {
-    const release = readRelease(source.dir);
+    const release = readRelease(source.dir, o);
     const files = [...Object.keys(release.files), "RELEASE.json"];
     return install(source.dir, release, files, o, out);
   } finally {
     source.cleanup?.();
   }
+}
+
+/** The recorded Node must be an executable file on the target. */
+function checkNode(o: InstallOptions): boolean {
+  try {
+    const st = statSync(under(o.root, o.node));
+    if (st.isFile() && st.mode & 0o111) return true;
+  } catch {
+    // missing
+  }
+  if (o.root === "/") throw new InstallUsageError(`--node ${o.node} is not an executable file`);
+  return false;
 }
 
 function checkRoot(o: InstallOptions): void {
@@ -686,7 +725,7 @@ function install(releaseDir: string, release: Release, files: string[], o: Insta
     ].sort();
     const manifest: Manifest = {
       berth: release.version,
-      node: process.execPath,
+      node: o.node,
       prefix: o.prefix,
       cniBinDir: o.cniBinDir,
       cniConfDir: o.cniConfDir,
@@ -717,6 +756,10 @@ function install(releaseDir: string, release: Release, files: string[], o: Insta
   }
   for (const d of new Set([...backups.map(([f]) => dirname(f)), ...created.map((f) => dirname(f))])) fsyncDir(d);
 
+  if (o.root !== "/" && !checkNode(o))
+    out(
+      `berth install: note: ${o.node} is not under ${o.root} yet; the plugins' cold path and the service run it (--node names another)\n`,
+    );
   for (const f of keptEdited) out(`berth install: kept ${f}: changed since berth installed it (--force replaces it)\n`);
   for (const f of leftChanged) out(`berth install: left ${f} in place: changed since berth installed it\n`);
   out(

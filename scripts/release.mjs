@@ -77,6 +77,20 @@ export async function stageRelease(dir) {
   ]) {
     if (!existsSync(file)) throw new Error(`${what} is not built (${relative(root, file)}): run npm run build first`);
   }
+  // A release must not ship a launcher or addon older than its sources.
+  const newest = (d, ext) =>
+    Math.max(
+      ...readdirSync(d)
+        .filter((f) => ext.some((e) => f.endsWith(e)))
+        .map((f) => statSync(join(d, f)).mtimeMs),
+    );
+  for (const [file, sources] of [
+    [LAUNCHER, newest(join(root, "native", "launcher"), [".c", ".h"])],
+    [NATIVE_ADDON, newest(join(root, "native", "src"), [".cc", ".h"])],
+  ]) {
+    if (statSync(file).mtimeMs < sources)
+      throw new Error(`${relative(root, file)} is older than its sources: run npm run build first`);
+  }
   if (existsSync(dir) && readdirSync(dir).length > 0) throw new Error(`${dir} is not empty`);
   for (const sub of ["bin", "lib", "proto", "cni", "cni-node", "systemd", "examples"])
     mkdirSync(join(dir, sub), { recursive: true });

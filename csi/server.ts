@@ -11,15 +11,16 @@ import { Counter, Histogram, Registry } from "prom-client";
 import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
 import { BackingStore, canResizeExt4Online } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
-import { GroupControllerService } from "./group-controller.ts";
 import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
+import { GroupControllerService } from "./group-controller.ts";
 import { InFlight } from "./locks.ts";
 import { NodeService } from "./node.ts";
 import { DirectoryError, makeDirectories } from "./paths.ts";
+import { releaseDataDir, shareDataDir } from "./propagation.ts";
 import type { ControllerHandlers } from "./proto/generated/csi/v1/Controller.ts";
-import type { GroupControllerHandlers } from "./proto/generated/csi/v1/GroupController.ts";
 import type { _csi_v1_ControllerServiceCapability_RPC_Type as ControllerRpcType } from "./proto/generated/csi/v1/ControllerServiceCapability.ts";
+import type { GroupControllerHandlers } from "./proto/generated/csi/v1/GroupController.ts";
 import type { IdentityHandlers } from "./proto/generated/csi/v1/Identity.ts";
 import type { NodeHandlers } from "./proto/generated/csi/v1/Node.ts";
 import type { _csi_v1_NodeServiceCapability_RPC_Type as NodeRpcType } from "./proto/generated/csi/v1/NodeServiceCapability.ts";
@@ -219,6 +220,20 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
 
   const store = new VolumeStore(join(stateDir, "csi.db"));
   const backing = new BackingStore(dataDir);
+  // Volumes' filesystems are mounted below the data dir's mounts dir: it is made an rshared
+  // mount first (csi/propagation.ts). Only that dir: the images below the data dir are loop
+  // devices' backing files, which are best left on the filesystem's own mount.
+  let sharedBind = false;
+  try {
+    const shared = shareDataDir(backing.mountDir);
+    sharedBind = shared.bound;
+    if (shared.skipped) log.warn({ dir: backing.mountDir }, `mounts dir not made shared: ${shared.skipped}`);
+  } catch (e) {
+    log.warn(
+      { dir: backing.mountDir, err: (e as Error).message },
+      "mounts dir not made shared: other mount namespaces keep copies of volume mounts",
+    );
+  }
   const { enforcement, reason } = backing.detectEnforcement();
   log.info({ enforcement, reason, dataDir }, "capacity of dir volumes is enforced by a loop-mounted filesystem per volume");
   const d: Driver = {
@@ -384,6 +399,13 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
       });
       if (http) await new Promise<void>((resolve) => http.close(() => resolve()));
       store.close();
+      if (sharedBind) {
+        try {
+          releaseDataDir(backing.mountDir);
+        } catch (e) {
+          log.warn({ dir: backing.mountDir, err: (e as Error).message }, "could not undo the mounts dir's shared bind");
+        }
+      }
       if (passed) return; // the socket file is the service manager's
       try {
         unlinkSync(socketPath);

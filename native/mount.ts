@@ -409,3 +409,29 @@ export function unmount(target: string, options: UnmountOptions = {}): boolean {
     mountError(e, `unmount ${target}`, target);
   }
 }
+
+// Propagation types for an existing mount (mount(2) with only one of these bits).
+const MS_UNBINDABLE = 0x20000;
+const MS_PRIVATE = 0x40000;
+const MS_SLAVE = 0x80000;
+const MS_SHARED = 0x100000;
+const PROPAGATION: Record<Propagation, number> = {
+  shared: MS_SHARED,
+  slave: MS_SLAVE,
+  private: MS_PRIVATE,
+  unbindable: MS_UNBINDABLE,
+};
+
+export type Propagation = "shared" | "slave" | "private" | "unbindable";
+
+/**
+ * Sets the propagation type of the mount at `target` (`mount --make-[r]shared` and the
+ * others); with `recursive`, of every mount below it too. `target` must be a mount point.
+ */
+export function setPropagation(target: string, type: Propagation, options: { recursive?: boolean } = {}): void {
+  try {
+    addon().mount(null, target, null, PROPAGATION[type] | (options.recursive ? MS_REC : 0), null);
+  } catch (e) {
+    mountError(e, `make ${target} ${options.recursive ? "r" : ""}${type}`, target);
+  }
+}

@@ -75,6 +75,7 @@ describe.skipIf(!!unavailable)("berth's CSI driver passes the CSI conformance su
     expect(report.failed).toBe(0);
     expect(report.passed).toBeGreaterThan(80);
     // what the kernel holds: no mount of the driver's data dir or of our targets remains
-    expect(mountsUnder(dataDir)).toEqual([]);
+    // (the driver's own shared bind of its mounts dir stays until it stops)
+    expect(mountsUnder(dataDir).filter((m) => m !== join(dataDir, "mounts"))).toEqual([]);
   });
 });

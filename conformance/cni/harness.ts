@@ -2,6 +2,7 @@
 // that makes networks and attachments the way a runtime would (env + stdin, prevResult on
 // DEL/CHECK), plus kernel read-back through iproute2.
 
+import { execFileSync } from "node:child_process";
 import { ipJson } from "../../testing/kernel.ts";
 import { ipamIsPool, type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
 import { type AttachmentView, attachmentView, versionAtLeast } from "../lib/cni-result.ts";
@@ -307,4 +308,28 @@ export function attachmentHostLinks(a: Attachment, sandbox: Sandbox): string[] {
 
 export function hostLinkSet(): Set<string> {
   return new Set(linkNames());
+}
+
+/**
+ * Host links that appeared since `before` and may be the implementation's doing in this
+ * sandbox. Other tests on the host create links meanwhile: a bridge other than the sandbox's,
+ * or a link enslaved to another bridge, cannot come from a call configured with this sandbox's
+ * bridge, so they are not counted; nor is a link whose peer lives in another namespace (if that
+ * namespace is the rule's own, the rule sees the peer there), nor a test object of another
+ * test run (named bt<run tag>..., as every test on this host names what it creates).
+ */
+export function newHostLinks(before: Set<string>, sandbox: Sandbox): string[] {
+  const rows = JSON.parse(execFileSync("ip", ["-j", "-d", "link", "show"], { encoding: "utf8" }) || "[]") as {
+    ifname: string;
+    master?: string;
+    link_netnsid?: number;
+    linkinfo?: { info_kind?: string };
+  }[];
+  return rows
+    .filter((l) => !before.has(l.ifname) && l.ifname !== sandbox.bridgeName)
+    .filter((l) => l.linkinfo?.info_kind !== "bridge")
+    .filter((l) => l.master === undefined || l.master === sandbox.bridgeName)
+    .filter((l) => l.link_netnsid === undefined)
+    .filter((l) => !/^bt[0-9a-f]{3}/.test(l.ifname) || l.ifname.startsWith(sandbox.prefix))
+    .map((l) => l.ifname);
 }

@@ -16,6 +16,7 @@ import {
   hostLinkSet,
   kernelProblems,
   type Network,
+  newHostLinks,
   type RuleGroup,
   RuleSkip,
   type RuleSpec,
@@ -470,7 +471,7 @@ const errorGroup: RuleGroup = {
         expectRefused(o);
         const inNs = linkNames(ns.name).filter((l) => l !== "lo");
         expect(inNs.length === 0, `the failed ADD left ${inNs.join(", ")} in the netns`);
-        const newHost = [...hostLinkSet()].filter((l) => !hostBefore.has(l) && l !== ctx.sandbox.bridgeName);
+        const newHost = newHostLinks(hostBefore, ctx.sandbox);
         expect(newHost.length === 0, `the failed ADD left host links ${newHost.join(", ")}`);
       });
       await rep.check(errCode(c), () => expectErrorCode(o, c.code, c.names));
@@ -495,7 +496,7 @@ const errorGroup: RuleGroup = {
       const hostBefore = hostLinkSet();
       const o = await net.invoke("ADD", v, { cid: ctx.newContainerId(), netnsPath: path, ifname: "eth0" });
       expectRefused(o);
-      const newHost = [...hostLinkSet()].filter((l) => !hostBefore.has(l) && l !== ctx.sandbox.bridgeName);
+      const newHost = newHostLinks(hostBefore, ctx.sandbox);
       expect(newHost.length === 0, `the failed ADD left host links ${newHost.join(", ")}`);
     });
   },
@@ -585,7 +586,7 @@ const inputGroup: RuleGroup = {
           }
           const inNs = linkNames(ns.name).filter((l) => l !== "lo");
           expect(inNs.length === 0, `left ${inNs.join(", ")} in the netns`);
-          const newHost = [...hostLinkSet()].filter((l) => !hostBefore.has(l) && l !== ctx.sandbox.bridgeName);
+          const newHost = newHostLinks(hostBefore, ctx.sandbox);
           expect(newHost.length === 0, `left host links ${newHost.join(", ")}`);
           if (!ctx.target.ipam.endsWith("static")) {
             const ok = await net.attach(v, { netns: ns });

@@ -3,8 +3,9 @@
 // Also idempotency, ALREADY_EXISTS, member-id checks, restart, and the failure paths (freeze
 // refused, raw block in use): every filesystem is thawed and nothing half-made is left.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { testPrefix } from "../testing/kernel.ts";
 import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
@@ -244,6 +245,34 @@ describe("group snapshots", () => {
     expect(retry.group_snapshot.ready_to_use).toBe(true);
     await unpublish(va.volume_id, pa);
     await unpublish(vb.volume_id, pb);
+  });
+
+  it("cut midway by a crash are removed at the next start, members and files with them", async () => {
+    const va = await createVolume("a");
+    const { group_snapshot: kept } = await t.group.CreateVolumeGroupSnapshot({ name: "kept", source_volume_ids: [va.volume_id] });
+    await t.stop();
+    // What a crash between the intent and the flip to ready leaves: rows "creating", a file.
+    const half = "group-11111111-1111-4111-8111-111111111111";
+    const member = "snap-22222222-2222-4222-8222-222222222222";
+    const db = new Database(join(t.stateDir, "csi.db"));
+    db.prepare(
+      "INSERT INTO group_snapshots (id, name, source_volume_ids, status, created_at) VALUES (?, 'half', ?, 'creating', 0)",
+    ).run(half, JSON.stringify([va.volume_id]));
+    db.prepare(
+      `INSERT INTO snapshots (id, name, source_volume_id, size, fs_type, kind, status, created_at, group_snapshot_id)
+       VALUES (?, ?, ?, 1, 'ext4', 'dir', 'creating', 0, ?)`,
+    ).run(member, `\u0001group/${half}/${va.volume_id}`, va.volume_id, half);
+    db.close();
+    writeFileSync(join(t.dataDir, "snapshots", `${member}.img`), "x");
+    await t.start();
+    const db2 = new Database(join(t.stateDir, "csi.db"), { readonly: true });
+    expect(db2.prepare("SELECT id FROM group_snapshots").all()).toEqual([{ id: kept.group_snapshot_id }]);
+    expect(db2.prepare("SELECT count(*) AS n FROM snapshots WHERE group_snapshot_id = ?").get(half)).toEqual({ n: 0 });
+    db2.close();
+    expect(snapshotFiles()).toEqual([`${kept.snapshots[0]!.snapshot_id}.img`]);
+    // The name is free again.
+    const again = await t.group.CreateVolumeGroupSnapshot({ name: "half", source_volume_ids: [va.volume_id] });
+    expect(again.group_snapshot.group_snapshot_id).not.toBe(half);
   });
 
   it("refuse a raw block volume in use (its writes cannot be paused)", async () => {

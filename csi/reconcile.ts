@@ -98,6 +98,15 @@ export async function reconcile(
       report.removed.push(v.id);
     });
   }
+  // A group snapshot cut or deleted midway goes with its members (one transaction).
+  for (const g of rows("group snapshots", () => d.store.allGroupSnapshots())) {
+    if (g.status === "ready") continue;
+    attempt(`removing half-made group snapshot ${g.id}`, () => {
+      for (const m of d.store.groupMembers(g.id)) d.backing.removeFile(d.backing.snapshotPath(m.id));
+      d.store.deleteGroupSnapshot(g.id);
+      report.removed.push(g.id);
+    });
+  }
   for (const s of rows("snapshots", () => d.store.allSnapshots())) {
     if (s.status === "ready") continue;
     attempt(`removing half-made snapshot ${s.id}`, () => {

@@ -153,7 +153,12 @@ export const hostLocalPlugin: Plugin = {
     } catch (e) {
       throw new CniError(ErrorCode.PluginNotAvailable, `lease store unavailable: ${(e as Error).message}`);
     }
-    const exhausted = store.exhaustedRangeSets(req.config.name, config.rangeSets);
+    let exhausted: number[];
+    try {
+      exhausted = store.exhaustedRangeSets(req.config.name, config.rangeSets);
+    } catch (e) {
+      throw new CniError(ErrorCode.PluginNotAvailable, `lease store unavailable: ${(e as Error).message}`);
+    }
     if (exhausted.length > 0) {
       const which = exhausted.map((i) => `range set ${i} (${config.rangeSets[i]!.ranges.map((r) => r.subnet).join(", ")})`);
       throw new CniError(ErrorCode.PluginNotAvailable, `no free address in ${which.join(" and ")} of network ${req.config.name}`);

@@ -334,7 +334,7 @@ export class LeaseStore {
               // Some errors (disk full, I/O) make SQLite roll back the whole transaction: the
               // rest must not run as transactions of their own, and nothing here is durable.
               if (!this.db.inTransaction) throw error;
-              outcomes.push({ ok: false, value: error });
+              outcomes.push({ ok: false, value: this.failure(error) });
             }
           }
         })
@@ -479,7 +479,7 @@ export class LeaseStore {
 
   /** The leases `owner` holds, by range set. */
   leasesOf(owner: LeaseOwner): Lease[] {
-    return this.q.byOwner.all(owner.containerId, owner.ifname, owner.network).map(toLease);
+    return this.guard(() => this.q.byOwner.all(owner.containerId, owner.ifname, owner.network).map(toLease));
   }
 
   /** Every lease of a network, in address order. */
@@ -494,6 +494,10 @@ export class LeaseStore {
 
   /** Drops every lease of `network` whose (containerId, ifname) is not in `keep`; returns what it dropped. */
   gc(network: string, keep: readonly { containerID: string; ifname: string }[]): Lease[] {
+    return this.guard(() => this.gcNow(network, keep));
+  }
+
+  private gcNow(network: string, keep: readonly { containerID: string; ifname: string }[]): Lease[] {
     const valid = new Set(keep.map((a) => `${a.containerID}\0${a.ifname}`));
     const run = this.db.transaction(() => {
       const stale = this.q.byNetwork
@@ -513,7 +517,24 @@ export class LeaseStore {
     const read = this.db.transaction(() =>
       rangeSets.flatMap((set, i) => (this.nextFree(set, this.cursorOf(network, i)) === null ? [i] : [])),
     );
-    return read.deferred();
+    return this.guard(() => read.deferred());
+  }
+
+  /**
+   * A damaged database file (SQLITE_CORRUPT, SQLITE_NOTADB, I/O errors) is the store's failure,
+   * code 5 naming the file, not an internal error; anything else passes unchanged.
+   */
+  private failure(e: unknown): unknown {
+    if (e instanceof Database.SqliteError) return new CniError(ErrorCode.IoFailure, `lease database ${this.path}: ${e.message}`);
+    return e;
+  }
+
+  private guard<T>(read: () => T): T {
+    try {
+      return read();
+    } catch (e) {
+      throw this.failure(e);
+    }
   }
 
   /** Takes and releases the write lock: proves the database is writable right now (for STATUS). */

@@ -5,9 +5,10 @@
 // on the fast-path socket that do not follow the protocol. Each case asserts the exit code, the
 // CNI code, no stack trace on stdout or stderr, and nothing left behind, read back from the
 // kernel (links on the host and in the container netns) and from the lease database.
-import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
@@ -233,6 +234,65 @@ for (const path of PATHS) {
         await w.cleanup();
       }
     });
+
+    // An empty file is what SQLite itself leaves when it dies between creating the file and
+    // writing its first page: it opens as a new, empty database.
+    const corruptions: [string, (db: string, sound: Buffer) => void, "opens empty"?][] = [
+      ["garbage", (db) => writeFileSync(db, Buffer.alloc(8192, 0x5a))],
+      ["cut to its first page", (db, sound) => writeFileSync(db, sound.subarray(0, 4096))],
+      [
+        "zeroed after its first page",
+        (db, sound) => writeFileSync(db, Buffer.concat([sound.subarray(0, 4096), Buffer.alloc(sound.length - 4096)])),
+      ],
+      ["empty", (db) => writeFileSync(db, ""), "opens empty"],
+      ["a directory", (db) => mkdirSync(db)],
+    ];
+    for (const [what, corrupt, opensEmpty] of corruptions) {
+      it(`a lease database that is ${what}: every command answers a spec error or succeeds, never 999; ADD leaves nothing`, async () => {
+        const w = new World(`dc${path[0]}`);
+        w.socket = world.socket;
+        try {
+          const conf = w.config(50);
+          const ns = w.sandbox.createNetns("c");
+          const other = w.sandbox.createNetns("o");
+          const who = { containerId: `${w.prefix}-c`, netns: ns.path };
+          const add = await w.run("ADD", who, conf);
+          expectOk(add);
+          // The sound database folded into one file; the damaged one replaces it (a new inode, so
+          // an open handle in the server is not reused).
+          const db = join(w.dataDir, "ipam.db");
+          const h = new Database(db);
+          h.pragma("wal_checkpoint(TRUNCATE)");
+          h.close();
+          const sound = readFileSync(db);
+          for (const f of [`${db}-wal`, `${db}-shm`, db]) rmSync(f, { force: true });
+          corrupt(db, sound);
+          const fresh = { containerId: `${w.prefix}-o`, netns: other.path };
+          const addAgain = await w.run("ADD", fresh, conf);
+          if (opensEmpty) {
+            expectOk(addAgain);
+            expectOk(await w.run("DEL", fresh, conf));
+          } else expectCniError(addAgain);
+          await eventually(() => w.linksIn(other.name).length === 0);
+          expect(w.linksIn(other.name)).toEqual([]);
+          expectNoStack(await w.run("CHECK", who, { ...conf, prevResult: add.json }));
+          expect(asCniError((await w.run("CHECK", who, { ...conf, prevResult: add.json })).json)?.code).not.toBe(999);
+          const status = await w.run("STATUS", { containerId: "" }, conf);
+          if (opensEmpty) expectOk(status);
+          else expectCniError(status, 50);
+          const del = await w.run("DEL", who, conf);
+          expectNoStack(del);
+          if (del.exitCode !== 0) expectCniError(del, 5);
+          await eventually(() => w.linksIn(ns.name).length === 0);
+          expect(w.linksIn(ns.name)).toEqual([]);
+          const gc = await w.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] });
+          expectNoStack(gc);
+          if (gc.exitCode !== 0) expectCniError(gc, 5);
+        } finally {
+          await w.cleanup();
+        }
+      });
+    }
 
     it("veths retired by a fast-path server killed after its DELs: a DEL on this path removes them", {
       timeout: 120_000,

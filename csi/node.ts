@@ -89,6 +89,9 @@ export class NodeService {
       if (existing && (existing.stagingPath !== stagingPath || existing.accessType !== cap.accessType)) {
         throw alreadyExists(`volume ${id} is staged at ${existing.stagingPath} for ${existing.accessType} access`);
       }
+      // Adopting a mount someone else made would have NodeUnstageVolume unmount it.
+      if (!existing && isMountPoint(stagingPath))
+        throw failedPrecondition(`staging_target_path ${stagingPath} is already a mount point this driver did not make`);
       const row: StagingRow = {
         volumeId: id,
         stagingPath,
@@ -201,6 +204,9 @@ export class NodeService {
           existing.mode === row.mode;
         if (!same) throw alreadyExists(`${target} is already published with different arguments`);
       } else {
+        // Adopting a mount someone else made would have NodeUnpublishVolume unmount it.
+        if (isMountPoint(target))
+          throw failedPrecondition(`target_path ${target} is already a mount point this driver did not make`);
         const others = this.d.store.publications(v.id);
         if (others.length > 0 && (isSinglePublisherMode(cap.mode) || others.some((o) => isSinglePublisherMode(o.mode)))) {
           throw failedPrecondition(

@@ -407,6 +407,31 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
     expect(existsSync(join(real, "stage"))).toBe(false);
   });
 
+  it.each([
+    ["NodePublishVolume", "target_path"],
+    ["NodeStageVolume", "staging_target_path"],
+  ])("%s at a mount point the driver did not make: FAILED_PRECONDITION; unpublish/unstage leave it mounted", async (method) => {
+    const s = await ready();
+    const foreign = s.d.path(`foreign-${method}`);
+    mkdirSync(foreign);
+    sh("mount", ["-t", "tmpfs", "-o", "size=1m", `${prefix}-foreign`, foreign]);
+    const volume = method === "NodePublishVolume" ? s.dirVolume : s.blockVolume;
+    const request =
+      method === "NodePublishVolume"
+        ? { volume_id: volume, staging_target_path: s.dirStaging, target_path: foreign, volume_capability: mountCap() }
+        : { volume_id: volume, staging_target_path: foreign, volume_capability: mountCap("ext4") };
+    await expectCode(s.d.call("Node", method, request), "FAILED_PRECONDITION", /mount point/);
+    expect(s.d.rows("publications").map((r) => r.target_path)).not.toContain(foreign);
+    expect(s.d.rows("stagings").map((r) => r.staging_path)).not.toContain(foreign);
+    const undo =
+      method === "NodePublishVolume"
+        ? s.d.call("Node", "NodeUnpublishVolume", { volume_id: volume, target_path: foreign })
+        : s.d.call("Node", "NodeUnstageVolume", { volume_id: volume, staging_target_path: foreign });
+    await undo;
+    expect(mountAt(foreign)?.fstype).toBe("tmpfs");
+    sh("umount", [foreign]);
+  });
+
   it("a staging path whose missing parents are ordinary directories is created and works", async () => {
     const s = await ready();
     const staging = s.d.path("deep/er/stage");

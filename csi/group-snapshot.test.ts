@@ -2,7 +2,7 @@
 // order, a group snapshot taken while it writes, both restored, and the pair is consistent.
 // Also idempotency, ALREADY_EXISTS, member-id checks, restart, and the failure paths (freeze
 // refused, raw block in use): every filesystem is thawed and nothing half-made is left.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -273,6 +273,37 @@ describe("group snapshots", () => {
     // The name is free again.
     const again = await t.group.CreateVolumeGroupSnapshot({ name: "half", source_volume_ids: [va.volume_id] });
     expect(again.group_snapshot.group_snapshot_id).not.toBe(half);
+  });
+
+  it("left frozen by a crash are thawed at the next start", async () => {
+    const va = await createVolume("a");
+    const pa = await publish(va.volume_id, "a");
+    await t.stop();
+    // The driver died holding the freeze of a member's filesystem during a cut.
+    const mount = join(t.dataDir, "mounts", va.volume_id);
+    execFileSync("fsfreeze", ["--freeze", mount]);
+    const db = new Database(join(t.stateDir, "csi.db"));
+    db.prepare(
+      "INSERT INTO group_snapshots (id, name, source_volume_ids, status, created_at) VALUES (?, 'cut', ?, 'creating', 0)",
+    ).run("group-33333333-3333-4333-8333-333333333333", JSON.stringify([va.volume_id]));
+    db.close();
+    let completed = false;
+    let exited: Promise<unknown> = Promise.resolve();
+    try {
+      await t.start();
+      // A writer finishes only if the start thawed the filesystem (a blocked one cannot be
+      // killed, so it is never waited for synchronously).
+      const writer = spawn("dd", ["if=/dev/zero", `of=${join(pa.target, "after")}`, "bs=4k", "count=1", "conv=fsync"], {
+        stdio: "ignore",
+      });
+      exited = new Promise((r) => writer.once("exit", r));
+      completed = await Promise.race([exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 5000))]);
+    } finally {
+      spawnSync("fsfreeze", ["--unfreeze", mount], { stdio: "ignore" }); // never leave it frozen
+    }
+    await exited;
+    expect(completed).toBe(true);
+    await unpublish(va.volume_id, pa);
   });
 
   it("refuse a raw block volume in use (its writes cannot be paused)", async () => {

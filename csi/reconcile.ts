@@ -7,8 +7,9 @@
 // asynchronous ones (filesystem checks and growth) have a deadline.
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { thawFilesystem } from "../native/fs.ts";
 import { isMountPoint } from "../native/mount.ts";
-import type { Driver } from "./driver.ts";
+import { type Driver, filesystemMountPoint } from "./driver.ts";
 import { parseMountFlags } from "./mount-flags.ts";
 import type { NodeService } from "./node.ts";
 import { vetNodePath } from "./paths.ts";
@@ -97,6 +98,23 @@ export async function reconcile(
       d.store.deleteVolume(v.id);
       report.removed.push(v.id);
     });
+  }
+  // A snapshot cut midway may have left its sources' filesystems frozen (the freeze outlives
+  // the process): thaw them before anything else touches those volumes.
+  const interrupted = new Set<string>();
+  for (const g of rows("group snapshots", () => d.store.allGroupSnapshots()))
+    if (g.status === "creating") for (const id of g.sourceVolumeIds) interrupted.add(id);
+  for (const s of rows("snapshots", () => d.store.allSnapshots())) if (s.status === "creating") interrupted.add(s.sourceVolumeId);
+  for (const id of interrupted) {
+    try {
+      const v = d.store.volume(id);
+      const mountPoint = v && filesystemMountPoint(d, v);
+      if (mountPoint && isMountPoint(mountPoint) && (await thawFilesystem(mountPoint)))
+        report.repaired.push(`thawed ${mountPoint}`);
+    } catch (e) {
+      d.log.warn({ err: message(e) }, `start-up repair: thawing the filesystem of ${id} failed`);
+      report.abnormal.push(`${id}: thawing its filesystem: ${message(e)}`);
+    }
   }
   // A group snapshot cut or deleted midway goes with its members (one transaction).
   for (const g of rows("group snapshots", () => d.store.allGroupSnapshots())) {

@@ -209,6 +209,28 @@ export async function freezeFilesystem(path: string): Promise<FrozenFilesystem> 
 }
 
 /**
+ * Thaws the filesystem mounted at `path` (FITHAW) whoever froze it, e.g. a process that died
+ * while it held the freeze. False when it was not frozen.
+ */
+export async function thawFilesystem(path: string): Promise<boolean> {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_RDONLY | constants.O_DIRECTORY);
+  } catch (e) {
+    fsError(e, `open ${path}`, path);
+  }
+  try {
+    await addon().fsFreeze(fd, false);
+    return true;
+  } catch (e) {
+    if (isSysError(e) && e.code === "EINVAL") return false;
+    fsError(e, `thaw ${path}`, path);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
  * Runs `fn` while every filesystem in `paths` is frozen: all are frozen before `fn` starts
  * (one point in time for all of them) and all are thawed after it, also when a freeze or
  * `fn` fails. A failed thaw is reported after the others were thawed.

@@ -605,3 +605,43 @@ describe("CSI driver: hostile directories on the command line", () => {
     }
   });
 });
+
+describe("CSI driver: start-up with a row it cannot read", { timeout: 120_000 }, () => {
+  let d: DriverProcess | undefined;
+  afterEach(async () => {
+    await d?.cleanup();
+    d = undefined;
+  });
+
+  it("opens its socket and serves the volumes it can read", async () => {
+    const p = testPrefix();
+    d = new DriverProcess(p);
+    await d.start();
+    const ids: string[] = [];
+    for (const n of ["good", "bad"]) {
+      const { volume } = await d.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
+        name: `${p}-${n}`,
+        capacity_range: { required_bytes: 16 * MiB },
+        volume_capabilities: [mountCap()],
+        parameters: { kind: "dir" },
+      });
+      ids.push(volume.volume_id);
+    }
+    const [good, bad] = ids as [string, string];
+    const staging = d.path("staging");
+    mkdirSync(staging);
+    await d.call("Node", "NodeStageVolume", { volume_id: good, staging_target_path: staging, volume_capability: mountCap() });
+    await d.kill();
+    d.write("UPDATE volumes SET access_types = '{not json' WHERE id = ?", bad);
+
+    await d.start(30_000);
+    expect(await d.alive()).toBe(true);
+    const stats = await d.call<{ volume_condition: { abnormal: boolean } }>("Node", "NodeGetVolumeStats", {
+      volume_id: good,
+      volume_path: staging,
+    });
+    expect(stats.volume_condition.abnormal).toBe(false);
+    expect(d.stderr).toMatch(/reading volumes/);
+    expect(d.stderr).not.toMatch(/\n\s+at /);
+  });
+});

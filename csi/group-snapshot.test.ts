@@ -275,7 +275,10 @@ describe("group snapshots", () => {
     expect(again.group_snapshot.group_snapshot_id).not.toBe(half);
   });
 
-  it("left frozen by a crash are thawed at the next start", async () => {
+  it.each([
+    ["a group snapshot", "group"],
+    ["a clone", "clone"],
+  ])("a filesystem left frozen by a crash during %s is thawed at the next start", async (_label, what) => {
     const va = await createVolume("a");
     const pa = await publish(va.volume_id, "a");
     await t.stop();
@@ -283,9 +286,16 @@ describe("group snapshots", () => {
     const mount = join(t.dataDir, "mounts", va.volume_id);
     execFileSync("fsfreeze", ["--freeze", mount]);
     const db = new Database(join(t.stateDir, "csi.db"));
-    db.prepare(
-      "INSERT INTO group_snapshots (id, name, source_volume_ids, status, created_at) VALUES (?, 'cut', ?, 'creating', 0)",
-    ).run("group-33333333-3333-4333-8333-333333333333", JSON.stringify([va.volume_id]));
+    if (what === "group") {
+      db.prepare(
+        "INSERT INTO group_snapshots (id, name, source_volume_ids, status, created_at) VALUES (?, 'cut', ?, 'creating', 0)",
+      ).run("group-33333333-3333-4333-8333-333333333333", JSON.stringify([va.volume_id]));
+    } else {
+      db.prepare(
+        `INSERT INTO volumes (id, name, kind, capacity, fs_type, access_types, parameters, source_type, source_id, ephemeral, status, created_at)
+         VALUES ('vol-44444444-4444-4444-8444-444444444444', 'clone', 'dir', 1, 'ext4', '["mount"]', '{}', 'volume', ?, 0, 'creating', 0)`,
+      ).run(va.volume_id);
+    }
     db.close();
     let completed = false;
     let exited: Promise<unknown> = Promise.resolve();

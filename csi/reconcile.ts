@@ -89,22 +89,14 @@ export async function reconcile(
     return out;
   };
 
-  // 1. Half-made or half-deleted rows: their files go, then the rows.
-  for (const v of rows("volumes", () => d.store.volumes())) {
-    if (v.status === "ready") continue;
-    attempt(`removing half-made volume ${v.id}`, () => {
-      d.backing.unmountAndDetach(d.backing.imagePath(v.id), v.kind === "dir" ? d.backing.dirMountPath(v.id) : undefined);
-      d.backing.removeFile(d.backing.imagePath(v.id));
-      d.store.deleteVolume(v.id);
-      report.removed.push(v.id);
-    });
-  }
-  // A snapshot cut midway may have left its sources' filesystems frozen (the freeze outlives
-  // the process): thaw them before anything else touches those volumes.
+  // 0. A snapshot or clone cut midway may have left its sources' filesystems frozen (the freeze
+  // outlives the process): thaw them before anything else touches those volumes.
   const interrupted = new Set<string>();
   for (const g of rows("group snapshots", () => d.store.allGroupSnapshots()))
     if (g.status === "creating") for (const id of g.sourceVolumeIds) interrupted.add(id);
   for (const s of rows("snapshots", () => d.store.allSnapshots())) if (s.status === "creating") interrupted.add(s.sourceVolumeId);
+  for (const v of rows("volumes", () => d.store.volumes()))
+    if (v.status === "creating" && v.sourceType === "volume") interrupted.add(v.sourceId); // a clone freezes its source
   for (const id of interrupted) {
     try {
       const v = d.store.volume(id);
@@ -115,6 +107,16 @@ export async function reconcile(
       d.log.warn({ err: message(e) }, `start-up repair: thawing the filesystem of ${id} failed`);
       report.abnormal.push(`${id}: thawing its filesystem: ${message(e)}`);
     }
+  }
+  // 1. Half-made or half-deleted rows: their files go, then the rows.
+  for (const v of rows("volumes", () => d.store.volumes())) {
+    if (v.status === "ready") continue;
+    attempt(`removing half-made volume ${v.id}`, () => {
+      d.backing.unmountAndDetach(d.backing.imagePath(v.id), v.kind === "dir" ? d.backing.dirMountPath(v.id) : undefined);
+      d.backing.removeFile(d.backing.imagePath(v.id));
+      d.store.deleteVolume(v.id);
+      report.removed.push(v.id);
+    });
   }
   // A group snapshot cut or deleted midway goes with its members (one transaction).
   for (const g of rows("group snapshots", () => d.store.allGroupSnapshots())) {

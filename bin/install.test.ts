@@ -99,6 +99,25 @@ afterEach(() => {
   for (const n of netnsMade.splice(0)) delNetns(n);
 });
 
+/** x such that no route on this host overlaps 10.251.x.0/24 (other tests' bridges run at the same time). */
+function freeThirdOctet(): number {
+  const taken = (ipJson(["-4", "route", "show", "table", "all"]) as { dst: string }[]).map((r) => r.dst);
+  const toInt = (ip: string) => ip.split(".").reduce((n, o) => n * 256 + Number(o), 0);
+  for (let i = 0; i < 200; i++) {
+    const third = 1 + Math.floor(Math.random() * 250);
+    const lo = toInt(`10.251.${third}.0`);
+    const clash = taken.some((d) => {
+      if (!/^\d/.test(d)) return false;
+      const [addr, len = "32"] = d.split("/");
+      const size = 2 ** (32 - Number(len));
+      const start = Math.floor(toInt(addr!) / size) * size;
+      return start < lo + 256 && lo < start + size;
+    });
+    if (!clash) return third;
+  }
+  throw new Error("no free 10.251.x.0/24 on this host");
+}
+
 function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_CNI_SOCKET: "off" }) {
   const p = testPrefix();
   const ns = `${p}ns`;
@@ -107,7 +126,7 @@ function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_C
   netnsMade.push(ns);
   linksMade.push(br);
   const dataDir = freshDir("ipam");
-  const third = 1 + Math.floor(Math.random() * 250);
+  const third = freeThirdOctet();
   const conf = JSON.stringify({
     cniVersion: "1.0.0",
     name: `${p}net`,
@@ -126,15 +145,15 @@ function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_C
   });
   // The engine's PATH has no Node: the launcher runs the one recorded at install.
   const add = run(join(binDir, "berth-bridge"), [], { env: { ...cniEnv("ADD"), PATH: "/nonexistent" }, input: conf });
-  expect(add.stderr).toBe("");
-  expect(add.status).toBe(0);
+  expect(add.stderr, add.stdout).toBe("");
+  expect(add.status, add.stdout).toBe(0);
   const result = JSON.parse(add.stdout);
   expect(result.ips[0].address).toBe(`10.251.${third}.2/24`);
   const addrs = ipJson(["addr", "show", "eth0"], ns);
   expect(addrs[0].addr_info.map((a: { local: string }) => a.local)).toContain(`10.251.${third}.2`);
   const del = run(join(binDir, "berth-bridge"), [], { env: { ...cniEnv("DEL"), PATH: "/nonexistent" }, input: conf });
-  expect(del.stderr).toBe("");
-  expect(del.status).toBe(0);
+  expect(del.stderr, del.stdout).toBe("");
+  expect(del.status, del.stdout).toBe(0);
   expect(ipJson(["link", "show"], ns).map((l: { ifname: string }) => l.ifname)).toEqual(["lo"]);
 }
 

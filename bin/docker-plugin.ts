@@ -8,6 +8,9 @@ import { dirname } from "node:path";
 import { parseArgs } from "node:util";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
+import { DockerNetworkError, type DockerNetworking, openDockerNetworking } from "../cni/docker/network.ts";
+import { DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR } from "../cni/ipam/ranges.ts";
+import { DEFAULT_TABLE } from "../cni/nft/nft.ts";
 import { DockerPluginError, DockerVolumeService } from "../csi/docker/volumes.ts";
 import { makeDirectories } from "../csi/paths.ts";
 import { claimSocketPath } from "../overlay/cniserver/server.ts";
@@ -21,8 +24,12 @@ export interface DockerPluginOptions {
   /** The CSI driver's state dir (csi.db); its volumes live in <csiDir>/volumes unless dataDir says otherwise. */
   csiDir?: string;
   dataDir?: string;
-  /** Docker's mount points and the per-container use database. */
+  /** Docker's mount points, the per-container use database and the network state. */
   dockerDir?: string;
+  /** berth's IPAM lease store (default /var/lib/berth/ipam, the CNI plugins' own). */
+  ipamDir?: string;
+  /** berth's nftables table for published ports. */
+  nftTable?: string;
   log?: Logger;
 }
 
@@ -59,13 +66,13 @@ const replies = (ok: Record<string, unknown>) => ({
 function errorMessage(route: string, e: FastifyError | Error): { status: number; message: string } {
   const fe = e as FastifyError;
   if (fe.validation) return { status: 400, message: `${route}: invalid request: ${fe.message}` };
-  if (e instanceof DockerPluginError) return { status: e.statusCode, message: e.message };
+  if (e instanceof DockerPluginError || e instanceof DockerNetworkError) return { status: e.statusCode, message: e.message };
   if (fe.code === "FST_ERR_CTP_BODY_TOO_LARGE") return { status: 413, message: `${route}: request body is too large` };
   if (fe.statusCode && fe.statusCode < 500) return { status: fe.statusCode, message: `${route}: ${e.message}` };
   return { status: 500, message: `${route}: ${e.message}` };
 }
 
-export function buildDockerPluginApp(volumes: DockerVolumeService, log: Logger): FastifyInstance {
+export function buildDockerPluginApp(volumes: DockerVolumeService, net: DockerNetworking, log: Logger): FastifyInstance {
   const app = Fastify({
     logger: false,
     bodyLimit: 64 * 1024,
@@ -105,7 +112,7 @@ export function buildDockerPluginApp(volumes: DockerVolumeService, log: Logger):
     "/Plugin.Activate",
     { schema: { response: replies({ Implements: { type: "array", items: { type: "string" } } }) } },
     async () => ({
-      Implements: ["VolumeDriver"],
+      Implements: ["VolumeDriver", "NetworkDriver", "IpamDriver"],
     }),
   );
 
@@ -169,6 +176,265 @@ export function buildDockerPluginApp(volumes: DockerVolumeService, log: Logger):
     },
     async () => ({ Capabilities: { Scope: "local" } }),
   );
+
+  // ---- IpamDriver ----
+  const EMPTY = { type: "object" } as const;
+  const STRINGS = { type: ["object", "null"], additionalProperties: { type: "string" }, maxProperties: 64 } as const;
+  app.post(
+    "/IpamDriver.GetCapabilities",
+    {
+      schema: {
+        body: EMPTY,
+        response: replies({ RequiresMACAddress: { type: "boolean" }, RequiresRequestReplay: { type: "boolean" } }),
+      },
+    },
+    async () => ({
+      RequiresMACAddress: false,
+      RequiresRequestReplay: false,
+    }),
+  );
+  app.post(
+    "/IpamDriver.GetDefaultAddressSpaces",
+    {
+      schema: {
+        body: EMPTY,
+        response: replies({ LocalDefaultAddressSpace: { type: "string" }, GlobalDefaultAddressSpace: { type: "string" } }),
+      },
+    },
+    async () => ({ LocalDefaultAddressSpace: "berth-local", GlobalDefaultAddressSpace: "berth-global" }),
+  );
+  app.post<{
+    Body: { AddressSpace?: string; Pool?: string; SubPool?: string; Options?: Record<string, string> | null; V6?: boolean };
+  }>(
+    "/IpamDriver.RequestPool",
+    {
+      schema: {
+        body: {
+          type: "object",
+          properties: {
+            AddressSpace: { type: "string", maxLength: 256 },
+            Pool: { type: "string", maxLength: 64 },
+            SubPool: { type: "string", maxLength: 64 },
+            Options: STRINGS,
+            V6: { type: "boolean" },
+          },
+        },
+        response: replies({
+          PoolID: { type: "string" },
+          Pool: { type: "string" },
+          Data: { type: "object", additionalProperties: { type: "string" } },
+        }),
+      },
+    },
+    async (req) => net.ipam.requestPool(req.body),
+  );
+  app.post<{ Body: { PoolID: string } }>(
+    "/IpamDriver.ReleasePool",
+    {
+      schema: {
+        body: { type: "object", properties: { PoolID: { type: "string", maxLength: 256 } }, required: ["PoolID"] },
+        response: replies({}),
+      },
+    },
+    async (req) => {
+      net.ipam.releasePool(req.body.PoolID);
+      return {};
+    },
+  );
+  app.post<{ Body: { PoolID: string; Address?: string; Options?: Record<string, string> | null } }>(
+    "/IpamDriver.RequestAddress",
+    {
+      schema: {
+        body: {
+          type: "object",
+          properties: {
+            PoolID: { type: "string", maxLength: 256 },
+            Address: { type: "string", maxLength: 64 },
+            Options: STRINGS,
+          },
+          required: ["PoolID"],
+        },
+        response: replies({ Address: { type: "string" }, Data: { type: "object", additionalProperties: { type: "string" } } }),
+      },
+    },
+    async (req) => net.ipam.requestAddress(req.body),
+  );
+  app.post<{ Body: { PoolID: string; Address: string } }>(
+    "/IpamDriver.ReleaseAddress",
+    {
+      schema: {
+        body: {
+          type: "object",
+          properties: { PoolID: { type: "string", maxLength: 256 }, Address: { type: "string", maxLength: 64 } },
+          required: ["PoolID", "Address"],
+        },
+        response: replies({}),
+      },
+    },
+    async (req) => {
+      net.ipam.releaseAddress(req.body);
+      return {};
+    },
+  );
+
+  // ---- NetworkDriver ----
+  const NID = { type: "string", maxLength: 128 } as const;
+  const OPTIONS = { type: ["object", "null"], maxProperties: 64 } as const;
+  const endpointBody = (extra: Record<string, unknown> = {}, required: string[] = []) => ({
+    type: "object",
+    properties: { NetworkID: NID, EndpointID: NID, ...extra },
+    required: ["NetworkID", "EndpointID", ...required],
+  });
+  app.post(
+    "/NetworkDriver.GetCapabilities",
+    { schema: { body: EMPTY, response: replies({ Scope: { type: "string" }, ConnectivityScope: { type: "string" } }) } },
+    async () => ({
+      Scope: "local",
+      ConnectivityScope: "local",
+    }),
+  );
+  app.post<{ Body: Parameters<DockerNetworking["networks"]["createNetwork"]>[0] }>(
+    "/NetworkDriver.CreateNetwork",
+    {
+      schema: {
+        body: {
+          type: "object",
+          properties: {
+            NetworkID: NID,
+            Options: OPTIONS,
+            IPv4Data: {
+              type: ["array", "null"],
+              maxItems: 16,
+              items: {
+                type: "object",
+                properties: {
+                  AddressSpace: { type: "string" },
+                  Pool: { type: "string" },
+                  Gateway: { type: "string" },
+                  AuxAddresses: STRINGS,
+                },
+                required: ["Pool"],
+              },
+            },
+            IPv6Data: { type: ["array", "null"], maxItems: 16 },
+          },
+          required: ["NetworkID"],
+        },
+        response: replies({}),
+      },
+    },
+    async (req) => {
+      await net.networks.createNetwork(req.body);
+      return {};
+    },
+  );
+  app.post<{ Body: { NetworkID: string } }>(
+    "/NetworkDriver.DeleteNetwork",
+    { schema: { body: { type: "object", properties: { NetworkID: NID }, required: ["NetworkID"] }, response: replies({}) } },
+    async (req) => {
+      await net.networks.deleteNetwork(req.body.NetworkID);
+      return {};
+    },
+  );
+  app.post<{ Body: Parameters<DockerNetworking["networks"]["createEndpoint"]>[0] }>(
+    "/NetworkDriver.CreateEndpoint",
+    {
+      schema: {
+        body: endpointBody({
+          Options: OPTIONS,
+          Interface: {
+            type: ["object", "null"],
+            properties: {
+              Address: { type: "string", maxLength: 64 },
+              AddressIPv6: { type: "string", maxLength: 64 },
+              MacAddress: { type: "string", maxLength: 64 },
+            },
+          },
+        }),
+        response: replies({ Interface: { type: ["object", "null"], properties: { MacAddress: { type: "string" } } } }),
+      },
+    },
+    async (req) => net.networks.createEndpoint(req.body),
+  );
+  app.post<{ Body: { NetworkID: string; EndpointID: string } }>(
+    "/NetworkDriver.DeleteEndpoint",
+    { schema: { body: endpointBody(), response: replies({}) } },
+    async (req) => {
+      await net.networks.deleteEndpoint(req.body.NetworkID, req.body.EndpointID);
+      return {};
+    },
+  );
+  app.post<{ Body: { NetworkID: string; EndpointID: string } }>(
+    "/NetworkDriver.EndpointOperInfo",
+    {
+      schema: {
+        body: endpointBody(),
+        response: replies({ Value: { type: "object", additionalProperties: { type: "string" } } }),
+      },
+    },
+    async (req) => net.networks.endpointInfo(req.body.NetworkID, req.body.EndpointID),
+  );
+  app.post<{ Body: { NetworkID: string; EndpointID: string; SandboxKey: string } }>(
+    "/NetworkDriver.Join",
+    {
+      schema: {
+        body: endpointBody({ SandboxKey: { type: "string", maxLength: 4096 }, Options: OPTIONS }, ["SandboxKey"]),
+        response: replies({
+          InterfaceName: {
+            type: "object",
+            properties: { SrcName: { type: "string" }, DstPrefix: { type: "string" } },
+            required: ["SrcName", "DstPrefix"],
+          },
+          Gateway: { type: "string" },
+          StaticRoutes: {
+            type: "array",
+            items: {
+              type: "object",
+              properties: { Destination: { type: "string" }, RouteType: { type: "integer" }, NextHop: { type: "string" } },
+            },
+          },
+          DisableGatewayService: { type: "boolean" },
+        }),
+      },
+    },
+    async (req) => net.networks.join(req.body.NetworkID, req.body.EndpointID, req.body.SandboxKey),
+  );
+  app.post<{ Body: { NetworkID: string; EndpointID: string } }>(
+    "/NetworkDriver.Leave",
+    { schema: { body: endpointBody(), response: replies({}) } },
+    async (req) => {
+      net.networks.leave(req.body.NetworkID, req.body.EndpointID);
+      return {};
+    },
+  );
+  for (const route of ["/NetworkDriver.DiscoverNew", "/NetworkDriver.DiscoverDelete"]) {
+    app.post(
+      route,
+      { schema: { body: { type: "object", properties: { DiscoveryType: { type: "integer" } } }, response: replies({}) } },
+      async () => ({}),
+    );
+  }
+  app.post<{ Body: { NetworkID: string; EndpointID: string; Options?: Record<string, unknown> | null } }>(
+    "/NetworkDriver.ProgramExternalConnectivity",
+    { schema: { body: endpointBody({ Options: OPTIONS }), response: replies({}) } },
+    async (req) => {
+      await net.networks.programExternalConnectivity(req.body.NetworkID, req.body.EndpointID, req.body.Options ?? {});
+      return {};
+    },
+  );
+  app.post<{ Body: { NetworkID: string; EndpointID: string } }>(
+    "/NetworkDriver.RevokeExternalConnectivity",
+    { schema: { body: endpointBody(), response: replies({}) } },
+    async (req) => {
+      await net.networks.revokeExternalConnectivity(req.body.NetworkID, req.body.EndpointID);
+      return {};
+    },
+  );
+  for (const route of ["/NetworkDriver.AllocateNetwork", "/NetworkDriver.FreeNetwork"]) {
+    app.post(route, { schema: { response: replies({}) } }, async () => {
+      throw new DockerNetworkError("berth's Docker networks are local scope: there is nothing to allocate across a swarm");
+    });
+  }
   return app;
 }
 
@@ -189,12 +455,26 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
     dockerDir: options.dockerDir,
     log,
   });
-  const app = buildDockerPluginApp(volumes, log);
+  let net: DockerNetworking;
+  try {
+    makeDirectories(options.dockerDir ?? "/var/lib/berth/docker", 0o700);
+    net = openDockerNetworking({
+      ipamDir: options.ipamDir ?? DEFAULT_IPAM_DIR,
+      dockerDir: options.dockerDir ?? "/var/lib/berth/docker",
+      nftTable: options.nftTable ?? DEFAULT_TABLE,
+      log,
+    });
+  } catch (e) {
+    volumes.close();
+    throw e;
+  }
+  const app = buildDockerPluginApp(volumes, net, log);
   try {
     await app.listen({ path: socket });
     chmodSync(socket, 0o660);
   } catch (e) {
     volumes.close();
+    net.close();
     throw e;
   }
   log.info({ socket }, "Docker plugin serving");
@@ -204,6 +484,7 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
     async close() {
       await app.close();
       volumes.close();
+      net.close();
       try {
         unlinkSync(socket);
       } catch {}
@@ -211,17 +492,28 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
   };
 }
 
-const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR]
+const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR] [--ipam-dir DIR] [--nft-table NAME]
 
-Serves berth's volumes to the Docker Engine (VolumeDriver plugin API) on a unix socket that
-dockerd discovers in /run/docker/plugins/; the plugin's name is the socket file's name.
+Serves berth's volumes and bridge networks to the Docker Engine (VolumeDriver, NetworkDriver and
+IpamDriver plugin APIs) on a unix socket that dockerd discovers in /run/docker/plugins/; the
+plugin's name is the socket file's name. Networks: docker network create -d NAME
+--ipam-driver NAME --subnet CIDR [-o berth.bridge=IFNAME] [-o berth.mtu=N].
   --socket PATH      the socket (default ${DEFAULT_DOCKER_SOCKET}, mode 0660)
   --csi-dir DIR      the CSI driver's state dir; volumes under DIR/volumes (default /var/lib/berth/csi)
-  --docker-dir DIR   Docker's mount points and use counts (default /var/lib/berth/docker)
+  --docker-dir DIR   Docker's mount points, use counts and network state (default /var/lib/berth/docker)
+  --ipam-dir DIR     berth's IPAM lease store (default ${DEFAULT_IPAM_DIR})
+  --nft-table NAME   berth's nftables table for published ports (default ${DEFAULT_TABLE})
 `;
 
 export async function runDockerPluginCommand(argv: string[]): Promise<number> {
-  let values: { socket?: string; "csi-dir"?: string; "docker-dir"?: string; help?: boolean };
+  let values: {
+    socket?: string;
+    "csi-dir"?: string;
+    "docker-dir"?: string;
+    "ipam-dir"?: string;
+    "nft-table"?: string;
+    help?: boolean;
+  };
   try {
     ({ values } = parseArgs({
       args: argv,
@@ -229,6 +521,8 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
         socket: { type: "string" },
         "csi-dir": { type: "string" },
         "docker-dir": { type: "string" },
+        "ipam-dir": { type: "string" },
+        "nft-table": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -242,7 +536,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  for (const flag of ["csi-dir", "docker-dir"] as const) {
+  for (const flag of ["csi-dir", "docker-dir", "ipam-dir"] as const) {
     const v = values[flag];
     if (v !== undefined && !v.startsWith("/")) {
       process.stderr.write(`berth docker-plugin: --${flag} must be an absolute path, got ${JSON.stringify(v)}\n`);
@@ -251,7 +545,13 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
   }
   let plugin: RunningDockerPlugin;
   try {
-    plugin = await startDockerPlugin({ socket: values.socket, csiDir: values["csi-dir"], dockerDir: values["docker-dir"] });
+    plugin = await startDockerPlugin({
+      socket: values.socket,
+      csiDir: values["csi-dir"],
+      dockerDir: values["docker-dir"],
+      ipamDir: values["ipam-dir"],
+      nftTable: values["nft-table"],
+    });
   } catch (e) {
     process.stderr.write(`berth docker-plugin: ${(e as Error).message}\n`);
     return e instanceof DockerPluginError ? 2 : 1;

@@ -134,7 +134,7 @@ describe.skipIf(missing.length > 0)(
 
     it("activates as a VolumeDriver under Docker's media type; a second plugin on the live socket is refused", async () => {
       const r = await call("/Plugin.Activate", "null");
-      expect(r).toEqual({ status: 200, json: { Implements: ["VolumeDriver"] } });
+      expect(r).toEqual({ status: 200, json: { Implements: ["VolumeDriver", "NetworkDriver", "IpamDriver"] } });
       expect((await call("/VolumeDriver.Capabilities", "{}")).json).toEqual({ Capabilities: { Scope: "local" } });
       const second = spawn(
         process.execPath,

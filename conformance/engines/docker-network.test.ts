@@ -1,0 +1,347 @@
+// berth bridge networks in the real Docker Engine (Debian docker.io 20.10) through
+// `berth docker-plugin` as NetworkDriver and IpamDriver: a private dockerd, the plugin as a
+// child process on a socket named for this test, its own lease store, nftables table and
+// bridge name (all tagged bt<run>). Outcomes are read back from the kernel (ip -j), nftables
+// and the lease database.
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { get } from "node:http";
+import { createServer } from "node:net";
+import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { teardownKernelObjects } from "../../csi/test-driver.ts";
+import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
+import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { httpOverUnix, until } from "../../testing/poll.ts";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+const missing = missingForDockerTest();
+const prefix = testPrefix();
+const base = `/tmp/${prefix}-dnet`;
+const plugin = `${prefix}net`;
+const socket = join(DOCKER_PLUGIN_DIR, `${plugin}.sock`);
+const ipamDir = join(base, "ipam");
+const dockerDir = join(base, "dock");
+const table = prefix;
+const bridge = `${prefix}br`;
+const third = 1 + Math.floor(Math.random() * 250);
+const subnet = `10.197.${third}.0/24`;
+
+let engine: DockerEngine;
+let child: ChildProcess | undefined;
+let childLog = "";
+
+async function startPlugin(): Promise<ChildProcess> {
+  const p = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      join(ROOT, "bin/cli.ts"),
+      "docker-plugin",
+      "--socket",
+      socket,
+      "--csi-dir",
+      join(base, "csi"),
+      "--docker-dir",
+      dockerDir,
+      "--ipam-dir",
+      ipamDir,
+      "--nft-table",
+      table,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
+  );
+  p.stdout?.on("data", (d) => {
+    childLog += d;
+  });
+  p.stderr?.on("data", (d) => {
+    childLog += d;
+  });
+  await until(
+    () => httpOverUnix(socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
+    (s) => s === 200,
+    `the plugin to answer on ${socket}; log: ${childLog.slice(-2000)}`,
+    30_000,
+    100,
+  );
+  return p;
+}
+
+async function call(endpoint: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
+  const r = await httpOverUnix(socket, endpoint, {
+    method: "POST",
+    body: typeof body === "string" ? body : JSON.stringify(body),
+  });
+  return { status: r.status, json: JSON.parse(r.body) as Record<string, unknown> };
+}
+
+function leases(): { ip: string; network: string }[] {
+  const db = new Database(join(ipamDir, "ipam.db"), { readonly: true });
+  try {
+    return db.prepare("SELECT ip, network FROM leases WHERE network LIKE 'berth-pool:%'").all() as {
+      ip: string;
+      network: string;
+    }[];
+  } finally {
+    db.close();
+  }
+}
+
+/** Every element of our portmap maps, as nft prints them. */
+function portmapElements(): string[] {
+  let out: string;
+  try {
+    out = execFileSync("nft", ["-j", "list", "table", "inet", table], { encoding: "utf8" });
+  } catch {
+    return []; // no table yet
+  }
+  const found: string[] = [];
+  for (const item of (JSON.parse(out) as { nftables: Record<string, { name?: string; elem?: unknown[] }>[] }).nftables) {
+    const set = item.map ?? item.set;
+    if (set?.elem?.length) found.push(...set.elem.map((e) => `${set.name} ${JSON.stringify(e)}`));
+  }
+  return found;
+}
+
+function links(): { ifname: string; master?: string }[] {
+  return ipJson(["link", "show"]);
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((done, fail) => {
+    const s = createServer();
+    s.once("error", fail);
+    s.listen(0, "0.0.0.0", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => done(port));
+    });
+  });
+}
+
+function httpGet(url: string): Promise<string> {
+  return new Promise((done, fail) => {
+    const req = get(url, { timeout: 3000 }, (res) => {
+      let text = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => {
+        text += d;
+      });
+      res.on("end", () => done(text));
+    });
+    req.on("timeout", () => req.destroy(new Error(`${url}: timed out`)));
+    req.on("error", fail);
+  });
+}
+
+async function ipOf(container: string): Promise<string> {
+  const out = await engine.docker(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", container]);
+  return out.stdout.trim();
+}
+
+describe.skipIf(missing.length > 0)(
+  `Docker Engine networks through berth docker-plugin${missing.length ? ` (missing: ${missing.join(", ")})` : ""}`,
+  () => {
+    beforeAll(async () => {
+      rmSync(socket, { force: true });
+      // The plugin first: dockerd activates a legacy plugin once and keeps what it implements.
+      child = await startPlugin();
+      engine = await startDockerd(join(base, "engine"));
+    }, 120_000);
+
+    afterAll(async () => {
+      await engine?.cleanup();
+      if (child?.pid && child.exitCode === null) {
+        const exited = new Promise((r) => child!.once("exit", r));
+        process.kill(child.pid, "SIGTERM");
+        await exited;
+      }
+      rmSync(socket, { force: true });
+      try {
+        execFileSync("nft", ["delete", "table", "inet", table], { stdio: "ignore" });
+      } catch {}
+      try {
+        execFileSync("ip", ["link", "del", bridge], { stdio: "ignore" });
+      } catch {}
+      teardownKernelObjects(base);
+      rmSync(base, { recursive: true, force: true });
+    }, 120_000);
+
+    it("activates as all three drivers, each of local scope", async () => {
+      expect((await call("/Plugin.Activate", "")).json).toEqual({ Implements: ["VolumeDriver", "NetworkDriver", "IpamDriver"] });
+      expect((await call("/NetworkDriver.GetCapabilities", {})).json).toEqual({ Scope: "local", ConnectivityScope: "local" });
+      expect((await call("/IpamDriver.GetCapabilities", {})).json).toEqual({
+        RequiresMACAddress: false,
+        RequiresRequestReplay: false,
+      });
+    });
+
+    it("runs two containers on a berth network that ping each other, with addresses leased in berth's store; -p reaches a container from the host; docker network rm leaves no link, lease or nftables element", async () => {
+      await engine.docker([
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        subnet,
+        "-o",
+        `berth.bridge=${bridge}`,
+        "n1",
+      ]);
+      const br = links().find((l) => l.ifname === bridge);
+      expect(br).toBeDefined();
+      expect(ipJson(["-4", "addr", "show", "dev", bridge])[0].addr_info.map((a: { local: string }) => a.local)).toEqual([
+        `10.197.${third}.1`,
+      ]);
+
+      const port = await freePort();
+      await engine.docker(["run", "-d", "--name", `${prefix}a`, "--network", "n1", engine.image, "sleep", "600"]);
+      await engine.docker([
+        "run",
+        "-d",
+        "--name",
+        `${prefix}w`,
+        "--network",
+        "n1",
+        "-p",
+        `${port}:80`,
+        engine.image,
+        "sh",
+        "-c",
+        "echo served-by-w > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+      ]);
+      const a = await ipOf(`${prefix}a`);
+      const w = await ipOf(`${prefix}w`);
+      expect(a).toMatch(new RegExp(`^10\\.197\\.${third}\\.\\d+$`));
+      expect(w).toMatch(new RegExp(`^10\\.197\\.${third}\\.\\d+$`));
+      expect(
+        leases()
+          .map((l) => l.ip)
+          .sort(),
+      ).toEqual([a, w].sort());
+      // Each container's host-side veth is a port of the bridge.
+      expect(links().filter((l) => l.master === bridge)).toHaveLength(2);
+
+      const ping = await engine.docker(["exec", `${prefix}a`, "ping", "-c", "2", "-W", "2", w]);
+      expect(ping.stdout).toContain("2 packets received");
+      const back = await engine.docker(["exec", `${prefix}w`, "ping", "-c", "1", "-W", "2", a]);
+      expect(back.stdout).toContain("1 packets received");
+
+      expect(portmapElements().some((e) => e.includes(String(port)) && e.includes(w))).toBe(true);
+      await until(
+        () => httpGet(`http://10.197.${third}.1:${port}/index.html`),
+        (t) => t.trim() === "served-by-w",
+        "the published port through the bridge's address",
+        10_000,
+        200,
+      );
+      expect((await httpGet(`http://127.0.0.1:${port}/index.html`)).trim()).toBe("served-by-w");
+
+      await engine.docker(["rm", "-f", `${prefix}a`, `${prefix}w`]);
+      expect(portmapElements()).toEqual([]);
+      expect(links().filter((l) => l.master === bridge)).toEqual([]);
+      expect(leases()).toEqual([]);
+      await engine.docker(["network", "rm", "n1"]);
+      expect(links().filter((l) => l.ifname === bridge)).toEqual([]);
+      const state = new Database(join(dockerDir, "network.db"), { readonly: true });
+      try {
+        expect(
+          state
+            .prepare(
+              "SELECT (SELECT count(*) FROM networks) + (SELECT count(*) FROM endpoints) + (SELECT count(*) FROM pools) AS n",
+            )
+            .get(),
+        ).toEqual({ n: 0 });
+      } finally {
+        state.close();
+      }
+    });
+
+    it("answers bad input with a clear Err and creates nothing", async () => {
+      const before = links().length;
+      const noSubnet = await engine.tryDocker(["network", "create", "-d", plugin, "--ipam-driver", plugin, "bad1"]);
+      expect(noSubnet.code).not.toBe(0);
+      expect(noSubnet.stderr).toContain("berth IPAM needs the network's subnet: docker network create --subnet CIDR");
+      const badOpt = await engine.tryDocker([
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        subnet,
+        "-o",
+        "bogus=1",
+        "bad2",
+      ]);
+      expect(badOpt.code).not.toBe(0);
+      expect(badOpt.stderr).toContain('unknown network option "bogus" (known: berth.bridge, berth.mtu)');
+      const badMtu = await engine.tryDocker([
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        subnet,
+        "-o",
+        "berth.mtu=9",
+        "bad3",
+      ]);
+      expect(badMtu.stderr).toContain('option berth.mtu must be an integer 68-65535, got "9"');
+      // Docker released what it asked the IPAM for when the network could not be made.
+      expect(leases()).toEqual([]);
+      expect((await engine.docker(["network", "ls", "-q", "--filter", `driver=${plugin}`])).stdout.trim()).toBe("");
+      expect(links().length).toBe(before);
+
+      const nid = "a".repeat(64);
+      const eid = "b".repeat(64);
+      const cases: [string, unknown, number, RegExp][] = [
+        [
+          "/NetworkDriver.Join",
+          { NetworkID: nid, EndpointID: eid, SandboxKey: "/var/run/docker/netns/x" },
+          404,
+          /^no such endpoint: bbbbbbbbbbbb$/,
+        ],
+        [
+          "/NetworkDriver.CreateEndpoint",
+          { NetworkID: nid, EndpointID: eid, Interface: { Address: "10.0.0.2/24" } },
+          404,
+          /^no such network: aaaaaaaaaaaa$/,
+        ],
+        [
+          "/NetworkDriver.DeleteNetwork",
+          { NetworkID: "../../etc" },
+          400,
+          /^NetworkID "..\/..\/etc" is not a Docker id \(64 hex digits\)$/,
+        ],
+        [
+          "/NetworkDriver.EndpointOperInfo",
+          { NetworkID: nid },
+          400,
+          /invalid request: body must have required property 'EndpointID'$/,
+        ],
+        ["/NetworkDriver.CreateNetwork", "{oops", 400, /request body is not JSON$/],
+        ["/IpamDriver.RequestAddress", { PoolID: "berth-pool:10.1.2.0/24" }, 404, /^unknown pool berth-pool:10.1.2.0\/24$/],
+        ["/IpamDriver.RequestAddress", { PoolID: "../x" }, 404, /^unknown pool "..\/x"$/],
+        ["/IpamDriver.RequestPool", { Pool: "10.1.2.3/24" }, 400, /has host bits set/],
+        ["/IpamDriver.RequestPool", { Pool: "banana" }, 400, /^Pool "banana" is not a CIDR/],
+        ["/NetworkDriver.AllocateNetwork", {}, 400, /local scope/],
+      ];
+      for (const [endpoint, body, status, want] of cases) {
+        const r = await call(endpoint, body);
+        const what = `${endpoint} ${JSON.stringify(body).slice(0, 60)}`;
+        expect(r.status, what).toBe(status);
+        expect(Object.keys(r.json), what).toEqual(["Err"]);
+        expect(String(r.json.Err), what).toMatch(want);
+      }
+      expect(leases()).toEqual([]);
+      expect(links().length).toBe(before);
+    });
+  },
+);

@@ -424,6 +424,32 @@ describe("berth install", () => {
     expect(conf.plugins[0].type).toBe("berth-overlay");
   });
 
+  it("the first plugin call through a socket a service manager holds starts the installed server and is served warm", async () => {
+    const base = freshDir("activate");
+    const prefix = join(base, "prefix");
+    const bin = join(base, "bin");
+    expect(berth(["install", "--prefix", prefix, "--cni-bin-dir", bin, "--network", "none", "--no-systemd"]).status).toBe(0);
+    // As berth-cni.socket does: the socket is held before berth runs, and passed as "cni".
+    const sock = join(base, "cni.sock");
+    const manager = spawn(
+      "systemd-socket-activate",
+      ["-l", sock, "--fdname=cni", join(prefix, "bin", "berth"), "cni-server", "--socket", join(base, "unused.sock"), "--quiet"],
+      { env: { PATH: CLEAN_PATH }, stdio: ["ignore", "ignore", "pipe"] },
+    );
+    const exited = new Promise<void>((done) => manager.once("exit", () => done()));
+    try {
+      for (let i = 0; i < 100 && !existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(existsSync(sock)).toBe(true);
+      bridgeRoundTrip(bin, { BERTH_CNI_SOCKET: sock });
+      // Served by the server the first call started: no cold run left a code cache.
+      expect(readdirSync(join(prefix, "cni-node")).filter((f) => f.endsWith(".v8cache"))).toEqual([]);
+      expect(existsSync(join(base, "unused.sock"))).toBe(false);
+    } finally {
+      manager.kill("SIGTERM");
+      await exited;
+    }
+  });
+
   it("never replaces a file it did not write, unless --force", () => {
     const root = freshDir("root");
     mkdirSync(join(root, "etc/cni/net.d"), { recursive: true });

@@ -39,17 +39,24 @@ export function publicationConditionPrefix(path: string): string {
   return `could not restore publication at ${path}:`;
 }
 
+class DeadlineExceeded extends Error {
+  override name = "DeadlineExceeded";
+}
+
 /**
  * Runs `fn` and waits for it at most `ms`. When the deadline passes first the work goes on in
- * the background (it cannot be cancelled), its outcome is only logged, and `onSettled` runs
- * whenever it ends, so a caller can hold a lock until then.
+ * the background (it cannot be cancelled); `onSettled` runs whenever it ends, with whether it
+ * succeeded, so a caller can hold a lock until then and take back what it reported.
  */
-async function withDeadline<T>(fn: () => Promise<T>, ms: number, onSettled: () => void): Promise<T> {
+async function withDeadline<T>(fn: () => Promise<T>, ms: number, onSettled: (ok: boolean) => void): Promise<T> {
   const work = Promise.resolve().then(fn);
-  work.then(onSettled, onSettled);
+  work.then(
+    () => onSettled(true),
+    () => onSettled(false),
+  );
   let timer: NodeJS.Timeout | undefined;
   const deadline = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`repair did not finish within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new DeadlineExceeded(`repair did not finish within ${ms} ms`)), ms);
   });
   try {
     return await Promise.race([work, deadline]);
@@ -157,14 +164,36 @@ export async function reconcile(
   // 3 and 4: each staging and publication row is restored under its volume's lock, with a
   // deadline; what fails becomes the volume's condition.
   const conditions = new Map<string, string[]>();
+  let conditionsWritten = false;
+  const writeCondition = (v: VolumeRow) => {
+    const condition = (conditions.get(v.id) ?? []).join("; ");
+    if (condition !== v.condition)
+      attempt(`recording the condition of ${v.id}`, () => d.store.setVolumeCondition(v.id, condition));
+  };
   const restore = async (v: VolumeRow, label: string, prefix: string, fn: () => Promise<boolean>): Promise<void> => {
+    let late: string | undefined;
     try {
       // The lock goes when the work ends: a repair past its deadline keeps it, and RPCs on the
-      // volume get ABORTED until then.
+      // volume get ABORTED until then. If it then succeeds, its condition is taken back.
       const release = d.locks.acquire([v.id]);
-      if (await withDeadline(fn, rowTimeoutMs, release)) report.repaired.push(label);
+      const settled = (ok: boolean) => {
+        release();
+        if (!ok || late === undefined) return;
+        const why = late;
+        conditions.set(
+          v.id,
+          (conditions.get(v.id) ?? []).filter((c) => c !== why),
+        );
+        d.log.info({ volumeId: v.id }, "a repair that missed its deadline has finished");
+        if (conditionsWritten) {
+          const rest = (conditions.get(v.id) ?? []).join("; ");
+          attempt(`clearing the condition of ${v.id}`, () => d.store.setVolumeCondition(v.id, rest));
+        }
+      };
+      if (await withDeadline(fn, rowTimeoutMs, settled)) report.repaired.push(label);
     } catch (e) {
       const why = `${prefix} ${message(e)}`;
+      if (e instanceof DeadlineExceeded) late = why;
       d.log.warn({ volumeId: v.id, err: why }, "volume marked abnormal");
       report.abnormal.push(`${v.id}: ${why}`);
       conditions.set(v.id, [...(conditions.get(v.id) ?? []), why]);
@@ -206,11 +235,7 @@ export async function reconcile(
     });
   }
   // Every node-side condition is recomputed: a row restored this time clears an old one.
-  for (const v of rows("volumes", () => d.store.volumes())) {
-    if (v.status !== "ready") continue;
-    const condition = (conditions.get(v.id) ?? []).join("; ");
-    if (condition !== v.condition)
-      attempt(`recording the condition of ${v.id}`, () => d.store.setVolumeCondition(v.id, condition));
-  }
+  for (const v of rows("volumes", () => d.store.volumes())) if (v.status === "ready") writeCondition(v);
+  conditionsWritten = true;
   return report;
 }

@@ -9,8 +9,8 @@
 #   then: ctr -n k8s.io images import OUT_TAR
 #
 # The root holds Node (this host's binary), the release unpacked under /usr/local/lib/berth,
-# `berth` on PATH, the tools berth shells out to (nft, conntrack, mkfs.ext4/xfs, e2fsck,
-# resize2fs, xfs_growfs) and the shared libraries all of these need, found with ldd.
+# `berth` on PATH, a busybox shell, the tools berth shells out to (nft, conntrack, mkfs.ext4/xfs, e2fsck,
+# resize2fs, xfs_growfs, fsfreeze; ip for berth doctor) and the shared libraries all of these need, found with ldd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 REL=${1:-$(ls -t build/release/berth-*.tar.gz 2>/dev/null | head -1)}
@@ -38,13 +38,17 @@ copy_bin() {
 }
 
 copy_bin node /usr/local/bin/node
-for t in nft conntrack mkfs.ext4 e2fsck resize2fs mkfs.xfs xfs_growfs; do
+for t in nft conntrack mkfs.ext4 e2fsck resize2fs mkfs.xfs xfs_growfs fsfreeze ip; do
   command -v "$t" > /dev/null || { echo "build-image: $t not found on this host (berth doctor names its package)" >&2; exit 2; }
   copy_bin "$t"
 done
 [ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$R/etc/"
-# xfs_growfs is a shell script on some distributions; take xfs_io and a shell with it.
-if head -c2 "$(command -v xfs_growfs)" | grep -q '#!'; then copy_bin xfs_io; copy_bin sh /bin/sh; fi
+# A shell for `kubectl exec` and for the release's bin/berth script (busybox-static's, when the
+# host has it); the image's entrypoint runs Node on the CLI bundle directly.
+if [ -x /bin/busybox ] && { ldd /bin/busybox 2>&1 || true; } | grep -q 'not a dynamic'; then
+  install -D -m 0755 /bin/busybox "$R/bin/busybox"
+  ln -s busybox "$R/bin/sh"
+fi
 
 tar -xzf "$REL" -C "$R/usr/local/lib/berth" --strip-components=1
 ln -s ../lib/berth/bin/berth "$R/usr/local/bin/berth"
@@ -54,7 +58,7 @@ printf 'root:x:0:\n' > "$R/etc/group"
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$R" -cf "$W/layer.tar" .
 put() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$W/oci/blobs/sha256/$d"; echo "$d"; }
 lsize=$(stat -c %s "$W/layer.tar"); ldig=$(put "$W/layer.tar")
-printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":["/usr/local/bin/berth"],"WorkingDir":"/","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"deploy/kubernetes/build-image.sh %s"}]}' \
+printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":["/usr/local/bin/node","/usr/local/lib/berth/lib/berth.cjs"],"WorkingDir":"/","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"deploy/kubernetes/build-image.sh %s"}]}' \
   "$arch" "$ldig" "$base" > "$W/config.json"
 csize=$(stat -c %s "$W/config.json"); cdig=$(put "$W/config.json")
 printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \

@@ -1,8 +1,8 @@
 // `<run-dir>/overlay.json`: the agent's word to the berth-overlay CNI plugin about this host's
 // part of the overlay (flannel's subnet.env, as JSON). Written atomically; `ready` is false
 // before the lease is held and the device programmed, and after the agent stops.
-import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { join } from "node:path";
+import { readSmallFile } from "../cni/spec/files.ts";
 import { configSchema, field, validateConfig } from "../cni/spec/schema.ts";
 import { CniError } from "../cni/spec/types.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
@@ -64,7 +64,7 @@ export function readOverlayRuntime(runDir: string): OverlayRuntime {
   const path = join(runDir, RUNTIME_FILE);
   let raw: unknown;
   try {
-    raw = JSON.parse(readSmallRegularFile(path));
+    raw = JSON.parse(readSmallFile(path, MAX_RUNTIME_FILE_BYTES));
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT")
       throw new OverlayNotReadyError(`${path} does not exist: is the berth agent running?`);
@@ -79,21 +79,5 @@ export function readOverlayRuntime(runDir: string): OverlayRuntime {
   } catch (e) {
     const msg = e instanceof CniError ? e.message.replace(/^invalid config: /, "") : String(e);
     throw new OverlayNotReadyError(`${path} is not a valid runtime file: ${msg}`);
-  }
-}
-
-/** The file's text; refuses anything but a regular file of at most MAX_RUNTIME_FILE_BYTES (a FIFO would block). */
-function readSmallRegularFile(path: string): string {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new Error("not a regular file");
-    if (st.size > MAX_RUNTIME_FILE_BYTES) throw new Error(`larger than ${MAX_RUNTIME_FILE_BYTES} bytes`);
-    const buf = Buffer.alloc(MAX_RUNTIME_FILE_BYTES + 1);
-    const n = readSync(fd, buf, 0, buf.length, 0);
-    if (n > MAX_RUNTIME_FILE_BYTES) throw new Error(`larger than ${MAX_RUNTIME_FILE_BYTES} bytes`);
-    return buf.toString("utf8", 0, n);
-  } finally {
-    closeSync(fd);
   }
 }

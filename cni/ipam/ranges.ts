@@ -2,8 +2,8 @@
 // legacy single top-level range, routes, dataDir and resolvConf. Everything is checked here,
 // so the allocator only ever sees ranges whose bounds are inside their subnet, ordered, and
 // disjoint. Every error is code 7 and names the key that holds the bad value.
-import { readFileSync } from "node:fs";
 import { isAbsolute } from "node:path";
+import { readSmallFile } from "../spec/files.ts";
 import { goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type Route } from "../spec/types.ts";
 import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "./cidr.ts";
@@ -198,13 +198,17 @@ export function parseResolvConf(text: string): Dns | undefined {
   return Object.keys(dns).length > 0 ? dns : undefined;
 }
 
+/** A resolv.conf is a few lines; glibc reads at most a few KiB of it. */
+const RESOLV_CONF_MAX_BYTES = 64 * 1024;
+
 function readResolvConf(path: unknown): Dns | undefined {
   if (typeof path !== "string" || path === "") throw invalid(`ipam.resolvConf must be a file path, got ${JSON.stringify(path)}`);
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
+    text = readSmallFile(path, RESOLV_CONF_MAX_BYTES);
   } catch (e) {
-    throw new CniError(ErrorCode.IoFailure, `ipam.resolvConf: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? e}`);
+    const why = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
+    throw new CniError(ErrorCode.IoFailure, `ipam.resolvConf: cannot read ${path}: ${why}`);
   }
   return parseResolvConf(text);
 }

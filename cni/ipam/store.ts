@@ -18,7 +18,7 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
-import { makeDirectory } from "../spec/directory.ts";
+import { makeDirectory } from "../spec/files.ts";
 import { sleepSync } from "../spec/sleep.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";

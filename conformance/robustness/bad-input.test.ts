@@ -4,6 +4,7 @@
 // is exactly one JSON error object with the expected code and a message naming the offending
 // key or variable; no stack trace anywhere; and nothing left behind — no link, no change in
 // any netns, no lease, no file where a path traversal would have put it.
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -255,6 +256,15 @@ const rows: Row[] = [
     msg: /gateway/,
   },
   { name: "no ranges at all", stdin: (g) => withIpam(g, { ranges: [] }), code: 7, msg: /ranges/ },
+  // Files named by the config that never end or never open
+  { name: "resolvConf /dev/zero", stdin: (g) => withIpam(g, { resolvConf: "/dev/zero" }), code: 5, msg: /resolvConf/ },
+  {
+    name: "resolvConf a FIFO with no writer",
+    stdin: (g, w) => withIpam(g, { resolvConf: join(w.dataDir, "fifo") }),
+    code: 5,
+    msg: /resolvConf/,
+  },
+  { name: "resolvConf a directory", stdin: (g) => withIpam(g, { resolvConf: "/etc" }), code: 5, msg: /resolvConf/ },
   // Hostile dataDirs
   {
     name: "dataDir under /proc",
@@ -323,6 +333,7 @@ for (const path of ["cold", "fast"] as const) {
         world.socket = server.socketPath;
       }
       ns = world.sandbox.createNetns("b");
+      execFileSync("mkfifo", [join(world.dataDir, "fifo")]);
       good = world.config(50);
       // The good config really works: a bad row fails because of what it changed, nothing else.
       const ok = await world.run("ADD", { containerId: `${world.prefix}-good`, netns: ns.path }, good);

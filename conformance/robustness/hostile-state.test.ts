@@ -173,6 +173,52 @@ for (const path of PATHS) {
       }
     });
 
+    it("overlay: DEL frees lease and links when both its saved record and the runtime file are damaged", async () => {
+      const { subnet } = world.sandbox.allocateSubnet(24);
+      const runDir = join(world.dataDir, "run-rec");
+      const dataDir = join(world.dataDir, "overlay-rec");
+      mkdirSync(runDir, { recursive: true });
+      const runtime = { ready: true, subnet, subnets: [subnet], networks: [subnet], vni: 1, device: "berth.1", updatedAt: "x" };
+      writeFileSync(join(runDir, "overlay.json"), JSON.stringify(runtime));
+      const conf: Conf = {
+        cniVersion: "1.1.0",
+        name: `${world.network}-or`,
+        type: "berth-overlay",
+        runDir,
+        dataDir,
+        bridge: world.sandbox.bridgeName,
+      };
+      const leases = () => {
+        const db = new Database(join(dataDir, "ipam", "ipam.db"), { readonly: true });
+        try {
+          return db.prepare("SELECT ip FROM leases WHERE network = ?").all(conf.name);
+        } finally {
+          db.close();
+        }
+      };
+      for (const [what, record] of [
+        ["not JSON", "{"],
+        ["null", "null"],
+        ["of the wrong shape", JSON.stringify({ type: "berth-bridge", ipam: 5 })],
+        ["another plugin's", JSON.stringify({ type: "berth-ptp", name: conf.name, ipam: { type: "berth-host-local" } })],
+      ] as const) {
+        const { ns, who } = attachment();
+        writeFileSync(join(runDir, "overlay.json"), JSON.stringify(runtime));
+        const add = await world.run("ADD", who, conf, {}, "berth-overlay");
+        expectOk(add);
+        expect(leases()).toHaveLength(1);
+        writeFileSync(join(dataDir, "attachments", `${conf.name}-${who.containerId}-eth0.json`), record);
+        writeFileSync(join(runDir, "overlay.json"), JSON.stringify({ ready: true, subnet }));
+        const check = await world.run("CHECK", who, { ...conf, prevResult: add.json }, {}, "berth-overlay");
+        expectNoStack(check);
+        const del = await world.run("DEL", who, conf, {}, "berth-overlay");
+        expectOk(del);
+        expect(leases(), what).toEqual([]);
+        await eventually(() => world.linksIn(ns.name).length === 0);
+        expect(world.linksIn(ns.name), what).toEqual([]);
+      }
+    });
+
     it("overlay: a dataDir under /proc is a clean error at once, never a hang", async () => {
       const runDir = join(world.dataDir, "run-proc");
       mkdirSync(runDir, { recursive: true });

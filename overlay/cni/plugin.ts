@@ -4,10 +4,10 @@
 // the cluster networks, the overlay MTU) and runs berth-bridge in-process. Unlike flannel,
 // readiness is explicit: STATUS answers 50 and ADD 11 (try again later) until the agent holds
 // a lease, instead of failing with "subnet.env: no such file".
-import { readFileSync, rmSync } from "node:fs";
+import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { bridgePlugin } from "../../cni/plugins/bridge/bridge.ts";
-import { makeDirectory } from "../../cni/spec/directory.ts";
+import { makeDirectory, readSmallFile } from "../../cni/spec/files.ts";
 import { configSchema, field, validateConfig } from "../../cni/spec/schema.ts";
 import { CniError, ErrorCode, type NetConf, type Plugin, type Request, type Result } from "../../cni/spec/types.ts";
 import { writeFileAtomic } from "../atomic-file.ts";
@@ -93,24 +93,54 @@ async function add(req: Request): Promise<Result> {
   }
 }
 
-/** The config to tear down with: the one ADD saved, else today's lease. */
-function teardownConfig(req: Request): NetConf | null {
+/** What add() saves: a berth-bridge config of this network; a file without this shape is no record. */
+const savedSchema = configSchema({
+  type: field.string({ oneOf: ["berth-bridge"] }).require(),
+  name: field.string().require(),
+  bridge: field.string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name" }).require(),
+  ipam: field
+    .object({
+      type: field.string({ oneOf: ["berth-host-local"] }).require(),
+      dataDir: field.string({ pattern: /^\/(?!.*(^|\/)\.\.(\/|$))/, patternName: "an absolute path without '..'" }).require(),
+      ranges: field.array(field.array(field.anyObject())).require(),
+      routes: field.array(field.anyObject()),
+    })
+    .require(),
+});
+
+/** A saved config is a few KiB. */
+const SAVED_CONFIG_MAX_BYTES = 256 * 1024;
+
+function readSavedConfig(req: Request): NetConf | null {
   try {
-    const saved = JSON.parse(readFileSync(savedConfigPath(req), "utf8")) as NetConf;
-    return { ...saved, prevResult: req.config.prevResult, cniVersion: req.config.cniVersion };
+    const saved: unknown = JSON.parse(readSmallFile(savedConfigPath(req), SAVED_CONFIG_MAX_BYTES));
+    if (typeof saved !== "object" || saved === null || Array.isArray(saved)) return null;
+    const conf = validateConfig(saved as Record<string, unknown>, savedSchema);
+    return conf.name === req.config.name ? (saved as NetConf) : null;
   } catch {
-    const conf = validateConfig(req.config, schema);
-    try {
-      return bridgeConfigFor(req, readOverlayRuntime(conf.runDir));
-    } catch {
-      return null;
-    }
+    return null; // missing, unreadable or not of the shape add() writes
   }
 }
 
+/** The config to tear down with: the one ADD saved, else today's lease. */
+function teardownConfig(req: Request): NetConf | null {
+  const saved = readSavedConfig(req);
+  if (saved) return { ...saved, prevResult: req.config.prevResult, cniVersion: req.config.cniVersion };
+  const conf = validateConfig(req.config, schema);
+  try {
+    return bridgeConfigFor(req, readOverlayRuntime(conf.runDir));
+  } catch {
+    return null;
+  }
+}
+
+/** No lease known: DEL needs no ranges, only the bridge and the lease database of this config. */
+const NO_LEASE: OverlayRuntime = { ready: false, networks: [], subnets: [], gateways: [], vni: 0, device: "", updatedAt: "" };
+
 async function del(req: Request): Promise<void> {
-  const config = teardownConfig(req);
-  if (config) await bridgePlugin.del(withConfig(req, config));
+  // Without a record or a lease, DEL still frees what berth's own names lead to.
+  const config = teardownConfig(req) ?? bridgeConfigFor(req, NO_LEASE);
+  await bridgePlugin.del(withConfig(req, config));
   rmSync(savedConfigPath(req), { force: true });
 }
 

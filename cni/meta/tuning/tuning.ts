@@ -3,7 +3,7 @@
 // with per-attachment overrides in args.cni. The link's original settings are saved before
 // the first change (a small JSON file, written atomically) and put back on DEL. Like the
 // reference plugin, sysctls are not restored: they die with the netns.
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Link, LinkChanges } from "../../../native/netlink/link.ts";
@@ -11,7 +11,7 @@ import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { readSysctl, SysctlError, writeSysctl } from "../../../native/sysctl.ts";
 import { kernelError, openContainerNetns, openNetnsIfPresent, withRtnl } from "../../plugins/attachment.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
-import { makeDirectory } from "../../spec/directory.ts";
+import { makeDirectory, readSmallFile } from "../../spec/files.ts";
 import { configSchema, Field, field, type Infer, validateConfig } from "../../spec/schema.ts";
 import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
 import { requirePrevResult } from "../chained.ts";
@@ -117,7 +117,7 @@ function parseConf(req: Request): TuningConf {
 function loadAllowlist(file: string): RegExp[] | null {
   let text: string;
   try {
-    text = readFileSync(file, "utf8");
+    text = readSmallFile(file, SMALL_FILE_BYTES);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
     throw new CniError(ErrorCode.IoFailure, `cannot read sysctl allowlist ${file}: ${(e as Error).message}`);
@@ -137,6 +137,9 @@ function loadAllowlist(file: string): RegExp[] | null {
       }
     });
 }
+
+/** An allowlist or a link backup is a few hundred bytes; anything past this is not one. */
+const SMALL_FILE_BYTES = 256 * 1024;
 
 function backupFile(dataDir: string, network: string, containerId: string, ifname: string): string {
   return join(dataDir, `${network}-${containerId}-${ifname}.json`);
@@ -168,7 +171,7 @@ const backupSchema = configSchema({
 
 function readBackup(file: string): LinkBackup | null {
   try {
-    const raw: unknown = JSON.parse(readFileSync(file, "utf8"));
+    const raw: unknown = JSON.parse(readSmallFile(file, SMALL_FILE_BYTES));
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) return null;
     return validateConfig(raw as Record<string, unknown>, backupSchema);
   } catch (e) {

@@ -6,7 +6,7 @@
 // The last cases write a hostile row straight into the state database, as a crash after the
 // row was written would leave it, and start the driver on it.
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, rmdirSync, rmSync, symlinkSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
@@ -643,5 +643,84 @@ describe("CSI driver: start-up with a row it cannot read", { timeout: 120_000 },
     expect(stats.volume_condition.abnormal).toBe(false);
     expect(d.stderr).toMatch(/reading volumes/);
     expect(d.stderr).not.toMatch(/\n\s+at /);
+  });
+});
+
+describe("CSI driver: hostile capacities", { timeout: 120_000 }, () => {
+  let d: DriverProcess | undefined;
+  beforeAll(async () => {
+    d = new DriverProcess(testPrefix());
+    await d.start();
+  }, 60_000);
+  afterAll(async () => {
+    await d?.cleanup();
+  });
+
+  const images = () => readdirSync(join(d!.dataDir, "images")).sort();
+  const notReady = () => d!.rows("volumes").filter((r) => r.status !== "ready");
+
+  it.each([
+    ["required_bytes -1", { required_bytes: "-1" }, "INVALID_ARGUMENT"],
+    ["limit_bytes -1", { limit_bytes: "-1" }, "INVALID_ARGUMENT"],
+    ["required above limit", { required_bytes: String(64 * MiB), limit_bytes: String(32 * MiB) }, "OUT_OF_RANGE"],
+    ["limit below what a filesystem needs", { limit_bytes: "1" }, "OUT_OF_RANGE"],
+    ["1 PB", { required_bytes: String(2 ** 50) }, "RESOURCE_EXHAUSTED"],
+    ["2^63-1", { required_bytes: "9223372036854775807" }, "RESOURCE_EXHAUSTED"],
+    [
+      "2^63-1 as the limit, 1 PB required",
+      { required_bytes: String(2 ** 50), limit_bytes: "9223372036854775807" },
+      "RESOURCE_EXHAUSTED",
+    ],
+  ])("CreateVolume with %s: %s, nothing made", async (label, range, code) => {
+    const before = images();
+    await expectCode(
+      d!.call("Controller", "CreateVolume", {
+        name: `cap-${label.replace(/[^a-z0-9]+/gi, "-")}`,
+        capacity_range: range,
+        volume_capabilities: [mountCap()],
+      }),
+      code,
+    );
+    expect(await d!.alive()).toBe(true);
+    expect(images()).toEqual(before);
+    expect(notReady()).toEqual([]);
+  });
+
+  it("CreateVolume with capacity 0 (unknown) makes a volume of the driver's own choosing", async () => {
+    const { volume } = await d!.call<{ volume: { volume_id: string; capacity_bytes: number } }>("Controller", "CreateVolume", {
+      name: "cap-zero",
+      capacity_range: { required_bytes: "0", limit_bytes: "0" },
+      volume_capabilities: [mountCap()],
+    });
+    expect(volume.capacity_bytes).toBeGreaterThan(0);
+    expect(images()).toContain(`${volume.volume_id}.img`);
+    await d!.call("Controller", "DeleteVolume", { volume_id: volume.volume_id });
+  });
+
+  it.each([
+    ["-1", "INVALID_ARGUMENT"],
+    [String(2 ** 50), "RESOURCE_EXHAUSTED"],
+    ["9223372036854775807", "RESOURCE_EXHAUSTED"],
+  ])("ControllerExpandVolume to %s: %s, the volume unchanged", async (required, code) => {
+    const { volume } = await d!.call<{ volume: { volume_id: string; capacity_bytes: number } }>("Controller", "CreateVolume", {
+      name: `expand-${required}`,
+      capacity_range: { required_bytes: String(16 * MiB) },
+      volume_capabilities: [mountCap()],
+    });
+    const image = join(d!.dataDir, "images", `${volume.volume_id}.img`);
+    const size = statSync(image).size;
+    await expectCode(
+      d!.call("Controller", "ControllerExpandVolume", {
+        volume_id: volume.volume_id,
+        capacity_range: { required_bytes: required },
+      }),
+      code,
+    );
+    expect(statSync(image).size).toBe(size);
+    const got = await d!.call<{ volume: { capacity_bytes: number } }>("Controller", "ControllerGetVolume", {
+      volume_id: volume.volume_id,
+    });
+    expect(got.volume.capacity_bytes).toBe(volume.capacity_bytes);
+    await d!.call("Controller", "DeleteVolume", { volume_id: volume.volume_id });
   });
 });

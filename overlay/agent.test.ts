@@ -44,7 +44,8 @@ describe("agent flags", () => {
 
   it("names the offending flag", () => {
     fails([], /--cluster-cidr is required/);
-    fails([...base, "--store", "zk"], /--store: expected "local" or "etcd"/);
+    fails([...base, "--store", "zk"], /--store: expected "local", "etcd" or "kube"/);
+    fails([...base, "--store", "kube", "--node-name", "Bad_Name"], /--node-name: "Bad_Name" is not a Kubernetes node name/);
     fails([...base, "--store", "etcd"], /needs --etcd-endpoints/);
     fails([...base, "--store", "etcd", "--etcd-endpoints", "10.0.0.1:2379"], /is not http\(s\):\/\/host:port/);
     fails([...base, "--vni", "16777216"], /--vni: expected a whole number 1..16777215/);

@@ -11,6 +11,7 @@
 // history (wiped, or a new cluster at the same address) is re-registered in, and the peers it
 // lost stay programmed for a grace period while they re-register.
 import { mkdirSync } from "node:fs";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
@@ -30,6 +31,7 @@ import { AgentMetrics } from "./metrics.ts";
 import { type ManagedDataplane, type Peer, Reconciler, type VxlanDeviceSpec } from "./reconcile.ts";
 import { writeOverlayRuntime } from "./runtime-file.ts";
 import { EtcdStore } from "./store/etcd.ts";
+import { inClusterConnection, KubeClient, KubeConfigError, KubeStore, kubeconfigConnection } from "./store/kube.ts";
 import { LocalStore } from "./store/local.ts";
 import type { LeaseStore, StoreWatch, WatchEvent } from "./store/store.ts";
 import { discoverUnderlay, type Underlay, UnderlayError, vxlanOverhead } from "./underlay.ts";
@@ -75,6 +77,33 @@ const PROBE_INTERVAL_MS = 1000;
 const PROBE_RETRY_MS = 250;
 
 /** The same host under another key: same VTEP MAC or same underlay address. */
+/** The cluster store the config names. */
+function openStore(config: AgentConfig): LeaseStore {
+  switch (config.store) {
+    case "etcd":
+      return new EtcdStore({
+        endpoints: config.etcdEndpoints,
+        caFile: config.etcdCa,
+        certFile: config.etcdCert,
+        keyFile: config.etcdKey,
+      });
+    case "kube":
+      try {
+        const conn = config.kubeconfig ? kubeconfigConnection(config.kubeconfig) : inClusterConnection();
+        return new KubeStore({
+          client: new KubeClient(conn),
+          nodeName: config.nodeName ?? hostname(),
+          prefix: config.etcdPrefix,
+        });
+      } catch (e) {
+        if (e instanceof KubeConfigError) throw new AgentConfigError(`--store kube: ${e.message}`);
+        throw e;
+      }
+    default:
+      return new LocalStore({ path: config.localStore ?? join(config.stateDir, "store.db") });
+  }
+}
+
 function sameHost(a: RemoteHost, b: RemoteHost): boolean {
   return a.vtepMAC === b.vtepMAC || a.publicIP === b.publicIP;
 }
@@ -91,6 +120,8 @@ export class Agent {
   private readonly deviceName: string;
   private readonly makeDataplane: DataplaneFactory;
   private lease: HostLease | null = null;
+  /** Why the last lease attempt failed (not a store outage): shown in /readyz. */
+  private leaseProblem: string | null = null;
   private dataplane: ManagedDataplane | null = null;
   private reconciler: Reconciler | null = null;
   private remotes = new Map<string, RemoteHost>();
@@ -135,16 +166,8 @@ export class Agent {
     mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
     mkdirSync(config.runDir, { recursive: true });
     this.ownsStore = deps.store === undefined;
-    this.store =
-      deps.store ??
-      (config.store === "etcd"
-        ? new EtcdStore({
-            endpoints: config.etcdEndpoints,
-            caFile: config.etcdCa,
-            certFile: config.etcdCert,
-            keyFile: config.etcdKey,
-          })
-        : new LocalStore({ path: config.localStore ?? join(config.stateDir, "store.db") }));
+    this.store = deps.store ?? openStore(config);
+    const kube = this.store instanceof KubeStore ? this.store : null;
     this.leases = new SubnetLeaseManager({
       store: this.store,
       prefix: config.etcdPrefix,
@@ -153,6 +176,7 @@ export class Agent {
       publicIP: this.underlay.publicIP,
       vni: config.vni,
       ttlSeconds: config.leaseTtlSeconds,
+      ...(kube ? { assigned: () => kube.assignedSubnets(), hostname: kube.nodeName } : {}),
     });
     this.cniListener = deps.cniListener;
     this.metrics.readyNow = () => this.readiness().ready;
@@ -258,12 +282,17 @@ export class Agent {
       const lease = await this.metrics.time("lease_acquire", () => this.leases.acquire());
       this.markStore(true);
       this.leaseBackoff.reset();
+      this.leaseProblem = null;
       await this.onLease(lease);
       this.scheduleRenew(this.keepAliveMs());
     } catch (e) {
-      if (e instanceof LeaseError) this.logger.error({ err: e.message }, "cannot lease a subnet");
-      else this.markStore(false, e);
-      this.scheduleAcquire(this.leaseBackoff.next());
+      if (e instanceof LeaseError) {
+        if (this.leaseProblem !== e.message) this.logger.error({ err: e.message }, "cannot lease a subnet");
+        this.leaseProblem = e.message;
+      } else this.markStore(false, e);
+      // Waiting for a subnet assigned elsewhere (a Node's podCIDR) is a short, cheap poll.
+      const waitingForAssignment = e instanceof LeaseError && this.store.kind === "kube";
+      this.scheduleAcquire(waitingForAssignment ? 1000 : this.leaseBackoff.next());
     }
   }
 
@@ -580,7 +609,7 @@ export class Agent {
 
   readiness(): Readiness {
     const reasons: string[] = [];
-    if (!this.lease) reasons.push("no subnet lease held yet");
+    if (!this.lease) reasons.push(`no subnet lease held yet${this.leaseProblem ? `: ${this.leaseProblem}` : ""}`);
     if (!this.deviceReady) reasons.push(`${this.deviceName} not programmed yet`);
     if (!this.storeUp) reasons.push(`cluster store (${this.store.kind}) unreachable`);
     else if (this.lease && !this.watch) reasons.push("not watching the cluster's leases yet");

@@ -6,8 +6,11 @@ import { join } from "node:path";
 import { ipFamily, parseCidr } from "./cidr.ts";
 
 export interface AgentConfig {
-  store: "local" | "etcd";
+  store: "local" | "etcd" | "kube";
   etcdEndpoints: string[];
+  /** kube store: this node's name (default: the host name) and how to reach the API server. */
+  nodeName?: string;
+  kubeconfig?: string;
   etcdPrefix: string;
   etcdCa?: string;
   etcdCert?: string;
@@ -54,6 +57,8 @@ const FLAGS: Record<string, [keyof RawConfig, Kind]> = {
   "etcd-cert": ["etcdCert", "string"],
   "etcd-key": ["etcdKey", "string"],
   "local-store": ["localStore", "string"],
+  "node-name": ["nodeName", "string"],
+  kubeconfig: ["kubeconfig", "string"],
   "cluster-cidr": ["clusterCidrs", "list"],
   "subnet-len": ["subnetLen", "number"],
   "subnet-len-v6": ["subnetLenV6", "number"],
@@ -78,12 +83,16 @@ type RawConfig = { [K in keyof AgentConfig]?: unknown } & { config?: unknown };
 export const AGENT_USAGE = `usage: berth agent [flags]
 
   --config FILE             JSON file with the same keys as the flags
-  --store local|etcd        cluster store (default local: SQLite under the state dir)
+  --store local|etcd|kube   cluster store (default local: SQLite under the state dir; kube:
+                            the Kubernetes API, each Node's spec.podCIDR, like flannel's kube mode)
   --etcd-endpoints URLS     comma-separated, e.g. http://10.0.0.1:2379
   --etcd-prefix PREFIX      key prefix (default /berth/network)
   --etcd-ca/--etcd-cert/--etcd-key FILE   TLS for etcd
   --local-store FILE        SQLite file of the local store (default <state-dir>/store.db);
                             agents on one host sharing the file form one cluster
+  --node-name NAME          kube store: this node's Node object (default: the host name)
+  --kubeconfig FILE         kube store: API server and credentials (default: in-cluster service
+                            account)
   --cluster-cidr CIDR       pod network; repeat for dual-stack (one IPv4, optional one IPv6)
   --subnet-len N            host subnet length (default /24; /64 for IPv6 via --subnet-len-v6)
   --vni N                   VXLAN id (default 1)
@@ -190,7 +199,8 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
   const raw: RawConfig = { ...defaults, ...file, ...flags };
 
   const store = str(raw, "store") ?? "local";
-  if (store !== "local" && store !== "etcd") throw new AgentConfigError(`--store: expected "local" or "etcd", got "${store}"`);
+  if (store !== "local" && store !== "etcd" && store !== "kube")
+    throw new AgentConfigError(`--store: expected "local", "etcd" or "kube", got "${store}"`);
   const etcdEndpoints = list(raw, "etcdEndpoints") ?? [];
   if (store === "etcd" && etcdEndpoints.length === 0) throw new AgentConfigError("--store etcd needs --etcd-endpoints");
   for (const e of etcdEndpoints) {
@@ -249,6 +259,8 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
     etcdCert: str(raw, "etcdCert"),
     etcdKey: str(raw, "etcdKey"),
     localStore: str(raw, "localStore"),
+    nodeName: str(raw, "nodeName"),
+    kubeconfig: str(raw, "kubeconfig"),
     subnetLen: int(raw, "subnetLen", 1, 30),
     subnetLenV6: int(raw, "subnetLenV6", 1, 126),
     underlayIface,
@@ -257,6 +269,9 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
     apiListen,
   };
   for (const [k, v] of Object.entries(optional)) if (v !== undefined) (config as unknown as Record<string, unknown>)[k] = v;
+  if (config.nodeName !== undefined && !/^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/.test(config.nodeName)) {
+    throw new AgentConfigError(`--node-name: "${config.nodeName}" is not a Kubernetes node name`);
+  }
   if ((config.etcdCert || config.etcdKey) && !(config.etcdCert && config.etcdKey)) {
     throw new AgentConfigError("--etcd-cert and --etcd-key go together");
   }

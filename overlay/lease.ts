@@ -195,6 +195,11 @@ export interface SubnetLeaseOptions {
   pickAmong?: number;
   /** Collision retries (flannel: 10). */
   attempts?: number;
+  /**
+   * The subnet(s) this host was assigned elsewhere (Kubernetes: the Node's pod CIDR), instead
+   * of leasing one; null while none is assigned yet. The entry is then published without TTL.
+   */
+  assigned?: () => Promise<{ subnet: Cidr; subnetV6?: Cidr } | null>;
 }
 
 /** Acquires and keeps this host's subnet lease. */
@@ -237,6 +242,7 @@ export class SubnetLeaseManager {
 
   /** Finds or creates this host's lease. Throws StoreUnavailableError when the store is down. */
   async acquire(): Promise<HostLease> {
+    if (this.options.assigned) return this.publishAssigned(this.options.assigned);
     const { store, prefix } = this.options;
     const attempts = this.options.attempts ?? 10;
     for (let attempt = 0; attempt < attempts; attempt++) {
@@ -255,6 +261,29 @@ export class SubnetLeaseManager {
       // Lost a race (someone wrote the key between our list and our transaction): list again.
     }
     throw new LeaseError(`could not acquire a subnet lease after ${attempts} attempts (too many collisions)`);
+  }
+
+  private async publishAssigned(assigned: NonNullable<SubnetLeaseOptions["assigned"]>): Promise<HostLease> {
+    const { store, prefix } = this.options;
+    const got = await assigned();
+    if (!got) throw new LeaseError("no pod CIDR assigned to this node yet (waiting for it)");
+    const lease: HostLease = {
+      key: subnetKey(prefix, got.subnet, got.subnetV6),
+      subnet: got.subnet,
+      value: this.leaseValue(),
+      modRevision: 0,
+      leaseId: null,
+    };
+    if (got.subnetV6) lease.subnetV6 = got.subnetV6;
+    const existing = await store.get(lease.key);
+    const value = JSON.stringify(lease.value);
+    const res = existing
+      ? await store.replace(lease.key, value, null, existing.modRevision)
+      : await store.create(lease.key, value, null);
+    if (!res.ok) throw new LeaseError(`could not publish this node's VTEP for ${formatCidr(got.subnet)} (changed meanwhile)`);
+    lease.modRevision = res.revision;
+    this.held = lease;
+    return lease;
   }
 
   /**

@@ -12,7 +12,8 @@
 // the kernel (`ip -j`, `bridge -j`) or from the agent's HTTP API over its unix socket. Nothing
 // is created in the root netns: no links, no routes, no addresses.
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
@@ -245,6 +246,203 @@ export class EtcdNode {
   }
 }
 
+// ---------------------------------------------------------------- Kubernetes API server
+
+/** Where the Kubernetes binaries are (kube-apiserver, kubectl): ../shared/k8s's build.sh output. */
+export const KUBE_BIN = process.env.BERTH_KUBE_BIN ?? "/var/tmp/k8s-work/bin";
+
+export function kubeBinariesPresent(): boolean {
+  return ["kube-apiserver", "kubectl"].every((b) => existsSync(join(KUBE_BIN, b)));
+}
+
+/**
+ * A real kube-apiserver on etcd, in etcd's namespace on the underlay (port 6443). The harness
+ * acts as cluster admin (static token); the agents use a user bound to berth's own ClusterRole
+ * from deploy/kubernetes, so a missing verb there fails the agents.
+ */
+export class KubeApiNode {
+  private proc: ChildLog | null = null;
+  readonly adminToken = randomBytes(16).toString("hex");
+  readonly agentToken = randomBytes(16).toString("hex");
+
+  constructor(
+    readonly ns: string,
+    readonly ip: string,
+    readonly etcdEndpoint: string,
+    readonly dir: string,
+  ) {
+    mkdirSync(dir, { recursive: true });
+  }
+
+  get server(): string {
+    return `https://${this.ip}:6443`;
+  }
+  get adminKubeconfig(): string {
+    return join(this.dir, "admin.kubeconfig");
+  }
+  get agentKubeconfig(): string {
+    return join(this.dir, "agent.kubeconfig");
+  }
+
+  private writeKubeconfig(path: string, user: string, token: string): void {
+    writeFileSync(
+      path,
+      [
+        "apiVersion: v1",
+        "kind: Config",
+        "clusters:",
+        "  - name: test",
+        "    cluster:",
+        `      server: ${this.server}`,
+        `      certificate-authority: ${join(this.dir, "ca.crt")}`,
+        "users:",
+        `  - name: ${user}`,
+        "    user:",
+        `      token: ${token}`,
+        "contexts:",
+        "  - name: test",
+        "    context: { cluster: test, user: " + user + " }",
+        "current-context: test",
+        "",
+      ].join("\n"),
+      { mode: 0o600 },
+    );
+  }
+
+  async start(): Promise<void> {
+    const d = this.dir;
+    await run("openssl", ["genrsa", "-out", join(d, "sa.key"), "2048"]);
+    await run("openssl", ["rsa", "-in", join(d, "sa.key"), "-pubout", "-out", join(d, "sa.pub")]);
+    // A CA and a serving certificate for the underlay address, which the agents verify.
+    const o = (...args: string[]) => run("openssl", args);
+    await o(
+      "req",
+      "-x509",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      join(d, "ca.key"),
+      "-out",
+      join(d, "ca.crt"),
+      "-days",
+      "1",
+      "-subj",
+      "/CN=berth-test-kube-ca",
+    );
+    writeFileSync(join(d, "san.cnf"), `subjectAltName=IP:${this.ip}\nextendedKeyUsage=serverAuth\n`);
+    await o(
+      "req",
+      "-newkey",
+      "rsa:2048",
+      "-nodes",
+      "-keyout",
+      join(d, "server.key"),
+      "-out",
+      join(d, "server.csr"),
+      "-subj",
+      "/CN=kube-apiserver",
+    );
+    await o(
+      "x509",
+      "-req",
+      "-in",
+      join(d, "server.csr"),
+      "-CA",
+      join(d, "ca.crt"),
+      "-CAkey",
+      join(d, "ca.key"),
+      "-CAcreateserial",
+      "-days",
+      "1",
+      "-extfile",
+      join(d, "san.cnf"),
+      "-out",
+      join(d, "server.crt"),
+    );
+    writeFileSync(
+      join(d, "tokens.csv"),
+      `${this.adminToken},admin,admin,system:masters\n${this.agentToken},berth-agent,berth-agent\n`,
+      { mode: 0o600 },
+    );
+    const child = spawn(
+      "ip",
+      [
+        "netns",
+        "exec",
+        this.ns,
+        join(KUBE_BIN, "kube-apiserver"),
+        `--etcd-servers=${this.etcdEndpoint}`,
+        `--bind-address=${this.ip}`,
+        `--advertise-address=${this.ip}`,
+        "--secure-port=6443",
+        "--insecure-port=0",
+        `--tls-cert-file=${join(d, "server.crt")}`,
+        `--tls-private-key-file=${join(d, "server.key")}`,
+        `--service-account-key-file=${join(d, "sa.pub")}`,
+        `--service-account-signing-key-file=${join(d, "sa.key")}`,
+        "--service-account-issuer=https://kubernetes.default.svc",
+        `--token-auth-file=${join(d, "tokens.csv")}`,
+        "--authorization-mode=RBAC",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--v=1",
+      ],
+      { cwd: d, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, NODE_EXTRA_CA_CERTS: undefined } },
+    );
+    this.proc = new ChildLog("kube-apiserver", child);
+    this.writeKubeconfig(this.adminKubeconfig, "admin", this.adminToken);
+    this.writeKubeconfig(this.agentKubeconfig, "berth-agent", this.agentToken);
+    await until(
+      "kube-apiserver ready",
+      async () => {
+        if (!this.proc?.running) throw new Error("kube-apiserver exited");
+        return (await this.kubectl(["get", "--raw", "/readyz"]).catch(() => "")).trim();
+      },
+      (s) => s === "ok",
+      60_000,
+      250,
+    ).catch((e) => {
+      throw new Error(`${(e as Error).message}\n${this.output()}`);
+    });
+    // berth's own RBAC for the agent, bound to the agent's user.
+    const manifests = join(REPO, "deploy", "kubernetes");
+    await this.kubectl(["apply", "-f", join(manifests, "00-namespace.yaml"), "-f", join(manifests, "10-rbac.yaml")]);
+    await this.kubectl(["create", "clusterrolebinding", "berth-agent-test", "--clusterrole=berth-network", "--user=berth-agent"]);
+  }
+
+  /** kubectl as cluster admin, inside the API server's namespace. */
+  kubectl(args: string[], stdin?: string): Promise<string> {
+    return new Promise((resolve, reject) => {
+      const child = execFile(
+        "ip",
+        ["netns", "exec", this.ns, join(KUBE_BIN, "kubectl"), `--kubeconfig=${this.adminKubeconfig}`, ...args],
+        { timeout: 30_000, encoding: "utf8" },
+        (err, stdout, stderr) =>
+          err ? reject(new Error(`kubectl ${args.join(" ")}: ${stderr || err.message}`)) : resolve(stdout),
+      );
+      if (stdin !== undefined) child.stdin?.end(stdin);
+    });
+  }
+
+  /** Creates a Node object (no kubelet behind it) with the given pod CIDR, or none. */
+  async createNode(name: string, podCIDR?: string): Promise<void> {
+    const spec = podCIDR ? { podCIDR, podCIDRs: [podCIDR] } : {};
+    await this.kubectl(["create", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name }, spec }));
+  }
+
+  async node(name: string): Promise<{ metadata: { annotations?: Record<string, string> }; spec: { podCIDR?: string } }> {
+    return JSON.parse(await this.kubectl(["get", "node", name, "-o", "json"]));
+  }
+
+  async stop(): Promise<void> {
+    await this.proc?.stop("SIGKILL");
+  }
+
+  output(): string {
+    return this.proc?.output() ?? "";
+  }
+}
+
 // ---------------------------------------------------------------- hosts and containers
 
 export interface LeaseView {
@@ -280,7 +478,7 @@ export interface Container {
 export interface AgentOptions {
   /** argv prefix of the agent; default `node --import tsx bin/cli.ts agent` from the checkout. */
   agentCommand: string[];
-  store: "etcd" | "local";
+  store: "etcd" | "local" | "kube";
   clusterCidrs: string[];
   leaseTtlSeconds: number;
   reconcileIntervalMs: number;
@@ -328,6 +526,7 @@ export class Host {
       "--store",
       o.store,
       ...(o.store === "etcd" ? ["--etcd-endpoints", this.cluster.etcd!.endpoint] : []),
+      ...(o.store === "kube" ? ["--kubeconfig", this.cluster.kube!.agentKubeconfig, "--node-name", this.name] : []),
       ...o.clusterCidrs.flatMap((c) => ["--cluster-cidr", c]),
       "--underlay-iface",
       this.underlayIface,
@@ -506,7 +705,7 @@ export class Host {
 // ---------------------------------------------------------------- the cluster
 
 export interface ClusterOptions {
-  store?: "etcd" | "local";
+  store?: "etcd" | "local" | "kube";
   clusterCidrs?: string[];
   leaseTtlSeconds?: number;
   reconcileIntervalMs?: number;
@@ -526,6 +725,8 @@ export class Cluster {
   readonly namespaces: string[] = [];
   readonly hosts: Host[] = [];
   etcd: EtcdNode | null = null;
+  /** The Kubernetes API server (kube store), beside etcd in etcd's namespace. */
+  kube: KubeApiNode | null = null;
   readonly agentOptions: AgentOptions;
   readonly cniPlugin: string;
   private ports = 0;
@@ -560,13 +761,17 @@ export class Cluster {
     await c.addNamespace(c.underlayNs);
     await run("ip", ["-n", c.underlayNs, "link", "add", c.bridge, "type", "bridge"]);
     await run("ip", ["-n", c.underlayNs, "link", "set", c.bridge, "up"]);
-    if (c.agentOptions.store === "etcd") {
+    if (c.agentOptions.store === "etcd" || c.agentOptions.store === "kube") {
       const ns = `${c.prefix}e`;
       const ip = await c.plugIntoUnderlay(ns, 254);
       const dir = join(c.dir, "etcd");
       mkdirSync(dir, { recursive: true });
       c.etcd = new EtcdNode(ns, ip, dir);
       await c.etcd.start();
+      if (c.agentOptions.store === "kube") {
+        c.kube = new KubeApiNode(ns, ip, c.etcd.endpoint, join(c.dir, "kube"));
+        await c.kube.start();
+      }
     }
     return c;
   }
@@ -606,12 +811,13 @@ export class Cluster {
 
   /** Every agent's output, for failure messages. */
   logs(): string {
-    return [...this.hosts.map((h) => h.agent?.output() ?? ""), this.etcd?.output() ?? ""].join("\n");
+    return [...this.hosts.map((h) => h.agent?.output() ?? ""), this.etcd?.output() ?? "", this.kube?.output() ?? ""].join("\n");
   }
 
   /** Stops agents and etcd by PID, deletes every netns and the temp dir. Safe to call twice. */
   async destroy(): Promise<void> {
     for (const h of this.hosts) await h.stopAgent("SIGKILL").catch(() => undefined);
+    await this.kube?.stop().catch(() => undefined);
     await this.etcd?.kill().catch(() => undefined);
     // Containers first (their veths go with them), then hosts, etcd and the underlay.
     for (const ns of [...this.namespaces].reverse()) {

@@ -20,6 +20,7 @@ import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import * as grpc from "@grpc/grpc-js";
 import { loadSync } from "@grpc/proto-loader";
+import { installBerth } from "./install.ts";
 import { testPrefix } from "./kernel.ts";
 
 const run = promisify(execFile);
@@ -472,29 +473,7 @@ function linksStartingWith(prefix: string): string[] {
 export async function installBerthChain(dir: string): Promise<CriNetwork> {
   const prefix = testPrefix();
   const { base, gateway } = freeSubnet();
-  const binDir = join(dir, "cni-bin");
-  const confDir = join(dir, "cni-conf");
-  await run(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(REPO, "bin", "cli.ts"),
-      "install",
-      "--prefix",
-      join(dir, "berth"),
-      "--cni-bin-dir",
-      binDir,
-      "--cni-conf-dir",
-      confDir,
-      "--network",
-      "bridge",
-      "--subnet",
-      `${base}.0/24`,
-      "--no-systemd",
-    ],
-    { cwd: REPO, timeout: 120_000 },
-  );
+  const { binDir, confDir } = await installBerth(dir, ["--network", "bridge", "--subnet", `${base}.0/24`]);
   copyFileSync(join(REFERENCE_CNI, "loopback"), join(binDir, "loopback"));
   const file = join(confDir, "10-berth.conflist");
   const conf = JSON.parse(readFileSync(file, "utf8")) as { name: string; plugins: Record<string, unknown>[] };

@@ -9,10 +9,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { installBerth } from "../../testing/install.ts";
 import { ipJson, sh } from "../../testing/kernel.ts";
 import { makePodmanEnv, missingForEngineTest, type PodmanEnv } from "../../testing/podman.ts";
 import { Sandbox } from "../lib/sandbox.ts";
 
+// The checkout's build; beforeAll lays it out with `berth install`, as an operator would.
 const BERTH_CNI = resolve(import.meta.dirname, "../../build/cni");
 
 const missing = missingForEngineTest({
@@ -113,10 +115,11 @@ describe.skipIf(missing.length > 0)("Podman runs containers on a berth-bridge ne
     }
   }
 
-  beforeAll(() => {
+  beforeAll(async () => {
     const dir = mkdtempSync(join(tmpdir(), `${prefix}-podman-`));
     dataDir = join(dir, "ipam");
-    env = makePodmanEnv(dir, [BERTH_CNI, "/usr/lib/cni"]);
+    const { binDir } = await installBerth(dir);
+    env = makePodmanEnv(dir, [binDir, "/usr/lib/cni"]);
     // Plugins inherit Podman's environment: "off" keeps every call on the cold path, so the
     // outcome does not depend on whether an agent happens to listen on this host.
     env.env.BERTH_CNI_SOCKET = "off";

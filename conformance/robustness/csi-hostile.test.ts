@@ -5,149 +5,15 @@
 // nothing was recorded (state database, read-only), created or mounted at the hostile path.
 // The last cases write a hostile row straight into the state database, as a crash after the
 // row was written would leave it, and start the driver on it.
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, rmdirSync, rmSync, statSync, symlinkSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import Database from "better-sqlite3";
+import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { sh, testPrefix } from "../../testing/kernel.ts";
-import { CsiCallError, CsiClient } from "../csi/client.ts";
-import { mountAt, mountsUnder } from "../csi/kernel-view.ts";
-
-const REPO = resolve(import.meta.dirname, "../..");
-/** How long any single call may take; a driver spinning on a path misses it. */
-const CALL_MS = 10_000;
-const MiB = 1024 * 1024;
-
-const mountCap = (fsType = "") => ({ mount: { fs_type: fsType }, access_mode: { mode: "SINGLE_NODE_WRITER" } });
-
-/** `berth csi` in a child process, with its data, state and socket under one temp dir. */
-class DriverProcess {
-  readonly root: string;
-  readonly socket: string;
-  readonly dataDir: string;
-  readonly stateDir: string;
-  child: ChildProcess | undefined;
-  client: CsiClient | undefined;
-  stderr = "";
-
-  constructor(readonly prefix: string) {
-    this.root = mkdtempSync(join(tmpdir(), `${prefix}-`));
-    this.socket = join(this.root, "csi.sock");
-    this.dataDir = join(this.root, "data");
-    this.stateDir = join(this.root, "state");
-    mkdirSync(join(this.root, "kubelet"));
-  }
-
-  /** A path under the test's own kubelet dir. */
-  path(name: string): string {
-    return join(this.root, "kubelet", name);
-  }
-
-  /** Starts the driver; resolves once the socket answers, rejects when it does not within `readyMs`. */
-  async start(readyMs = 30_000): Promise<void> {
-    this.stderr = "";
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        join(REPO, "bin", "cli.ts"),
-        "csi",
-        "--endpoint",
-        `unix://${this.socket}`,
-        "--data-dir",
-        this.dataDir,
-        "--state-dir",
-        this.stateDir,
-        "--node-id",
-        "hostile-node",
-      ],
-      { cwd: REPO, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, BERTH_LOG_LEVEL: "info" } },
-    );
-    this.child = child;
-    child.stderr?.on("data", (d: Buffer) => {
-      this.stderr += d.toString();
-    });
-    const exited = new Promise<never>((_, reject) =>
-      child.once("exit", (code, signal) => reject(new Error(`driver exited (${code ?? signal}): ${this.stderr}`))),
-    );
-    exited.catch(() => {});
-    const client = CsiClient.connect(`unix://${this.socket}`);
-    this.client = client;
-    await Promise.race([client.waitReady(readyMs), exited]);
-  }
-
-  call<T = unknown>(service: "Identity" | "Controller" | "Node", method: string, request: object): Promise<T> {
-    if (!this.client) throw new Error("driver not started");
-    return this.client.call<T>(service, method, request, CALL_MS);
-  }
-
-  /** True when Probe answers ready within the call deadline. */
-  async alive(): Promise<boolean> {
-    try {
-      await this.call("Identity", "Probe", {});
-      return true;
-    } catch {
-      return false;
-    }
-  }
-
-  /** SIGKILL by pid (the driver may be spinning), and wait for the exit. */
-  async kill(): Promise<void> {
-    this.client?.close();
-    this.client = undefined;
-    const child = this.child;
-    this.child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once("exit", r));
-    child.kill("SIGKILL");
-    await gone;
-  }
-
-  /** Rows of a state table, read-only. */
-  rows(table: "publications" | "stagings" | "volumes"): Record<string, unknown>[] {
-    const db = new Database(join(this.stateDir, "csi.db"), { readonly: true, fileMustExist: true });
-    try {
-      return db.prepare(`SELECT * FROM ${table}`).all() as Record<string, unknown>[];
-    } finally {
-      db.close();
-    }
-  }
-
-  /** Writes to the state database while the driver is down. */
-  write(sql: string, ...params: unknown[]): void {
-    const db = new Database(join(this.stateDir, "csi.db"), { fileMustExist: true });
-    try {
-      db.prepare(sql).run(...params);
-    } finally {
-      db.close();
-    }
-  }
-
-  async cleanup(): Promise<void> {
-    await this.kill();
-    for (let round = 0; round < 4; round++) {
-      const mounts = mountsUnder(this.root);
-      if (mounts.length === 0) break;
-      for (const m of mounts) {
-        try {
-          sh("umount", ["-l", m]);
-        } catch {
-          // gone with its parent
-        }
-      }
-    }
-    const loops = JSON.parse(sh("losetup", ["-J", "-l"]) || '{"loopdevices":[]}') as {
-      loopdevices?: { name: string; "back-file": string | null }[];
-    };
-    for (const l of loops.loopdevices ?? []) {
-      if ((l["back-file"] ?? "").startsWith(`${this.root}/`)) sh("losetup", ["-d", l.name]);
-    }
-    rmSync(this.root, { recursive: true, force: true });
-  }
-}
+import { CsiCallError } from "../csi/client.ts";
+import { mountAt } from "../csi/kernel-view.ts";
+import { DriverProcess, MiB, mountCap, REPO } from "./csi-driver.ts";
 
 /** Anything the driver may have made at a hostile path outside the test dir: unmounted and removed. */
 function removeStray(path: string): void {

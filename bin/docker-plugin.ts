@@ -458,7 +458,7 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
   let net: DockerNetworking;
   try {
     makeDirectories(options.dockerDir ?? "/var/lib/berth/docker", 0o700);
-    net = openDockerNetworking({
+    net = await openDockerNetworking({
       ipamDir: options.ipamDir ?? DEFAULT_IPAM_DIR,
       dockerDir: options.dockerDir ?? "/var/lib/berth/docker",
       nftTable: options.nftTable ?? DEFAULT_TABLE,

@@ -238,6 +238,12 @@ export class NetworkState {
   endpoint(id: string): EndpointRow | undefined {
     return this.db.prepare("SELECT * FROM endpoints WHERE id = ?").get(id) as EndpointRow | undefined;
   }
+  networks(): NetworkRow[] {
+    return this.db.prepare("SELECT * FROM networks").all() as NetworkRow[];
+  }
+  endpoints(): EndpointRow[] {
+    return this.db.prepare("SELECT * FROM endpoints").all() as EndpointRow[];
+  }
   endpointsOf(network: string): EndpointRow[] {
     return this.db.prepare("SELECT * FROM endpoints WHERE network = ?").all(network) as EndpointRow[];
   }
@@ -507,21 +513,75 @@ export interface DockerNetworking {
   close(): void;
 }
 
-/** Opens the lease store (berth's IPAM data dir) and the network state in `dockerDir`. */
-export function openDockerNetworking(options: {
+/** Opens the lease store (berth's IPAM data dir) and the network state in `dockerDir`, and reconciles them with the kernel. */
+export async function openDockerNetworking(options: {
   ipamDir: string;
   dockerDir: string;
   nftTable?: string;
   log: Logger;
-}): DockerNetworking {
+}): Promise<DockerNetworking> {
   const leases = LeaseStore.open(options.ipamDir);
   const state = new NetworkState(join(options.dockerDir, "network.db"));
+  const networks = new DockerNetworks(state, options.log, options.nftTable);
+  try {
+    await reconcileNetworks(state, leases, options.nftTable ?? DEFAULT_TABLE, options.log);
+  } catch (e) {
+    state.close();
+    leases.close();
+    throw e;
+  }
   return {
     ipam: new DockerIpam(leases, state, options.log),
-    networks: new DockerNetworks(state, options.log, options.nftTable),
+    networks,
     close() {
       state.close();
       leases.close();
     },
   };
+}
+
+/**
+ * Start-up repair. A bridge that went (a reboot) is made again with its gateway. An endpoint
+ * no running container holds lost its container while the plugin was down: Docker, unable to
+ * reach the plugin, gave up on DeleteEndpoint and ReleaseAddress for good. Its veth pair,
+ * port mappings, lease and row go here.
+ */
+async function reconcileNetworks(state: NetworkState, leases: LeaseStore, table: string, log: Logger): Promise<void> {
+  await withRtnl(undefined, async (nl) => {
+    for (const n of state.networks()) {
+      const br = nl.linkGet(n.bridge);
+      if (br?.kind === "bridge" && nl.addrList({ ifindex: br.index }).some((a) => a.cidr === n.gateway)) continue;
+      try {
+        const made = ensureBridge(nl, { bridge: n.bridge, mtu: n.mtu, promiscMode: false, vlan: undefined } as BridgeConf, br);
+        try {
+          nl.addrAdd(made.index, { cidr: n.gateway, broadcast: "auto" });
+        } catch (e) {
+          if (!isNetlinkError(e, "EEXIST")) throw e;
+        }
+        log.warn({ network: n.id, bridge: n.bridge }, "docker network's bridge restored");
+      } catch (e) {
+        log.error({ network: n.id, bridge: n.bridge, err: (e as Error).message }, "could not restore a docker network's bridge");
+      }
+    }
+    for (const e of state.endpoints()) {
+      // Joined and in use: the host end is here and its peer is inside a container's netns.
+      // Docker moves the peer back out when it destroys a sandbox, so a peer here means no
+      // container holds the endpoint (this runs before the socket serves: no Join is under way).
+      if (nl.linkGet(e.host) && !nl.linkGet(e.peer)) continue;
+      try {
+        await deleteLinkIfPresent(nl, e.host);
+        await removePortmap({ network: e.network, containerId: e.id, ifname: IFNAME }, table);
+        const ip = tryParseIp(e.address.split("/")[0] ?? "");
+        const lease = ip ? leases.leaseAt(ip) : undefined;
+        if (lease?.network.startsWith("berth-pool:")) leases.release(lease);
+        state.deleteEndpoint(e.id);
+        log.warn(
+          { endpoint: e.id, address: e.address },
+          "docker endpoint of a container removed while the plugin was down: released",
+        );
+      } catch (err) {
+        log.error({ endpoint: e.id, err: (err as Error).message }, "could not release a stale docker endpoint");
+      }
+    }
+  });
 }

@@ -4,7 +4,7 @@
 // bridge name (all tagged bt<run>). Outcomes are read back from the kernel (ip -j), nftables
 // and the lease database.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync } from "node:fs";
 import { get } from "node:http";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
@@ -258,6 +258,67 @@ describe.skipIf(missing.length > 0)(
       } finally {
         state.close();
       }
+    });
+
+    it("cleans up at its next start what a container removed while the plugin was down held: veth pair, lease, port mapping, volume mount", {
+      timeout: 240_000,
+    }, async () => {
+      await engine.docker([
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        subnet,
+        "-o",
+        `berth.bridge=${bridge}`,
+        "n2",
+      ]);
+      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v9"]);
+      const port = await freePort();
+      await engine.docker([
+        "run",
+        "-d",
+        "--name",
+        `${prefix}d`,
+        "--network",
+        "n2",
+        "-p",
+        `${port}:80`,
+        "-v",
+        "v9:/data",
+        engine.image,
+        "sleep",
+        "600",
+      ]);
+      const addr = await ipOf(`${prefix}d`);
+      const mountpoint = JSON.parse((await engine.docker(["volume", "inspect", "v9"])).stdout)[0].Mountpoint as string;
+      expect(mountpoint).not.toBe("");
+      expect(leases().map((l) => l.ip)).toEqual([addr]);
+      expect(portmapElements().length).toBeGreaterThan(0);
+
+      const exited = new Promise((r) => child!.once("exit", r));
+      process.kill(child!.pid!, "SIGKILL");
+      await exited;
+      // Docker retries each call to the dead plugin for a while, logs the failures and removes the container anyway.
+      await engine.docker(["rm", "-f", `${prefix}d`], 200_000);
+      expect(leases().map((l) => l.ip)).toEqual([addr]); // nobody released it
+      expect(portmapElements().length).toBeGreaterThan(0);
+
+      child = await startPlugin();
+      expect(leases()).toEqual([]);
+      expect(portmapElements()).toEqual([]);
+      expect(links().filter((l) => l.master === bridge)).toEqual([]);
+      expect(links().filter((l) => /^b[vc]/.test(l.ifname) && l.ifname.length === 14 && childLog.includes(l.ifname))).toEqual([]);
+      expect(readFileSync("/proc/self/mountinfo", "utf8")).not.toContain(mountpoint);
+      expect(JSON.parse((await engine.docker(["volume", "inspect", "v9"])).stdout)[0].Status.users).toBe(0);
+      expect(childLog).toContain("docker endpoint of a container removed while the plugin was down: released");
+      expect(childLog).toContain("docker volume released: no container holds it any more");
+      await engine.docker(["volume", "rm", "v9"]);
+      await engine.docker(["network", "rm", "n2"]);
+      expect(links().filter((l) => l.ifname === bridge)).toEqual([]);
     });
 
     it("answers bad input with a clear Err and creates nothing", async () => {

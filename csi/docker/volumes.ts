@@ -5,12 +5,12 @@
 // reconcile. What Docker adds is who uses a mounted volume: Mount/Unmount carry a caller ID
 // (one per container), kept in a small database of its own so that a restarted plugin still
 // knows the volume is in use; the volume is unpublished and unstaged when the last caller goes.
-import { existsSync } from "node:fs";
+import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import type { Logger } from "pino";
 import { statFs } from "../../native/fs.ts";
-import { isMountPoint } from "../../native/mount.ts";
+import { isMountPoint, readMountInfo } from "../../native/mount.ts";
 import { BackingStore } from "../backing.ts";
 import { ControllerService } from "../controller.ts";
 import { type Driver, volumeCondition } from "../driver.ts";
@@ -148,6 +148,25 @@ class CallerStore {
   }
 }
 
+/** The devices ("major:minor") mounted in any mount namespace other than this process's. */
+function mountNamespaceDevices(): Set<string> {
+  const own = readlinkSync("/proc/self/ns/mnt");
+  const seen = new Set([own]);
+  const devices = new Set<string>();
+  for (const e of readdirSync("/proc")) {
+    if (!/^[0-9]+$/.test(e)) continue;
+    try {
+      const ns = readlinkSync(`/proc/${e}/ns/mnt`);
+      if (seen.has(ns)) continue;
+      seen.add(ns);
+      for (const m of readMountInfo(`/proc/${e}/mountinfo`)) devices.add(m.majorMinor);
+    } catch {
+      // the process went, or is not ours to read
+    }
+  }
+  return devices;
+}
+
 /** Runs one operation per key at a time; the next waits (Docker does not retry ABORTED). */
 class KeyedQueue {
   private readonly tails = new Map<string, Promise<unknown>>();
@@ -218,7 +237,33 @@ export class DockerVolumeService {
       options.log.warn(report, "reconciled volume state on start");
     const service = new DockerVolumeService(d, controller, node, new CallerStore(join(dockerDir, "callers.db")), dockerDir);
     service.dropCallersOfMissingVolumes();
+    await service.releaseAbandoned();
     return service;
+  }
+
+  /**
+   * Volumes whose containers went while the plugin was down: Docker's Unmount failed, gave
+   * up, and never comes again. A container using a volume holds its filesystem in its own
+   * mount namespace, so a volume no other mount namespace holds has no user left; it is
+   * released. A namespace that merely copied the host's mounts keeps the volume (the safe
+   * side: never unmount what may be in use).
+   */
+  async releaseAbandoned(): Promise<void> {
+    const holders = mountNamespaceDevices();
+    for (const id of this.callers.volumes()) {
+      const v = this.d.store.volume(id);
+      if (!v) continue;
+      const loop = this.d.backing.loopFor(this.d.backing.imagePath(v.id));
+      if (loop && holders.has(`7:${loop.number}`)) continue;
+      const users = this.callers.of(id);
+      this.callers.forget(id);
+      try {
+        await this.detach(v);
+        this.d.log.warn({ volumeId: id, callers: users }, "docker volume released: no container holds it any more");
+      } catch (e) {
+        this.d.log.error({ volumeId: id, err: (e as Error).message }, "could not release an abandoned docker volume");
+      }
+    }
   }
 
   close(): void {

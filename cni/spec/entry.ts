@@ -1,10 +1,11 @@
 // The executable side of a CNI plugin. `handleInvocation` is the whole protocol as a pure
 // function of (env, stdin) — the agent's fast path calls it in-process — and
 // `runPluginMain` wraps it with the process I/O of a short-lived plugin executable.
-import { appendFileSync, fstatSync, readSync, statSync, writeSync } from "node:fs";
+import { fstatSync, readSync, statSync, writeSync } from "node:fs";
 import { addonIfLoaded } from "../../native/addon.ts";
 import { MAX_CONFIG_BYTES, parseNetConf, tooLargeError } from "./config.ts";
 import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
+import { appendToLogFile } from "./files.ts";
 import { convertResult } from "./result.ts";
 import { sleepSync } from "./sleep.ts";
 import { awaitDurable, CniError, type Command, ErrorCode, type Plugin, type Request } from "./types.ts";
@@ -264,7 +265,7 @@ function makeLogger(name: string, env: NodeJS.ProcessEnv) {
     const text = `${new Date().toISOString()} ${name}[${process.pid}] ${line}\n`;
     if (file) {
       try {
-        appendFileSync(file, text);
+        appendToLogFile(file, text);
         return;
       } catch {
         // fall back to stderr

@@ -1,6 +1,6 @@
 // Files and directories named by a network config (a dataDir, a resolv.conf, an allowlist),
 // which may point anywhere: /proc, /sys, /dev/zero, a FIFO.
-import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync } from "node:fs";
+import { closeSync, constants, fstatSync, mkdirSync, openSync, readSync, writeSync } from "node:fs";
 import { dirname } from "node:path";
 
 /**
@@ -40,6 +40,25 @@ export function readSmallFile(path: string, limit: number): string {
       if (n > limit) throw new Error(`${path} is larger than ${limit} bytes`);
     }
     return buf.toString("utf8", 0, n);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Appends `text` to a log file named by a config or the environment, creating it (0644). Only a
+ * regular file is written: opened non-blocking, a FIFO without a reader fails at once (ENXIO)
+ * instead of blocking the plugin, or the whole fast-path server, in open(2).
+ */
+export function appendToLogFile(path: string, text: string): void {
+  const fd = openSync(
+    path,
+    constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NONBLOCK | constants.O_NOCTTY,
+    0o644,
+  );
+  try {
+    if (!fstatSync(fd).isFile()) throw new Error(`${path} is not a regular file`);
+    writeSync(fd, text);
   } finally {
     closeSync(fd);
   }

@@ -265,6 +265,13 @@ const rows: Row[] = [
     msg: /resolvConf/,
   },
   { name: "resolvConf a directory", stdin: (g) => withIpam(g, { resolvConf: "/etc" }), code: 5, msg: /resolvConf/ },
+  {
+    name: "logFile a FIFO with no reader (the error must still be answered)",
+    stdin: (g, w) => ({ ...g, mtu: "x", logFile: join(w.dataDir, "fifo") }),
+    code: 7,
+    msg: /mtu/,
+  },
+  { name: "logFile /dev/full", stdin: (g) => ({ ...g, mtu: "x", logFile: "/dev/full" }), code: 7, msg: /mtu/ },
   // Hostile dataDirs
   {
     name: "dataDir under /proc",

@@ -363,6 +363,46 @@ for (const path of PATHS) {
       expect(world.integrity()).toEqual(["ok"]);
     });
 
+    it("kill -9 of a fast-path server at random points of mixed ADD/DEL load: DEL + GC on this path leave nothing", {
+      timeout: 120_000,
+    }, async () => {
+      const conf = world.config(50);
+      const all: { ns: { name: string; path: string }; who: { containerId: string; netns: string } }[] = [];
+      for (let round = 0; round < 3; round++) {
+        const crashing = await ServerProcess.start(join(sockDir, `kill-${round}.sock`));
+        servers.push(crashing);
+        const saved = world.socket;
+        world.socket = crashing.socketPath;
+        const batch = Array.from({ length: 16 }, () => attachment());
+        all.push(...batch);
+        try {
+          const first = await Promise.all(batch.slice(0, 8).map((a) => world.run("ADD", a.who, conf)));
+          for (const o of first) expectOk(o);
+          const load = [
+            ...batch.slice(0, 8).map((a) => world.run("DEL", a.who, conf)),
+            ...batch.slice(8).map((a) => world.run("ADD", a.who, conf)),
+          ];
+          await new Promise((r) => setTimeout(r, Math.random() * 150));
+          await crashing.kill();
+          // Each call was answered, lost with code 11 (try again), or ran cold once the server was gone.
+          for (const o of await Promise.all(load)) {
+            expectNoStack(o);
+            if (o.exitCode !== 0) expectCniError(o, 11);
+          }
+        } finally {
+          world.socket = saved;
+        }
+      }
+      for (const o of await Promise.all(all.map((a) => world.run("DEL", a.who, conf)))) expectOk(o);
+      expectOk(await world.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] }));
+      await eventually(() => all.every((a) => world.linksIn(a.ns.name).length === 0));
+      expect(all.filter((a) => world.linksIn(a.ns.name).length > 0).map((a) => a.ns.name)).toEqual([]);
+      expect(world.hostVeths()).toEqual([]);
+      expect(world.bridgePorts()).toEqual([]);
+      expect(world.leases()).toEqual([]);
+      expect(world.integrity()).toEqual(["ok"]);
+    });
+
     if (path === "fast") {
       it("hostile frames on the fast-path socket get a decode error or nothing; the server goes on", async () => {
         const server = servers[0]!;

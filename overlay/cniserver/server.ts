@@ -6,17 +6,19 @@
 // Security: the socket is root-only (0600, owned by root) and every connection's peer
 // credentials are checked (SO_PEERCRED), since a CNI call configures the host's network.
 
-import { appendFileSync, chmodSync, chownSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
-import { connect, Socket } from "node:net";
+import { chmodSync, chownSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { Socket } from "node:net";
 import { dirname } from "node:path";
 import { LeaseStore } from "../../cni/ipam/store.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
+import { appendToLogFile } from "../../cni/spec/files.ts";
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { type AcceptedConnection, addon } from "../../native/addon.ts";
 import type { PassedListener } from "../../native/listen-fds.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
+import { claimSocketPath as claimUnixSocketPath, SocketClaimError } from "../../native/unix-socket.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
@@ -161,35 +163,17 @@ const busy = new WeakSet<Socket>();
 let inFlight = 0;
 
 /**
- * Makes the path free for our listen: a stale socket file (its server died) is removed; a
- * live server or a file that is not a socket makes us refuse to start. `what` names the
- * server in that message (the Docker plugin claims its socket with this too).
+ * Makes the path free for our listen (native/unix-socket.ts): a stale socket file is removed;
+ * a live server or a file that is not a socket is a CniServerStartError. `what` names the
+ * server in that message.
  */
 export async function claimSocketPath(path: string, what = "CNI server"): Promise<void> {
-  let isSocket: boolean;
   try {
-    isSocket = lstatSync(path).isSocket();
-  } catch {
-    return; // nothing there
+    await claimUnixSocketPath(path, what);
+  } catch (e) {
+    if (e instanceof SocketClaimError) throw new CniServerStartError(e.message);
+    throw e;
   }
-  if (!isSocket) throw new CniServerStartError(`${path} exists and is not a socket; refusing to replace it`);
-  if (await socketAnswers(path)) throw new CniServerStartError(`another ${what} is already listening on ${path}`);
-  unlinkSync(path);
-}
-
-function socketAnswers(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    // A server whose backlog is full is alive: only a refused or missing socket is stale.
-    const timer = setTimeout(() => finish(true), 1000);
-    const finish = (live: boolean) => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(live);
-    };
-    s.once("connect", () => finish(true));
-    s.once("error", (e: NodeJS.ErrnoException) => finish(e.code !== "ECONNREFUSED" && e.code !== "ENOENT"));
-  });
 }
 
 interface ConnectionContext {
@@ -445,12 +429,42 @@ async function invoke(
   logger.useConfig(stdin);
   let outcome: InvocationOutcome;
   try {
-    outcome = await handleInvocation(plugin, req.env, stdin, { log: (l) => logger.write(l) });
+    const env = callerEnv(req.env, callerPid);
+    outcome = await handleInvocation(plugin, env, stdin, { log: (l) => logger.write(l) });
+    // A result names the sandbox as the runtime gave it, not as this process opened it.
+    if (env !== req.env) outcome = { ...outcome, stdout: sameSandbox(outcome.stdout, env.CNI_NETNS!, req.env.CNI_NETNS!) };
   } catch (e) {
     logger.write(`internal error: ${e instanceof Error ? e.stack : String(e)}`);
     outcome = { stdout: json({ cniVersion: NEWEST_VERSION, code: ErrorCode.Internal, msg: "internal error" }), exitCode: 1 };
   }
   return { exitCode: outcome.exitCode, stdout: outcome.stdout, stderr: stderr.join("") };
+}
+
+/**
+ * The invocation's environment as this process must read it. CNI_NETNS is a path in the
+ * caller's filesystem; an agent in a container (a Kubernetes DaemonSet with hostPID) does not
+ * see the runtime's netns directory (/var/run/netns, containerd's state dir, CRI-O's...) under
+ * the same path, so it opens the path through the caller's root, /proc/<pid>/root/<path>, which
+ * is the runtime's view whatever the directory. The launcher waits on the socket for the answer,
+ * so its pid stays its own for the whole call. Same root (the agent on the host) or a caller
+ * this process cannot see (pid 0 from another pid namespace): the path as given.
+ */
+export function callerEnv(env: Record<string, string>, callerPid: number): Record<string, string> {
+  const netns = env.CNI_NETNS;
+  if (!netns || !netns.startsWith("/") || callerPid <= 0 || callerPid === process.pid) return env;
+  try {
+    const theirs = statSync(`/proc/${callerPid}/root/`);
+    const ours = statSync("/");
+    if (theirs.dev === ours.dev && theirs.ino === ours.ino) return env;
+  } catch {
+    return env;
+  }
+  return { ...env, CNI_NETNS: `/proc/${callerPid}/root${netns}` };
+}
+
+function sameSandbox(stdout: string, opened: string, given: string): string {
+  const quoted = (p: string) => JSON.stringify(p);
+  return stdout.split(quoted(opened)).join(quoted(given));
 }
 
 /** The cold path's log sink, with the launcher's pid: lines look the same whichever path ran. */
@@ -472,7 +486,7 @@ class InvocationLog {
     this.serverLog(`${this.name}[${this.pid}] ${line}`);
     if (this.file) {
       try {
-        appendFileSync(this.file, text);
+        appendToLogFile(this.file, text);
         return;
       } catch {
         // fall back to the caller's stderr

@@ -17,6 +17,8 @@ type Conf = Record<string, unknown>;
 
 interface Row {
   name: string;
+  /** CNI_COMMAND (default ADD). */
+  command?: "ADD" | "DEL" | "CHECK" | "GC" | "STATUS";
   /** The config sent on stdin: built from the good one, or raw text. */
   stdin: (good: Conf, w: World) => Conf | string;
   /** CNI_* overrides; undefined removes a variable. */
@@ -256,6 +258,62 @@ const rows: Row[] = [
     msg: /gateway/,
   },
   { name: "no ranges at all", stdin: (g) => withIpam(g, { ranges: [] }), code: 7, msg: /ranges/ },
+  // Other commands
+  {
+    name: "DEL with a container id with ../",
+    command: "DEL",
+    stdin: (g) => g,
+    env: (w) => ({ CNI_CONTAINERID: `../${w.prefix}` }),
+    code: 4,
+    msg: /CNI_CONTAINERID/,
+  },
+  {
+    name: "DEL with an ifname with /",
+    command: "DEL",
+    stdin: (g) => g,
+    env: () => ({ CNI_IFNAME: "a/b" }),
+    code: 4,
+    msg: /CNI_IFNAME/,
+  },
+  { name: "DEL with a config that is not JSON", command: "DEL", stdin: () => "{", code: 6, msg: /JSON/ },
+  { name: "CHECK without prevResult", command: "CHECK", stdin: (g) => g, code: 7, msg: /prevResult/ },
+  {
+    name: "CHECK with a prevResult address that is no CIDR",
+    command: "CHECK",
+    stdin: (g) => ({ ...g, prevResult: { ips: [{ address: "bad" }] } }),
+    code: 6,
+    msg: /prevResult/,
+  },
+  {
+    name: "GC with valid-attachments a string",
+    command: "GC",
+    stdin: (g) => ({ ...g, "cni.dev/valid-attachments": "all" }),
+    code: 7,
+    msg: /valid-attachments/,
+  },
+  {
+    name: "GC with an attachment of the wrong shape",
+    command: "GC",
+    stdin: (g) => ({ ...g, "cni.dev/valid-attachments": [{ containerID: 5 }] }),
+    code: 7,
+    msg: /valid-attachments/,
+  },
+  {
+    name: "STATUS with ipam.ranges a string",
+    command: "STATUS",
+    stdin: (g) => withIpam(g, { ranges: "x" }),
+    code: 7,
+    msg: /ranges/,
+  },
+  // Hostile CNI_ARGS
+  {
+    name: "CNI_ARGS a key without =",
+    stdin: (g) => g,
+    env: () => ({ CNI_ARGS: "IgnoreUnknown=1;JUSTAKEY" }),
+    code: 4,
+    msg: /CNI_ARGS/,
+  },
+  { name: "CNI_ARGS IP twice, one bad", stdin: (g) => g, env: () => ({ CNI_ARGS: "IP=10.0.0.1,nope" }), code: 7, msg: /IP/ },
   // Files named by the config that never end or never open
   { name: "resolvConf /dev/zero", stdin: (g) => withIpam(g, { resolvConf: "/dev/zero" }), code: 5, msg: /resolvConf/ },
   {
@@ -360,7 +418,7 @@ for (const path of ["cold", "fast"] as const) {
         const before = snapshot(world, ns.name);
         const env = row.env?.(world, ns.path) ?? {};
         const who = { containerId: `${world.prefix}-bad`, netns: ns.path };
-        const o = await world.run("ADD", who, row.stdin(good, world), env);
+        const o = await world.run(row.command ?? "ADD", who, row.stdin(good, world), env);
         try {
           expectCleanError(o, row);
           expect(snapshot(world, ns.name)).toEqual(before);

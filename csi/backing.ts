@@ -303,9 +303,9 @@ export class BackingStore {
   }
 }
 
-/** Unmounts everything stacked at target. */
+/** Unmounts everything stacked at target; a symlink at target is not followed (nothing of ours). */
 export function unmountAll(target: string): void {
-  for (let i = 0; i < 16 && unmount(target); i++);
+  for (let i = 0; i < 16 && unmount(target, { noFollow: true }); i++);
 }
 
 /** Current size of /dev/loopN in bytes (sysfs counts 512-byte sectors). */

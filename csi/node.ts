@@ -1,7 +1,7 @@
 // Node service: stage = loop attached (+ filesystem mounted), publish = bind mount into the
 // target. Every step is recorded before it is done, and every step is idempotent.
 import { randomUUID } from "node:crypto";
-import { closeSync, existsSync, openSync, rmdirSync, statSync, unlinkSync } from "node:fs";
+import { closeSync, existsSync, lstatSync, openSync, rmdirSync, statSync, unlinkSync } from "node:fs";
 import { statFs } from "../native/fs.ts";
 import { refreshLoopCapacity } from "../native/loop.ts";
 import { bindMount, isMountPoint } from "../native/mount.ts";
@@ -275,7 +275,8 @@ export class NodeService {
   private removeTarget(row: PublicationRow): void {
     unmountAll(row.targetPath);
     try {
-      const st = statSync(row.targetPath);
+      // lstat: a symlink now at the target was not made here and is left alone.
+      const st = lstatSync(row.targetPath);
       if (st.isDirectory()) rmdirSync(row.targetPath);
       else if (st.isFile() && st.size === 0) unlinkSync(row.targetPath);
     } catch (e) {

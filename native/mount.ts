@@ -56,6 +56,7 @@ const MS_RELATIME = 0x200000;
 const MS_STRICTATIME = 0x1000000;
 const MS_LAZYTIME = 0x2000000;
 const MNT_DETACH = 0x2;
+const UMOUNT_NOFOLLOW = 0x8;
 
 // statfs(2) f_flags bits that describe the per-mount flags of an existing mount.
 const ST_RDONLY = 0x1;
@@ -387,6 +388,8 @@ function legacyMount(device: string, target: string, fsType: string, words: stri
 export interface UnmountOptions {
   /** Lazy unmount (MNT_DETACH): detach now, clean up when the last user goes. */
   detach?: boolean;
+  /** Do not follow a symlink at `target` (UMOUNT_NOFOLLOW): a symlink there is not a mount of ours. */
+  noFollow?: boolean;
 }
 
 /**
@@ -395,7 +398,7 @@ export interface UnmountOptions {
  */
 export function unmount(target: string, options: UnmountOptions = {}): boolean {
   try {
-    addon().umount2(target, options.detach ? MNT_DETACH : 0);
+    addon().umount2(target, (options.detach ? MNT_DETACH : 0) | (options.noFollow ? UMOUNT_NOFOLLOW : 0));
     return true;
   } catch (e) {
     if (isSysError(e, "EINVAL") || isSysError(e, "ENOENT")) return false;

@@ -298,6 +298,31 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
     sh("umount", [foreign]);
   });
 
+  it("NodeUnpublishVolume of a target that became a symlink to a foreign mount does not unmount it", async () => {
+    const s = await ready();
+    const target = s.d.path("swapped-target");
+    await s.d.call("Node", "NodePublishVolume", {
+      volume_id: s.dirVolume,
+      staging_target_path: s.dirStaging,
+      target_path: target,
+      volume_capability: mountCap(),
+    });
+    // The mount went away (a reboot), and the target was replaced by a symlink to someone's mount.
+    sh("umount", [target]);
+    rmdirSync(target);
+    const foreign = s.d.path("someone-else");
+    mkdirSync(foreign);
+    sh("mount", ["-t", "tmpfs", "-o", "size=1m", `${prefix}-else`, foreign]);
+    symlinkSync(foreign, target);
+    try {
+      await s.d.call("Node", "NodeUnpublishVolume", { volume_id: s.dirVolume, target_path: target });
+      expect(mountAt(foreign)?.fstype).toBe("tmpfs");
+      expect(s.d.rows("publications").map((r) => r.target_path)).not.toContain(target);
+    } finally {
+      while (mountAt(foreign)) sh("umount", [foreign]);
+    }
+  });
+
   it("a staging path whose missing parents are ordinary directories is created and works", async () => {
     const s = await ready();
     const staging = s.d.path("deep/er/stage");

@@ -6,7 +6,9 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadCsiPackage } from "../../csi/proto/load.ts";
 import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
@@ -255,6 +257,93 @@ describe.skipIf(missing.length > 0)(
       expect((await call("/VolumeDriver.Path", JSON.stringify({ Name: "v4" }))).json).toEqual({ Mountpoint: "" });
       await engine.docker(["volume", "rm", "v4"]);
       expect(images()).not.toContain(`${v.Status.id}.img`);
+    });
+
+    it("makes block volumes with xfs, and a volume from a snapshot cut by the CSI driver on the same state", async () => {
+      await engine.docker([
+        "volume",
+        "create",
+        "-d",
+        plugin,
+        "--opt",
+        "kind=block",
+        "--opt",
+        "fsType=xfs",
+        "--opt",
+        "size=320M",
+        "b1",
+      ]);
+      const b = await inspect("b1");
+      expect(b.Status).toMatchObject({ kind: "block", fsType: "xfs", size: 320 * MiB });
+      const w = await engine.docker([
+        "run",
+        "--rm",
+        "-v",
+        "b1:/data",
+        engine.image,
+        "sh",
+        "-c",
+        "echo snap-me > /data/f; grep -c ' /data xfs ' /proc/mounts",
+      ]);
+      expect(w.stdout.trim()).toBe("1");
+
+      // The CSI driver serves the same volumes: a snapshot of the Docker volume, by its id.
+      const csiSocket = join(base, "csi.sock");
+      const csi = spawn(
+        process.execPath,
+        [
+          "--import",
+          "tsx",
+          join(ROOT, "bin/cli.ts"),
+          "csi",
+          "--endpoint",
+          `unix://${csiSocket}`,
+          "--state-dir",
+          csiDir,
+          "--data-dir",
+          join(csiDir, "volumes"),
+        ],
+        { stdio: "ignore", cwd: ROOT },
+      );
+      let snapshotId = "";
+      try {
+        const pkg = loadCsiPackage().csi.v1;
+        await until(() => existsSync(csiSocket), Boolean, "berth csi's socket", 30_000, 100);
+        const controller = new pkg.Controller(`unix://${csiSocket}`, grpc.credentials.createInsecure());
+        try {
+          snapshotId = await new Promise<string>((done, fail) =>
+            controller.CreateSnapshot({ source_volume_id: String(b.Status.id), name: `${prefix}-snap` }, (e, r) =>
+              e || !r?.snapshot ? fail(e ?? new Error("no snapshot")) : done(r.snapshot.snapshot_id),
+            ),
+          );
+        } finally {
+          controller.close();
+        }
+      } finally {
+        const exited = new Promise((r) => csi.once("exit", r));
+        csi.kill("SIGTERM");
+        await exited;
+      }
+      await engine.docker([
+        "volume",
+        "create",
+        "-d",
+        plugin,
+        "--opt",
+        "kind=block",
+        "--opt",
+        "fsType=xfs",
+        "--opt",
+        `from-snapshot=${snapshotId}`,
+        "b2",
+      ]);
+      expect((await inspect("b2")).Status).toMatchObject({ kind: "block", "from-snapshot": snapshotId });
+      const r = await engine.docker(["run", "--rm", "-v", "b2:/data", engine.image, "cat", "/data/f"]);
+      expect(r.stdout.trim()).toBe("snap-me");
+      // A snapshot of another shape is refused with the CSI driver's own words.
+      const misfit = await engine.tryDocker(["volume", "create", "-d", plugin, "--opt", `from-snapshot=${snapshotId}`, "b3"]);
+      expect(misfit.stderr).toContain(`snapshot ${snapshotId} holds a block/xfs volume, not dir/ext4`);
+      await engine.docker(["volume", "rm", "b1", "b2"]);
     });
 
     it("answers bad input with a clear Err and creates nothing", async () => {

@@ -1,5 +1,5 @@
 // berth's command line. Subcommands are loaded lazily so `berth version` stays fast.
-const VERSION = "0.1.0";
+import { BERTH_VERSION } from "../native/version.ts";
 
 const USAGE = `usage: berth <command>
 
@@ -22,7 +22,7 @@ async function main(argv: string[]): Promise<number> {
   switch (cmd) {
     case "version":
     case "--version":
-      console.log(`berth ${VERSION} (node ${process.version})`);
+      console.log(`berth ${BERTH_VERSION} (node ${process.version})`);
       return 0;
     case "up": {
       const { runUpWithStorage } = await import("./up.ts");

@@ -1,11 +1,12 @@
 // The server as a process sees it: socket handling, identity, metrics, crash recovery, CLI.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { testPrefix } from "../testing/kernel.ts";
+import { backloggedServer } from "../testing/sockets.ts";
 import { createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 let t: TestDriver;
@@ -29,7 +30,7 @@ describe("socket", () => {
     expect(readdirSync(dirname(t.socket))).toEqual(["csi.sock"]);
     const info = await t.identity.GetPluginInfo({});
     expect(info.name).toBe("berth.csi.local");
-    expect(info.vendor_version).not.toBe("");
+    expect(info.vendor_version).toBe(JSON.parse(readFileSync(join(import.meta.dirname, "..", "package.json"), "utf8")).version);
     expect(info.manifest["capacity-enforcement"]).toBe("loop-filesystem");
     const probe = await t.identity.Probe({});
     expect(probe.ready.value).toBe(true);
@@ -38,9 +39,21 @@ describe("socket", () => {
   it("refuses to start when a live server answers on the socket", async () => {
     await t.start();
     const running = t.running;
-    await expect(t.start()).rejects.toThrow(/another server is listening/);
+    await expect(t.start()).rejects.toThrow(/another CSI driver is already listening/);
     t.running = running;
     expect((await t.identity.GetPluginInfo({})).name).toBe("berth.csi.local");
+  });
+
+  it("refuses to start when a live server's backlog is full, and leaves its socket", async () => {
+    mkdirSync(dirname(t.socket), { recursive: true });
+    const server = await backloggedServer(t.socket);
+    try {
+      const ino = statSync(t.socket).ino;
+      await expect(t.start()).rejects.toThrow(/another CSI driver is already listening/);
+      expect(statSync(t.socket).ino).toBe(ino);
+    } finally {
+      server.kill("SIGKILL");
+    }
   });
 
   it("validates the driver name and the endpoint", async () => {

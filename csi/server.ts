@@ -1,7 +1,7 @@
 // `berth csi`: Identity, Controller and Node services on one gRPC unix socket.
-import { chmodSync, existsSync, lstatSync, unlinkSync } from "node:fs";
+import { chmodSync, unlinkSync } from "node:fs";
 import { createServer as createHttpServer, type Server as HttpServer } from "node:http";
-import { connect, createServer as createNetServer, type Server as NetServer } from "node:net";
+import { createServer as createNetServer, type Server as NetServer } from "node:net";
 import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -9,6 +9,9 @@ import * as grpc from "@grpc/grpc-js";
 import pino, { type Logger } from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
 import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
+import { waitForStopSignal } from "../native/signals.ts";
+import { claimSocketPath, SocketClaimError } from "../native/unix-socket.ts";
+import { BERTH_VERSION } from "../native/version.ts";
 import { BackingStore, canResizeExt4Online } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
 import type { Driver } from "./driver.ts";
@@ -28,7 +31,8 @@ import { loadCsiPackage } from "./proto/load.ts";
 import { reconcile } from "./reconcile.ts";
 import { VolumeStore } from "./state.ts";
 
-export const VENDOR_VERSION = "0.1.0";
+/** The version GetPluginInfo reports: berth's own. */
+export const VENDOR_VERSION = BERTH_VERSION;
 const DNS_LIKE = /^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$/;
 
 const NODE_CAPABILITIES: NodeRpcType[] = [
@@ -112,20 +116,14 @@ function makeConfiguredDirectory(what: string, path: string, mode: number): void
   }
 }
 
-/** Fails when a live server answers on the socket; removes a stale socket file. */
+/** Claims the socket path (claimSocketPath); a path taken is a ConfigError. */
 async function claimSocket(path: string): Promise<void> {
-  if (!existsSync(path)) return;
-  if (!lstatSync(path).isSocket()) throw new ConfigError(`${path} exists and is not a socket`);
-  const alive = await new Promise<boolean>((resolve) => {
-    const c = connect(path);
-    c.once("connect", () => {
-      c.destroy();
-      resolve(true);
-    });
-    c.once("error", () => resolve(false));
-  });
-  if (alive) throw new ConfigError(`another server is listening on ${path}`);
-  unlinkSync(path);
+  try {
+    await claimSocketPath(path, "CSI driver");
+  } catch (e) {
+    if (e instanceof SocketClaimError) throw new ConfigError(e.message);
+    throw e;
+  }
 }
 
 /**
@@ -481,10 +479,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
     process.stderr.write(`berth csi: ${(e as Error).message}\n`);
     return e instanceof ConfigError ? 2 : 1;
   }
-  const signal = await new Promise<string>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-  });
+  const signal = await waitForStopSignal();
   process.stderr.write(`berth csi: ${signal}, shutting down\n`);
   await driver.close();
   return 0;

@@ -15,6 +15,7 @@ import { hostname } from "node:os";
 import { join } from "node:path";
 import pino, { type Logger } from "pino";
 import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
+import { waitForStopSignal } from "../native/signals.ts";
 import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
 import { cidrContains, formatCidr, networkAddress } from "./cidr.ts";
 import { AGENT_USAGE, type AgentConfig, AgentConfigError, parseAgentConfig } from "./config.ts";
@@ -695,10 +696,7 @@ async function runUntilSignal(config: AgentConfig, soleUnnamedIsCni: boolean): P
   }
   for (const p of untakenListeners())
     agent.logger.warn({ fd: p.fd, name: p.name }, 'a passed socket berth does not serve (expected "cni" or "csi")');
-  const signal = await new Promise<string>((resolve) => {
-    process.once("SIGINT", () => resolve("SIGINT"));
-    process.once("SIGTERM", () => resolve("SIGTERM"));
-  });
+  const signal = await waitForStopSignal();
   agent.logger.info({ signal }, "stopping");
   await agent.stop();
   return 0;

@@ -1,10 +1,11 @@
 // The agent's HTTP API (fastify): health, readiness, Prometheus metrics and read-only state,
 // on a unix socket (and loopback TCP by option). Every route declares its response schema.
-import { chmodSync, lstatSync, mkdirSync, unlinkSync } from "node:fs";
+import { chmodSync, mkdirSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname } from "node:path";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Registry } from "prom-client";
+import { claimSocketPath } from "../native/unix-socket.ts";
 
 export interface LeaseView {
   subnet: string;
@@ -115,18 +116,17 @@ export function buildApi(view: AgentView, registry: Registry, logger: FastifyBas
   return app;
 }
 
-/** Listens on the unix socket (replacing a stale one) and, when asked, on TCP. Returns the closer. */
+/**
+ * Listens on the unix socket (replacing a stale one; a live agent's or a non-socket file is a
+ * SocketClaimError) and, when asked, on TCP. Returns the closer.
+ */
 export async function listenApi(
   app: FastifyInstance,
   socketPath: string,
   tcp?: { host: string; port: number },
 ): Promise<{ close(): Promise<void>; tcpPort?: number }> {
   mkdirSync(dirname(socketPath), { recursive: true });
-  try {
-    if (lstatSync(socketPath).isSocket()) unlinkSync(socketPath);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-  }
+  await claimSocketPath(socketPath, "berth agent API");
   await app.listen({ path: socketPath });
   chmodSync(socketPath, 0o660);
   if (!tcp) return { close: () => app.close() };

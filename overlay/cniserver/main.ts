@@ -9,6 +9,7 @@
 // that socket is served and --socket is not bound.
 import { parseArgs } from "node:util";
 import { ListenFdsError, type PassedListener, takeListener } from "../../native/listen-fds.ts";
+import { waitForStopSignal } from "../../native/signals.ts";
 import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
 
 /** Runs the server until SIGTERM/SIGINT; resolves with the exit code once it has closed. */
@@ -39,15 +40,11 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
     return 2;
   }
   process.stdout.write(`listening ${server.socketPath}\n`);
-  return new Promise((done) => {
-    const stop = () =>
-      server.close().then(
-        () => done(0),
-        () => done(1),
-      );
-    process.once("SIGTERM", stop);
-    process.once("SIGINT", stop);
-  });
+  await waitForStopSignal();
+  return server.close().then(
+    () => 0,
+    () => 1,
+  );
 }
 
 // Run directly (tsx): behave as `berth cni-server`.

@@ -451,7 +451,7 @@ async function invoke(
  */
 export function callerEnv(env: Record<string, string>, callerPid: number): Record<string, string> {
   const netns = env.CNI_NETNS;
-  if (!netns || !netns.startsWith("/") || callerPid <= 0 || callerPid === process.pid) return env;
+  if (!netns?.startsWith("/") || callerPid <= 0 || callerPid === process.pid) return env;
   try {
     const theirs = statSync(`/proc/${callerPid}/root/`);
     const ours = statSync("/");

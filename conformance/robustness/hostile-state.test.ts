@@ -5,6 +5,7 @@
 // on the fast-path socket that do not follow the protocol. Each case asserts the exit code, the
 // CNI code, no stack trace on stdout or stderr, and nothing left behind, read back from the
 // kernel (links on the host and in the container netns) and from the lease database.
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
@@ -253,6 +254,37 @@ for (const path of PATHS) {
       expect(existsSync(`/proc/${world.prefix}`)).toBe(false);
       // The fast-path server is still answering.
       expectOk(await world.run("VERSION", who, conf, {}, "berth-overlay"));
+    });
+
+    it("tuning: a dataDir under /proc, an allowlist that never ends or never opens: clean errors at once", async () => {
+      const conf = world.config(50);
+      const { ns, who } = attachment();
+      const add = await world.run("ADD", who, conf);
+      expectOk(add);
+      const fifo = join(world.dataDir, "allow-fifo");
+      execFileSync("mkfifo", [fifo]);
+      const tuning = (extra: Conf): Conf => ({
+        cniVersion: "1.1.0",
+        name: world.network,
+        type: "berth-tuning",
+        prevResult: add.json,
+        dataDir: join(world.dataDir, "tuning"),
+        ...extra,
+      });
+      const cases: [string, Conf][] = [
+        ["dataDir under /proc", { mac: "02:11:22:33:44:55", dataDir: `/proc/${world.prefix}/t` }],
+        ["allowlist /dev/zero", { sysctl: { "net.ipv4.conf.IFNAME.rp_filter": "1" }, sysctlAllowlist: "/dev/zero" }],
+        ["allowlist a FIFO", { sysctl: { "net.ipv4.conf.IFNAME.rp_filter": "1" }, sysctlAllowlist: fifo }],
+      ];
+      for (const [what, extra] of cases) {
+        const t0 = Date.now();
+        const o = await world.run("ADD", who, tuning(extra), {}, "berth-tuning");
+        expect(Date.now() - t0, what).toBeLessThan(20_000);
+        expectCniError(o, 5);
+      }
+      expect(existsSync(`/proc/${world.prefix}`)).toBe(false);
+      expectOk(await world.run("DEL", who, conf));
+      await expectGone(ns, who.containerId);
     });
 
     it("a lease database that cannot be read: DEL removes the links and reports code 5; GC is not 999", async () => {

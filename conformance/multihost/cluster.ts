@@ -384,6 +384,8 @@ export class KubeApiNode {
         "--service-account-issuer=https://kubernetes.default.svc",
         `--token-auth-file=${join(d, "tokens.csv")}`,
         "--authorization-mode=RBAC",
+        // as clusters set it (kubeadm, the kit): berth's DaemonSets are privileged
+        "--allow-privileged=true",
         "--service-cluster-ip-range=10.0.0.0/24",
         "--v=1",
       ],

@@ -1,7 +1,7 @@
 // How the agent's DEL takes a veth out of service (down, off its bridge, renamed bz<hex>) and
 // deletes it in the background, read back from the kernel.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { retireLinkIfPresent, takeOutOfService } from "../../cni/plugins/attachment.ts";
+import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../../cni/plugins/attachment.ts";
 import { type ScratchNetns, scratchNetns } from "../../native/netlink/scratch-netns.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
@@ -45,6 +45,18 @@ describe("takeOutOfService", () => {
       expect(ipJson(["link", "show", "dev", "h0"], pod.name)).toHaveLength(1);
     });
   }
+
+  it("with an alias, the retired link carries it (read back by ip and by the codec); deleteRetiredLinks finds it", async () => {
+    const nl = pod.rtnl;
+    nl.linkAdd({ kind: "veth", name: "h0", peer: { name: "c0" } });
+    const index = nl.linkIndex("h0");
+    await takeOutOfService(nl, index, { alias: retiredAlias("h0") });
+    expect(byIndex(index, pod.name)).toMatchObject({ ifalias: "berth-retired:h0" });
+    expect(nl.linkGet(index)?.alias).toBe("berth-retired:h0");
+    expect(await deleteRetiredLinks(nl, (was) => was === "other")).toBe(0);
+    expect(await deleteRetiredLinks(nl, (was) => was === "h0")).toBe(1);
+    expect(byIndex(index, pod.name)).toBeUndefined();
+  });
 
   it("a link that is gone is ENODEV (the DEL treats it as already removed)", async () => {
     await expect(takeOutOfService(pod.rtnl, 999_999)).rejects.toMatchObject({ code: "ENODEV" });

@@ -119,7 +119,7 @@ export async function bundle(
 ) {
   const tmp = `${file}.tmp${process.pid}`;
   // A plugin bundle carries better-sqlite3's JavaScript too (resolving and compiling its dozen
-  // files costs a cold start ~5 ms); its compiled addon is loaded by path (cni/ipam/store.ts).
+  // files would add to every cold start); its compiled addon is loaded by path (cni/ipam/store.ts).
   const external = lean ? ["bindings", "*.node"] : selfContained ? ["*.node"] : common.external;
   // Plugin bundles turn import() of a builtin into require(): boot.cjs compiles them with
   // vm.Script, where import() needs an experimental loader hook that a code cache drops.
@@ -157,7 +157,7 @@ export async function bundle(
     text = readFileSync(tmp, "utf8");
     // esbuild escapes non-ASCII text in code but keeps some comments as written. One em dash in
     // a comment makes the whole source a two-byte string for V8: a cold start then decodes and
-    // copies twice the bytes (~0.4 ms for the bridge bundle, measured). Escaped, it reads as Latin-1.
+    // copies twice the bytes. Escaped, it reads as Latin-1.
     if (lean) text = text.replace(/[^\x00-\x7f]/gu, (c) => `\\u{${c.codePointAt(0).toString(16)}}`);
     if (executable) text = `#!${process.execPath}\n${text.replace(/^#!.*\n/, "")}`;
     writeFileSync(tmp, text);

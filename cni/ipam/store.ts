@@ -131,7 +131,7 @@ let binding: object | null | undefined;
 
 /**
  * Set in bundles by scripts/bundle.mjs: better-sqlite3's compiled addon relative to the bundle,
- * so that a cold start skips resolving the package (~1.3 ms of Node's module resolution).
+ * so that a cold start skips resolving the package through Node's module resolution.
  */
 declare const __BERTH_SQLITE_ADDON__: string | undefined;
 
@@ -145,8 +145,8 @@ function sqliteBinding(): object | undefined {
     try {
       // bundledFile has checked that its path exists.
       const bundled = bundledFile(typeof __BERTH_SQLITE_ADDON__ === "string" ? __BERTH_SQLITE_ADDON__ : undefined);
-      // import.meta.resolve, not createRequire: node:module's first load costs ~0.4 ms (a bundle
-      // never gets here; its import.meta is empty).
+      // import.meta.resolve, not createRequire: loading node:module is not free on a cold start
+      // (a bundle never gets here; its import.meta is empty).
       const file =
         bundled ??
         join(
@@ -700,12 +700,12 @@ export class LeaseStore {
  * which the first connection to open the database rebuilds from the log with nothing counted as
  * checkpointed. Plugin processes on the cold path are each the only connection and exit with it
  * open (a clean close would checkpoint and delete the log): so each appends its commit to a log
- * that is never restarted, and each next opener's recovery reads all of it (~2.5 µs a frame
- * here: ~9 ms after 800 cold calls, and growing). A resident agent keeps the index, and its
- * checkpoints restart the log. So an opener that finds the log longer than WAL_TRUNCATE_BYTES
- * checkpoints it and truncates it to nothing: a ~1 ms step every ~12 cold calls, and every opener
- * reads at most ~60 frames. Best effort, without waiting: with another connection inside a
- * transaction it gives up at once, and a later opener does it.
+ * that is never restarted, and each next opener's recovery reads all of it, a cost that grows
+ * with every cold call. A resident agent keeps the index, and its checkpoints restart the log.
+ * So an opener that finds the log longer than WAL_TRUNCATE_BYTES checkpoints it and truncates
+ * it to nothing: an occasional short step that bounds what any opener reads (about 60 frames).
+ * Best effort, without waiting: with another connection inside a transaction it gives up at
+ * once, and a later opener does it.
  */
 function truncateLongWal(db: Database.Database, path: string, timeoutMs: number): void {
   let size: number;

@@ -13,8 +13,8 @@ import { addressOf, BUILT, CNI_DIR, World } from "./world.ts";
 const TRIALS = 36;
 
 /**
- * Where kills land: the real work (IPAM, netlink, nft) is a few ms after ~100 ms of Node
- * start-up. Each kill is random within [lo, hi]; a kill that found nothing done moves lo up, one
+ * Where kills land: the real work (IPAM, netlink, nft) is a short stretch after a much longer
+ * Node start-up. Each kill is random within [lo, hi]; a kill that found nothing done moves lo up, one
  * that came after the exit moves hi down, so the window closes in on the work itself.
  */
 class KillWindow {
@@ -77,7 +77,7 @@ describe.skipIf(!BUILT)("SIGKILL during ADD and DEL", () => {
       CNI_IFNAME: "eth0",
     });
 
-    // How long an undisturbed ADD and DEL take here: the kill windows start as 0-120% of that.
+    // An undisturbed ADD and DEL are timed first: the kill windows start as 0-120% of each.
     const t0 = Date.now();
     const probe = await world.run("ADD", who(0), conf);
     const addMs = Date.now() - t0;

@@ -18,8 +18,8 @@
  * connection after that point is reported as CNI error 11 (try again) and never retried on
  * the cold path. Wire format: protocol.h.
  *
- * Freestanding and static (rt.h, binding.gyp): no libc and no dynamic loader run per call.
- * Starting a static glibc program costs ~0.45 ms more here than starting this one.
+ * Freestanding and static (rt.h, binding.gyp): no libc and no dynamic loader run per call
+ * (rt.h says why).
  */
 #include "rt.h"
 #include "protocol.h"
@@ -450,7 +450,7 @@ __attribute__((noreturn)) static void fail_errno(const char *type, const char *w
  * named by BERTH_STATUS_FD) as the last thing Node does before it ends, after every 'exit'
  * listener, with the plugin's output written and Node's stdout and stderr closed, so a runtime
  * has everything it would have had. What is left is the kernel tearing down a ~40 MB Node
- * process (unmapping it: ~3 ms here), which no runtime needs to wait for. PR_SET_PDEATHSIG
+ * process (unmapping it takes milliseconds), which no runtime needs to wait for. PR_SET_PDEATHSIG
  * ties Node to this process: a runtime that kills the launcher (a timeout) kills the plugin,
  * as before. A Node that dies without sending its status (a signal, an abort, an uncaught
  * error) closes the pipe by dying: its status is then the wait4() result, a signal reproduced

@@ -2,11 +2,11 @@
  * The launcher's own freestanding runtime: process entry, raw Linux system calls (x86-64 and
  * arm64), the few string helpers the launcher needs and the stack protector's guard.
  *
- * Why not libc: a launcher runs once per CNI call, and a statically linked glibc spends
- * ~0.45 ms of this VM's ~0.9 ms fork-to-exit of an empty program before main (CPU feature
- * probing for its IFUNCs, each CPUID a VM exit; TLS, locale and stdio setup, page faults
- * across a 760 KiB image). Without it the same empty program takes ~0.4 ms. Only the Linux
- * UAPI headers and the compiler's freestanding headers are used; the build is
+ * Why not libc: a launcher runs once per CNI call, and a statically linked glibc does work
+ * before main that the launcher does not need (CPU feature probing for its IFUNCs, where each
+ * CPUID is a VM exit under a hypervisor; TLS, locale and stdio setup; page faults across a
+ * much larger image), about as much again as the rest of an empty program's fork-to-exit.
+ * Only the Linux UAPI headers and the compiler's freestanding headers are used; the build is
  * `-ffreestanding -nostdlib -static` (native/binding.gyp).
  *
  * System calls return the kernel's value: >= 0 on success, -errno on failure.

@@ -11,6 +11,7 @@ import {
   DEFAULT_DATA_DIR,
   findRange,
   HOST_LOCAL_KEYS,
+  hostLocalSchema,
   type HostLocalConfig,
   parseHostLocalConfig,
   type RangeSet,
@@ -94,6 +95,7 @@ function bareAddress(cidr: string): string | null {
 export const hostLocalPlugin: Plugin = {
   name: "berth-host-local",
   cniArgs: ["IP"],
+  schema: hostLocalSchema,
 
   async add(req: Request): Promise<Result> {
     const config = configOf(req);

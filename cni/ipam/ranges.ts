@@ -4,7 +4,7 @@
 // disjoint. Every error is code 7 and names the key that holds the bad value.
 import { isAbsolute } from "node:path";
 import { readSmallFile } from "../spec/files.ts";
-import { goFields } from "../spec/schema.ts";
+import { configSchema, field, goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type Route } from "../spec/types.ts";
 import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "./cidr.ts";
 
@@ -42,10 +42,40 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
-// host-local's keys, matched as its Go decoder matches them (see goFields).
-const RANGE_KEYS = ["subnet", "rangeStart", "rangeEnd", "gateway"];
-const ROUTE_KEYS = ["dst", "gw", "mtu", "advmss", "priority", "table", "scope"];
-export const HOST_LOCAL_KEYS = [...RANGE_KEYS, "ranges", "routes", "dataDir", "resolvConf"];
+// host-local's keys, declared for the configuration reference: the parsers below check the
+// values themselves; the schemas name the keys, which are matched as host-local's Go decoder
+// matches them (see goFields).
+const rangeFields = {
+  subnet: field.cidr().require().describe("The subnet addresses come from; /30 (IPv6 /126) or larger."),
+  rangeStart: field.ip().describe("First address to hand out (default: the subnet's first host)."),
+  rangeEnd: field.ip().describe("Last address to hand out (default: the last host; IPv4 broadcast excluded)."),
+  gateway: field.ip().describe("The gateway reported with the address (default: the subnet's first host)."),
+};
+/** A route in ipam.routes (host-local's and static's). */
+export const routeFields = {
+  dst: field.cidr().require().describe("Destination network; host bits are cleared."),
+  gw: field.ip().describe("Next hop (default: the interface's gateway)."),
+  mtu: field.int(0).describe("Route MTU."),
+  advmss: field.int(0).describe("Advertised TCP MSS."),
+  priority: field.int(0).describe("Route metric."),
+  table: field.int(0).describe("Routing table id."),
+  scope: field.int(0).describe("Route scope (0 universe, 253 link, 254 host)."),
+};
+export const hostLocalSchema = configSchema({
+  subnet: field.cidr().describe("Legacy single range (use ranges): its subnet."),
+  rangeStart: field.ip().describe("Legacy single range: its first address."),
+  rangeEnd: field.ip().describe("Legacy single range: its last address."),
+  gateway: field.ip().describe("Legacy single range: its gateway."),
+  ranges: field
+    .array(field.array(field.object(rangeFields)))
+    .describe("Range sets: each set yields one address (one set per family for dual-stack), its ranges tried in order."),
+  routes: field.array(field.object(routeFields)).describe("Routes returned with the addresses."),
+  dataDir: field.string().default(DEFAULT_DATA_DIR).describe("Directory of the lease database (ipam.db, SQLite)."),
+  resolvConf: field.string().describe("A resolv.conf whose nameserver, domain, search and options become the result's DNS."),
+});
+const RANGE_KEYS = Object.keys(rangeFields);
+const ROUTE_KEYS = Object.keys(routeFields);
+export const HOST_LOCAL_KEYS = Object.keys(hostLocalSchema.fields);
 
 function present(v: unknown): boolean {
   return v !== undefined && v !== null && v !== "";

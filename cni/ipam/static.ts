@@ -2,11 +2,11 @@
 // Sources, as in the reference static plugin: runtimeConfig.ips replaces ipam.addresses, else
 // args.cni.ips replaces them, else CNI_ARGS IP= adds to them; CNI_ARGS GATEWAY= fills the
 // gateway of every address of its family that has none.
-import { goFields } from "../spec/schema.ts";
+import { configSchema, field, goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
 import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
-import { parseRoutes } from "./ranges.ts";
+import { parseRoutes, routeFields } from "./ranges.ts";
 
 interface StaticAddress {
   address: IpPrefix;
@@ -17,10 +17,29 @@ function invalid(msg: string): CniError {
   return new CniError(ErrorCode.InvalidConfig, `invalid ipam config: ${msg}`);
 }
 
-// The reference static plugin's keys, matched as its Go decoder matches them (see goFields).
-const STATIC_KEYS = ["addresses", "routes", "dns"];
-const ADDRESS_KEYS = ["address", "gateway"];
-const DNS_KEYS = ["nameservers", "domain", "search", "options"];
+// The reference static plugin's keys, declared for the configuration reference: the parsers
+// below check the values; the schemas name the keys, which are matched as the reference's Go
+// decoder matches them (see goFields).
+const addressFields = {
+  address: field.cidr().require().describe("The address with its prefix length."),
+  gateway: field.ip().describe("Its gateway (CNI_ARGS GATEWAY= fills it when unset)."),
+};
+const dnsFields = {
+  nameservers: field.array(field.ip()).describe("DNS servers."),
+  domain: field.string().describe("Local domain."),
+  search: field.array(field.string()).describe("Search domains."),
+  options: field.array(field.string()).describe("resolver options."),
+};
+const schema = configSchema({
+  addresses: field
+    .array(field.object(addressFields))
+    .describe("The addresses to assign; runtimeConfig.ips or args.cni.ips replace them, CNI_ARGS IP= adds to them."),
+  routes: field.array(field.object(routeFields)).describe("Routes returned with the addresses."),
+  dns: field.object(dnsFields).describe("DNS settings returned in the result."),
+});
+const STATIC_KEYS = Object.keys(schema.fields);
+const ADDRESS_KEYS = Object.keys(addressFields);
+const DNS_KEYS = Object.keys(dnsFields);
 
 /** The ipam section with its keys matched to static's. */
 function ipamOf(req: Request): Record<string, unknown> {
@@ -137,6 +156,7 @@ function toIpConfig(a: StaticAddress): IpConfig {
 export const staticPlugin: Plugin = {
   name: "berth-static",
   cniArgs: ["IP", "GATEWAY"],
+  schema,
 
   async add(req: Request): Promise<Result> {
     const ipam = ipamOf(req);

@@ -29,6 +29,18 @@ function show(v: unknown): string {
 
 type Check<T> = (v: unknown, path: string) => T;
 
+/** What the configuration reference (docs/configuration.md, scripts/config-reference.ts) says of a key. */
+export interface FieldDoc {
+  /** The value in words: "boolean", "integer 68-65535", "string: an interface name". */
+  type: string;
+  /** One line: what the key does. */
+  description?: string;
+  /** A key berth adds: the reference plugin of the same kind has no such option. */
+  extension?: boolean;
+  /** A nested object's declared keys. */
+  fields?: Shape;
+}
+
 /** One declared key: how to check it, whether it must be present, its default. */
 export class Field<T, Present extends boolean = false> {
   /** Type-level only: whether the validated object always has this key. */
@@ -39,22 +51,35 @@ export class Field<T, Present extends boolean = false> {
     readonly required: boolean = false,
     readonly fallback: T | undefined = undefined,
     readonly unsupportedValues: readonly { value: unknown; reason: string }[] = [],
+    readonly doc: FieldDoc = { type: "any JSON value" },
   ) {}
 
   /** The key must be present (code 7 when missing). */
   require(): Field<T, true> {
-    return new Field<T, true>(this.check, true, undefined, this.unsupportedValues);
+    return new Field<T, true>(this.check, true, undefined, this.unsupportedValues, this.doc);
   }
 
   /** Used when the key is absent; the result type then always has the key. */
   default(value: T): Field<T, true> {
-    return new Field<T, true>(this.check, false, value, this.unsupportedValues);
+    return new Field<T, true>(this.check, false, value, this.unsupportedValues, this.doc);
   }
 
   /** A well-formed value the plugin refuses (code 2), e.g. a backend it does not implement. */
   unsupported(value: T, reason: string): Field<T, Present> {
-    return new Field<T, Present>(this.check, this.required, this.fallback, [...this.unsupportedValues, { value, reason }]);
+    const unsupported = [...this.unsupportedValues, { value, reason }];
+    return new Field<T, Present>(this.check, this.required, this.fallback, unsupported, this.doc);
   }
+
+  /** The key's line in the configuration reference; `extension` marks a key only berth has. */
+  describe(description: string, opts: { extension?: boolean } = {}): Field<T, Present> {
+    const doc = { ...this.doc, description, ...(opts.extension ? { extension: true } : {}) };
+    return new Field<T, Present>(this.check, this.required, this.fallback, this.unsupportedValues, doc);
+  }
+}
+
+/** An optional key checked by `check`, described as `type` in the configuration reference. */
+function typed<T>(type: string, check: Check<T>, fields?: Shape): Field<T> {
+  return new Field(check, false, undefined, [], fields ? { type, fields } : { type });
 }
 
 export type Shape = Record<string, Field<unknown, boolean>>;
@@ -184,7 +209,7 @@ function familyWord(f?: Family): string {
 /** Field constructors. */
 export const field = {
   string(opts: { oneOf?: readonly string[]; pattern?: RegExp; patternName?: string; nonEmpty?: boolean } = {}): Field<string> {
-    return new Field((v, path) => {
+    return typed(stringType(opts), (v, path) => {
       if (typeof v !== "string") invalid(path, "must be a string", v);
       if (opts.nonEmpty && v === "") invalid(path, "must not be empty", v);
       if (opts.oneOf && !opts.oneOf.includes(v)) invalid(path, `must be one of ${opts.oneOf.map((o) => `"${o}"`).join(", ")}`, v);
@@ -195,14 +220,14 @@ export const field = {
   },
 
   boolean(): Field<boolean> {
-    return new Field((v, path) => {
+    return typed("boolean", (v, path) => {
       if (typeof v !== "boolean") invalid(path, "must be true or false", v);
       return v;
     });
   },
 
   int(min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER): Field<number> {
-    return new Field((v, path) => {
+    return typed(rangeType("integer", min, max), (v, path) => {
       if (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)
         invalid(path, rangeText("an integer", min, max), v);
       return v;
@@ -210,7 +235,7 @@ export const field = {
   },
 
   number(min = -Infinity, max = Infinity): Field<number> {
-    return new Field((v, path) => {
+    return typed(rangeType("number", min, max), (v, path) => {
       if (typeof v !== "number" || !Number.isFinite(v) || v < min || v > max) invalid(path, rangeText("a number", min, max), v);
       return v;
     });
@@ -218,7 +243,7 @@ export const field = {
 
   /** "address/prefix"; the host bits may be set (as in an interface address). */
   cidr(family?: Family): Field<string> {
-    return new Field((v, path) => {
+    return typed(`${familyWord(family)}CIDR`, (v, path) => {
       const f = typeof v === "string" ? cidrFamily(v) : null;
       if (f === null || (family !== undefined && f !== family))
         invalid(path, `must be an ${familyWord(family)}address in CIDR notation`, v);
@@ -227,7 +252,7 @@ export const field = {
   },
 
   ip(family?: Family): Field<string> {
-    return new Field((v, path) => {
+    return typed(`${familyWord(family)}IP address`, (v, path) => {
       const f = typeof v === "string" ? ipFamily(v) : null;
       if (f === null || (family !== undefined && f !== family)) invalid(path, `must be an ${familyWord(family)}IP address`, v);
       return v as string;
@@ -235,38 +260,63 @@ export const field = {
   },
 
   mac(): Field<string> {
-    return new Field((v, path) => {
+    return typed("MAC address", (v, path) => {
       if (typeof v !== "string" || !isMac(v)) invalid(path, `must be a MAC address like "02:42:ac:11:00:02"`, v);
       return v;
     });
   },
 
   array<T>(items: Field<T, boolean>, opts: { minItems?: number; maxItems?: number } = {}): Field<T[]> {
-    return new Field((v, path) => {
-      if (!Array.isArray(v)) invalid(path, "must be an array", v);
-      if (opts.minItems !== undefined && v.length < opts.minItems)
-        invalid(path, `must have at least ${opts.minItems} item(s)`, v);
-      if (opts.maxItems !== undefined && v.length > opts.maxItems) invalid(path, `must have at most ${opts.maxItems} item(s)`, v);
-      return v.map((item, i) => checkValue(items, item, `${path}[${i}]`));
-    });
+    return typed(
+      `array of ${items.doc.type}`,
+      (v, path) => {
+        if (!Array.isArray(v)) invalid(path, "must be an array", v);
+        if (opts.minItems !== undefined && v.length < opts.minItems)
+          invalid(path, `must have at least ${opts.minItems} item(s)`, v);
+        if (opts.maxItems !== undefined && v.length > opts.maxItems)
+          invalid(path, `must have at most ${opts.maxItems} item(s)`, v);
+        return v.map((item, i) => checkValue(items, item, `${path}[${i}]`));
+      },
+      items.doc.fields,
+    );
   },
 
   /** A nested object with its own declared keys (undeclared ones are dropped from the result). */
   object<S extends Shape>(shape: S): Field<Infer<S>> {
-    return new Field((v, path) => {
-      if (!isObject(v)) invalid(path, "must be an object", v);
-      return checkShape(shape, v, `${path}.`);
-    });
+    return typed(
+      "object",
+      (v, path) => {
+        if (!isObject(v)) invalid(path, "must be an object", v);
+        return checkShape(shape, v, `${path}.`);
+      },
+      shape,
+    );
   },
 
   /** Any JSON object, unchecked inside (for pass-through sections such as a delegate's config). */
   anyObject(): Field<Record<string, unknown>> {
-    return new Field((v, path) => {
+    return typed("object", (v, path) => {
       if (!isObject(v)) invalid(path, "must be an object", v);
       return v;
     });
   },
 };
+
+function stringType(opts: { oneOf?: readonly string[]; pattern?: RegExp; patternName?: string; nonEmpty?: boolean }): string {
+  if (opts.oneOf) return `one of ${opts.oneOf.map((o) => `"${o}"`).join(", ")}`;
+  if (opts.pattern) return `string: ${opts.patternName ?? `matching ${opts.pattern}`}`;
+  return opts.nonEmpty ? "non-empty string" : "string";
+}
+
+/** "integer 68-65535", "integer ≥ 0", or the bare noun. */
+function rangeType(noun: string, min: number, max: number): string {
+  const lo = Number.isFinite(min) && min > Number.MIN_SAFE_INTEGER;
+  const hi = Number.isFinite(max) && max < Number.MAX_SAFE_INTEGER;
+  if (lo && hi) return `${noun} ${min}-${max}`;
+  if (lo) return `${noun} ≥ ${min}`;
+  if (hi) return `${noun} ≤ ${max}`;
+  return noun;
+}
 
 function rangeText(noun: string, min: number, max: number): string {
   const lo = Number.isFinite(min) && min > Number.MIN_SAFE_INTEGER;

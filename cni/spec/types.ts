@@ -2,6 +2,7 @@
 // function from a parsed Request to a Result (newest shape, 1.1.0): it never reads
 // process.env, stdin or stdout. The executable entry (cni/spec/entry.ts) and, later, the
 // agent's fast path do the I/O and the version conversion.
+import type { Shape } from "./schema.ts";
 
 /** Spec error codes (SPEC.md "Error" section) plus libcni's extras. */
 export const ErrorCode = {
@@ -135,6 +136,8 @@ export interface Plugin {
   name: string;
   /** CNI_ARGS keys this plugin reads (e.g. "IP", "MAC"); others are refused unless IgnoreUnknown=1. */
   cniArgs?: readonly string[];
+  /** The plugin's own config keys (an IPAM plugin's: its ipam section), for the configuration reference. */
+  schema?: { fields: Shape; rules: { exclusive?: readonly (readonly [string, string])[] } };
   add(req: Request): Promise<Result>;
   del(req: Request): Promise<void>;
   check(req: Request): Promise<void>;

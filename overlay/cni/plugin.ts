@@ -17,13 +17,22 @@ export const DEFAULT_RUN_DIR = "/run/berth";
 export const DEFAULT_DATA_DIR = "/var/lib/berth/overlay";
 
 const schema = configSchema({
-  runDir: field.string({ pattern: /^\//, patternName: "an absolute path" }).default(DEFAULT_RUN_DIR),
+  runDir: field
+    .string({ pattern: /^\//, patternName: "an absolute path" })
+    .default(DEFAULT_RUN_DIR)
+    .describe("The agent's run directory, where it writes this host's lease (overlay.json); same as berth agent --run-dir."),
   dataDir: field
     .string({ pattern: /^\/(?!.*(^|\/)\.\.(\/|$))/, patternName: "an absolute path without '..'" })
-    .default(DEFAULT_DATA_DIR),
-  bridge: field.string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name" }).default("berth0"),
-  ipMasq: field.boolean().default(false),
-  nftTable: field.string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" }),
+    .default(DEFAULT_DATA_DIR)
+    .describe("Where attachments are recorded and the IPAM leases (dataDir/ipam) are kept."),
+  bridge: field
+    .string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name" })
+    .default("berth0")
+    .describe("The host bridge pods attach to; it gets the gateway of the host's subnet."),
+  ipMasq: field.boolean().default(false).describe("Masquerade pod traffic leaving the pod subnet (as berth-bridge's ipMasq)."),
+  nftTable: field
+    .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
+    .describe("The nftables table for masquerade rules (default: berth-bridge's, berth)."),
 });
 
 function readRuntime(runDir: string, command: string): OverlayRuntime {
@@ -167,4 +176,4 @@ async function status(req: Request): Promise<void> {
   await bridgePlugin.status!(withConfig(req, bridgeConfigFor(req, runtime)));
 }
 
-export const overlayPlugin: Plugin = { name: "berth-overlay", cniArgs: ["IP", "MAC"], add, del, check, gc, status };
+export const overlayPlugin: Plugin = { name: "berth-overlay", cniArgs: ["IP", "MAC"], schema, add, del, check, gc, status };

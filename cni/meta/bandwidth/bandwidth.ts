@@ -27,16 +27,20 @@ const FILTER_PRIO = 1;
 const MAX_BURST_BITS = 0xffffffff * 8;
 
 const rateFields = {
-  ingressRate: field.int(0),
-  ingressBurst: field.int(0, MAX_BURST_BITS),
-  egressRate: field.int(0),
-  egressBurst: field.int(0, MAX_BURST_BITS),
+  ingressRate: field.int(0).describe("Rate limit of traffic to the container, in bits/s (needs ingressBurst)."),
+  ingressBurst: field.int(0, MAX_BURST_BITS).describe("Bucket size of the ingress limit, in bits."),
+  egressRate: field.int(0).describe("Rate limit of traffic from the container, in bits/s (needs egressBurst)."),
+  egressBurst: field.int(0, MAX_BURST_BITS).describe("Bucket size of the egress limit, in bits."),
 };
 
 const schema = configSchema({
   ...rateFields,
-  /** berth extension: IFB name prefix (the name is prefix + hashes, 15 bytes in all). */
-  ifbPrefix: field.string({ pattern: /^[a-z][a-z0-9]{0,8}$/, patternName: "1-9 lowercase letters and digits" }).default("bwp"),
+  ifbPrefix: field
+    .string({ pattern: /^[a-z][a-z0-9]{0,8}$/, patternName: "1-9 lowercase letters and digits" })
+    .default("bwp")
+    .describe("Name prefix of the IFB device that carries egress shaping (prefix + hashes, 15 bytes).", {
+      extension: true,
+    }),
 });
 const runtimeSchema = configSchema(rateFields);
 
@@ -377,6 +381,7 @@ async function gc(req: Request): Promise<void> {
 
 export const bandwidthPlugin: Plugin = {
   name: "berth-bandwidth",
+  schema,
   add,
   del,
   check,

@@ -14,15 +14,19 @@ const schema = configSchema({
   backend: field
     .string({ oneOf: ["nftables", "iptables", "firewalld"] })
     .unsupported("iptables", "berth uses nftables only")
-    .unsupported("firewalld", "berth uses nftables only"),
-  ingressPolicy: field.string({ oneOf: ["open", "same-bridge", "isolated"] }).default("open"),
+    .unsupported("firewalld", "berth uses nftables only")
+    .describe("Firewall backend; berth implements nftables only."),
+  ingressPolicy: field
+    .string({ oneOf: ["open", "same-bridge", "isolated"] })
+    .default("open")
+    .describe("Who may reach the container: anyone, only its own bridge, or no other container."),
   // Reference knobs for the iptables/firewalld backends: accepted, meaningless here.
-  iptablesAdminChainName: field.string(),
-  firewalldZone: field.string(),
-  /** berth extension: the nftables table. */
+  iptablesAdminChainName: field.string().describe("iptables backend's admin chain; accepted and ignored."),
+  firewalldZone: field.string().describe("firewalld backend's zone; accepted and ignored."),
   nftTable: field
     .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
-    .default(DEFAULT_TABLE),
+    .default(DEFAULT_TABLE)
+    .describe("The nftables table (inet family) for forward and isolation rules.", { extension: true }),
 });
 
 type FirewallConf = Infer<typeof schema.fields> & { ingressPolicy: IngressPolicy };
@@ -86,6 +90,7 @@ async function gc(req: Request): Promise<void> {
 
 export const firewallPlugin: Plugin = {
   name: "berth-firewall",
+  schema,
   add,
   del,
   check,

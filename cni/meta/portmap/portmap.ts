@@ -27,18 +27,24 @@ import { containerAddresses, hostInterfaces, requirePrevResult } from "../chaine
 export const PORT_IN_USE = 120;
 
 const schema = configSchema({
-  snat: field.boolean().default(true),
-  masqAll: field.boolean().default(false),
-  backend: field.string({ oneOf: ["nftables", "iptables"] }).unsupported("iptables", "berth uses nftables only"),
+  snat: field
+    .boolean()
+    .default(true)
+    .describe("Masquerade connections to a host port from the host itself (127.0.0.0/8), so hairpin replies return."),
+  masqAll: field.boolean().default(false).describe("Masquerade every forwarded connection, not only those from localhost."),
+  backend: field
+    .string({ oneOf: ["nftables", "iptables"] })
+    .unsupported("iptables", "berth uses nftables only")
+    .describe("Rule backend; berth implements nftables only."),
   // iptables-backend knobs: meaningless for map-based rules; accepted when they ask for nothing.
-  markMasqBit: field.int(0, 31),
-  externalSetMarkChain: field.string(),
-  conditionsV4: field.array(field.string()),
-  conditionsV6: field.array(field.string()),
-  /** berth extension: the nftables table. */
+  markMasqBit: field.int(0, 31).describe("iptables backend's masquerade mark bit; accepted and ignored."),
+  externalSetMarkChain: field.string().describe("iptables backend's mark chain; refused when set (code 2)."),
+  conditionsV4: field.array(field.string()).describe("iptables match arguments; only an empty list is accepted."),
+  conditionsV6: field.array(field.string()).describe("iptables match arguments; only an empty list is accepted."),
   nftTable: field
     .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
-    .default(DEFAULT_TABLE),
+    .default(DEFAULT_TABLE)
+    .describe("The nftables table (inet family) for port forwarding maps.", { extension: true }),
 });
 
 type PortmapConf = Infer<typeof schema.fields>;
@@ -246,6 +252,7 @@ async function gc(req: Request): Promise<void> {
 
 export const portmapPlugin: Plugin = {
   name: "berth-portmap",
+  schema,
   add,
   del,
   check,

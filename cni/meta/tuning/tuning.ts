@@ -27,20 +27,28 @@ const sysctlValue = new Field<string>((v, path) => {
 
 /** Keys that may appear both in the config and in args.cni (the override wins). */
 const linkFields = {
-  mac: field.mac(),
-  mtu: field.int(68, 65535),
-  promisc: field.boolean(),
-  allmulti: field.boolean(),
-  txQLen: field.int(0, 0xffffffff),
+  mac: field.mac().describe("Set the container interface's MAC."),
+  mtu: field.int(68, 65535).describe("Set the container interface's MTU."),
+  promisc: field.boolean().describe("Turn promiscuous mode on or off."),
+  allmulti: field.boolean().describe("Turn all-multicast mode on or off."),
+  txQLen: field.int(0, 0xffffffff).describe("Set the transmit queue length."),
 };
 
 const schema = configSchema({
   ...linkFields,
-  sysctl: field.anyObject(),
-  /** berth extension: where link backups live (default /run/berth/tuning). */
-  dataDir: field.string({ nonEmpty: true }).default(DEFAULT_DATA_DIR),
-  /** berth extension: the sysctl allowlist file (default the reference's path). */
-  sysctlAllowlist: field.string({ nonEmpty: true }).default(DEFAULT_ALLOWLIST),
+  sysctl: field
+    .anyObject()
+    .describe('net.* sysctls set in the container\'s namespace, e.g. {"net.ipv4.conf.IFNAME.arp_filter": "1"}.'),
+  dataDir: field
+    .string({ nonEmpty: true })
+    .default(DEFAULT_DATA_DIR)
+    .describe("Where the link's settings are saved before the first change (DEL puts them back).", { extension: true }),
+  sysctlAllowlist: field
+    .string({ nonEmpty: true })
+    .default(DEFAULT_ALLOWLIST)
+    .describe("File of regexes a sysctl must match (one a line); no file allows every net.* sysctl.", {
+      extension: true,
+    }),
 });
 
 const overrideSchema = configSchema({ ...linkFields, sysctl: field.anyObject() });
@@ -354,6 +362,7 @@ async function gc(req: Request): Promise<void> {
 export const tuningPlugin: Plugin = {
   name: "berth-tuning",
   cniArgs: ["MAC"],
+  schema,
   add,
   del,
   check,

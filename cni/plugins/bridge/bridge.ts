@@ -49,25 +49,52 @@ const schema = configSchema(
   {
     bridge: field
       .string({ pattern: /^[A-Za-z0-9_.-]{1,15}$/, patternName: "an interface name of 1-15 characters" })
-      .default("cni0"),
-    isGateway: field.boolean().default(false),
-    isDefaultGateway: field.boolean().default(false),
-    forceAddress: field.boolean().default(false),
-    ipMasq: field.boolean().default(false),
-    ipMasqBackend: field.string({ oneOf: ["nftables", "iptables"] }).unsupported("iptables", "berth uses nftables only"),
-    mtu: field.int(68, 65535),
-    hairpinMode: field.boolean().default(false),
-    promiscMode: field.boolean().default(false),
-    vlan: field.int(0, 4094),
-    preserveDefaultVlan: field.boolean().default(true),
-    macspoofchk: field.boolean().default(false),
-    enabledad: field.boolean().default(false),
-    disableContainerInterface: field.boolean().default(false),
-    portIsolation: field.boolean().default(false),
-    /** berth extension: the nftables table for masquerade and spoof-check rules. */
+      .default("cni0")
+      .describe("The host bridge the container's veth is attached to; created when missing."),
+    isGateway: field
+      .boolean()
+      .default(false)
+      .describe("Give the bridge the IPAM gateway address (first host of the subnet when IPAM names none)."),
+    isDefaultGateway: field
+      .boolean()
+      .default(false)
+      .describe("Also route the container's default route through the bridge; implies isGateway."),
+    forceAddress: field
+      .boolean()
+      .default(false)
+      .describe("Replace a bridge address in the same subnet that differs from the gateway, instead of failing."),
+    ipMasq: field
+      .boolean()
+      .default(false)
+      .describe("Masquerade traffic from the container's addresses to destinations outside its subnet."),
+    ipMasqBackend: field
+      .string({ oneOf: ["nftables", "iptables"] })
+      .unsupported("iptables", "berth uses nftables only")
+      .describe("Backend for ipMasq; berth implements nftables only."),
+    mtu: field.int(68, 65535).describe("MTU of the bridge and the veth pair (default: the kernel's, 1500)."),
+    hairpinMode: field
+      .boolean()
+      .default(false)
+      .describe("Hairpin mode on the container's bridge port: traffic may leave and re-enter it."),
+    promiscMode: field.boolean().default(false).describe("Put the bridge in promiscuous mode (not with hairpinMode)."),
+    vlan: field
+      .int(0, 4094)
+      .describe("VLAN id of the container's bridge port (untagged, PVID); turns on VLAN filtering. Not with isGateway."),
+    preserveDefaultVlan: field.boolean().default(true).describe("With vlan, keep the port in the default VLAN 1 as well."),
+    macspoofchk: field
+      .boolean()
+      .default(false)
+      .describe("Drop frames from the container whose source MAC is not its interface's (nftables)."),
+    enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
+    disableContainerInterface: field.boolean().default(false).describe("Leave the container's interface down (needs no ipam)."),
+    portIsolation: field
+      .boolean()
+      .default(false)
+      .describe("Isolate the container's bridge port: isolated ports cannot reach each other."),
     nftTable: field
       .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
-      .default(DEFAULT_TABLE),
+      .default(DEFAULT_TABLE)
+      .describe("The nftables table (inet family) for masquerade and spoof-check rules.", { extension: true }),
   },
   { exclusive: [["hairpinMode", "promiscMode"]] },
 );
@@ -375,6 +402,7 @@ async function status(req: Request): Promise<void> {
 export const bridgePlugin: Plugin = {
   name: "berth-bridge",
   cniArgs: ["IP", "MAC"],
+  schema,
   add,
   del,
   check,

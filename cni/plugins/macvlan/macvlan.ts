@@ -19,12 +19,21 @@ import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ip
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 const schema = configSchema({
-  master: field.string({ pattern: /^[A-Za-z0-9_.@-]{1,15}$/, patternName: "an interface name" }),
-  mode: field.string({ oneOf: ["bridge", "private", "vepa", "passthru"] }).default("bridge"),
-  mtu: field.int(68, 65535),
-  mac: field.mac(),
-  linkInContainer: field.boolean().default(false).unsupported(true, "the master must be a host interface"),
-  enabledad: field.boolean().default(false),
+  master: field
+    .string({ pattern: /^[A-Za-z0-9_.@-]{1,15}$/, patternName: "an interface name" })
+    .describe("The host interface the macvlan hangs off (default: the interface of the host's IPv4 default route)."),
+  mode: field
+    .string({ oneOf: ["bridge", "private", "vepa", "passthru"] })
+    .default("bridge")
+    .describe("macvlan mode: how containers on the same master reach each other."),
+  mtu: field.int(68, 65535).describe("MTU of the container's interface (default: the master's)."),
+  mac: field.mac().describe("MAC of the container's interface (runtimeConfig.mac and CNI_ARGS MAC win over it)."),
+  linkInContainer: field
+    .boolean()
+    .default(false)
+    .unsupported(true, "the master must be a host interface")
+    .describe("Whether master lives in the container's namespace; berth supports only a host master."),
+  enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
 });
 
 /** The interface of the host's default route: the reference plugin's default master. */
@@ -156,4 +165,4 @@ async function status(req: Request): Promise<void> {
   if (ipamType(req)) await ipamStatus(req);
 }
 
-export const macvlanPlugin: Plugin = { name: "berth-macvlan", cniArgs: ["IP", "MAC"], add, del, check, gc, status };
+export const macvlanPlugin: Plugin = { name: "berth-macvlan", cniArgs: ["IP", "MAC"], schema, add, del, check, gc, status };

@@ -45,14 +45,21 @@ import {
 } from "../sandbox.ts";
 
 const schema = configSchema({
-  ipMasq: field.boolean().default(false),
-  ipMasqBackend: field.string({ oneOf: ["nftables", "iptables"] }).unsupported("iptables", "berth uses nftables only"),
-  mtu: field.int(68, 65535),
-  enabledad: field.boolean().default(false),
-  ipam: field.anyObject().require(),
+  ipMasq: field
+    .boolean()
+    .default(false)
+    .describe("Masquerade traffic from the container's addresses to destinations outside its subnet."),
+  ipMasqBackend: field
+    .string({ oneOf: ["nftables", "iptables"] })
+    .unsupported("iptables", "berth uses nftables only")
+    .describe("Backend for ipMasq; berth implements nftables only."),
+  mtu: field.int(68, 65535).describe("MTU of the veth pair (default: the kernel's, 1500)."),
+  enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
+  ipam: field.anyObject().require().describe("The IPAM plugin and its options; ptp routes each address through the host."),
   nftTable: field
     .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
-    .default(DEFAULT_TABLE),
+    .default(DEFAULT_TABLE)
+    .describe("The nftables table (inet family) for masquerade rules.", { extension: true }),
 });
 
 function hostName(req: Request): string {
@@ -245,4 +252,4 @@ async function status(req: Request): Promise<void> {
   await ipamStatus(req);
 }
 
-export const ptpPlugin: Plugin = { name: "berth-ptp", cniArgs: ["IP", "MAC"], add, del, check, gc, status };
+export const ptpPlugin: Plugin = { name: "berth-ptp", cniArgs: ["IP", "MAC"], schema, add, del, check, gc, status };

@@ -11,8 +11,8 @@ import {
   DEFAULT_DATA_DIR,
   findRange,
   HOST_LOCAL_KEYS,
-  hostLocalSchema,
   type HostLocalConfig,
+  hostLocalSchema,
   parseHostLocalConfig,
   type RangeSet,
 } from "./ranges.ts";

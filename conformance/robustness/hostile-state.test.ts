@@ -126,7 +126,7 @@ for (const path of PATHS) {
       });
     }
 
-    it("overlay: a runtime file that is partial, of the wrong shape or not JSON is 'not ready', never a crash", async () => {
+    it("overlay: a runtime file that is missing, partial, of the wrong shape, not JSON, not a regular file or too big is 'not ready', never a crash", async () => {
       const runDir = join(world.dataDir, "run");
       mkdirSync(runDir, { recursive: true });
       const overlayConf: Conf = {
@@ -139,7 +139,14 @@ for (const path of PATHS) {
         nftTable: world.table,
       };
       const subnet = world.subnet;
-      const files: [string, string][] = [
+      const file = join(runDir, "overlay.json");
+      const big = JSON.stringify({ ready: true, subnet, subnets: [subnet], networks: [subnet], pad: "x".repeat(1 << 20) });
+      const files: [string, string | (() => void)][] = [
+        ["missing", () => {}],
+        ["a directory", () => mkdirSync(file)],
+        ["a FIFO without a writer", () => execFileSync("mkfifo", [file])],
+        ["a symlink to /dev/zero", () => execFileSync("ln", ["-s", "/dev/zero", file])],
+        ["1 MiB", big],
         ["partial (no subnets/networks)", JSON.stringify({ ready: true, subnet })],
         ["subnets not an array", JSON.stringify({ ready: true, subnet, subnets: subnet, networks: [subnet] })],
         ["subnets of numbers", JSON.stringify({ ready: true, subnet, subnets: [42], networks: [subnet] })],
@@ -154,8 +161,10 @@ for (const path of PATHS) {
         ["binary", "\u0000\u0001\u0002\ufffd"],
       ];
       const { ns, who } = attachment();
-      for (const [what, text] of files) {
-        writeFileSync(join(runDir, "overlay.json"), text);
+      for (const [what, make] of files) {
+        rmSync(file, { recursive: true, force: true });
+        if (typeof make === "string") writeFileSync(file, make);
+        else make();
         const add = await world.run("ADD", who, overlayConf, {}, "berth-overlay");
         expect(add.stdout, what).not.toMatch(/internal error/);
         expectCniError(add, 11);

@@ -10,6 +10,18 @@ import { runUp } from "../overlay/agent.ts";
 
 export const DEFAULT_CSI_ENDPOINT = "unix:///run/berth/csi.sock";
 
+const UP_USAGE = `usage: berth up [--no-csi] [--csi-endpoint URL] [--csi-dir DIR] [--docker [--docker-socket PATH]] [agent flags]
+
+Runs the overlay agent on the embedded store plus the CSI driver (and the Docker plugin) in the
+foreground; Ctrl-C stops them. Every flag not listed here goes to the agent (below).
+  --no-csi              leave the CSI driver out
+  --csi-endpoint URL    the CSI driver's socket (default $CSI_ENDPOINT, else ${DEFAULT_CSI_ENDPOINT})
+  --csi-dir DIR         volumes under DIR/volumes, their state in DIR (default /var/lib/berth/csi)
+  --docker              also serve the Docker plugin API over the same volume state
+  --docker-socket PATH  the Docker plugin's socket (default /run/docker/plugins/berth.sock)
+
+`;
+
 interface UpArgs {
   csi: boolean;
   csiEndpoint: string;
@@ -46,9 +58,7 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
     return 2;
   }
   if (up.agentArgs.includes("--help") || up.agentArgs.includes("-h")) {
-    process.stdout.write(
-      "berth up [--no-csi] [--csi-endpoint URL] [--csi-dir DIR] [--docker [--docker-socket PATH]] [agent flags]: the agent on the embedded store plus the CSI driver (and the Docker plugin)\n",
-    );
+    process.stdout.write(UP_USAGE);
     return runUp(up.agentArgs);
   }
   let csi: { close(): Promise<void> } | undefined;

@@ -46,7 +46,11 @@ export const DEFAULT_SIZE = 1 * GiB;
 const ALIGN = 4096;
 // Keys the CO's provisioner may add; they carry no meaning for the volume.
 const CO_PARAMETER_PREFIX = "csi.storage.k8s.io/";
-const KNOWN_PARAMETERS = new Set(["kind"]);
+/** The StorageClass (CreateVolume) parameters berth reads, with their line in the configuration reference. */
+export const VOLUME_PARAMETERS: Readonly<Record<string, string>> = {
+  kind: '"dir" (default): a directory, bind-mounted, mount access only; "block": a sparse file on a loop device, raw block or formatted with the capability\'s fsType (default ext4)',
+};
+const KNOWN_PARAMETERS = new Set(Object.keys(VOLUME_PARAMETERS));
 
 interface VolumeShape {
   kind: VolumeKind;
@@ -67,7 +71,8 @@ export function volumeShape(caps: Capability[], rawParameters: Record<string, st
   const parameters: Record<string, string> = {};
   for (const [k, v] of Object.entries(rawParameters)) {
     if (k.startsWith(CO_PARAMETER_PREFIX)) continue;
-    if (!KNOWN_PARAMETERS.has(k)) throw invalidArgument(`unknown parameter ${JSON.stringify(k)} (known: kind)`);
+    if (!KNOWN_PARAMETERS.has(k))
+      throw invalidArgument(`unknown parameter ${JSON.stringify(k)} (known: ${[...KNOWN_PARAMETERS].join(", ")})`);
     parameters[k] = v;
   }
   const kind = parseKind(parameters);

@@ -416,7 +416,17 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
 
 const USAGE = `usage: berth csi [--endpoint unix:///path/csi.sock] [--node-id ID] [--driver-name NAME]
                  [--data-dir DIR] [--state-dir DIR] [--mode controller|node|both]
-                 [--metrics-listen HOST:PORT] [--enable-alpha-capabilities]`;
+                 [--metrics-listen HOST:PORT] [--enable-alpha-capabilities]
+
+  --endpoint URL          the gRPC socket (default $CSI_ENDPOINT; a socket passed by a service
+                          manager as "csi" is served instead)
+  --node-id ID            this node's id in NodeGetInfo and topology (default: the host name)
+  --driver-name NAME      the driver's name in GetPluginInfo (default berth.csi.local)
+  --data-dir DIR          volume files and directories (default /var/lib/berth/csi/volumes)
+  --state-dir DIR         the volume database csi.db (default /var/lib/berth/csi)
+  --mode MODE             controller, node or both services (default both)
+  --metrics-listen HOST:PORT  serve Prometheus metrics over HTTP at /metrics
+  --enable-alpha-capabilities  also advertise alpha controller capabilities (GET_SNAPSHOT)`;
 
 /** `berth csi ...`: runs until SIGINT/SIGTERM; returns the exit code. */
 export async function runCsiCommand(argv: string[]): Promise<number> {

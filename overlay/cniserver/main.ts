@@ -12,6 +12,14 @@ import { ListenFdsError, type PassedListener, takeListener } from "../../native/
 import { waitForStopSignal } from "../../native/signals.ts";
 import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
 
+const USAGE = `usage: berth cni-server [--socket PATH] [--quiet]
+
+Serves the berth-* plugin launchers' fast path without the overlay agent.
+  --socket PATH   the socket the launchers connect to (default ${DEFAULT_CNI_SOCKET}); a listening
+                  socket passed by a service manager as "cni" is served instead
+  --quiet         no log lines on stderr (start-up, refused callers, failed connections)
+`;
+
 /** Runs the server until SIGTERM/SIGINT; resolves with the exit code once it has closed. */
 export async function runCniServerCommand(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -24,9 +32,7 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
     strict: true,
   });
   if (values.help) {
-    process.stdout.write(
-      'usage: berth cni-server [--socket PATH] [--quiet]\n(a listening socket passed by a service manager as "cni" is served instead of --socket)\n',
-    );
+    process.stdout.write(USAGE);
     return 0;
   }
   const log = values.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);

@@ -69,7 +69,6 @@ export interface Addon {
   nlTransact(fd: number, request: Buffer): Buffer;
   nlTransactAsync(fd: number, request: Buffer): Promise<Buffer>;
   nlRecv(fd: number): Buffer | null;
-  nlAddMembership(fd: number, group: number): void;
   FdWatcher: new (fd: number, onReadable: (status: number) => void) => FdWatcher;
   unixListen(path: string, backlog: number): number;
   unixAccept(listenFd: number, maxBytes: number): AcceptedConnection[];
@@ -91,7 +90,6 @@ export interface Addon {
   ficlone(destFd: number, srcFd: number): void;
   /** FIFREEZE (freeze = true) or FITHAW on the filesystem holding fd, on the thread pool. */
   fsFreeze(fd: number, freeze: boolean): Promise<void>;
-  flock(fd: number, operation: number): boolean;
   /** Copies only the data extents of srcFd into dstFd (holes stay holes), on the thread pool. */
   copyDataExtents(srcFd: number, dstFd: number): Promise<{ size: number; copiedBytes: number }>;
   /** Q_GETINFO via quotactl_fd for the filesystem holding path; type 0 user, 1 group, 2 project; null when not enabled. */

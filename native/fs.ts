@@ -1,8 +1,6 @@
-// File and filesystem operations for volume back ends: capacity (statfs), preallocation and
-// hole punching, reflink clones with a caller-side fallback, sparse copies, filesystem
-// freeze/thaw, and flock locks.
+// File and filesystem operations for volume back ends: capacity (statfs), preallocation,
+// reflink clones with a caller-side fallback, sparse copies and filesystem freeze/thaw.
 import { closeSync, constants, fstatSync, openSync, unlinkSync } from "node:fs";
-import { setTimeout as sleep } from "node:timers/promises";
 import { addon, isSysError } from "./addon.ts";
 
 /** A filesystem operation failure; `code` is the errno name. */
@@ -61,9 +59,6 @@ export function statFs(path: string): FilesystemStats {
   };
 }
 
-const FALLOC_FL_KEEP_SIZE = 0x1;
-const FALLOC_FL_PUNCH_HOLE = 0x2;
-
 function checkRange(offset: number, length: number): void {
   if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length <= 0) {
     throw new FsError(`invalid range offset=${offset} length=${length}`, "EINVAL");
@@ -77,16 +72,6 @@ export function allocate(fd: number, offset: number, length: number): void {
     addon().fallocate(fd, 0, offset, length);
   } catch (e) {
     fsError(e, `fallocate ${length} bytes at ${offset}`);
-  }
-}
-
-/** Frees the blocks of [offset, offset+length) without changing the file size (reads return zeros). */
-export function punchHole(fd: number, offset: number, length: number): void {
-  checkRange(offset, length);
-  try {
-    addon().fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
-  } catch (e) {
-    fsError(e, `punch hole of ${length} bytes at ${offset}`);
   }
 }
 
@@ -254,92 +239,4 @@ export async function withFrozenFilesystems<T>(paths: string[], fn: () => Promis
   }
   if (failure !== undefined) throw failure;
   return result as T;
-}
-
-const LOCK_SH = 1;
-const LOCK_EX = 2;
-const LOCK_NB = 4;
-const LOCK_UN = 8;
-
-export type LockMode = "shared" | "exclusive";
-
-/** A held flock lock; release() unlocks and closes (safe to call twice). */
-export interface FileLock {
-  readonly path: string;
-  readonly mode: LockMode;
-  release(): void;
-}
-
-function openLockFile(path: string): number {
-  try {
-    return openSync(path, constants.O_RDWR | constants.O_CREAT, 0o600);
-  } catch (e) {
-    fsError(e, `open lock file ${path}`, path);
-  }
-}
-
-function heldLock(fd: number, path: string, mode: LockMode): FileLock {
-  let open = true;
-  return {
-    path,
-    mode,
-    release() {
-      if (!open) return;
-      open = false;
-      try {
-        addon().flock(fd, LOCK_UN);
-      } finally {
-        closeSync(fd);
-      }
-    },
-  };
-}
-
-/** Takes the lock without waiting; null when another holder has a conflicting lock. */
-export function tryFileLock(path: string, mode: LockMode): FileLock | null {
-  const fd = openLockFile(path);
-  let got = false;
-  try {
-    got = addon().flock(fd, (mode === "shared" ? LOCK_SH : LOCK_EX) | LOCK_NB);
-  } catch (e) {
-    closeSync(fd);
-    fsError(e, `flock ${path}`, path);
-  }
-  if (!got) {
-    closeSync(fd);
-    return null;
-  }
-  return heldLock(fd, path, mode);
-}
-
-export interface LockWaitOptions {
-  /** Give up after this many milliseconds with an FsError code "ETIMEDOUT"; default: wait forever. */
-  timeoutMs?: number;
-}
-
-/**
- * Runs `fn` while holding a flock lock on `path` (created 0600). Waiting polls with LOCK_NB
- * and backs off, because a blocking flock would freeze the event loop (or pin a pool thread).
- */
-export async function withFileLock<T>(
-  path: string,
-  mode: LockMode,
-  fn: () => T | Promise<T>,
-  options: LockWaitOptions = {},
-): Promise<T> {
-  const deadline = options.timeoutMs === undefined ? Number.POSITIVE_INFINITY : Date.now() + options.timeoutMs;
-  let delay = 1;
-  let lock = tryFileLock(path, mode);
-  while (!lock) {
-    if (Date.now() >= deadline)
-      throw new FsError(`timed out after ${options.timeoutMs} ms waiting for ${mode} lock on ${path}`, "ETIMEDOUT", path);
-    await sleep(Math.min(delay, Math.max(1, deadline - Date.now())));
-    delay = Math.min(delay * 2, 50);
-    lock = tryFileLock(path, mode);
-  }
-  try {
-    return await fn();
-  } finally {
-    lock.release();
-  }
 }

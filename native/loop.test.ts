@@ -1,8 +1,8 @@
 import { closeSync, openSync, renameSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { sh } from "../testing/kernel.ts";
-import { makeScratch, type Scratch } from "../testing/storage.ts";
-import { attachLoop, detachLoop, findLoopForFile, LoopError, listLoops, loopStatus, refreshLoopCapacity } from "./loop.ts";
+import { findLoopForFile, makeScratch, type Scratch } from "../testing/storage.ts";
+import { attachLoop, detachLoop, LoopError, listLoops, loopStatus, refreshLoopCapacity } from "./loop.ts";
 
 interface LosetupEntry {
   name: string;

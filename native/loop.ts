@@ -147,21 +147,6 @@ export function listLoops(): LoopDevice[] {
   return loops.sort((a, b) => a.number - b.number);
 }
 
-/**
- * The loop device backed by `file`, matched by device and inode, so a renamed file, a
- * "(deleted)" suffix or a new file at the same path cannot fool it. null when none.
- */
-export function findLoopForFile(file: string): LoopDevice | null {
-  let st: ReturnType<typeof statSync>;
-  try {
-    st = statSync(file);
-  } catch (e) {
-    if (isSysError(e, "ENOENT")) return null;
-    loopError(e, `stat ${file}`);
-  }
-  return listLoops().find((l) => l.backingDevice === st.dev && l.backingInode === st.ino) ?? null;
-}
-
 /** Makes /dev/loopN pick up the new size of its grown backing file; returns the new size. */
 export function refreshLoopCapacity(n: number): number {
   checkNumber(n);

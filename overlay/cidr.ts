@@ -72,10 +72,6 @@ function networkMask(family: Family, prefixLength: number): bigint {
   return (all >> BigInt(prefixLength)) ^ all;
 }
 
-export function maxPrefixLength(family: Family): number {
-  return BITS[family];
-}
-
 /** Number of /subnetLen subnets in `network`. */
 export function subnetCount(network: Cidr, subnetLen: number): bigint {
   return 1n << BigInt(subnetLen - network.prefixLength);
@@ -106,9 +102,4 @@ export function cidrEquals(a: Cidr, b: Cidr): boolean {
 /** The network address of the subnet as a host address string (flannel's VTEP address). */
 export function networkAddress(c: Cidr): string {
   return formatIp(c.family, c.address);
-}
-
-/** The first usable address (gateway for the pod bridge): network + 1. */
-export function firstHost(c: Cidr): string {
-  return formatIp(c.family, c.address + 1n);
 }

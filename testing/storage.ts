@@ -1,9 +1,10 @@
 // Test scaffolding for storage tests: a scratch directory named with the test prefix, and a
 // cleanup that unmounts, detaches and removes everything under it using the system tools
 // (never the code under test), so a failing test still leaves nothing behind.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { type LoopDevice, listLoops } from "../native/loop.ts";
 import { sh, testPrefix } from "./kernel.ts";
 
 export interface Scratch {
@@ -70,4 +71,19 @@ function cleanupScratch(prefix: string, dir: string): void {
     }
   }
   rmSync(dir, { recursive: true, force: true });
+}
+
+/**
+ * The loop device backed by `file`, matched by device and inode (as listLoops reports them),
+ * so a renamed file, a "(deleted)" suffix or a new file at the same path cannot fool it.
+ * null when none, or when the file is gone.
+ */
+export function findLoopForFile(file: string): LoopDevice | null {
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(file);
+  } catch {
+    return null;
+  }
+  return listLoops().find((l) => l.backingDevice === st.dev && l.backingInode === st.ino) ?? null;
 }

@@ -21,10 +21,6 @@ export interface Ip {
 const BITS: Record<Family, number> = { 4: 32, 6: 128 };
 const V4_MAPPED_PREFIX = 0xffffn << 32n;
 
-export function familyBits(family: Family): number {
-  return BITS[family];
-}
-
 /** Parses a bare IPv4 or IPv6 address (no prefix, no zone). */
 export function parseIp(text: string): Ip {
   if (typeof text !== "string") throw new AddressError(`${JSON.stringify(text)} is not an IP address`);
@@ -98,10 +94,6 @@ function formatV4(v: bigint): string {
   return [24n, 16n, 8n, 0n].map((s) => Number((v >> s) & 0xffn)).join(".");
 }
 
-export function sameIp(a: Ip, b: Ip): boolean {
-  return a.family === b.family && a.value === b.value;
-}
-
 /** An address with a prefix length, host bits allowed (an interface address such as 10.1.0.5/24). */
 export interface IpPrefix {
   ip: Ip;
@@ -121,10 +113,6 @@ export function parseIpPrefix(text: string): IpPrefix {
     );
   }
   return { ip, prefix: Number(prefixText) };
-}
-
-export function formatIpPrefix(p: IpPrefix): string {
-  return `${formatIp(p.ip)}/${p.prefix}`;
 }
 
 /** A network: the address with all host bits zero, and its prefix length. */

@@ -195,8 +195,3 @@ export function missingEntries(entries: PortmapEntry[], opts: PortmapOptions, he
   const have = new Set(held.map((e) => `${e.set} ${e.key} ${e.value ?? ""}`));
   return entries.filter((entry) => elementsOf(entry, opts).some((el) => !have.has(`${el.set} ${el.key} ${el.value ?? ""}`)));
 }
-
-/** All elements in the portmap sets, whoever owns them (tests, diagnostics). */
-export function allPortmapElements(table = DEFAULT_TABLE): Promise<NftElement[]> {
-  return portmapSets.list(table);
-}

@@ -203,15 +203,6 @@ Napi::Value NlRecv(const Napi::CallbackInfo& info) {
   }
 }
 
-Napi::Value NlAddMembership(const Napi::CallbackInfo& info) {
-  int fd = IntArg(info, 0, "fd");
-  int group = IntArg(info, 1, "group");
-  if (setsockopt(fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &group, sizeof(group)) != 0) {
-    ThrowSys(info.Env(), errno, "setsockopt", "NETLINK_ADD_MEMBERSHIP");
-  }
-  return info.Env().Undefined();
-}
-
 // FdWatcher: calls back on the event loop whenever fd is readable (uv_poll).
 class FdWatcher : public Napi::ObjectWrap<FdWatcher> {
  public:
@@ -282,7 +273,6 @@ void InitNetlink(Napi::Env env, Napi::Object exports) {
   exports.Set("nlTransact", Napi::Function::New(env, NlTransact));
   exports.Set("nlTransactAsync", Napi::Function::New(env, NlTransactAsync));
   exports.Set("nlRecv", Napi::Function::New(env, NlRecv));
-  exports.Set("nlAddMembership", Napi::Function::New(env, NlAddMembership));
   exports.Set("FdWatcher", FdWatcher::Define(env));
 }
 

@@ -1,9 +1,8 @@
 // Storage syscalls for the CSI driver: mount/umount2, statfs, loop-device ioctls,
-// fallocate, FICLONE and flock.
+// fallocate and FICLONE.
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/loop.h>
-#include <sys/file.h>
 #include <linux/quota.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -342,22 +341,6 @@ Napi::Value FsFreeze(const Napi::CallbackInfo& info) {
   return p;
 }
 
-// flock(fd, op): op is LOCK_SH/LOCK_EX/LOCK_UN, optionally | LOCK_NB. Returns false when
-// LOCK_NB was given and the lock is held elsewhere.
-Napi::Value Flock(const Napi::CallbackInfo& info) {
-  int fd = IntArg(info, 0, "fd");
-  int op = IntArg(info, 1, "operation");
-  int rc;
-  do {
-    rc = flock(fd, op);
-  } while (rc != 0 && errno == EINTR);
-  if (rc != 0) {
-    if (errno == EWOULDBLOCK) return Napi::Boolean::New(info.Env(), false);
-    ThrowSys(info.Env(), errno, "flock");
-  }
-  return Napi::Boolean::New(info.Env(), true);
-}
-
 // Copies the data extents of srcFd into dstFd at the same offsets, leaving holes as holes.
 // dstFd must be empty (or already truncated); it is sized to the source at the end.
 // Returns 0 or an errno, with *copied = bytes of data copied.
@@ -493,7 +476,6 @@ void InitStorage(Napi::Env env, Napi::Object exports) {
   exports.Set("fallocate", Napi::Function::New(env, Fallocate));
   exports.Set("ficlone", Napi::Function::New(env, Ficlone));
   exports.Set("fsFreeze", Napi::Function::New(env, FsFreeze));
-  exports.Set("flock", Napi::Function::New(env, Flock));
   exports.Set("copyDataExtents", Napi::Function::New(env, CopyDataExtentsAsync));
   exports.Set("quotaGetInfo", Napi::Function::New(env, QuotaGetInfo));
 }

@@ -296,7 +296,7 @@ for (const path of PATHS) {
       await expectGone(ns, who.containerId);
     });
 
-    it("a lease database that cannot be read: DEL removes the links and reports code 5; GC is not 999", async () => {
+    it("a lease database that cannot be read: DEL (bridge, ptp) removes the links and reports code 5; GC is not 999", async () => {
       const w = new World(`db${path[0]}`);
       w.socket = world.socket;
       try {
@@ -304,6 +304,10 @@ for (const path of PATHS) {
         const ns = w.sandbox.createNetns("d");
         const who = { containerId: `${w.prefix}-d`, netns: ns.path };
         expectOk(await w.run("ADD", who, conf));
+        const ptpConf = { ...conf, name: `${w.network}-p`, type: "berth-ptp" };
+        const nsPtp = w.sandbox.createNetns("p");
+        const viaPtp = { containerId: `${w.prefix}-p`, netns: nsPtp.path };
+        expectOk(await w.run("ADD", viaPtp, ptpConf, {}, "berth-ptp"));
         expect(w.leases()).toHaveLength(1);
         // Replaced (a new inode), so an open handle in the server is not reused.
         const db = join(w.dataDir, "ipam.db");
@@ -315,8 +319,15 @@ for (const path of PATHS) {
         await eventually(() => w.linksIn(ns.name).length === 0 && w.hostVeths().length === 0);
         expect(w.linksIn(ns.name)).toEqual([]);
         expect(w.hostVeths()).toEqual([]);
+        expectCniError(await w.run("DEL", viaPtp, ptpConf, {}, "berth-ptp"), 5);
+        await eventually(() => w.linksIn(nsPtp.name).length === 0);
+        expect(w.linksIn(nsPtp.name)).toEqual([]);
         const gc = await w.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] });
         expectCniError(gc, 5);
+        expectCniError(
+          await w.run("GC", { containerId: "" }, { ...ptpConf, "cni.dev/valid-attachments": [] }, {}, "berth-ptp"),
+          5,
+        );
       } finally {
         await w.cleanup();
       }

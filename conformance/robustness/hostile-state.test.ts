@@ -183,7 +183,7 @@ for (const path of PATHS) {
       }
     });
 
-    it("overlay: DEL frees lease and links when both its saved record and the runtime file are damaged", async () => {
+    it("overlay: DEL (and GC) free lease and links when both its saved record and the runtime file are damaged", async () => {
       const { subnet } = world.sandbox.allocateSubnet(24);
       const runDir = join(world.dataDir, "run-rec");
       const dataDir = join(world.dataDir, "overlay-rec");
@@ -227,6 +227,14 @@ for (const path of PATHS) {
         await eventually(() => world.linksIn(ns.name).length === 0);
         expect(world.linksIn(ns.name), what).toEqual([]);
       }
+      // GC, too, works without a usable runtime file: what the lease database and the kernel hold.
+      const { ns, who } = attachment();
+      writeFileSync(join(runDir, "overlay.json"), JSON.stringify(runtime));
+      expectOk(await world.run("ADD", who, conf, {}, "berth-overlay"));
+      writeFileSync(join(runDir, "overlay.json"), JSON.stringify({ ready: true, subnet }));
+      expectOk(await world.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] }, {}, "berth-overlay"));
+      expect(leases()).toEqual([]);
+      expect(world.linksIn(ns.name)).toEqual([]);
     });
 
     it("overlay: a dataDir under /proc is a clean error at once, never a hang", async () => {

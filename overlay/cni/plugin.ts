@@ -161,13 +161,14 @@ async function check(req: Request): Promise<void> {
 
 async function gc(req: Request): Promise<void> {
   const conf = validateConfig(req.config, schema);
-  let config: NetConf;
+  let runtime: OverlayRuntime;
   try {
-    config = bridgeConfigFor(req, readOverlayRuntime(conf.runDir));
+    runtime = readOverlayRuntime(conf.runDir);
   } catch {
-    return; // no lease: nothing was ever handed out under it by this host
+    // No usable lease now: GC needs no ranges, only what the lease database and the kernel hold.
+    runtime = NO_LEASE;
   }
-  await bridgePlugin.gc!(withConfig(req, config));
+  await bridgePlugin.gc!(withConfig(req, bridgeConfigFor(req, runtime)));
 }
 
 async function status(req: Request): Promise<void> {

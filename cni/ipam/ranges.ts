@@ -46,7 +46,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 // values themselves; the schemas name the keys, which are matched as host-local's Go decoder
 // matches them (see goFields).
 const rangeFields = {
-  subnet: field.cidr().require().describe("The subnet addresses come from; /30 (IPv6 /126) or larger."),
+  subnet: field.cidr().require().describe("The subnet addresses come from; a prefix of /30 (IPv6 /126) or shorter."),
   rangeStart: field.ip().describe("First address to hand out (default: the subnet's first host)."),
   rangeEnd: field.ip().describe("Last address to hand out (default: the last host; IPv4 broadcast excluded)."),
   gateway: field.ip().describe("The gateway reported with the address (default: the subnet's first host)."),

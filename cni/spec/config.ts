@@ -42,7 +42,7 @@ export function decodeConfig(stdin: Buffer): Record<string, unknown> {
 // The keys of the sections every plugin shares, as the reference types spell them. Each
 // section's keys are matched the way Go's decoder matches them (see goFields); a plugin's own
 // keys are matched by its schema, host-local's and static's by their parsers.
-const NETCONF_KEYS = [
+export const NETCONF_KEYS = [
   "cniVersion",
   "cniVersions",
   "name",
@@ -61,7 +61,7 @@ const NETCONF_KEYS = [
 const IPAM_KEYS = ["type"];
 const DNS_KEYS = ["nameservers", "domain", "search", "options"];
 /** The capability arguments berth reads (CONVENTIONS.md names). */
-const RUNTIME_CONFIG_KEYS = ["portMappings", "ipRanges", "bandwidth", "dns", "ips", "mac"];
+export const RUNTIME_CONFIG_KEYS = ["portMappings", "ipRanges", "bandwidth", "dns", "ips", "mac"];
 const ARGS_KEYS = ["cni"];
 const ARGS_CNI_KEYS = ["ips", "mac"];
 const ATTACHMENT_FIELDS = ["containerID", "ifname"];

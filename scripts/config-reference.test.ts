@@ -1,0 +1,82 @@
+// docs/configuration.md is generated (scripts/config-reference.ts); these tests fail when it is
+// out of date, when a plugin berth builds has no section, or when a command accepts a flag its
+// --help (and so the reference) does not name.
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { COMMANDS, OUTPUT, ROOT, render } from "./config-reference.ts";
+
+let generated: string;
+let dir: string;
+
+beforeAll(async () => {
+  generated = await render();
+  dir = mkdtempSync(join(tmpdir(), "berth-config-reference-"));
+  writeFileSync(join(dir, "configuration.md"), generated);
+}, 120_000);
+
+afterAll(() => {
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+/** The text under `### title` up to the next heading of level 2 or 3. */
+function section(doc: string, title: string): string {
+  const start = doc.indexOf(`\n### ${title}\n`);
+  if (start < 0) return "";
+  const rest = doc.slice(start + 1);
+  const end = rest.slice(4).search(/\n##+ /);
+  return end < 0 ? rest : rest.slice(0, end + 4);
+}
+
+/** The long flags a command's source accepts: node:util parseArgs options, "--flag" comparisons and tables, agent FLAGS. */
+function flagsInSource(file: string): string[] {
+  const text = readFileSync(join(ROOT, file), "utf8");
+  const flags = new Set<string>();
+  for (const m of text.matchAll(/^\s+"?([a-z][a-z0-9-]*)"?: \{ type: "(?:string|boolean)"/gm)) flags.add(m[1]!);
+  // A flag compared with (=== "--x"), or a key of a flag table ("--x": ..., table["--x"]).
+  for (const m of text.matchAll(/(?:=== |\[|^\s+)"--([a-z][a-z0-9-]*)"/gm)) flags.add(m[1]!);
+  const table = /const FLAGS[^=]*= \{([\s\S]*?)\n\};/.exec(text);
+  if (table) for (const m of table[1]!.matchAll(/^\s+"?([a-z][a-z0-9-]*)"?: \[/gm)) flags.add(m[1]!);
+  flags.delete("help");
+  return [...flags].sort();
+}
+
+describe("configuration reference", () => {
+  it("docs/configuration.md is what scripts/config-reference.ts generates (run npm run docs)", () => {
+    const committed = readFileSync(OUTPUT, "utf8");
+    expect(readFileSync(join(dir, "configuration.md"), "utf8")).toBe(generated);
+    expect(committed, "docs/configuration.md is out of date: run npm run docs").toBe(generated);
+  });
+
+  it("has a section with an options table or 'No options' for every plugin in build/cni", () => {
+    const plugins = readdirSync(join(ROOT, "build", "cni")).filter((f) => f.startsWith("berth-"));
+    expect(plugins.length).toBeGreaterThan(5);
+    for (const name of plugins) {
+      const text = section(generated, name);
+      expect(text, `no section for ${name}`).not.toBe("");
+      expect(
+        text.includes("| key | type |") || text.includes("| `ipam` key | type |") || text.includes("No options of its own."),
+        name,
+      ).toBe(true);
+    }
+  });
+
+  it("names every flag each command accepts", () => {
+    for (const c of COMMANDS) {
+      const text = section(generated, c.name);
+      expect(text, `no section for ${c.name}`).not.toBe("");
+      const flags = c.source.flatMap(flagsInSource);
+      expect(flags.length, `${c.name}: no flags found in ${c.source.join(", ")}`).toBeGreaterThan(0);
+      const missing = flags.filter((f) => !new RegExp(`--${f}(?![a-z0-9-])`).test(text));
+      expect(missing, `${c.name}: flags its --help does not name`).toEqual([]);
+    }
+  });
+
+  it("shows bridge's keys with type, default and the reference plugin's name, and marks berth's own", () => {
+    const bridge = section(generated, "berth-bridge");
+    expect(bridge).toContain('| `bridge` | string: an interface name of 1-15 characters | `"cni0"` |  | bridge |');
+    expect(bridge).toContain('| `nftTable` | string: an nftables identifier | `"berth"` |  | berth only |');
+    expect(section(generated, "berth-host-local")).toContain("| `ranges[][].subnet` | CIDR |  | yes | host-local |");
+  });
+});

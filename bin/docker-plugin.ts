@@ -13,7 +13,9 @@ import { DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR } from "../cni/ipam/ranges.ts";
 import { DEFAULT_TABLE } from "../cni/nft/nft.ts";
 import { DockerPluginError, DockerVolumeService } from "../csi/docker/volumes.ts";
 import { makeDirectories } from "../csi/paths.ts";
+import { DEFAULT_RUN_DIR } from "../overlay/cni/plugin.ts";
 import { claimSocketPath } from "../overlay/cniserver/server.ts";
+import { readOverlayRuntime } from "../overlay/runtime-file.ts";
 
 export const DEFAULT_DOCKER_SOCKET = "/run/docker/plugins/berth.sock";
 /** Docker's plugin media type, for every API version it speaks (v1.0, v1.1, v1.2, v1.x). */
@@ -30,6 +32,8 @@ export interface DockerPluginOptions {
   ipamDir?: string;
   /** berth's nftables table for published ports. */
   nftTable?: string;
+  /** The overlay agent's run dir (its overlay.json), for -o berth.overlay=true networks. */
+  overlayRunDir?: string;
   log?: Logger;
 }
 
@@ -462,6 +466,11 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
       ipamDir: options.ipamDir ?? DEFAULT_IPAM_DIR,
       dockerDir: options.dockerDir ?? "/var/lib/berth/docker",
       nftTable: options.nftTable ?? DEFAULT_TABLE,
+      overlay: () => {
+        const rt = readOverlayRuntime(options.overlayRunDir ?? DEFAULT_RUN_DIR);
+        if (!rt.subnet || !rt.gateway) throw new Error("the agent holds no IPv4 subnet");
+        return { subnet: rt.subnet, gateway: rt.gateway, mtu: rt.mtu ?? 1450 };
+      },
       log,
     });
   } catch (e) {
@@ -492,17 +501,20 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
   };
 }
 
-const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR] [--ipam-dir DIR] [--nft-table NAME]
+const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR] [--ipam-dir DIR] [--nft-table NAME] [--overlay-run-dir DIR]
 
 Serves berth's volumes and bridge networks to the Docker Engine (VolumeDriver, NetworkDriver and
 IpamDriver plugin APIs) on a unix socket that dockerd discovers in /run/docker/plugins/; the
 plugin's name is the socket file's name. Networks: docker network create -d NAME
---ipam-driver NAME --subnet CIDR [-o berth.bridge=IFNAME] [-o berth.mtu=N].
+--ipam-driver NAME --subnet CIDR [-o berth.bridge=IFNAME] [-o berth.mtu=N]; on the VXLAN
+overlay (a berth agent on this host): docker network create -d NAME --ipam-driver NAME
+-o berth.overlay=true (this host's leased subnet, the overlay MTU, berth-overlay's bridge).
   --socket PATH      the socket (default ${DEFAULT_DOCKER_SOCKET}, mode 0660)
   --csi-dir DIR      the CSI driver's state dir; volumes under DIR/volumes (default /var/lib/berth/csi)
   --docker-dir DIR   Docker's mount points, use counts and network state (default /var/lib/berth/docker)
   --ipam-dir DIR     berth's IPAM lease store (default ${DEFAULT_IPAM_DIR})
   --nft-table NAME   berth's nftables table for published ports (default ${DEFAULT_TABLE})
+  --overlay-run-dir DIR  the berth agent's run dir with overlay.json (default ${DEFAULT_RUN_DIR})
 `;
 
 export async function runDockerPluginCommand(argv: string[]): Promise<number> {
@@ -512,6 +524,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     "docker-dir"?: string;
     "ipam-dir"?: string;
     "nft-table"?: string;
+    "overlay-run-dir"?: string;
     help?: boolean;
   };
   try {
@@ -523,6 +536,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
         "docker-dir": { type: "string" },
         "ipam-dir": { type: "string" },
         "nft-table": { type: "string" },
+        "overlay-run-dir": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -536,7 +550,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  for (const flag of ["csi-dir", "docker-dir", "ipam-dir"] as const) {
+  for (const flag of ["csi-dir", "docker-dir", "ipam-dir", "overlay-run-dir"] as const) {
     const v = values[flag];
     if (v !== undefined && !v.startsWith("/")) {
       process.stderr.write(`berth docker-plugin: --${flag} must be an absolute path, got ${JSON.stringify(v)}\n`);
@@ -551,6 +565,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
       dockerDir: values["docker-dir"],
       ipamDir: values["ipam-dir"],
       nftTable: values["nft-table"],
+      overlayRunDir: values["overlay-run-dir"],
     });
   } catch (e) {
     process.stderr.write(`berth docker-plugin: ${(e as Error).message}\n`);

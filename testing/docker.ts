@@ -96,16 +96,21 @@ function unmountUnder(dir: string): void {
 
 /**
  * Starts a private dockerd under `dir` (which should carry the run tag, so the leak check
- * sees any mount it leaves) and imports a busybox image.
+ * sees any mount it leaves) and imports a busybox image. With `netns`, dockerd runs in that
+ * network namespace: a "host" of a multi-host test.
  */
-export async function startDockerd(dir: string): Promise<DockerEngine> {
+export async function startDockerd(dir: string, options: { netns?: string } = {}): Promise<DockerEngine> {
   mkdirSync(dir, { recursive: true });
   const socket = join(dir, "docker.sock");
   const logFile = join(dir, "dockerd.log");
   const out = openSync(logFile, "a");
+  // nsenter switches only the network namespace (ip netns exec also remounts /sys, hiding
+  // the cgroup hierarchy dockerd needs) and execs, keeping the PID.
+  const daemon = options.netns ? ["nsenter", `--net=/run/netns/${options.netns}`, DOCKERD] : [DOCKERD];
   const child = spawn(
-    DOCKERD,
+    daemon[0]!,
     [
+      ...daemon.slice(1),
       "--data-root",
       join(dir, "data"),
       "--exec-root",

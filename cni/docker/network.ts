@@ -38,7 +38,20 @@ const GENERIC = "com.docker.network.generic";
 const PORTMAP = "com.docker.network.portmap";
 const GATEWAY_REQUEST = "com.docker.network.gateway";
 const IFNAME = "eth0";
-const KNOWN_NETWORK_OPTIONS = ["berth.bridge", "berth.mtu"];
+const KNOWN_NETWORK_OPTIONS = ["berth.bridge", "berth.mtu", "berth.overlay"];
+/** The bridge berth-overlay's pods use: Docker's overlay containers share it (one subnet, one gateway per host). */
+const OVERLAY_BRIDGE = "berth0";
+
+/**
+ * This host's part of the berth overlay, as the agent's runtime file says (bin/ reads it: the
+ * overlay module sits above this one). Throws, with the reason, when there is no lease.
+ */
+export interface OverlayLease {
+  subnet: string;
+  gateway: string;
+  mtu: number;
+}
+export type OverlayLookup = () => OverlayLease;
 const PROTOCOLS: Record<number, Protocol> = { 6: "tcp", 17: "udp", 132: "sctp" };
 
 function dockerId(what: string, id: unknown): string {
@@ -94,9 +107,22 @@ export class DockerIpam {
     private readonly leases: LeaseStore,
     private readonly state: NetworkState,
     private readonly log: Logger,
+    private readonly overlay?: OverlayLookup,
   ) {}
 
   requestPool(r: RequestPool): { PoolID: string; Pool: string; Data: Record<string, string> } {
+    if (!r.Pool && !r.V6 && this.overlay) {
+      // No subnet given: this host's overlay subnet, when the agent holds one.
+      let lease: OverlayLease;
+      try {
+        lease = this.overlay();
+      } catch (e) {
+        throw new DockerNetworkError(
+          `berth IPAM needs the network's subnet: docker network create --subnet CIDR, or a running berth agent for -o berth.overlay=true (${(e as Error).message})`,
+        );
+      }
+      r = { ...r, Pool: lease.subnet };
+    }
     if (!r.Pool) {
       throw new DockerNetworkError(
         `berth IPAM needs the network's subnet: docker network create --subnet CIDR${r.V6 ? " (and --ipv6 --subnet for IPv6)" : ""}`,
@@ -181,6 +207,7 @@ interface NetworkRow {
   bridge: string;
   gateway: string;
   mtu: number;
+  overlay: number;
 }
 
 interface EndpointRow {
@@ -203,7 +230,8 @@ export class NetworkState {
     this.db.pragma("synchronous = FULL");
     this.db.exec(`
       CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY);
-      CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE, gateway TEXT NOT NULL, mtu INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE, gateway TEXT NOT NULL, mtu INTEGER NOT NULL,
+        overlay INTEGER NOT NULL DEFAULT 0);
       CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY, network TEXT NOT NULL, host TEXT NOT NULL, peer TEXT NOT NULL,
         address TEXT NOT NULL, mac TEXT NOT NULL, ports TEXT NOT NULL DEFAULT '[]');`);
   }
@@ -229,7 +257,7 @@ export class NetworkState {
     return this.db.prepare("SELECT * FROM networks WHERE bridge = ?").get(bridge) as NetworkRow | undefined;
   }
   putNetwork(n: NetworkRow): void {
-    this.db.prepare("INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?)").run(n.id, n.bridge, n.gateway, n.mtu);
+    this.db.prepare("INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?)").run(n.id, n.bridge, n.gateway, n.mtu, n.overlay);
   }
   deleteNetwork(id: string): void {
     this.db.prepare("DELETE FROM networks WHERE id = ?").run(id);
@@ -300,7 +328,18 @@ export class DockerNetworks {
     private readonly state: NetworkState,
     private readonly log: Logger,
     private readonly nftTable = DEFAULT_TABLE,
+    private readonly overlay?: OverlayLookup,
   ) {}
+
+  /** This host's overlay lease when its subnet is `pool`, else undefined. */
+  private overlayFor(pool: string): OverlayLease | undefined {
+    try {
+      const lease = this.overlay?.();
+      return lease?.subnet === pool ? lease : undefined;
+    } catch {
+      return undefined;
+    }
+  }
 
   async createNetwork(r: CreateNetwork): Promise<void> {
     const id = dockerId("NetworkID", r.NetworkID);
@@ -319,21 +358,51 @@ export class DockerNetworks {
     const gateway = v4[0]!.Gateway ?? "";
     if (!gateway || !tryParseIp(gateway.split("/")[0] ?? ""))
       throw new DockerNetworkError(`IPv4Data[0].Gateway ${JSON.stringify(gateway)} is not an address with a prefix`);
-    let mtu = 1500;
+    const overlayOpt = generic["berth.overlay"];
+    if (overlayOpt !== undefined && overlayOpt !== "true" && overlayOpt !== "false")
+      throw new DockerNetworkError(
+        `option berth.overlay must be "true" or "false", got ${JSON.stringify(String(overlayOpt).slice(0, 40))}`,
+      );
+    const pool = v4[0]!.Pool;
+    const lease = this.overlayFor(pool);
+    const isOverlay = overlayOpt === "true";
+    if (isOverlay) {
+      if (!this.overlay)
+        throw new DockerNetworkError("berth.overlay=true needs the plugin to know the agent's run dir (--overlay-run-dir)");
+      let held: OverlayLease;
+      try {
+        held = this.overlay();
+      } catch (e) {
+        throw new DockerNetworkError(`berth.overlay=true: no overlay lease on this host: ${(e as Error).message}`);
+      }
+      if (held.subnet !== pool)
+        throw new DockerNetworkError(
+          `berth.overlay=true: the subnet must be this host's overlay subnet ${held.subnet} (leave out --subnet and use --ipam-driver berth), got ${pool}`,
+        );
+      if (gateway !== `${held.gateway}/${pool.split("/")[1]}`)
+        throw new DockerNetworkError(`berth.overlay=true: the gateway must be ${held.gateway}, got ${gateway}`);
+      if (generic["berth.mtu"] !== undefined)
+        throw new DockerNetworkError("berth.mtu cannot be set on an overlay network: the overlay decides it");
+    } else if (lease) {
+      throw new DockerNetworkError(`${pool} is this host's overlay subnet: add -o berth.overlay=true, or give another --subnet`);
+    }
+    let mtu = isOverlay ? (lease?.mtu ?? 1450) : 1500;
     if (generic["berth.mtu"] !== undefined) {
       mtu = Number(generic["berth.mtu"]);
       if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535)
         throw new DockerNetworkError(`option berth.mtu must be an integer 68-65535, got ${JSON.stringify(generic["berth.mtu"])}`);
     }
-    const bridge = bridgeName(id, generic);
+    const bridge = isOverlay && generic["berth.bridge"] === undefined ? OVERLAY_BRIDGE : bridgeName(id, generic);
     const other = this.state.networkByBridge(bridge);
     if (other && other.id !== id)
       throw new DockerNetworkError(`bridge ${bridge} already serves network ${other.id.slice(0, 12)}`, 409);
-    this.state.putNetwork({ id, bridge, gateway, mtu });
+    this.state.putNetwork({ id, bridge, gateway, mtu, overlay: isOverlay ? 1 : 0 });
     try {
       await withRtnl(undefined, (nl) => {
         const existed = nl.linkGet(bridge);
-        if (existed && !other) throw new DockerNetworkError(`a link named ${bridge} already exists and is not berth's`, 409);
+        // An overlay network shares berth-overlay's bridge with the host's CNI pods.
+        if (existed && !other && !isOverlay)
+          throw new DockerNetworkError(`a link named ${bridge} already exists and is not berth's`, 409);
         const br = ensureBridge(nl, { bridge, mtu, promiscMode: false, vlan: undefined } as BridgeConf, existed);
         try {
           nl.addrAdd(br.index, { cidr: gateway, broadcast: "auto" });
@@ -349,7 +418,7 @@ export class DockerNetworks {
       }
       throw asDockerError(`create bridge ${bridge}`, e);
     }
-    this.log.info({ network: id, bridge, gateway }, "docker network created");
+    this.log.info({ network: id, bridge, gateway, overlay: isOverlay }, "docker network created");
   }
 
   private networkOf(id: string): NetworkRow {
@@ -364,7 +433,12 @@ export class DockerNetworks {
     if (!n) return;
     const left = this.state.endpointsOf(id);
     if (left.length > 0) throw new DockerNetworkError(`network ${id.slice(0, 12)} still has ${left.length} endpoint(s)`, 409);
-    await withRtnl(undefined, (nl) => deleteLinkIfPresent(nl, n.bridge)).catch((e) => {
+    await withRtnl(undefined, async (nl) => {
+      // An overlay bridge stays while berth-overlay's pods use it.
+      const br = nl.linkGet(n.bridge);
+      if (n.overlay && br && nl.linkList().some((l) => l.masterIndex === br.index)) return;
+      await deleteLinkIfPresent(nl, n.bridge);
+    }).catch((e) => {
       throw asDockerError(`delete bridge ${n.bridge}`, e);
     });
     this.state.deleteNetwork(id);
@@ -518,11 +592,12 @@ export async function openDockerNetworking(options: {
   ipamDir: string;
   dockerDir: string;
   nftTable?: string;
+  overlay?: OverlayLookup;
   log: Logger;
 }): Promise<DockerNetworking> {
   const leases = LeaseStore.open(options.ipamDir);
   const state = new NetworkState(join(options.dockerDir, "network.db"));
-  const networks = new DockerNetworks(state, options.log, options.nftTable);
+  const networks = new DockerNetworks(state, options.log, options.nftTable, options.overlay);
   try {
     await reconcileNetworks(state, leases, options.nftTable ?? DEFAULT_TABLE, options.log);
   } catch (e) {
@@ -531,7 +606,7 @@ export async function openDockerNetworking(options: {
     throw e;
   }
   return {
-    ipam: new DockerIpam(leases, state, options.log),
+    ipam: new DockerIpam(leases, state, options.log, options.overlay),
     networks,
     close() {
       state.close();

@@ -50,6 +50,8 @@ async function startPlugin(): Promise<ChildProcess> {
       ipamDir,
       "--nft-table",
       table,
+      "--overlay-run-dir",
+      join(base, "no-agent"),
     ],
     { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
   );
@@ -340,7 +342,7 @@ describe.skipIf(missing.length > 0)(
         "bad2",
       ]);
       expect(badOpt.code).not.toBe(0);
-      expect(badOpt.stderr).toContain('unknown network option "bogus" (known: berth.bridge, berth.mtu)');
+      expect(badOpt.stderr).toContain('unknown network option "bogus" (known: berth.bridge, berth.mtu, berth.overlay)');
       const badMtu = await engine.tryDocker([
         "network",
         "create",

@@ -1,0 +1,182 @@
+// Docker across hosts without Swarm: two "hosts" (network namespaces on one underlay, as the
+// multi-host suite builds them) each run a berth agent on a real etcd, a berth docker-plugin
+// and their own dockerd. `docker network create -d <plugin> --ipam-driver <plugin>
+// -o berth.overlay=true` on each host makes a network on that host's leased subnet, and a
+// container on host 1 reaches a container on host 2 over the VXLAN overlay.
+import { type ChildProcess, spawn } from "node:child_process";
+import { rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { teardownKernelObjects } from "../../csi/test-driver.ts";
+import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
+import { httpOverUnix, until } from "../../testing/poll.ts";
+import { Cluster, type Host, ipJson } from "../multihost/cluster.ts";
+
+const ROOT = resolve(import.meta.dirname, "../..");
+const missing = missingForDockerTest();
+
+interface DockerHost {
+  host: Host;
+  plugin: string;
+  socket: string;
+  child: ChildProcess;
+  readonly log: string;
+  /** Unset until dockerd answers; the entry exists before, so cleanup stops the plugin anyway. */
+  engine?: DockerEngine;
+  dir: string;
+}
+
+async function startPlugin(
+  h: Host,
+  plugin: string,
+  dir: string,
+): Promise<{ child: ChildProcess; socket: string; log: () => string }> {
+  const socket = join(DOCKER_PLUGIN_DIR, `${plugin}.sock`);
+  rmSync(socket, { force: true });
+  let log = "";
+  const child = spawn(
+    "ip",
+    [
+      "netns",
+      "exec",
+      h.ns,
+      process.execPath,
+      "--import",
+      "tsx",
+      join(ROOT, "bin/cli.ts"),
+      "docker-plugin",
+      "--socket",
+      socket,
+      "--csi-dir",
+      join(dir, "csi"),
+      "--docker-dir",
+      join(dir, "dock"),
+      "--ipam-dir",
+      join(dir, "ipam"),
+      "--overlay-run-dir",
+      h.runDir,
+    ],
+    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
+  );
+  child.stdout?.on("data", (d) => {
+    log += d;
+  });
+  child.stderr?.on("data", (d) => {
+    log += d;
+  });
+  await until(
+    () => httpOverUnix(socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
+    (s) => s === 200,
+    `${plugin} to answer`,
+    30_000,
+    100,
+  );
+  return { child, socket, log: () => log };
+}
+
+describe.skipIf(missing.length > 0)(
+  `Docker across two hosts on the berth overlay${missing.length ? ` (missing: ${missing.join(", ")})` : ""}`,
+  () => {
+    let cluster: Cluster | undefined;
+    const hosts: DockerHost[] = [];
+
+    beforeAll(async () => {
+      cluster = await Cluster.create({ store: "etcd", clusterCidrs: ["10.251.0.0/16"] }, (c) => {
+        cluster = c;
+      });
+      for (let i = 0; i < 2; i++) {
+        const h = await cluster.addHost();
+        h.startAgent();
+        await h.waitReady();
+        const dir = `/tmp/${cluster.prefix}-docker-h${i + 1}`;
+        const plugin = `${cluster.prefix}h${i + 1}`;
+        const p = await startPlugin(h, plugin, dir);
+        const entry: DockerHost = {
+          host: h,
+          plugin,
+          socket: p.socket,
+          child: p.child,
+          get log() {
+            return p.log();
+          },
+          dir,
+        };
+        hosts.push(entry);
+        entry.engine = await startDockerd(join(dir, "engine"), { netns: h.ns });
+      }
+    }, 180_000);
+
+    afterAll(async () => {
+      for (const d of hosts) {
+        await d.engine?.cleanup().catch(() => undefined);
+        if (d.child.pid && d.child.exitCode === null) {
+          const exited = new Promise((r) => d.child.once("exit", r));
+          d.child.kill("SIGTERM");
+          await exited;
+        }
+        rmSync(d.socket, { force: true });
+        teardownKernelObjects(d.dir);
+        rmSync(d.dir, { recursive: true, force: true });
+      }
+      await cluster?.destroy();
+    }, 180_000);
+
+    it("a container on host 1 reaches a container on host 2 over VXLAN, each on its host's leased subnet, with no Swarm", async () => {
+      const addresses: string[] = [];
+      for (const [i, d] of hosts.entries()) {
+        const lease = await d.host.lease();
+        await d.engine!.docker([
+          "network",
+          "create",
+          "-d",
+          d.plugin,
+          "--ipam-driver",
+          d.plugin,
+          "-o",
+          "berth.overlay=true",
+          "n1",
+        ]);
+        await d.engine!.docker(["run", "-d", "--name", `c${i + 1}`, "--network", "n1", d.engine!.image, "sleep", "600"]);
+        const ip = (
+          await d.engine!.docker(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", `c${i + 1}`])
+        ).stdout.trim();
+        const [net, bits] = lease.subnet.split("/");
+        expect(bits, d.log).toBe("24");
+        expect(ip.split(".").slice(0, 3).join("."), `${ip} in ${lease.subnet}`).toBe(net!.split(".").slice(0, 3).join("."));
+        addresses.push(ip);
+        // berth-overlay's bridge carries the gateway; the container's link has the overlay MTU.
+        const br = await ipJson<{ addr_info: { local: string }[] }>(d.host.ns, ["-4", "addr", "show", "dev", "berth0"]);
+        expect(br[0]?.addr_info.map((a) => a.local)).toContain(`${net!.split(".").slice(0, 3).join(".")}.1`);
+        const mtu = (await d.engine!.docker(["exec", `c${i + 1}`, "cat", "/sys/class/net/eth0/mtu"])).stdout.trim();
+        expect(Number(mtu)).toBe(1450);
+      }
+      const p = await hosts[0]!.engine!.docker(["exec", "c1", "ping", "-c", "3", "-W", "2", addresses[1]!]);
+      expect(p.stdout).toContain("3 packets received");
+      const back = await hosts[1]!.engine!.docker(["exec", "c2", "ping", "-c", "1", "-W", "2", addresses[0]!]);
+      expect(back.stdout).toContain("1 packets received");
+
+      // A plain --subnet equal to the overlay subnet is refused, and so is overlay with another subnet.
+      const d = hosts[0]!;
+      const lease = await d.host.lease();
+      const clash = await d.engine!.tryDocker([
+        "network",
+        "create",
+        "-d",
+        d.plugin,
+        "--ipam-driver",
+        d.plugin,
+        "--subnet",
+        "10.77.1.0/24",
+        "-o",
+        "berth.overlay=true",
+        "bad",
+      ]);
+      expect(clash.stderr).toContain(`the subnet must be this host's overlay subnet ${lease.subnet}`);
+
+      for (const [i, h] of hosts.entries()) {
+        await h.engine!.docker(["rm", "-f", `c${i + 1}`]);
+        await h.engine!.docker(["network", "rm", "n1"]);
+      }
+    });
+  },
+);

@@ -5,7 +5,10 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { COMMANDS, OUTPUT, ROOT, render } from "./config-reference.ts";
+import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
+import { validateConfig } from "../cni/spec/schema.ts";
+import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
+import { COMMANDS, EXAMPLE_CONFLIST, OUTPUT, ROOT, render } from "./config-reference.ts";
 
 let generated: string;
 let dir: string;
@@ -70,6 +73,21 @@ describe("configuration reference", () => {
       expect(flags.length, `${c.name}: no flags found in ${c.source.join(", ")}`).toBeGreaterThan(0);
       const missing = flags.filter((f) => !new RegExp(`--${f}(?![a-z0-9-])`).test(text));
       expect(missing, `${c.name}: flags its --help does not name`).toEqual([]);
+    }
+  });
+
+  it("its example conflist and the README's pass the plugins' own checks", async () => {
+    const readme = /## Configuration[\s\S]*?```json\n([\s\S]*?)```/.exec(readFileSync(join(ROOT, "README.md"), "utf8"));
+    expect(readme, "README.md has a Configuration section with a json example").not.toBeNull();
+    for (const conflist of [EXAMPLE_CONFLIST, JSON.parse(readme![1]!)]) {
+      for (const conf of conflist.plugins as Record<string, unknown>[]) {
+        const load = DEFAULT_PLUGINS[conf.type as string];
+        expect(load, `${String(conf.type)} is a berth plugin`).toBeDefined();
+        const plugin = await load!();
+        if (plugin.schema) expect(() => validateConfig(conf, plugin.schema as never)).not.toThrow();
+        const ipam = conf.ipam as Record<string, unknown> | undefined;
+        if (ipam?.type === "berth-host-local") expect(() => parseHostLocalConfig(ipam)).not.toThrow();
+      }
     }
   });
 

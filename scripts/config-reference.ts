@@ -217,7 +217,7 @@ function pluginSection(name: string, plugin: Plugin): string {
   return lines.join("\n");
 }
 
-const EXAMPLE_CONFLIST = {
+export const EXAMPLE_CONFLIST = {
   cniVersion: "1.0.0",
   name: "berth",
   plugins: [

@@ -15,6 +15,7 @@ import { NETCONF_KEYS, RUNTIME_CONFIG_KEYS } from "../cni/spec/config.ts";
 import type { Field, Shape } from "../cni/spec/schema.ts";
 import type { Plugin } from "../cni/spec/types.ts";
 import { VOLUME_PARAMETERS } from "../csi/controller.ts";
+import { VOLUME_OPTIONS } from "../csi/docker/volumes.ts";
 import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
@@ -258,6 +259,7 @@ export async function render(): Promise<string> {
         .join(", "),
     `- [Commands](#commands): ${COMMANDS.map((c) => `[${c.name}](#${anchor(c.name)})`).join(", ")}`,
     "- [CSI StorageClass parameters](#csi-storageclass-parameters)",
+    "- [Docker volume options](#docker-volume-options)",
     "",
     "## CNI network configuration",
     "",
@@ -318,6 +320,16 @@ export async function render(): Promise<string> {
     "| parameter | description |",
     "| --- | --- |",
     ...Object.entries(VOLUME_PARAMETERS).map(([k, d]) => `| \`${k}\` | ${cell(d)} |`),
+    "",
+    "## Docker volume options",
+    "",
+    "`docker volume create -d <plugin> -o KEY=VALUE` with `berth docker-plugin` (or `berth up --docker`);",
+    "any other key is refused. Network options (`-o berth.*` on `docker network create`) are in the",
+    "docker-plugin's usage above.",
+    "",
+    "| option | description |",
+    "| --- | --- |",
+    ...Object.entries(VOLUME_OPTIONS).map(([k, d]) => `| \`${k}\` | ${cell(d)} |`),
     "",
   );
   return out.join("\n");

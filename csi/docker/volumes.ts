@@ -27,7 +27,14 @@ export const DOCKER_NAME_PREFIX = "docker/";
 /** Docker's own rule for volume names, with a length bound. */
 const VOLUME_NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$/;
 const CALLER_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
-const KNOWN_OPTIONS = ["size", "kind", "fsType", "from-snapshot"];
+/** `docker volume create -o KEY=VALUE` options, with their line in the configuration reference. */
+export const VOLUME_OPTIONS: Readonly<Record<string, string>> = {
+  size: "the capacity, e.g. 64M or 1G (binary units; default 1G, the CSI driver's default)",
+  kind: '"dir" (default) or "block", as the StorageClass parameter kind',
+  fsType: 'the filesystem: "ext4" (default) or "xfs"',
+  "from-snapshot": "a CSI snapshot id (snap-<uuid>): the volume starts as a copy of it",
+};
+const KNOWN_OPTIONS = Object.keys(VOLUME_OPTIONS);
 const UNITS: Record<string, number> = { "": 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50 };
 /** The access mode Docker's use needs: one node, any number of containers writing. */
 const MODE = "SINGLE_NODE_MULTI_WRITER";

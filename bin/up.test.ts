@@ -71,7 +71,16 @@ describe.skipIf(!bundled).sequential("berth up (npm start) from the bundle", () 
     const lease = await host.lease();
     const pod = await host.addContainer({ fastPath: true });
     expect(pod.ipv4.startsWith(`${lease.subnet.split(".").slice(0, 3).join(".")}.`), agent.output()).toBe(true);
-    expect(agent.output()).toMatch(/berth up: CSI driver serving unix:\/\//);
+    // Into a pipe every line is a JSON log record, the agent's, the driver's and berth up's own.
+    const records = agent
+      .output()
+      .split("\n")
+      .filter((l) => l && !l.startsWith("--- agent"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(records).toContainEqual(
+      expect.objectContaining({ component: "berth-up", msg: "CSI driver serving", endpoint: `unix://${csiSocket}` }),
+    );
+    expect(records.some((r) => r.component === "berth-csi") && records.some((r) => r.component === "berth-agent")).toBe(true);
     expect(await probe(`unix://${csiSocket}`)).toEqual({ ready: true, name: "berth.csi.local" });
 
     await agent.stop("SIGINT");

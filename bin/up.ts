@@ -6,6 +6,7 @@
 // plugin (bin/docker-plugin.ts) over the same volume state, on `--docker-socket PATH`
 // (default /run/docker/plugins/berth.sock); every other flag goes to the agent.
 import { ListenFdsError, takeListener } from "../native/listen-fds.ts";
+import { createLogger, type LogFormat, LogFormatError, resolveLogFormat } from "../native/log.ts";
 import { runUp } from "../overlay/agent.ts";
 
 export const DEFAULT_CSI_ENDPOINT = "unix:///run/berth/csi.sock";
@@ -19,6 +20,8 @@ foreground; Ctrl-C stops them. Every flag not listed here goes to the agent (bel
   --csi-dir DIR         volumes under DIR/volumes, their state in DIR (default /var/lib/berth/csi)
   --docker              also serve the Docker plugin API over the same volume state
   --docker-socket PATH  the Docker plugin's socket (default /run/docker/plugins/berth.sock)
+  --log-format FORMAT   json or text log lines for all of them (default: text on a terminal,
+                        else JSON)
 
 `;
 
@@ -28,6 +31,7 @@ interface UpArgs {
   csiDir?: string;
   docker: boolean;
   dockerSocket?: string;
+  logFormat?: string;
   agentArgs: string[];
 }
 
@@ -39,11 +43,15 @@ function splitArgs(argv: string[]): UpArgs | string {
       a.startsWith("--") && a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a];
     if (flag === "--no-csi") up.csi = false;
     else if (flag === "--docker") up.docker = true;
-    else if (flag === "--csi-endpoint" || flag === "--csi-dir" || flag === "--docker-socket") {
+    else if (flag === "--csi-endpoint" || flag === "--csi-dir" || flag === "--docker-socket" || flag === "--log-format") {
       const value = inline ?? argv[++i];
       if (!value || (inline === undefined && value.startsWith("--"))) return `${flag} needs a value`;
       if (flag === "--csi-endpoint") up.csiEndpoint = value;
-      else if (flag === "--docker-socket") up.dockerSocket = value;
+      else if (flag === "--log-format") {
+        // The agent logs in the same format.
+        up.logFormat = value;
+        up.agentArgs.push(`--log-format=${value}`);
+      } else if (flag === "--docker-socket") up.dockerSocket = value;
       else if (!value.startsWith("/")) return `--csi-dir must be an absolute path, got ${JSON.stringify(value)}`;
       else up.csiDir = value;
     } else up.agentArgs.push(a);
@@ -61,6 +69,15 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
     process.stdout.write(UP_USAGE);
     return runUp(up.agentArgs);
   }
+  let format: LogFormat;
+  try {
+    format = resolveLogFormat(up.logFormat);
+  } catch (e) {
+    if (!(e instanceof LogFormatError)) throw e;
+    process.stderr.write(`berth up: ${e.message}\n`);
+    return 2;
+  }
+  const log = createLogger({ component: "berth-up", format });
   let csi: { close(): Promise<void> } | undefined;
   if (up.csi) {
     const { startCsiDriver } = await import("../csi/server.ts");
@@ -72,9 +89,10 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
         endpoint: passed?.path ? `unix://${passed.path}` : up.csiEndpoint,
         stateDir: up.csiDir,
         dataDir: up.csiDir ? `${up.csiDir}/volumes` : undefined,
+        logger: createLogger({ component: "berth-csi", format }),
       });
       csi = driver;
-      process.stderr.write(`berth up: CSI driver serving ${driver.endpoint}\n`);
+      log.info({ endpoint: driver.endpoint }, "CSI driver serving");
     } catch (e) {
       process.stderr.write(`berth up: CSI driver not started: ${(e as Error).message}\n`);
       return e instanceof ListenFdsError ? 2 : 1;
@@ -86,9 +104,14 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
     try {
       // With --csi-dir, Docker's mount points and use counts live beside the volume state.
       const dockerDir = up.csiDir ? `${up.csiDir}/docker` : undefined;
-      const plugin = await startDockerPlugin({ socket: up.dockerSocket, csiDir: up.csiDir, dockerDir });
+      const plugin = await startDockerPlugin({
+        socket: up.dockerSocket,
+        csiDir: up.csiDir,
+        dockerDir,
+        log: createLogger({ component: "berth-docker", format }),
+      });
       docker = plugin;
-      process.stderr.write(`berth up: Docker plugin serving ${plugin.socket}\n`);
+      log.info({ socket: plugin.socket }, "Docker plugin serving");
     } catch (e) {
       process.stderr.write(`berth up: Docker plugin not started: ${(e as Error).message}\n`);
       await csi?.close();

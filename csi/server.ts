@@ -6,9 +6,10 @@ import { hostname } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import * as grpc from "@grpc/grpc-js";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { Counter, Histogram, Registry } from "prom-client";
 import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
+import { createLogger, LogFormatError, resolveLogFormat } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";
 import { claimSocketPath, SocketClaimError } from "../native/unix-socket.ts";
 import { BERTH_VERSION } from "../native/version.ts";
@@ -194,7 +195,7 @@ function wrap<Req, Res>(name: string, fn: Handler<Req, Res>, log: Logger, metric
 }
 
 export async function startCsiDriver(options: CsiDriverOptions): Promise<RunningCsiDriver> {
-  const log = options.logger ?? pino({ name: "berth-csi", level: process.env.BERTH_LOG_LEVEL ?? "info" }, pino.destination(2));
+  const log = options.logger ?? createLogger({ component: "berth-csi" });
   const driverName = options.driverName ?? "berth.csi.local";
   if (driverName.length > 63 || !DNS_LIKE.test(driverName)) {
     throw new ConfigError(
@@ -416,7 +417,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
 
 const USAGE = `usage: berth csi [--endpoint unix:///path/csi.sock] [--node-id ID] [--driver-name NAME]
                  [--data-dir DIR] [--state-dir DIR] [--mode controller|node|both]
-                 [--metrics-listen HOST:PORT] [--enable-alpha-capabilities]
+                 [--metrics-listen HOST:PORT] [--enable-alpha-capabilities] [--log-format json|text]
 
   --endpoint URL          the gRPC socket (default $CSI_ENDPOINT; a socket passed by a service
                           manager as "csi" is served instead)
@@ -426,7 +427,8 @@ const USAGE = `usage: berth csi [--endpoint unix:///path/csi.sock] [--node-id ID
   --state-dir DIR         the volume database csi.db (default /var/lib/berth/csi)
   --mode MODE             controller, node or both services (default both)
   --metrics-listen HOST:PORT  serve Prometheus metrics over HTTP at /metrics
-  --enable-alpha-capabilities  also advertise alpha controller capabilities (GET_SNAPSHOT)`;
+  --enable-alpha-capabilities  also advertise alpha controller capabilities (GET_SNAPSHOT)
+  --log-format FORMAT     json or text log lines (default: text on a terminal, else JSON)`;
 
 /** `berth csi ...`: runs until SIGINT/SIGTERM; returns the exit code. */
 export async function runCsiCommand(argv: string[]): Promise<number> {
@@ -443,6 +445,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
         mode: { type: "string" },
         "metrics-listen": { type: "string" },
         "enable-alpha-capabilities": { type: "boolean" },
+        "log-format": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -454,6 +457,14 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
   if (values.help) {
     process.stdout.write(`${USAGE}\n`);
     return 0;
+  }
+  let logger: Logger;
+  try {
+    logger = createLogger({ component: "berth-csi", format: resolveLogFormat(values["log-format"] as string | undefined) });
+  } catch (e) {
+    if (!(e instanceof LogFormatError)) throw e;
+    process.stderr.write(`berth csi: ${e.message}\n${USAGE}\n`);
+    return 2;
   }
   // Socket activation: a socket passed as "csi" (or a single unnamed one) is served instead.
   let passed: PassedListener | undefined;
@@ -477,6 +488,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
     driver = await startCsiDriver({
       passed,
       endpoint,
+      logger,
       nodeId: values["node-id"] as string | undefined,
       driverName: values["driver-name"] as string | undefined,
       dataDir: values["data-dir"] as string | undefined,
@@ -490,7 +502,7 @@ export async function runCsiCommand(argv: string[]): Promise<number> {
     return e instanceof ConfigError ? 2 : 1;
   }
   const signal = await waitForStopSignal();
-  process.stderr.write(`berth csi: ${signal}, shutting down\n`);
+  logger.info({ signal }, "shutting down");
   await driver.close();
   return 0;
 }

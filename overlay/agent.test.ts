@@ -56,6 +56,13 @@ describe("agent flags", () => {
     fails([...base, "--mtu"], /--mtu needs a value/);
     fails([...base, "--etcd-cert", "/c"], /go together/);
     fails([...base, "--store-reset-grace", "-1"], /--store-reset-grace/);
+    fails([...base, "--log-format", "yaml"], /--log-format: expected json or text, got "yaml"/);
+  });
+
+  it("takes --log-format json|text, absent by default (the terminal decides)", () => {
+    expect(parseAgentConfig(base).logFormat).toBeUndefined();
+    expect(parseAgentConfig([...base, "--log-format", "text"]).logFormat).toBe("text");
+    expect(parseAgentConfig([...base, "--log-format=json"]).logFormat).toBe("json");
   });
 
   it("binds the TCP API to loopback unless a host is given", () => {

@@ -13,8 +13,9 @@
 import { mkdirSync } from "node:fs";
 import { hostname } from "node:os";
 import { join } from "node:path";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
+import { createLogger } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";
 import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
 import { cidrContains, formatCidr, networkAddress } from "./cidr.ts";
@@ -150,7 +151,7 @@ export class Agent {
     readonly config: AgentConfig,
     deps: AgentDeps = {},
   ) {
-    this.logger = deps.logger ?? pino({ level: config.logLevel, base: { component: "berth-agent" } }, pino.destination(2));
+    this.logger = deps.logger ?? createLogger({ component: "berth-agent", level: config.logLevel, format: config.logFormat });
     const network = networkConfig(config.clusterCidrs, config.subnetLen, config.subnetLenV6);
     this.network = network;
     this.underlay = deps.underlay ?? discoverUnderlay({ iface: config.underlayIface, publicIP: config.publicIP });

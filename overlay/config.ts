@@ -3,6 +3,7 @@
 // value becomes an AgentConfigError that names the flag; nobody sees a stack trace.
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { LOG_LEVELS, type LogFormat, LogFormatError, resolveLogFormat } from "../native/log.ts";
 import { ipFamily, parseCidr } from "./cidr.ts";
 
 export interface AgentConfig {
@@ -37,6 +38,8 @@ export interface AgentConfig {
   storeResetGraceSeconds: number;
   reconcileIntervalMs: number;
   logLevel: string;
+  /** json or text; absent: text on a terminal, JSON otherwise (native/log.ts). */
+  logFormat?: LogFormat;
 }
 
 export class AgentConfigError extends Error {
@@ -76,6 +79,7 @@ const FLAGS: Record<string, [keyof RawConfig, Kind]> = {
   "store-reset-grace": ["storeResetGraceSeconds", "number"],
   "reconcile-interval": ["reconcileIntervalMs", "number"],
   "log-level": ["logLevel", "string"],
+  "log-format": ["logFormat", "string"],
 };
 
 type RawConfig = { [K in keyof AgentConfig]?: unknown } & { config?: unknown };
@@ -110,6 +114,7 @@ export const AGENT_USAGE = `usage: berth agent [flags]
                             while they re-register (default 60)
   --reconcile-interval MS   periodic reconcile (default 5000)
   --log-level LEVEL         pino level (default info)
+  --log-format json|text    log lines as JSON or as text (default: text on a terminal, else JSON)
 `;
 
 function camel(flag: string): keyof RawConfig | undefined {
@@ -275,8 +280,17 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
   if ((config.etcdCert || config.etcdKey) && !(config.etcdCert && config.etcdKey)) {
     throw new AgentConfigError("--etcd-cert and --etcd-key go together");
   }
-  if (!["fatal", "error", "warn", "info", "debug", "trace", "silent"].includes(config.logLevel)) {
+  if (!(LOG_LEVELS as readonly string[]).includes(config.logLevel)) {
     throw new AgentConfigError(`--log-level: unknown level "${config.logLevel}"`);
+  }
+  const logFormat = str(raw, "logFormat");
+  if (logFormat !== undefined) {
+    try {
+      config.logFormat = resolveLogFormat(logFormat);
+    } catch (e) {
+      if (e instanceof LogFormatError) throw new AgentConfigError(e.message);
+      throw e;
+    }
   }
   return config;
 }

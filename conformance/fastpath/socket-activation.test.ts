@@ -133,7 +133,7 @@ describe.skipIf(!haveActivate)("socket activation (systemd-socket-activate)", ()
       // The launcher's PID is now berth: systemd-socket-activate exec'd it on the connection.
       expect(server.exe()).toBe(process.execPath);
       expect(server.stdout).toBe(`listening ${socket}\n`);
-      expect(server.stderr).toContain(`passed by the service manager as "cni"`);
+      expect(server.stderr).toContain(`passed by the service manager as \\"cni\\"`); // in a JSON log line
       expect(server.stderr).toMatch(/cni server: served pid \d+ berth-bridge ADD/);
       // --socket was not bound: the passed socket replaced it.
       expect(existsSync(unused)).toBe(false);
@@ -263,7 +263,7 @@ describe.skipIf(!haveActivate)("socket activation (systemd-socket-activate)", ()
       } finally {
         identity.close();
       }
-      expect(agent.output()).toContain(`berth up: CSI driver serving unix://${csiSocket}`);
+      expect(agent.output()).toContain(`"component":"berth-up","endpoint":"unix://${csiSocket}","msg":"CSI driver serving"`);
 
       const del = await execPlugin({ cniPath: bin, type: "berth-bridge", env: { ...env, CNI_COMMAND: "DEL" }, stdin: conf });
       expect(del.exitCode, del.stdout).toBe(0);

@@ -9,15 +9,17 @@
 // that socket is served and --socket is not bound.
 import { parseArgs } from "node:util";
 import { ListenFdsError, type PassedListener, takeListener } from "../../native/listen-fds.ts";
+import { createLogger, LogFormatError, resolveLogFormat } from "../../native/log.ts";
 import { waitForStopSignal } from "../../native/signals.ts";
 import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
 
-const USAGE = `usage: berth cni-server [--socket PATH] [--quiet]
+const USAGE = `usage: berth cni-server [--socket PATH] [--quiet] [--log-format json|text]
 
 Serves the berth-* plugin launchers' fast path without the overlay agent.
   --socket PATH   the socket the launchers connect to (default ${DEFAULT_CNI_SOCKET}); a listening
                   socket passed by a service manager as "cni" is served instead
   --quiet         no log lines on stderr (start-up, refused callers, failed connections)
+  --log-format F  json or text log lines (default: text on a terminal, else JSON)
 `;
 
 /** Runs the server until SIGTERM/SIGINT; resolves with the exit code once it has closed. */
@@ -27,6 +29,7 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
     options: {
       socket: { type: "string", default: DEFAULT_CNI_SOCKET },
       quiet: { type: "boolean", default: false },
+      "log-format": { type: "string" },
       help: { type: "boolean", default: false },
     },
     strict: true,
@@ -35,7 +38,15 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const log = values.quiet ? undefined : (line: string) => process.stderr.write(`${line}\n`);
+  let log: ((line: string) => void) | undefined;
+  try {
+    const logger = createLogger({ component: "berth-cni-server", format: resolveLogFormat(values["log-format"]) });
+    if (!values.quiet) log = (line) => logger.info(line);
+  } catch (e) {
+    if (!(e instanceof LogFormatError)) throw e;
+    process.stderr.write(`berth cni-server: ${e.message}\n`);
+    return 2;
+  }
   let server: Awaited<ReturnType<typeof startCniServer>>;
   try {
     const passed: PassedListener | undefined = takeListener("cni", { soleUnnamed: true });

@@ -17,7 +17,7 @@ const run = promisify(execFile);
 export const DOCKER_CLIENT = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
 export const DOCKERD = "/usr/sbin/dockerd";
 const BUSYBOX = "/usr/bin/busybox";
-const APPLETS = ["sh", "ping", "cat", "echo", "sleep", "dd", "df", "ls", "httpd", "wget", "ip", "ifconfig", "route", "nc", "rm"];
+const APPLETS = ["sh", "true", "ping", "cat", "echo", "sleep", "dd", "df", "ls", "httpd", "wget", "ip", "ifconfig", "route", "nc", "rm"];
 
 /** Docker reads legacy plugins here (machine-wide): each test names its plugin uniquely. */
 export const DOCKER_PLUGIN_DIR = "/run/docker/plugins";

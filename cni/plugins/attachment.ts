@@ -300,10 +300,12 @@ export async function whileCreating<A, B>(creating: Promise<A>, work: () => Prom
   return [await creating, done];
 }
 
-/** Addresses an attachment had: from prevResult, else from the container interface (for DEL). */
-export async function attachmentAddresses(req: Request, podNl: Rtnl | null): Promise<string[]> {
-  const prev = req.config.prevResult?.ips?.map((i) => i.address) ?? [];
-  if (prev.length > 0 || !podNl) return prev;
+/**
+ * Addresses the container interface holds (for DEL's rule cleanup): what the ADD configured,
+ * read back from the kernel. prevResult is not taken for it: a wrong one would leave this
+ * attachment's rules behind, or remove another attachment's.
+ */
+async function interfaceAddresses(req: Request, podNl: Rtnl): Promise<string[]> {
   const link = await podNl.linkGetAsync(req.ifname);
   if (!link) return [];
   return (await podNl.addrListAsync({ ifindex: link.index })).filter((a) => a.scope !== "link").map((a) => a.cidr);
@@ -335,15 +337,16 @@ export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: A
 }
 
 /**
- * DEL of a veth attachment: reads the addresses it had (for rule cleanup), then removes the
- * pair through its host end (retired in the background when a resident process allows it);
- * when the host end is already gone, deletes the container end directly.
+ * DEL of a veth attachment: reads the addresses its container interface holds (for rule
+ * cleanup; [] when it is gone, and callers then find the rules by the attachment's tag), then
+ * removes the pair through its host end (retired in the background when a resident process
+ * allows it); when the host end is already gone, deletes the container end directly.
  */
 export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, host: string): Promise<string[]> {
-  let addresses = await attachmentAddresses(req, null);
+  let addresses: string[] = [];
   const podNl = ns ? Rtnl.open(ns) : null;
   try {
-    if (podNl && addresses.length === 0) addresses = await attachmentAddresses(req, podNl);
+    if (podNl) addresses = await interfaceAddresses(req, podNl);
     const removed = await retireLinkIfPresent(hostNl, host);
     // Not there by its name: it may have been retired by a process that died before deleting it.
     if (!removed) await deleteRetiredLinks(hostNl, (was) => was === host);

@@ -64,6 +64,7 @@ for (const path of PATHS) {
       expect(world.linksIn(ns.name)).toEqual([]);
       expect(world.hostVeths()).toEqual([]);
       expect(world.leases().filter((l) => l.container_id === containerId)).toEqual([]);
+      expect(world.masqueradedAddresses()).toEqual([]);
     };
 
     beforeAll(async () => {
@@ -101,6 +102,19 @@ for (const path of PATHS) {
         expectOk(await world.run("DEL", who, { ...conf, prevResult }));
       });
     }
+
+    it("DEL with a well-formed prevResult that names other addresses still removes the masquerade element", async () => {
+      const conf = world.config(50);
+      const { ns, who } = attachment();
+      const add = await world.run("ADD", who, conf);
+      expectOk(add);
+      const ip = addressOf(add.json);
+      expect(world.masqueradedAddresses()).toContain(ip);
+      const lie = { cniVersion: "1.1.0", ips: [{ address: "192.0.2.77/24" }] };
+      expectOk(await world.run("DEL", who, { ...conf, prevResult: lie }));
+      await expectGone(ns, who.containerId);
+      expect(world.masqueradedAddresses()).not.toContain(ip);
+    });
 
     it("DEL without prevResult and without the netns still frees the lease and the host veth", async () => {
       const conf = world.config(50);

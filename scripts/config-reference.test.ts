@@ -45,6 +45,33 @@ function flagsInSource(file: string): string[] {
   return [...flags].sort();
 }
 
+/** Read from the environment but not configuration: the search path, test hooks, the launcher-to-Node status pipe. */
+const NOT_CONFIGURATION = ["PATH", "LISTEN_PID", "BERTH_TEST_LOG", "BERTH_STATUS_FD", "TOY_HANG", "ADD", "DEL"];
+
+/** Non-test TypeScript and C sources under `dirs`. */
+function sourceFiles(dirs: string[]): string[] {
+  const out: string[] = [];
+  const walk = (d: string) => {
+    for (const e of readdirSync(d, { withFileTypes: true })) {
+      const p = join(d, e.name);
+      if (e.isDirectory()) {
+        if (e.name !== "build" && e.name !== "node_modules" && e.name !== "fixtures") walk(p);
+      } else if (/\.(ts|c|h)$/.test(e.name) && !e.name.endsWith(".test.ts")) out.push(p);
+    }
+  };
+  for (const d of dirs) walk(join(ROOT, d));
+  return out;
+}
+
+/** The text under `## title` up to the next level-2 heading. */
+function section2(doc: string, title: string): string {
+  const start = doc.indexOf(`\n## ${title}\n`);
+  if (start < 0) return "";
+  const rest = doc.slice(start + 1);
+  const end = rest.slice(3).search(/\n## /);
+  return end < 0 ? rest : rest.slice(0, end + 3);
+}
+
 describe("configuration reference", () => {
   it("docs/configuration.md is what scripts/config-reference.ts generates (run npm run docs)", () => {
     const committed = readFileSync(OUTPUT, "utf8");
@@ -89,6 +116,21 @@ describe("configuration reference", () => {
         if (ipam?.type === "berth-host-local") expect(() => parseHostLocalConfig(ipam)).not.toThrow();
       }
     }
+  });
+
+  it("names every environment variable berth reads and the launcher's config keys", () => {
+    const env = section2(generated, "Environment");
+    const read = new Set<string>();
+    for (const file of sourceFiles(["cni", "overlay", "csi", "bin", "native"])) {
+      const text = readFileSync(file, "utf8");
+      for (const m of text.matchAll(/\benv\.([A-Z][A-Z0-9_]+)|getenv\("([A-Z][A-Z0-9_]+)"\)/g)) read.add((m[1] ?? m[2])!);
+    }
+    for (const name of NOT_CONFIGURATION) read.delete(name);
+    expect(read.size).toBeGreaterThan(5);
+    const missing = [...read].filter((v) => !env.includes(`\`${v}\``));
+    expect(missing, "environment variables the reference does not name").toEqual([]);
+    const launcher = readFileSync(join(ROOT, "native", "launcher", "launcher.c"), "utf8");
+    for (const m of launcher.matchAll(/top_level_string\([^)]*"([A-Za-z]+)"/g)) expect(generated).toContain(`| \`${m[1]}\` |`);
   });
 
   it("shows bridge's keys with type, default and the reference plugin's name, and marks berth's own", () => {

@@ -131,6 +131,44 @@ export const RUNTIME_CONFIG: Record<string, string> = {
   mac: "The container interface's MAC; wins over args.cni.mac and CNI_ARGS MAC=.",
 };
 
+/** Top-level config keys the plugin launchers (native/launcher/launcher.c) read before any plugin runs. */
+export const LAUNCHER_KEYS: Record<string, string> = {
+  berthSocket:
+    "The fast-path socket this network's plugins hand their calls to (BERTH_CNI_SOCKET wins; default /run/berth/cni.sock).",
+  agentSocket: "Read as berthSocket when that is absent.",
+};
+
+/** Environment variables berth reads, with who reads them. */
+export const ENVIRONMENT: Record<string, [string, string]> = {
+  BERTH_CNI_SOCKET: [
+    "plugin launchers",
+    'The fast-path socket (wins over berthSocket); "off" runs every call on the cold path (Node on the bundled plugin).',
+  ],
+  BERTH_CNI_LOG: ["plugins", "File each plugin call appends its log lines to (wins over logFile); default: the caller's stderr."],
+  BERTH_LOG_LEVEL: ["agent, CSI driver, docker plugin", "pino log level (default info)."],
+  NO_COLOR: ["agent, CSI driver", "Set: text log lines on a terminal carry no colour."],
+  CSI_ENDPOINT: ["berth csi, berth up", "The CSI socket when --endpoint / --csi-endpoint is not given."],
+  "LISTEN_FDS, LISTEN_FDNAMES": [
+    "agent, cni-server, CSI driver",
+    'Socket activation (systemd): a socket named "cni" is served as the fast path, one named "csi" as the CSI endpoint.',
+  ],
+  "KUBERNETES_SERVICE_HOST, KUBERNETES_SERVICE_PORT": [
+    "agent --store kube",
+    "The API server when no --kubeconfig is given (in-cluster service account).",
+  ],
+  BERTH_DATA_DIR: ["berth doctor", "berth's data directory (default /var/lib/berth)."],
+  BERTH_NATIVE: ["every berth process", "Path of berth's native addon, instead of the one beside the bundle."],
+  "BERTH_COMMAND, BERTH_ARGS": [
+    "berth.service",
+    "The subcommand the service runs (default up) and its flags, from /etc/berth/berth.env.",
+  ],
+  "CNI_COMMAND, CNI_CONTAINERID, CNI_NETNS, CNI_IFNAME, CNI_ARGS, CNI_PATH": [
+    "plugins",
+    "The CNI spec's invocation variables, set by the runtime.",
+  ],
+  CNI_NETNS_OVERRIDE: ["plugins", "1 or true: allow CNI_NETNS to be the plugin's own network namespace (as libcni's)."],
+};
+
 /** The commands whose --help is reproduced, in order. */
 export const COMMANDS: { name: string; argv: string[]; source: string[] }[] = [
   { name: "berth up", argv: ["up", "--help"], source: ["bin/up.ts"] },
@@ -258,6 +296,7 @@ export async function render(): Promise<string> {
         )
         .join(", "),
     `- [Commands](#commands): ${COMMANDS.map((c) => `[${c.name}](#${anchor(c.name)})`).join(", ")}`,
+    "- [Environment](#environment)",
     "- [CSI StorageClass parameters](#csi-storageclass-parameters)",
     "- [Docker volume options](#docker-volume-options)",
     "",
@@ -310,6 +349,26 @@ export async function render(): Promise<string> {
     out.push(`### ${c.name}`, "", "```text", text.trimEnd(), "```", "");
   });
 
+  out.push(
+    "## Environment",
+    "",
+    "| variable | read by | description |",
+    "| --- | --- | --- |",
+    ...Object.entries(ENVIRONMENT).map(
+      ([k, [who, d]]) =>
+        `| ${k
+          .split(", ")
+          .map((v) => `\`${v}\``)
+          .join(", ")} | ${who} | ${cell(d)} |`,
+    ),
+    "",
+    "Every berth-* plugin's launcher also reads these top-level config keys:",
+    "",
+    "| key | description |",
+    "| --- | --- |",
+    ...Object.entries(LAUNCHER_KEYS).map(([k, d]) => `| \`${k}\` | ${cell(d)} |`),
+    "",
+  );
   out.push(
     "## CSI StorageClass parameters",
     "",

@@ -3,7 +3,8 @@
 // element, an open SQLite write transaction. What a runtime does next must still work: DEL
 // after a killed ADD, ADD again, DEL again after a killed DEL. At the end the lease database
 // passes integrity_check, and GC with an empty valid list plus a DEL of every attachment
-// leaves no port, veth, lease or masquerade element.
+// leaves no port, veth, lease or masquerade element. The same once more under load: 24 plugin
+// processes at once, ADDs and DELs, each killed at a random point, then DEL + GC.
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
@@ -61,6 +62,46 @@ function runAndKill(env: Record<string, string>, stdin: object, delay: number): 
     child.stdin.end(JSON.stringify(stdin));
   });
 }
+
+describe.skipIf(!BUILT)("SIGKILL of plugin processes under parallel load", () => {
+  const world = new World("crashp");
+  afterAll(() => world.cleanup());
+
+  it("24 at once, ADDs and DELs, each killed at a random point; DEL + GC leave nothing", { timeout: 120_000 }, async () => {
+    const conf = world.config(100);
+    const netns = Array.from({ length: 24 }, (_, i) => world.sandbox.createNetns(`p${i}`));
+    const who = (i: number) => ({ containerId: `${world.prefix}-p${i}`, netns: netns[i]!.path });
+    const envOf = (command: string, i: number) => ({
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: who(i).containerId,
+      CNI_NETNS: who(i).netns,
+      CNI_IFNAME: "eth0",
+    });
+    // Half the attachments exist (their DELs are killed), half are being made (their ADDs are).
+    for (const o of await Promise.all(netns.slice(0, 12).map((_, i) => world.run("ADD", who(i), conf)))) {
+      expect(o.exitCode, describeOutcome(o)).toBe(0);
+    }
+    const killed = await Promise.all(
+      netns.map((_, i) => runAndKill(envOf(i < 12 ? "DEL" : "ADD", i), conf, Math.random() * 2000)),
+    );
+    // 24 cold starts at once on a small machine take a second or two: kills land before, during and after the work.
+    const cut = killed.filter((k) => !k.finished).length;
+    const leases = world.leases().length;
+    console.log(`crash (parallel): ${cut} of 24 killed before they finished; ${leases} leases held after the kills`);
+    expect(cut).toBeGreaterThan(0);
+    expect(world.integrity()).toEqual(["ok"]);
+    const dels = await Promise.all(netns.map((_, i) => world.run("DEL", who(i), conf)));
+    expect(dels.filter((d) => d.exitCode !== 0).map(describeOutcome)).toEqual([]);
+    const gc = await world.run("GC", { containerId: "" }, { ...conf, "cni.dev/valid-attachments": [] });
+    expect(gc.exitCode, describeOutcome(gc)).toBe(0);
+    expect(world.bridgePorts()).toEqual([]);
+    expect(world.hostVeths()).toEqual([]);
+    expect(world.leases()).toEqual([]);
+    expect(world.masqueradedAddresses()).toEqual([]);
+    expect(netns.filter((ns) => world.linksIn(ns.name).length > 0).map((ns) => ns.name)).toEqual([]);
+    expect(world.integrity()).toEqual(["ok"]);
+  });
+});
 
 describe.skipIf(!BUILT)("SIGKILL during ADD and DEL", () => {
   const world = new World("crash");

@@ -596,6 +596,18 @@ describe("berth install", () => {
     } finally {
       sh("umount", [mounted]);
     }
+    // The state dir itself a mount point (a hostPath volume in Kubernetes' uninstall Job): its
+    // contents go, the mount point stays.
+    const state = join(root, "var/lib/berth");
+    sh("mount", ["--bind", state, state]);
+    try {
+      const purgeMounted = berth(["uninstall", "--root", root, "--purge"]);
+      expect(purgeMounted.stderr).toBe("");
+      expect(purgeMounted.status).toBe(0);
+      expect(readdirSync(state)).toEqual([]);
+    } finally {
+      sh("umount", [state]);
+    }
     const purge = berth(["uninstall", "--root", root, "--purge"]);
     expect(purge.status).toBe(0);
     expect(existsSync(join(root, "var/lib/berth"))).toBe(false);

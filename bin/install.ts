@@ -789,7 +789,7 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
     if (o.purge && existsSync(state)) {
       refuseMountsUnder(state);
       if (o.dryRun) out(`${"remove".padEnd(10)} ${state}/\n`);
-      else rmSync(state, { recursive: true, force: true });
+      else purgeState(state);
     }
     return 0;
   }
@@ -833,7 +833,7 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
       // not empty (someone else's files) or gone
     }
   }
-  if (o.purge) rmSync(state, { recursive: true, force: true });
+  if (o.purge) purgeState(state);
   out(
     `berth uninstall: removed ${present.length} files installed by berth ${manifest.berth}` +
       `${o.purge ? ` and ${state}` : ` (kept ${state}; --purge deletes it)`}\n`,
@@ -841,13 +841,26 @@ export function runUninstall(argv: string[], out = (t: string) => process.stdout
   return 0;
 }
 
+/** Deletes the state directory, or only its contents when it is a mount point (rmdir would be EBUSY). */
+function purgeState(state: string): void {
+  if (!existsSync(state)) return;
+  const real = realpathSync(state);
+  if (!readMountInfo().some((m) => m.mountPoint === real)) {
+    rmSync(state, { recursive: true, force: true });
+    return;
+  }
+  for (const e of readdirSync(state)) rmSync(join(state, e), { recursive: true, force: true });
+}
+
 /**
  * --purge deletes the state directory; a volume still mounted under it (a block volume's
- * filesystem, a bind mount) would have its contents deleted through the mount.
+ * filesystem, a bind mount) would have its contents deleted through the mount. The directory
+ * itself may be a mount point (a Kubernetes hostPath volume in the uninstall Job, a filesystem
+ * of its own): that one is berth's state, emptied by purgeState.
  */
 function refuseMountsUnder(dir: string): void {
   const real = realpathSync(dir);
-  const inside = readMountInfo().filter((m) => m.mountPoint === real || m.mountPoint.startsWith(`${real}/`));
+  const inside = readMountInfo().filter((m) => m.mountPoint.startsWith(`${real}/`));
   if (inside.length > 0)
     throw new InstallUsageError(
       `--purge: ${inside[0]!.mountPoint} is mounted under ${dir}${inside.length > 1 ? ` (and ${inside.length - 1} more)` : ""}: unmount the volumes first`,

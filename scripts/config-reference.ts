@@ -7,7 +7,7 @@
 //   npm run docs                                            rewrite docs/configuration.md
 //   node --import tsx scripts/config-reference.ts --out F   write it elsewhere
 import { execFile } from "node:child_process";
-import { writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
@@ -169,16 +169,37 @@ export const ENVIRONMENT: Record<string, [string, string]> = {
   CNI_NETNS_OVERRIDE: ["plugins", "1 or true: allow CNI_NETNS to be the plugin's own network namespace (as libcni's)."],
 };
 
-/** The commands whose --help is reproduced, in order. */
-export const COMMANDS: { name: string; argv: string[]; source: string[] }[] = [
-  { name: "berth up", argv: ["up", "--help"], source: ["bin/up.ts"] },
-  { name: "berth agent", argv: ["agent", "--help"], source: ["overlay/config.ts"] },
-  { name: "berth cni-server", argv: ["cni-server", "--help"], source: ["overlay/cniserver/main.ts"] },
-  { name: "berth csi", argv: ["csi", "--help"], source: ["csi/server.ts"] },
-  { name: "berth docker-plugin", argv: ["docker-plugin", "--help"], source: ["bin/docker-plugin.ts"] },
-  { name: "berth install / uninstall", argv: ["install", "--help"], source: ["bin/install.ts"] },
-  { name: "berth doctor", argv: ["doctor", "--help"], source: ["bin/doctor.ts"] },
-];
+export interface Command {
+  /** "berth up", or "berth install / uninstall" for commands that share one --help. */
+  name: string;
+  help: string;
+  /** The files that parse its flags (bin/cli.ts's import for it, plus FLAG_SOURCES). */
+  source: string[];
+}
+
+/** Flags parsed outside the module bin/cli.ts imports for the command. */
+const FLAG_SOURCES: Record<string, string[]> = { agent: ["overlay/config.ts"] };
+/** Commands `berth --help` lists that take no flags. */
+const NO_HELP = new Set(["version"]);
+
+/** Every command `berth --help` lists, with its --help; those printing the same text are one. */
+export async function commands(): Promise<Command[]> {
+  const top = await helpText(["--help"]);
+  const names = [...top.matchAll(/^ {2}([a-z][a-z-]*) /gm)].map((m) => m[1]!).filter((n) => !NO_HELP.has(n));
+  const cli = readFileSync(join(ROOT, "bin", "cli.ts"), "utf8");
+  const helps = await Promise.all(names.map((n) => helpText([n, "--help"])));
+  const out: Command[] = [];
+  names.forEach((n, i) => {
+    const imported = new RegExp(`case "${n}":[\\s\\S]*?import\\("([^"]+)"\\)`).exec(cli)?.[1];
+    const source = [...(imported ? [join("bin", imported)] : []), ...(FLAG_SOURCES[n] ?? [])];
+    const same = out.find((c) => c.help === helps[i]);
+    if (same) {
+      same.name += ` / ${n}`;
+      for (const f of source) if (!same.source.includes(f)) same.source.push(f);
+    } else out.push({ name: `berth ${n}`, help: helps[i]!, source });
+  });
+  return out;
+}
 
 const run = promisify(execFile);
 
@@ -277,7 +298,7 @@ export const EXAMPLE_CONFLIST = {
 export async function render(): Promise<string> {
   for (const k of NETCONF_KEYS) if (!COMMON_KEYS[k]) throw new Error(`COMMON_KEYS lacks ${k}`);
   for (const k of RUNTIME_CONFIG_KEYS) if (!RUNTIME_CONFIG[k]) throw new Error(`RUNTIME_CONFIG lacks ${k}`);
-  const helps = await Promise.all(COMMANDS.map((c) => helpText(c.argv)));
+  const cmds = await commands();
   const plugins = await Promise.all(Object.entries(DEFAULT_PLUGINS).map(async ([n, load]) => [n, await load()] as const));
 
   const out: string[] = [
@@ -295,7 +316,7 @@ export async function render(): Promise<string> {
             .join(", "),
         )
         .join(", "),
-    `- [Commands](#commands): ${COMMANDS.map((c) => `[${c.name}](#${anchor(c.name)})`).join(", ")}`,
+    `- [Commands](#commands): ${cmds.map((c) => `[${c.name}](#${anchor(c.name)})`).join(", ")}`,
     "- [Environment](#environment)",
     "- [CSI StorageClass parameters](#csi-storageclass-parameters)",
     "- [Docker volume options](#docker-volume-options)",
@@ -340,14 +361,14 @@ export async function render(): Promise<string> {
   for (const [n] of plugins) if (!PLUGIN_INFO[n]) throw new Error(`scripts/config-reference.ts: no PLUGIN_INFO for ${n}`);
 
   out.push("## Commands", "", "Each section is the command's `--help`.", "");
-  const agentHelp = helps[COMMANDS.findIndex((c) => c.name === "berth agent")]!;
-  COMMANDS.forEach((c, i) => {
-    let text = helps[i]!;
+  const agentHelp = cmds.find((c) => c.name === "berth agent")?.help ?? "\0";
+  for (const c of cmds) {
+    let text = c.help;
     // berth up prints the agent's flags after its own; they have their own section.
     if (c.name === "berth up" && text.endsWith(agentHelp))
       text = `${text.slice(0, -agentHelp.length)}[agent flags: see berth agent]`;
     out.push(`### ${c.name}`, "", "```text", text.trimEnd(), "```", "");
-  });
+  }
 
   out.push(
     "## Environment",

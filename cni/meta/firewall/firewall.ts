@@ -19,7 +19,7 @@ const schema = configSchema({
   ingressPolicy: field
     .string({ oneOf: ["open", "same-bridge", "isolated"] })
     .default("open")
-    .describe("Who may reach the container: anyone, only its own bridge, or no other container."),
+    .describe("open: no isolation; same-bridge: other bridges' containers cannot reach it; isolated: no other container can."),
   // Reference knobs for the iptables/firewalld backends: accepted, meaningless here.
   iptablesAdminChainName: field.string().describe("iptables backend's admin chain; accepted and ignored."),
   firewalldZone: field.string().describe("firewalld backend's zone; accepted and ignored."),

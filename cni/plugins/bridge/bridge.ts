@@ -86,7 +86,7 @@ const schema = configSchema(
       .default(false)
       .describe("Drop frames from the container whose source MAC is not its interface's (nftables)."),
     enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
-    disableContainerInterface: field.boolean().default(false).describe("Leave the container's interface down (needs no ipam)."),
+    disableContainerInterface: field.boolean().default(false).describe("Leave the container's interface down (not with ipam)."),
     portIsolation: field
       .boolean()
       .default(false)

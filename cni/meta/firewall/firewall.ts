@@ -15,7 +15,7 @@ const schema = configSchema({
     .string({ oneOf: ["nftables", "iptables", "firewalld"] })
     .unsupported("iptables", "berth uses nftables only")
     .unsupported("firewalld", "berth uses nftables only")
-    .describe("Firewall backend; berth implements nftables only."),
+    .describe("Firewall backend."),
   ingressPolicy: field
     .string({ oneOf: ["open", "same-bridge", "isolated"] })
     .default("open")

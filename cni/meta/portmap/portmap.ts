@@ -35,7 +35,7 @@ const schema = configSchema({
   backend: field
     .string({ oneOf: ["nftables", "iptables"] })
     .unsupported("iptables", "berth uses nftables only")
-    .describe("Rule backend; berth implements nftables only."),
+    .describe("Rule backend."),
   // iptables-backend knobs: meaningless for map-based rules; accepted when they ask for nothing.
   markMasqBit: field.int(0, 31).describe("iptables backend's masquerade mark bit; accepted and ignored."),
   externalSetMarkChain: field.string().describe("iptables backend's mark chain; refused when set (code 2)."),

@@ -70,7 +70,7 @@ const schema = configSchema(
     ipMasqBackend: field
       .string({ oneOf: ["nftables", "iptables"] })
       .unsupported("iptables", "berth uses nftables only")
-      .describe("Backend for ipMasq; berth implements nftables only."),
+      .describe("Backend for ipMasq."),
     mtu: field.int(68, 65535).describe("MTU of the bridge and the veth pair (default: the kernel's, 1500)."),
     hairpinMode: field
       .boolean()

@@ -32,7 +32,7 @@ const schema = configSchema({
     .boolean()
     .default(false)
     .unsupported(true, "the master must be a host interface")
-    .describe("Whether master lives in the container's namespace; berth supports only a host master."),
+    .describe("Whether master lives in the container's namespace."),
   enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
 });
 

@@ -52,7 +52,7 @@ const schema = configSchema({
   ipMasqBackend: field
     .string({ oneOf: ["nftables", "iptables"] })
     .unsupported("iptables", "berth uses nftables only")
-    .describe("Backend for ipMasq; berth implements nftables only."),
+    .describe("Backend for ipMasq."),
   mtu: field.int(68, 65535).describe("MTU of the veth pair (default: the kernel's, 1500)."),
   enabledad: field.boolean().default(false).describe("Run IPv6 duplicate address detection on the container's addresses."),
   ipam: field.anyObject().require().describe("The IPAM plugin and its options; ptp routes each address through the host."),

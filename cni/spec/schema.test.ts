@@ -186,3 +186,42 @@ describe("keys are matched as Go's encoding/json matches struct fields", () => {
     });
   });
 });
+
+describe("field docs (the configuration reference's source)", () => {
+  it("each constructor names its type in words", () => {
+    expect(field.string().doc.type).toBe("string");
+    expect(field.string({ nonEmpty: true }).doc.type).toBe("non-empty string");
+    expect(field.string({ oneOf: ["a", "b"] }).doc.type).toBe('one of "a", "b"');
+    expect(field.string({ pattern: /^x$/, patternName: "an x" }).doc.type).toBe("string: an x");
+    expect(field.boolean().doc.type).toBe("boolean");
+    expect(field.int(68, 65535).doc.type).toBe("integer 68-65535");
+    expect(field.int(0).doc.type).toBe("integer ≥ 0");
+    expect(field.number().doc.type).toBe("number");
+    expect(field.cidr(4).doc.type).toBe("IPv4 CIDR");
+    expect(field.ip().doc.type).toBe("IP address");
+    expect(field.mac().doc.type).toBe("MAC address");
+    expect(field.anyObject().doc.type).toBe("object");
+    const inner = { subnet: field.cidr().require() };
+    const ranges = field.array(field.array(field.object(inner)));
+    expect(ranges.doc.type).toBe("array of array of object");
+    expect(ranges.doc.fields).toBe(inner);
+  });
+
+  it("describe() adds a description and keeps what the field checks, requires and defaults to", () => {
+    const f = field
+      .string({ oneOf: ["nftables", "iptables"] })
+      .default("nftables")
+      .unsupported("iptables", "nftables only")
+      .describe("Backend.", { extension: true });
+    expect(f.doc).toEqual({ type: 'one of "nftables", "iptables"', description: "Backend.", extension: true });
+    expect(f.fallback).toBe("nftables");
+    expect(f.unsupportedValues).toEqual([{ value: "iptables", reason: "nftables only" }]);
+    const schema = configSchema({ backend: f, mtu: field.int(68, 65535).require().describe("MTU.") });
+    expect(schema.fields.mtu.required).toBe(true);
+    expect(validateConfig({ mtu: 1500 }, schema)).toEqual({ backend: "nftables", mtu: 1500 });
+    expect(() => validateConfig({ mtu: 1500, backend: "iptables" }, schema)).toThrow(/"backend": "iptables" is not supported/);
+    expect(() => validateConfig({}, schema)).toThrow(/"mtu" is required/);
+    // describe() after require() and before it give the same field.
+    expect(field.int(1).describe("n").require().doc.description).toBe("n");
+  });
+});

@@ -4,7 +4,7 @@
 // calls the adapter (csi/docker/volumes.ts), whose volumes are the CSI driver's. Every
 // failure is {"Err": "..."} with a message for Docker's user, never a stack trace.
 import { chmodSync, unlinkSync } from "node:fs";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import pino, { type Logger } from "pino";
@@ -13,7 +13,7 @@ import { DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR } from "../cni/ipam/ranges.ts";
 import { DEFAULT_TABLE } from "../cni/nft/nft.ts";
 import { DockerPluginError, DockerVolumeService } from "../csi/docker/volumes.ts";
 import { makeDirectories } from "../csi/paths.ts";
-import { DEFAULT_RUN_DIR } from "../overlay/cni/plugin.ts";
+import { DEFAULT_DATA_DIR as DEFAULT_OVERLAY_DATA_DIR, DEFAULT_RUN_DIR } from "../overlay/cni/plugin.ts";
 import { claimSocketPath } from "../overlay/cniserver/server.ts";
 import { readOverlayRuntime } from "../overlay/runtime-file.ts";
 
@@ -34,6 +34,8 @@ export interface DockerPluginOptions {
   nftTable?: string;
   /** The overlay agent's run dir (its overlay.json), for -o berth.overlay=true networks. */
   overlayRunDir?: string;
+  /** berth-overlay's data dir: overlay pools lease from its store (<dir>/ipam), as the host's CNI pods do. */
+  overlayDataDir?: string;
   log?: Logger;
 }
 
@@ -471,6 +473,7 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
         if (!rt.subnet || !rt.gateway) throw new Error("the agent holds no IPv4 subnet");
         return { subnet: rt.subnet, gateway: rt.gateway, mtu: rt.mtu ?? 1450 };
       },
+      overlayIpamDir: join(options.overlayDataDir ?? DEFAULT_OVERLAY_DATA_DIR, "ipam"),
       log,
     });
   } catch (e) {
@@ -501,7 +504,7 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
   };
 }
 
-const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR] [--ipam-dir DIR] [--nft-table NAME] [--overlay-run-dir DIR]
+const HELP = `usage: berth docker-plugin [--socket PATH] [--csi-dir DIR] [--docker-dir DIR] [--ipam-dir DIR] [--nft-table NAME] [--overlay-run-dir DIR] [--overlay-data-dir DIR]
 
 Serves berth's volumes and bridge networks to the Docker Engine (VolumeDriver, NetworkDriver and
 IpamDriver plugin APIs) on a unix socket that dockerd discovers in /run/docker/plugins/; the
@@ -515,6 +518,8 @@ overlay (a berth agent on this host): docker network create -d NAME --ipam-drive
   --ipam-dir DIR     berth's IPAM lease store (default ${DEFAULT_IPAM_DIR})
   --nft-table NAME   berth's nftables table for published ports (default ${DEFAULT_TABLE})
   --overlay-run-dir DIR  the berth agent's run dir with overlay.json (default ${DEFAULT_RUN_DIR})
+  --overlay-data-dir DIR berth-overlay's data dir; overlay addresses lease from DIR/ipam, shared
+                         with the host's CNI pods (default ${DEFAULT_OVERLAY_DATA_DIR})
 `;
 
 export async function runDockerPluginCommand(argv: string[]): Promise<number> {
@@ -525,6 +530,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     "ipam-dir"?: string;
     "nft-table"?: string;
     "overlay-run-dir"?: string;
+    "overlay-data-dir"?: string;
     help?: boolean;
   };
   try {
@@ -537,6 +543,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
         "ipam-dir": { type: "string" },
         "nft-table": { type: "string" },
         "overlay-run-dir": { type: "string" },
+        "overlay-data-dir": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       strict: true,
@@ -550,7 +557,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     process.stdout.write(HELP);
     return 0;
   }
-  for (const flag of ["csi-dir", "docker-dir", "ipam-dir", "overlay-run-dir"] as const) {
+  for (const flag of ["csi-dir", "docker-dir", "ipam-dir", "overlay-run-dir", "overlay-data-dir"] as const) {
     const v = values[flag];
     if (v !== undefined && !v.startsWith("/")) {
       process.stderr.write(`berth docker-plugin: --${flag} must be an absolute path, got ${JSON.stringify(v)}\n`);
@@ -566,6 +573,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
       ipamDir: values["ipam-dir"],
       nftTable: values["nft-table"],
       overlayRunDir: values["overlay-run-dir"],
+      overlayDataDir: values["overlay-data-dir"],
     });
   } catch (e) {
     process.stderr.write(`berth docker-plugin: ${(e as Error).message}\n`);

@@ -102,15 +102,54 @@ export interface RequestPool {
   V6?: boolean;
 }
 
+/**
+ * The lease stores: berth's IPAM store for plain networks, and berth-overlay's own store
+ * (<overlay data dir>/ipam) for overlay pools, so that Docker's containers and the host's CNI
+ * pods on the same host subnet never get the same address (one store, one address key).
+ */
+export class LeaseStores {
+  private overlayStore?: LeaseStore;
+
+  constructor(
+    readonly main: LeaseStore,
+    private readonly overlayIpamDir?: string,
+  ) {}
+
+  forPool(overlay: boolean): LeaseStore {
+    if (!overlay) return this.main;
+    if (!this.overlayIpamDir) throw new DockerNetworkError("no overlay data dir configured for overlay pools", 500);
+    this.overlayStore ??= LeaseStore.open(this.overlayIpamDir);
+    return this.overlayStore;
+  }
+
+  close(): void {
+    this.main.close();
+    this.overlayStore?.close();
+  }
+}
+
 export class DockerIpam {
   constructor(
-    private readonly leases: LeaseStore,
+    private readonly stores: LeaseStores,
     private readonly state: NetworkState,
     private readonly log: Logger,
     private readonly overlay?: OverlayLookup,
   ) {}
 
+  private storeOf(poolId: string): LeaseStore {
+    return this.stores.forPool(this.state.poolIsOverlay(poolId));
+  }
+
+  private overlaySubnet(): string | undefined {
+    try {
+      return this.overlay?.().subnet;
+    } catch {
+      return undefined;
+    }
+  }
+
   requestPool(r: RequestPool): { PoolID: string; Pool: string; Data: Record<string, string> } {
+    const chosen = !r.Pool;
     if (!r.Pool && !r.V6 && this.overlay) {
       // No subnet given: this host's overlay subnet, when the agent holds one.
       let lease: OverlayLease;
@@ -139,14 +178,26 @@ export class DockerIpam {
     if (subnet.toString() !== r.Pool) throw new DockerNetworkError(`Pool ${r.Pool} has host bits set; did you mean ${subnet}?`);
     rangeSetOf(subnet);
     const id = poolId(subnet);
-    if (!this.state.addPool(id)) throw new DockerNetworkError(`pool ${subnet} is already in use by another network`, 409);
-    this.log.info({ pool: id }, "docker IPAM pool requested");
+    const overlay = this.overlaySubnet() === subnet.toString();
+    if (!this.state.addPool(id, overlay)) {
+      if (overlay && chosen) {
+        // Docker checks a pool it did not name against the host's routes, and asks again when
+        // one overlaps: here berth-overlay's bridge already routes the subnet (CNI pods, or
+        // another Docker overlay network). Only a pool the user names skips that check.
+        throw new DockerNetworkError(
+          `this host's overlay subnet ${subnet} is already routed here (berth-overlay's bridge), so Docker asked for another pool; name it: --subnet ${subnet}`,
+          409,
+        );
+      }
+      throw new DockerNetworkError(`pool ${subnet} is already in use by another network`, 409);
+    }
+    this.log.info({ pool: id, overlay }, "docker IPAM pool requested");
     return { PoolID: id, Pool: subnet.toString(), Data: {} };
   }
 
   releasePool(id: string): void {
     poolSubnet(id);
-    const dropped = this.leases.gc(id, []);
+    const dropped = this.state.hasPool(id) ? this.storeOf(id).gc(id, []) : [];
     this.state.removePool(id);
     this.log.info({ pool: id, leases: dropped.length }, "docker IPAM pool released");
   }
@@ -179,7 +230,7 @@ export class DockerIpam {
     // Docker names no owner here: each address is its own owner until ReleaseAddress.
     const owner = { network: r.PoolID, containerId: `docker-${randomUUID()}`, ifname: IFNAME };
     try {
-      const [lease] = this.leases.allocate(owner, [set], requested ? [requested] : []);
+      const [lease] = this.storeOf(r.PoolID).allocate(owner, [set], requested ? [requested] : []);
       return { Address: `${lease!.address}${prefix}`, Data: {} };
     } catch (e) {
       throw asDockerError("RequestAddress", e);
@@ -190,8 +241,10 @@ export class DockerIpam {
     poolSubnet(r.PoolID);
     const ip = tryParseIp(r.Address.split("/")[0] ?? "");
     if (!ip) throw new DockerNetworkError(`Address ${JSON.stringify(r.Address.slice(0, 80))} is not an IP address`);
-    const lease = this.leases.leaseAt(ip);
-    if (lease && lease.network === r.PoolID) this.leases.release(lease);
+    if (!this.state.hasPool(r.PoolID)) return;
+    const store = this.storeOf(r.PoolID);
+    const lease = store.leaseAt(ip);
+    if (lease && lease.network === r.PoolID) store.release(lease);
   }
 }
 
@@ -208,6 +261,8 @@ interface NetworkRow {
   gateway: string;
   mtu: number;
   overlay: number;
+  /** The IPAM pool id of its subnet (its leases are released with its endpoints). */
+  pool: string;
 }
 
 interface EndpointRow {
@@ -229,9 +284,9 @@ export class NetworkState {
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = FULL");
     this.db.exec(`
-      CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY);
+      CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY, overlay INTEGER NOT NULL DEFAULT 0);
       CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, bridge TEXT NOT NULL UNIQUE, gateway TEXT NOT NULL, mtu INTEGER NOT NULL,
-        overlay INTEGER NOT NULL DEFAULT 0);
+        overlay INTEGER NOT NULL DEFAULT 0, pool TEXT NOT NULL DEFAULT '');
       CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY, network TEXT NOT NULL, host TEXT NOT NULL, peer TEXT NOT NULL,
         address TEXT NOT NULL, mac TEXT NOT NULL, ports TEXT NOT NULL DEFAULT '[]');`);
   }
@@ -240,8 +295,11 @@ export class NetworkState {
     this.db.close();
   }
 
-  addPool(id: string): boolean {
-    return this.db.prepare("INSERT OR IGNORE INTO pools VALUES (?)").run(id).changes > 0;
+  addPool(id: string, overlay: boolean): boolean {
+    return this.db.prepare("INSERT OR IGNORE INTO pools VALUES (?, ?)").run(id, overlay ? 1 : 0).changes > 0;
+  }
+  poolIsOverlay(id: string): boolean {
+    return (this.db.prepare("SELECT overlay FROM pools WHERE id = ?").get(id) as { overlay: number } | undefined)?.overlay === 1;
   }
   hasPool(id: string): boolean {
     return this.db.prepare("SELECT 1 FROM pools WHERE id = ?").get(id) !== undefined;
@@ -257,7 +315,12 @@ export class NetworkState {
     return this.db.prepare("SELECT * FROM networks WHERE bridge = ?").get(bridge) as NetworkRow | undefined;
   }
   putNetwork(n: NetworkRow): void {
-    this.db.prepare("INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?)").run(n.id, n.bridge, n.gateway, n.mtu, n.overlay);
+    this.db
+      .prepare("INSERT OR REPLACE INTO networks VALUES (?, ?, ?, ?, ?, ?)")
+      .run(n.id, n.bridge, n.gateway, n.mtu, n.overlay, n.pool);
+  }
+  networkPool(id: string): string | undefined {
+    return this.network(id)?.pool || undefined;
   }
   deleteNetwork(id: string): void {
     this.db.prepare("DELETE FROM networks WHERE id = ?").run(id);
@@ -396,7 +459,15 @@ export class DockerNetworks {
     const other = this.state.networkByBridge(bridge);
     if (other && other.id !== id)
       throw new DockerNetworkError(`bridge ${bridge} already serves network ${other.id.slice(0, 12)}`, 409);
-    this.state.putNetwork({ id, bridge, gateway, mtu, overlay: isOverlay ? 1 : 0 });
+    let subnet: Subnet;
+    try {
+      subnet = Subnet.parse(pool);
+    } catch (e) {
+      throw new DockerNetworkError(
+        `IPv4Data[0].Pool ${JSON.stringify(pool.slice(0, 80))} is not a CIDR: ${(e as Error).message}`,
+      );
+    }
+    this.state.putNetwork({ id, bridge, gateway, mtu, overlay: isOverlay ? 1 : 0, pool: poolId(subnet) });
     try {
       await withRtnl(undefined, (nl) => {
         const existed = nl.linkGet(bridge);
@@ -593,9 +664,11 @@ export async function openDockerNetworking(options: {
   dockerDir: string;
   nftTable?: string;
   overlay?: OverlayLookup;
+  /** berth-overlay's lease store (<overlay data dir>/ipam), for overlay pools. */
+  overlayIpamDir?: string;
   log: Logger;
 }): Promise<DockerNetworking> {
-  const leases = LeaseStore.open(options.ipamDir);
+  const leases = new LeaseStores(LeaseStore.open(options.ipamDir), options.overlayIpamDir);
   const state = new NetworkState(join(options.dockerDir, "network.db"));
   const networks = new DockerNetworks(state, options.log, options.nftTable, options.overlay);
   try {
@@ -621,7 +694,7 @@ export async function openDockerNetworking(options: {
  * reach the plugin, gave up on DeleteEndpoint and ReleaseAddress for good. Its veth pair,
  * port mappings, lease and row go here.
  */
-async function reconcileNetworks(state: NetworkState, leases: LeaseStore, table: string, log: Logger): Promise<void> {
+async function reconcileNetworks(state: NetworkState, stores: LeaseStores, table: string, log: Logger): Promise<void> {
   await withRtnl(undefined, async (nl) => {
     for (const n of state.networks()) {
       const br = nl.linkGet(n.bridge);
@@ -647,8 +720,12 @@ async function reconcileNetworks(state: NetworkState, leases: LeaseStore, table:
         await deleteLinkIfPresent(nl, e.host);
         await removePortmap({ network: e.network, containerId: e.id, ifname: IFNAME }, table);
         const ip = tryParseIp(e.address.split("/")[0] ?? "");
-        const lease = ip ? leases.leaseAt(ip) : undefined;
-        if (lease?.network.startsWith("berth-pool:")) leases.release(lease);
+        const pool = state.networkPool(e.network);
+        if (ip && pool) {
+          const store = stores.forPool(state.poolIsOverlay(pool));
+          const lease = store.leaseAt(ip);
+          if (lease?.network === pool) store.release(lease);
+        }
         state.deleteEndpoint(e.id);
         log.warn(
           { endpoint: e.id, address: e.address },

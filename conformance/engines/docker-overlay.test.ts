@@ -6,6 +6,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
+import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
@@ -55,6 +56,8 @@ async function startPlugin(
       join(dir, "ipam"),
       "--overlay-run-dir",
       h.runDir,
+      "--overlay-data-dir",
+      h.cniDataDir,
     ],
     { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
   );
@@ -121,21 +124,23 @@ describe.skipIf(missing.length > 0)(
       await cluster?.destroy();
     }, 180_000);
 
-    it("a container on host 1 reaches a container on host 2 over VXLAN, each on its host's leased subnet, with no Swarm", async () => {
+    it("a container on host 1 reaches a container on host 2 over VXLAN, each on its host's leased subnet, with no Swarm; a CNI pod shares host 1's bridge and lease store", async () => {
       const addresses: string[] = [];
+      // A CNI pod (berth-overlay) on host 1 first: Docker's containers share its bridge and its lease store.
+      const pod = await hosts[0]!.host.addContainer();
       for (const [i, d] of hosts.entries()) {
         const lease = await d.host.lease();
-        await d.engine!.docker([
-          "network",
-          "create",
-          "-d",
-          d.plugin,
-          "--ipam-driver",
-          d.plugin,
-          "-o",
-          "berth.overlay=true",
-          "n1",
-        ]);
+        const create = ["network", "create", "-d", d.plugin, "--ipam-driver", d.plugin, "-o", "berth.overlay=true"];
+        if (i === 0) {
+          // Host 1's bridge already routes its subnet (the CNI pod): Docker then wants it named.
+          const unnamed = await d.engine!.tryDocker([...create, "n1"]);
+          expect(unnamed.stderr).toContain(
+            `this host's overlay subnet ${lease.subnet} is already routed here (berth-overlay's bridge), so Docker asked for another pool; name it: --subnet ${lease.subnet}`,
+          );
+          await d.engine!.docker([...create, "--subnet", lease.subnet, "n1"]);
+        } else {
+          await d.engine!.docker([...create, "n1"]);
+        }
         await d.engine!.docker(["run", "-d", "--name", `c${i + 1}`, "--network", "n1", d.engine!.image, "sleep", "600"]);
         const ip = (
           await d.engine!.docker(["inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", `c${i + 1}`])
@@ -150,10 +155,20 @@ describe.skipIf(missing.length > 0)(
         const mtu = (await d.engine!.docker(["exec", `c${i + 1}`, "cat", "/sys/class/net/eth0/mtu"])).stdout.trim();
         expect(Number(mtu)).toBe(1450);
       }
+      expect(addresses[0]).not.toBe(pod.ipv4);
+      const store = new Database(join(hosts[0]!.host.cniDataDir, "ipam", "ipam.db"), { readonly: true });
+      try {
+        const held = (store.prepare("SELECT ip FROM leases").all() as { ip: string }[]).map((r) => r.ip).sort();
+        expect(held).toEqual([addresses[0], pod.ipv4].sort());
+      } finally {
+        store.close();
+      }
       const p = await hosts[0]!.engine!.docker(["exec", "c1", "ping", "-c", "3", "-W", "2", addresses[1]!]);
       expect(p.stdout).toContain("3 packets received");
       const back = await hosts[1]!.engine!.docker(["exec", "c2", "ping", "-c", "1", "-W", "2", addresses[0]!]);
       expect(back.stdout).toContain("1 packets received");
+      const toPod = await hosts[1]!.engine!.docker(["exec", "c2", "ping", "-c", "1", "-W", "2", pod.ipv4]);
+      expect(toPod.stdout).toContain("1 packets received");
 
       // A plain --subnet equal to the overlay subnet is refused, and so is overlay with another subnet.
       const d = hosts[0]!;

@@ -12,6 +12,8 @@ commands:
   docker-plugin  serve berth volumes to the Docker Engine's plugin API (berth docker-plugin --help)
   version     print berth's version
   doctor      check that this host has what berth needs
+  status      what berth is doing here: agent, subnet and peers, pools, attachments, volumes
+              (berth status --help)
   install     install this release: plugins into the CNI bin dir, a network config, service
               units (berth install --help)
   uninstall   remove what berth install wrote (berth uninstall --help)
@@ -43,6 +45,10 @@ async function main(argv: string[]): Promise<number> {
     case "docker-plugin": {
       const { runDockerPluginCommand } = await import("./docker-plugin.ts");
       return runDockerPluginCommand(rest);
+    }
+    case "status": {
+      const { runStatus } = await import("./status.ts");
+      return runStatus(rest);
     }
     case "doctor": {
       const { runDoctor } = await import("./doctor.ts");

@@ -15,7 +15,8 @@ let dir: string;
 let cmds: Command[];
 
 beforeAll(async () => {
-  [generated, cmds] = await Promise.all([render(), commands()]);
+  cmds = await commands();
+  generated = await render(cmds);
   dir = mkdtempSync(join(tmpdir(), "berth-config-reference-"));
   writeFileSync(join(dir, "configuration.md"), generated);
 }, 120_000);

@@ -295,10 +295,10 @@ export const EXAMPLE_CONFLIST = {
 };
 
 /** The whole reference, as docs/configuration.md holds it. */
-export async function render(): Promise<string> {
+export async function render(given?: Command[]): Promise<string> {
   for (const k of NETCONF_KEYS) if (!COMMON_KEYS[k]) throw new Error(`COMMON_KEYS lacks ${k}`);
   for (const k of RUNTIME_CONFIG_KEYS) if (!RUNTIME_CONFIG[k]) throw new Error(`RUNTIME_CONFIG lacks ${k}`);
-  const cmds = await commands();
+  const cmds = given ?? (await commands());
   const plugins = await Promise.all(Object.entries(DEFAULT_PLUGINS).map(async ([n, load]) => [n, await load()] as const));
 
   const out: string[] = [

@@ -7,6 +7,8 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
+import { LeaseStore } from "../cni/ipam/store.ts";
 import { Cluster, type Container, type Host, until } from "../conformance/multihost/cluster.ts";
 import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../csi/test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
@@ -201,6 +203,75 @@ describe.sequential("berth status on a running host", () => {
     expect(text.stdout).toContain(`agent    DOWN: no agent listening on ${h1.socket} (ENOENT)`);
     expect(text.stdout).toContain(`subnet   ${lease.subnet} (last written by the agent at `);
     expect(text.stdout).toMatch(/^problems\n {2}- agent down: /m);
+  });
+});
+
+describe("berth status for berth-host-local networks", () => {
+  it("sizes each pool from the network's config; a network without one is counted, a full pool is a problem", () => {
+    const dir = mkdtempSync(join(tmpdir(), `${testPrefix()}-status-hl-`));
+    try {
+      const ipamDir = join(dir, "ipam");
+      const confDir = join(dir, "net.d");
+      mkdirSync(confDir);
+      // A /29: hosts .1-.6, .1 the gateway, so 5 to hand out; a second range set of two addresses.
+      const ipam = {
+        type: "berth-host-local",
+        dataDir: ipamDir,
+        ranges: [[{ subnet: "10.9.0.0/29" }], [{ subnet: "10.9.1.0/29", rangeStart: "10.9.1.2", rangeEnd: "10.9.1.3" }]],
+      };
+      writeFileSync(
+        join(confDir, "10-net1.conflist"),
+        JSON.stringify({ cniVersion: "1.0.0", name: "net1", plugins: [{ type: "berth-bridge", bridge: "x", ipam }] }),
+      );
+      writeFileSync(join(confDir, "20-broken.conf"), "{ not json");
+      const store = LeaseStore.open(ipamDir);
+      try {
+        const { rangeSets } = parseHostLocalConfig(ipam);
+        for (const id of ["a", "b"]) store.allocate({ network: "net1", containerId: id, ifname: "eth0" }, rangeSets);
+        const other = parseHostLocalConfig({ ranges: [[{ subnet: "10.9.2.0/24" }]] }).rangeSets;
+        store.allocate({ network: "net2", containerId: "c", ifname: "net0" }, other);
+      } finally {
+        store.close();
+      }
+      const { code, report } = statusJson([
+        "--api-socket",
+        join(dir, "none.sock"),
+        "--run-dir",
+        join(dir, "run"),
+        "--ipam-dir",
+        ipamDir,
+        "--cni-conf-dir",
+        confDir,
+        "--csi-state-dir",
+        join(dir, "csi"),
+      ]);
+      expect(code).toBe(1);
+      expect(report.networks).toEqual([
+        {
+          name: "net1",
+          ipamDir,
+          used: 4,
+          size: 7,
+          free: 3,
+          pools: [
+            { ranges: ["10.9.0.0/29"], used: 2, size: 5, free: 3 },
+            { ranges: ["10.9.1.0/29 10.9.1.2-10.9.1.3"], used: 2, size: 2, free: 0 },
+          ],
+        },
+        { name: "net2", ipamDir, used: 1 },
+      ]);
+      expect(report.attachments).toEqual([
+        { network: "net1", containerId: "a", ifname: "eth0", addresses: ["10.9.0.2", "10.9.1.2"], ipamDir },
+        { network: "net1", containerId: "b", ifname: "eth0", addresses: ["10.9.0.3", "10.9.1.3"], ipamDir },
+        { network: "net2", containerId: "c", ifname: "net0", addresses: ["10.9.2.2"], ipamDir },
+      ]);
+      expect(report.problems.filter((p) => !p.startsWith("agent down"))).toEqual([
+        expect.stringMatching(/^network config .*20-broken\.conf: /),
+        "network net1: pool 10.9.1.0/29 10.9.1.2-10.9.1.3 is full",
+      ]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 

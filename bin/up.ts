@@ -59,6 +59,15 @@ function splitArgs(argv: string[]): UpArgs | string {
   return up;
 }
 
+/** The value of an agent flag (`--flag V` or `--flag=V`), for the parts of up that share it. */
+function agentFlag(args: string[], flag: string): string | undefined {
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === flag) return args[i + 1];
+    if (args[i]!.startsWith(`${flag}=`)) return args[i]!.slice(flag.length + 1);
+  }
+  return undefined;
+}
+
 export async function runUpWithStorage(argv: string[]): Promise<number> {
   const up = splitArgs(argv);
   if (typeof up === "string") {
@@ -108,6 +117,7 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
         socket: up.dockerSocket,
         csiDir: up.csiDir,
         dockerDir,
+        overlayRunDir: agentFlag(up.agentArgs, "--run-dir"),
         log: createLogger({ component: "berth-docker", format }),
       });
       docker = plugin;

@@ -108,22 +108,27 @@ export interface RequestPool {
  * pods on the same host subnet never get the same address (one store, one address key).
  */
 export class LeaseStores {
+  private mainStore?: LeaseStore;
   private overlayStore?: LeaseStore;
 
+  /** Each store is opened when a pool first needs it: a plugin serving only volumes touches neither. */
   constructor(
-    readonly main: LeaseStore,
+    private readonly ipamDir: string,
     private readonly overlayIpamDir?: string,
   ) {}
 
   forPool(overlay: boolean): LeaseStore {
-    if (!overlay) return this.main;
+    if (!overlay) {
+      this.mainStore ??= LeaseStore.open(this.ipamDir);
+      return this.mainStore;
+    }
     if (!this.overlayIpamDir) throw new DockerNetworkError("no overlay data dir configured for overlay pools", 500);
     this.overlayStore ??= LeaseStore.open(this.overlayIpamDir);
     return this.overlayStore;
   }
 
   close(): void {
-    this.main.close();
+    this.mainStore?.close();
     this.overlayStore?.close();
   }
 }
@@ -668,7 +673,7 @@ export async function openDockerNetworking(options: {
   overlayIpamDir?: string;
   log: Logger;
 }): Promise<DockerNetworking> {
-  const leases = new LeaseStores(LeaseStore.open(options.ipamDir), options.overlayIpamDir);
+  const leases = new LeaseStores(options.ipamDir, options.overlayIpamDir);
   const state = new NetworkState(join(options.dockerDir, "network.db"));
   const networks = new DockerNetworks(state, options.log, options.nftTable, options.overlay);
   try {

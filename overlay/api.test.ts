@@ -1,5 +1,7 @@
 // The HTTP API over both listeners: a unix socket and loopback TCP.
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
@@ -61,4 +63,37 @@ describe("agent API", () => {
     expect(metrics.headers.get("content-type")).toContain("text/plain");
     expect((await fetch(`${base}/nope`)).status).toBe(404);
   });
+
+  it("refuses a socket a live agent serves, and replaces a stale one", async () => {
+    const view: AgentView = {
+      readiness: () => ({ ready: true, reasons: [] }),
+      lease: () => null,
+      peers: () => [],
+      status: () => ({}),
+    };
+    const app = () => buildApi(view, new Registry(), pino({ level: "silent" }));
+    const socket = join(dir, "agent.sock");
+    closer = await listenApi(app(), socket);
+    const ino = statSync(socket).ino;
+    await expect(listenApi(app(), socket)).rejects.toThrow(`another berth agent API is already listening on ${socket}`);
+    expect(statSync(socket).ino).toBe(ino);
+    expect((await fetchUnix(socket, "/healthz")).status).toBe(200);
+    // A socket file whose server is gone (closed without removing it) is taken over.
+    await closer.close();
+    closer = undefined;
+    execFileSync("python3", ["-c", "import socket,sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])", socket]);
+    closer = await listenApi(app(), socket);
+    expect((await fetchUnix(socket, "/healthz")).status).toBe(200);
+  });
 });
+
+function fetchUnix(socketPath: string, path: string): Promise<{ status: number }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, path, agent: false }, (res) => {
+      res.resume();
+      resolve({ status: res.statusCode ?? 0 });
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}

@@ -10,10 +10,11 @@
 // and the store's return wakes every waiting loop at once. A store that comes back without its
 // history (wiped, or a new cluster at the same address) is re-registered in, and the peers it
 // lost stay programmed for a grace period while they re-register.
-import { mkdirSync } from "node:fs";
+
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
+import { makeDirectory } from "../cni/spec/files.ts";
 import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
 import { createLogger } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";
@@ -165,8 +166,16 @@ export class Agent {
     this.deviceName = `berth.${config.vni}`;
     if (this.deviceName.length > 15)
       throw new AgentConfigError(`--vni ${config.vni}: device name ${this.deviceName} is too long`);
-    mkdirSync(config.stateDir, { recursive: true, mode: 0o700 });
-    mkdirSync(config.runDir, { recursive: true });
+    for (const [flag, dir, mode] of [
+      ["--state-dir", config.stateDir, 0o700],
+      ["--run-dir", config.runDir, 0o755],
+    ] as const) {
+      try {
+        makeDirectory(dir, mode);
+      } catch (e) {
+        throw new AgentConfigError(`${flag} ${dir}: ${(e as Error).message}`);
+      }
+    }
     this.ownsStore = deps.store === undefined;
     this.store = deps.store ?? openStore(config);
     const kube = this.store instanceof KubeStore ? this.store : null;

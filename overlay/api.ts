@@ -1,10 +1,11 @@
 // The agent's HTTP API (fastify): health, readiness, Prometheus metrics and read-only state,
 // on a unix socket (and loopback TCP by option). Every route declares its response schema.
-import { chmodSync, mkdirSync } from "node:fs";
+import { chmodSync } from "node:fs";
 import { createServer } from "node:http";
 import { dirname } from "node:path";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Registry } from "prom-client";
+import { makeDirectory } from "../cni/spec/files.ts";
 import { claimSocketPath } from "../native/unix-socket.ts";
 
 export interface LeaseView {
@@ -125,7 +126,7 @@ export async function listenApi(
   socketPath: string,
   tcp?: { host: string; port: number },
 ): Promise<{ close(): Promise<void>; tcpPort?: number }> {
-  mkdirSync(dirname(socketPath), { recursive: true });
+  makeDirectory(dirname(socketPath), 0o755);
   await claimSocketPath(socketPath, "berth agent API");
   await app.listen({ path: socketPath });
   chmodSync(socketPath, 0o660);

@@ -1,11 +1,12 @@
 // Crash-safe file replacement: write a temp file beside the target, fsync it, rename it over
 // the target, fsync the directory. A reader sees the old content or the new, never a torn file.
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
+import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
+import { makeDirectory } from "../cni/spec/files.ts";
 
 export function writeFileAtomic(path: string, data: string, mode = 0o644): void {
   const dir = dirname(path);
-  mkdirSync(dir, { recursive: true });
+  makeDirectory(dir, 0o755);
   const tmp = join(dir, `.${basename(path)}.${process.pid}.${Date.now()}.tmp`);
   const fd = openSync(tmp, "w", mode);
   try {

@@ -6,9 +6,9 @@
 // state dir, so a restart, even after the lease expired, gets the same subnet and MAC back and
 // peers never see a stale MAC; losing the lease (expiry, deletion) re-acquires instead of exiting.
 import { randomBytes, randomUUID } from "node:crypto";
-import { readFileSync } from "node:fs";
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
+import { readSmallFile } from "../cni/spec/files.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 import {
   type Cidr,
@@ -162,13 +162,25 @@ function randomVtepMac(): string {
 
 export function loadIdentity(stateDir: string): HostIdentity {
   const path = join(stateDir, "identity.json");
+  let text: string | null = null;
   try {
-    const o = JSON.parse(readFileSync(path, "utf8")) as Partial<HostIdentity>;
-    if (typeof o.hostId === "string" && typeof o.vtepMAC === "string" && MAC_RE.test(o.vtepMAC)) {
+    text = readSmallFile(path, 64 * 1024);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") {
+      throw new LeaseError(`cannot read ${path}: ${(e as Error).message} (remove it to start with a new host identity)`);
+    }
+  }
+  if (text !== null) {
+    let o: Partial<HostIdentity> | null = null;
+    try {
+      const v: unknown = JSON.parse(text);
+      if (v && typeof v === "object" && !Array.isArray(v)) o = v as Partial<HostIdentity>;
+    } catch {}
+    if (typeof o?.hostId === "string" && typeof o.vtepMAC === "string" && MAC_RE.test(o.vtepMAC)) {
       return { hostId: o.hostId, vtepMAC: o.vtepMAC, ...(typeof o.lastSubnet === "string" ? { lastSubnet: o.lastSubnet } : {}) };
     }
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== "ENOENT" && !(e instanceof SyntaxError)) throw e;
+    // A damaged identity (a crash before the atomic rename cannot leave one; a hand edit can):
+    // start afresh, as a new host would.
   }
   const fresh: HostIdentity = { hostId: randomUUID(), vtepMAC: randomVtepMac() };
   saveIdentity(stateDir, fresh);

@@ -6,13 +6,13 @@
 // Security: the socket is root-only (0600, owned by root) and every connection's peer
 // credentials are checked (SO_PEERCRED), since a CNI call configures the host's network.
 
-import { chmodSync, chownSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { chmodSync, chownSync, lstatSync, statSync, unlinkSync } from "node:fs";
 import { Socket } from "node:net";
 import { dirname } from "node:path";
 import { LeaseStore } from "../../cni/ipam/store.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/spec/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/spec/entry.ts";
-import { appendToLogFile } from "../../cni/spec/files.ts";
+import { appendToLogFile, makeDirectory } from "../../cni/spec/files.ts";
 import { ErrorCode } from "../../cni/spec/types.ts";
 import { NEWEST_VERSION } from "../../cni/spec/version.ts";
 import { type AcceptedConnection, addon } from "../../native/addon.ts";
@@ -77,7 +77,7 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   LeaseStore.deferSyncs(true);
   // A lone invocation makes its short netlink requests on this thread; concurrent ones on the pool.
   Rtnl.shortRequestsInline = () => inFlight <= 1;
-  if (!passed) mkdirSync(dirname(socketPath), { recursive: true, mode: 0o755 });
+  if (!passed) makeDirectory(dirname(socketPath), 0o755);
 
   const retirement = installLinkRetirer(log);
   const ctx: ConnectionContext = { registry, serialiser, log, ownUid, requestTimeoutMs, open, pending: new Set() };

@@ -3,9 +3,9 @@
 // every write, an event log to watch from a revision, TTL leases expired by timestamp.
 // Watchers poll the revision (one cheap SELECT per tick), so writers in other processes are seen.
 import { randomBytes } from "node:crypto";
-import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { makeDirectory } from "../../cni/spec/files.ts";
 import type { LeaseStore, ResetReason, StoreEntry, StoreWatch, WatchEvent, WriteResult } from "./store.ts";
 
 export interface LocalStoreOptions {
@@ -67,7 +67,7 @@ export class LocalStore implements LeaseStore {
   private closed = false;
 
   constructor(options: LocalStoreOptions) {
-    mkdirSync(dirname(options.path), { recursive: true, mode: 0o700 });
+    makeDirectory(dirname(options.path), 0o700);
     this.db = new Database(options.path, { timeout: 5000 });
     this.db.pragma("journal_mode = WAL");
     this.db.pragma("synchronous = FULL");

@@ -43,6 +43,13 @@ async function startPlugin(): Promise<ChildProcess> {
       csiDir,
       "--docker-dir",
       dockerDir,
+      // Networks are not used here; these keep the plugin off the host's defaults all the same.
+      "--ipam-dir",
+      join(base, "ipam"),
+      "--overlay-run-dir",
+      join(base, "no-agent"),
+      "--overlay-data-dir",
+      join(base, "no-overlay"),
     ],
     { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
   );

@@ -4,9 +4,10 @@
 // hangs or stops it), answer Probe, keep a state database that passes integrity_check, and
 // still serve the file written on a long-lived volume before the first kill. At the end, the
 // CO's own clean-up through the API (unpublish, unstage, delete everything the driver lists)
-// leaves no image, row, mount or loop device behind.
-import { execFileSync } from "node:child_process";
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+// leaves no image, row, mount or loop device behind, even with a mount namespace made by another
+// program halfway through holding copies of the mounts (they are unmounted there too).
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
@@ -34,9 +35,32 @@ function loopsUnder(root: string): string[] {
     .map((l) => `${l.name} ${l["back-file"]}`);
 }
 
+/** A process in a new mount namespace whose mounts are slaves of ours (unshare -m --propagation slave). */
+async function otherNamespace(): Promise<ChildProcess> {
+  const child = spawn("unshare", ["-m", "--propagation", "slave", "sleep", "600"], { stdio: "ignore" });
+  const ours = readlinkSync("/proc/self/ns/mnt");
+  for (let i = 0; i < 200; i++) {
+    try {
+      if (readlinkSync(`/proc/${child.pid}/ns/mnt`) !== ours) return child;
+    } catch {
+      // not started yet
+    }
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  throw new Error("unshare did not make its mount namespace");
+}
+
 describe("SIGKILL of the CSI driver under load", () => {
   const d = new DriverProcess(testPrefix());
-  afterAll(() => d.cleanup());
+  let sleeper: ChildProcess | undefined;
+  afterAll(async () => {
+    if (sleeper?.exitCode === null) {
+      const gone = new Promise((r) => sleeper?.once("exit", r));
+      sleeper.kill("SIGKILL");
+      await gone;
+    }
+    await d.cleanup();
+  });
 
   it(`${TRIALS} kills at random moments; every restart serves; the CO's clean-up leaves nothing`, {
     timeout: 300_000,
@@ -100,6 +124,9 @@ describe("SIGKILL of the CSI driver under load", () => {
     };
 
     for (let trial = 0; trial < TRIALS; trial++) {
+      // Halfway, another program makes its own mount namespace (as container runtimes and
+      // `ip netns exec` do): it holds copies of every mount until the unmounts reach it.
+      if (trial === TRIALS / 2) sleeper = await otherNamespace();
       const callers = Array.from({ length: CALLERS }, (_, c) => caller(c).catch(() => {}));
       await new Promise((r) => setTimeout(r, 100 + Math.random() * 1500));
       await d.kill();
@@ -125,7 +152,8 @@ describe("SIGKILL of the CSI driver under load", () => {
     expect(d.rows("volumes")).toEqual([]);
     expect(readdirSync(join(d.dataDir, "images"))).toEqual([]);
     expect(loopsUnder(d.root)).toEqual([]);
-    expect(mountsUnder(d.root).filter((m) => m !== join(d.dataDir, "mounts"))).toEqual([]);
+    const own = [join(d.dataDir, "mounts"), join(d.root, "kubelet")]; // the driver's and the CO's shared binds
+    expect(mountsUnder(d.root).filter((m) => !own.includes(m))).toEqual([]);
     await d.kill();
     expect(integrity(d)).toEqual(["ok"]);
   });

@@ -33,7 +33,12 @@ export class DriverProcess {
     this.socket = join(this.root, "csi.sock");
     this.dataDir = join(this.root, "data");
     this.stateDir = join(this.root, "state");
-    mkdirSync(join(this.root, "kubelet"));
+    // The CO's directory for staging and target paths is an rshared mount, as kubelet makes its
+    // root dir: mount namespaces other programs create meanwhile then see the driver's unmounts.
+    const kubelet = join(this.root, "kubelet");
+    mkdirSync(kubelet);
+    sh("mount", ["--bind", kubelet, kubelet]);
+    sh("mount", ["--make-rshared", kubelet]);
   }
 
   /** A path under the test's own kubelet dir. */

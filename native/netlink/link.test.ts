@@ -306,7 +306,7 @@ describe("bridge ports", () => {
     try {
       a.rtnl.bridgeVlanAdd("vp0", 10, { pvid: true, untagged: true });
     } catch (e) {
-      // This machine's kernel is built without CONFIG_BRIDGE_VLAN_FILTERING.
+      // A kernel built without CONFIG_BRIDGE_VLAN_FILTERING: the error must say so.
       expect((e as NetlinkError).message).toBe(
         "bridge vlan add vid 10 dev vp0: this kernel has no bridge VLAN support (CONFIG_BRIDGE_VLAN_FILTERING) (EOPNOTSUPP)",
       );

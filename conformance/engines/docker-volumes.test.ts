@@ -212,8 +212,14 @@ describe.skipIf(missing.length > 0)(
 
     it("keeps a volume mounted while any container uses it, counted per container", async () => {
       await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v2"]);
-      await engine.docker(["run", "-d", "--name", `${prefix}a`, "-v", "v2:/data", engine.image, "sleep", "600"]);
-      await engine.docker(["run", "-d", "--name", `${prefix}b`, "-v", "v2:/data", engine.image, "sleep", "600"]);
+      // Three containers start at once: their Mounts of one volume are served one after another.
+      await Promise.all(
+        ["a", "b", "x"].map((n) =>
+          engine.docker(["run", "-d", "--name", `${prefix}${n}`, "-v", "v2:/data", engine.image, "sleep", "600"]),
+        ),
+      );
+      expect((await inspect("v2")).Status.users).toBe(3);
+      await engine.docker(["rm", "-f", `${prefix}x`]);
       const v = await inspect("v2");
       expect(v.Status.users).toBe(2);
       expect(mountsUnder(dockerDir)).toContain(v.Mountpoint);
@@ -422,6 +428,11 @@ describe.skipIf(missing.length > 0)(
         ],
         ["/VolumeDriver.Get", JSON.stringify({ Name: "nosuch" }), /^no such volume: nosuch$/],
         ["/NetworkDriver.Frobnicate", "{}", /^POST \/NetworkDriver.Frobnicate: no such plugin endpoint$/],
+        [
+          "/VolumeDriver.Create",
+          JSON.stringify({ Name: "b10", Opts: { size: "1".repeat(70_000) } }),
+          /^VolumeDriver.Create: request body is too large$/,
+        ],
       ];
       for (const [endpoint, body, want] of cases) {
         const r = await call(endpoint, body);

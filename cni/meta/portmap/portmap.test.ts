@@ -14,8 +14,13 @@ const servers: ChildProcess[] = [];
 beforeEach(() => {
   fx = new ChainFixture("pm");
 });
-afterEach(() => {
+
+function killServers(): void {
   for (const s of servers.splice(0)) if (s.pid && s.exitCode === null) process.kill(s.pid, "SIGKILL");
+}
+
+afterEach(() => {
+  killServers();
   fx.cleanup();
 });
 
@@ -86,11 +91,20 @@ async function tcpSend(address: string, port: number, text: string, netns?: stri
  */
 async function delivered(netns: string, port: number, address: string, hostPort: number, text: string, from?: string) {
   let got = "";
+  let lastError: unknown;
   for (let attempt = 0; attempt < 3 && got !== text; attempt++) {
     const server = tcpServer(netns, port);
-    await tcpSend(address, hostPort, text, from);
+    try {
+      await tcpSend(address, hostPort, text, from);
+    } catch (e) {
+      // Refused for 8 s: on a loaded machine the listener may not be up yet; try again.
+      lastError = e;
+      killServers();
+      continue;
+    }
     got = await server;
   }
+  if (got !== text && lastError) throw lastError;
   return got;
 }
 

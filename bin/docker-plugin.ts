@@ -7,12 +7,14 @@ import { chmodSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { parseArgs } from "node:util";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
-import pino, { type Logger } from "pino";
+import type { Logger } from "pino";
 import { DockerNetworkError, type DockerNetworking, openDockerNetworking } from "../cni/docker/network.ts";
 import { DEFAULT_DATA_DIR as DEFAULT_IPAM_DIR } from "../cni/ipam/ranges.ts";
 import { DEFAULT_TABLE } from "../cni/nft/nft.ts";
 import { DockerPluginError, DockerVolumeService } from "../csi/docker/volumes.ts";
 import { makeDirectories } from "../csi/paths.ts";
+import { createLogger } from "../native/log.ts";
+import { waitForStopSignal } from "../native/signals.ts";
 import { DEFAULT_DATA_DIR as DEFAULT_OVERLAY_DATA_DIR, DEFAULT_RUN_DIR } from "../overlay/cni/plugin.ts";
 import { claimSocketPath } from "../overlay/cniserver/server.ts";
 import { readOverlayRuntime } from "../overlay/runtime-file.ts";
@@ -446,7 +448,7 @@ export function buildDockerPluginApp(volumes: DockerVolumeService, net: DockerNe
 
 /** Opens the volume service, claims the socket (a stale file is replaced, a live server refused) and serves. */
 export async function startDockerPlugin(options: DockerPluginOptions = {}): Promise<RunningDockerPlugin> {
-  const log = options.log ?? pino({ name: "berth-docker", level: process.env.BERTH_LOG_LEVEL ?? "info" }, pino.destination(2));
+  const log = options.log ?? createLogger({ component: "berth-docker" });
   const socket = options.socket ?? DEFAULT_DOCKER_SOCKET;
   if (!socket.startsWith("/")) throw new DockerPluginError(`--socket must be an absolute path, got ${JSON.stringify(socket)}`);
   if (!socket.endsWith(".sock"))
@@ -579,12 +581,7 @@ export async function runDockerPluginCommand(argv: string[]): Promise<number> {
     process.stderr.write(`berth docker-plugin: ${(e as Error).message}\n`);
     return e instanceof DockerPluginError ? 2 : 1;
   }
-  process.stderr.write(`berth docker-plugin: serving ${plugin.socket}\n`);
-  await new Promise<void>((resolve) => {
-    const stop = () => resolve();
-    process.once("SIGINT", stop);
-    process.once("SIGTERM", stop);
-  });
+  await waitForStopSignal();
   await plugin.close();
   return 0;
 }

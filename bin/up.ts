@@ -120,8 +120,7 @@ export async function runUpWithStorage(argv: string[]): Promise<number> {
         overlayRunDir: agentFlag(up.agentArgs, "--run-dir"),
         log: createLogger({ component: "berth-docker", format }),
       });
-      docker = plugin;
-      log.info({ socket: plugin.socket }, "Docker plugin serving");
+      docker = plugin; // it logs "Docker plugin serving" itself
     } catch (e) {
       process.stderr.write(`berth up: Docker plugin not started: ${(e as Error).message}\n`);
       await csi?.close();

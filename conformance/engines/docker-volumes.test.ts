@@ -235,6 +235,33 @@ describe.skipIf(missing.length > 0)(
       expect(images()).not.toContain(`${v.Status.id}.img`);
     });
 
+    it("serves concurrent Create, Mount and Unmount calls of one volume one after another, each counted", async () => {
+      // Three Creates of one name at once (docker run -v v5:... in parallel): one volume, no error.
+      const created = await Promise.all(
+        [1, 2, 3].map(() => call("/VolumeDriver.Create", JSON.stringify({ Name: "v5", Opts: { size: "32M" } }))),
+      );
+      expect(created.map((r) => [r.status, r.json])).toEqual([
+        [200, {}],
+        [200, {}],
+        [200, {}],
+      ]);
+      expect(
+        ((await call("/VolumeDriver.List", "{}")).json.Volumes as { Name: string }[]).filter((v) => v.Name === "v5"),
+      ).toHaveLength(1);
+      const ids = [1, 2, 3, 4, 5].map((n) => `${String(n).repeat(64)}`);
+      const mounted = await Promise.all(ids.map((ID) => call("/VolumeDriver.Mount", JSON.stringify({ Name: "v5", ID }))));
+      expect(mounted.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+      const at = String(mounted[0]!.json.Mountpoint);
+      expect(new Set(mounted.map((r) => r.json.Mountpoint))).toEqual(new Set([at]));
+      expect(mountsUnder(dockerDir)).toContain(at);
+      expect((await inspect("v5")).Status.users).toBe(5);
+      const unmounted = await Promise.all(ids.map((ID) => call("/VolumeDriver.Unmount", JSON.stringify({ Name: "v5", ID }))));
+      expect(unmounted.map((r) => r.status)).toEqual([200, 200, 200, 200, 200]);
+      expect((await inspect("v5")).Status.users).toBe(0);
+      expect(mountsUnder(dockerDir)).not.toContain(at);
+      await engine.docker(["volume", "rm", "v5"]);
+    });
+
     it("refuses docker volume rm while a container uses the volume, in Docker and in the plugin", async () => {
       await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v3"]);
       await engine.docker(["run", "-d", "--name", `${prefix}c`, "-v", "v3:/data", engine.image, "sleep", "600"]);

@@ -5,8 +5,13 @@
 // differs from CNI's in one way that shapes this file: the driver makes the veth pair on the
 // host at CreateEndpoint and Docker itself moves one end into the container at Join.
 //
+// With -o berth.overlay=true a network sits on this host's subnet of the VXLAN overlay (the
+// agent's lease, its MTU, berth-overlay's bridge and lease store), so containers on different
+// hosts reach each other through the agent's routes.
+//
 // What Docker cannot tell us again after a restart (which bridge a network uses, an
-// endpoint's address and published ports) is kept in a small SQLite database.
+// endpoint's address and published ports) is kept in a small SQLite database, and the
+// start-up reconcile releases what Docker gave up on while the plugin was down.
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import Database from "better-sqlite3";
@@ -52,6 +57,7 @@ export interface OverlayLease {
   mtu: number;
 }
 export type OverlayLookup = () => OverlayLease;
+
 const PROTOCOLS: Record<number, Protocol> = { 6: "tcp", 17: "udp", 132: "sctp" };
 
 function dockerId(what: string, id: unknown): string {

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { NetlinkError } from "./error.ts";
-import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
 import { Rtnl } from "./socket.ts";
 
 let a: ScratchNetns;

@@ -1,7 +1,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { sh, testPrefix } from "../../testing/kernel.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { type RtnlEvent, subscribeEvents } from "./events.ts";
-import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
 
 let a: ScratchNetns;
 

@@ -1,9 +1,9 @@
 import { readdirSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { NetnsError } from "../netns.ts";
 import { NetlinkError } from "./error.ts";
-import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
 import { Rtnl } from "./socket.ts";
 
 let a: ScratchNetns;

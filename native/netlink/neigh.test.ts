@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { bridgeJson, ipJson, testPrefix } from "../../testing/kernel.ts";
-import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 
 let a: ScratchNetns;
 

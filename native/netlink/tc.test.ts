@@ -2,11 +2,11 @@
 // filters programmed in a throwaway netns and read back with `tc -j` and `ip -j -s`.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../../testing/kernel.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { Netns } from "../netns.ts";
 import { forEachMessage, InvalidValueError, type MessageView, MessageWriter, NLMSG_HDRLEN } from "./codec.ts";
 import { RTM_NEWQDISC, RTM_NEWTFILTER } from "./constants.ts";
 import { isNetlinkError, NetlinkError } from "./error.ts";
-import { type ScratchNetns, scratchNetns } from "./scratch-netns.ts";
 import {
   bytesToTicks,
   decodeFilter,

@@ -2,9 +2,9 @@
 // deletes it in the background, read back from the kernel.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../../cni/plugins/attachment.ts";
-import { type ScratchNetns, scratchNetns } from "../../native/netlink/scratch-netns.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 
 let prefix: string;

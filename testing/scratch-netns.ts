@@ -1,8 +1,9 @@
 // Test fixture: a throwaway network namespace (named with the test's prefix) with an
 // Rtnl socket inside it. Everything created in it disappears when it is deleted.
-import { addNetns, delNetns } from "../../testing/kernel.ts";
-import { Netns } from "../netns.ts";
-import { Rtnl } from "./socket.ts";
+
+import { Rtnl } from "../native/netlink/socket.ts";
+import { Netns } from "../native/netns.ts";
+import { addNetns, delNetns } from "./kernel.ts";
 
 export interface ScratchNetns {
   name: string;

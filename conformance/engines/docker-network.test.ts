@@ -262,6 +262,63 @@ describe.skipIf(missing.length > 0)(
       }
     });
 
+    it("a host port already published makes the next container fail with the reason, and its address, veth and elements are released", async () => {
+      await engine.docker([
+        "network",
+        "create",
+        "-d",
+        plugin,
+        "--ipam-driver",
+        plugin,
+        "--subnet",
+        subnet,
+        "-o",
+        `berth.bridge=${bridge}`,
+        "n3",
+      ]);
+      const port = await freePort();
+      await engine.docker([
+        "run",
+        "-d",
+        "--name",
+        `${prefix}p`,
+        "--network",
+        "n3",
+        "-p",
+        `${port}:80`,
+        engine.image,
+        "sleep",
+        "600",
+      ]);
+      const first = await ipOf(`${prefix}p`);
+      const elements = portmapElements();
+      const second = await engine.tryDocker([
+        "run",
+        "-d",
+        "--name",
+        `${prefix}q`,
+        "--network",
+        "n3",
+        "-p",
+        `${port}:80`,
+        engine.image,
+        "sleep",
+        "600",
+      ]);
+      expect(second.code).not.toBe(0);
+      expect(second.stderr).toContain(
+        `publish ports: host port ${port}/tcp is already mapped to ${first} . 80 by another attachment`,
+      );
+      // Only the first container's lease, veth and elements remain.
+      expect(leases().map((l) => l.ip)).toEqual([first]);
+      expect(links().filter((l) => l.master === bridge)).toHaveLength(1);
+      expect(portmapElements()).toEqual(elements);
+      await engine.docker(["rm", "-f", `${prefix}p`, `${prefix}q`]);
+      await engine.docker(["network", "rm", "n3"]);
+      expect(leases()).toEqual([]);
+      expect(portmapElements()).toEqual([]);
+    });
+
     it("cleans up at its next start what a container removed while the plugin was down held: veth pair, lease, port mapping, volume mount", {
       timeout: 240_000,
     }, async () => {

@@ -15,8 +15,8 @@ import { DockerPluginError, DockerVolumeService } from "../csi/docker/volumes.ts
 import { makeDirectories } from "../csi/paths.ts";
 import { createLogger } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";
+import { claimSocketPath } from "../native/unix-socket.ts";
 import { DEFAULT_DATA_DIR as DEFAULT_OVERLAY_DATA_DIR, DEFAULT_RUN_DIR } from "../overlay/cni/plugin.ts";
-import { claimSocketPath } from "../overlay/cniserver/server.ts";
 import { readOverlayRuntime } from "../overlay/runtime-file.ts";
 
 export const DEFAULT_DOCKER_SOCKET = "/run/docker/plugins/berth.sock";

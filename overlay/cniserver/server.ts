@@ -167,7 +167,7 @@ let inFlight = 0;
  * a live server or a file that is not a socket is a CniServerStartError. `what` names the
  * server in that message.
  */
-export async function claimSocketPath(path: string, what = "CNI server"): Promise<void> {
+async function claimSocketPath(path: string, what = "CNI server"): Promise<void> {
   try {
     await claimUnixSocketPath(path, what);
   } catch (e) {

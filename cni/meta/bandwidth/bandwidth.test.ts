@@ -3,9 +3,9 @@
 // them over netlink; `tc` here is only the independent reader (and the saboteur for CHECK).
 import { type ChildProcess, spawn } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
 import type { Result } from "../../spec/types.ts";
-import { ChainFixture } from "../chain-fixture.ts";
 import { bandwidthPlugin, ifbName } from "./bandwidth.ts";
 
 let fx: ChainFixture;

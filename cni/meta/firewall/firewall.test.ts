@@ -1,9 +1,9 @@
 // berth-firewall chained after berth-bridge: elements read back with `nft -j`, and the
 // ingress policies checked with real traffic between pods on two bridges (br_netfilter is on).
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { ping } from "../../../testing/kernel.ts";
 import type { Result } from "../../spec/types.ts";
-import { ChainFixture } from "../chain-fixture.ts";
 import { firewallPlugin } from "./firewall.ts";
 
 let fx: ChainFixture;

@@ -3,9 +3,9 @@
 // and from the pod itself (hairpin), conflicts, GC, and 100 attachments coming and going.
 import { type ChildProcess, spawn } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { sh } from "../../../testing/kernel.ts";
 import type { Result } from "../../spec/types.ts";
-import { ChainFixture } from "../chain-fixture.ts";
 import { PORT_IN_USE, portmapPlugin } from "./portmap.ts";
 
 let fx: ChainFixture;

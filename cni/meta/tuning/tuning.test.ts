@@ -3,8 +3,8 @@
 import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { ipJson, sh } from "../../../testing/kernel.ts";
-import { ChainFixture } from "../chain-fixture.ts";
 import { tuningPlugin } from "./tuning.ts";
 
 let fx: ChainFixture;

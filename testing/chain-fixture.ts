@@ -4,11 +4,11 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "../../testing/kernel.ts";
-import { closeLeaseStores } from "../ipam/hostlocal.ts";
-import { bridgePlugin } from "../plugins/bridge/bridge.ts";
-import { handleInvocation } from "../spec/entry.ts";
-import type { Plugin, Result } from "../spec/types.ts";
+import { closeLeaseStores } from "../cni/ipam/hostlocal.ts";
+import { bridgePlugin } from "../cni/plugins/bridge/bridge.ts";
+import { handleInvocation } from "../cni/spec/entry.ts";
+import type { Plugin, Result } from "../cni/spec/types.ts";
+import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "./kernel.ts";
 
 export interface Invocation {
   exitCode: number;

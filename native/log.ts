@@ -6,7 +6,6 @@
 // The format is `--log-format json|text` when given, else text when the log's descriptor is a
 // terminal and JSON when it is not.
 
-import { writeSync } from "node:fs";
 import { isatty } from "node:tty";
 import pino, { type DestinationStream, type Logger } from "pino";
 
@@ -55,6 +54,8 @@ const FIXED = new Set(["level", "time", "msg", "component", "name", "pid", "host
 /** A pino destination that writes each record as one readable line (formatLogRecord). */
 export function textDestination(fd = 2): DestinationStream {
   const colour = isatty(fd) && !process.env.NO_COLOR;
+  // pino's own synchronous writer: it retries partial writes and EAGAIN on a non-blocking fd.
+  const sink = pino.destination({ fd, sync: true });
   return {
     write(chunk: string): void {
       let out = "";
@@ -69,7 +70,7 @@ export function textDestination(fd = 2): DestinationStream {
         }
         out += `${formatLogRecord(record as Record<string, unknown>, colour)}\n`;
       }
-      if (out) writeSync(fd, out);
+      if (out) sink.write(out);
     },
   };
 }

@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { EtcdProcess } from "../testing/etcd-process.ts";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../testing/kernel.ts";
 import { httpOverUnix, until } from "../testing/poll.ts";
 import { Agent } from "./agent.ts";
@@ -15,7 +16,6 @@ import { AgentConfigError, parseAgentConfig } from "./config.ts";
 import { subnetKey } from "./lease.ts";
 import type { Dataplane, DataplaneOp, DataplaneState, ManagedDataplane } from "./reconcile.ts";
 import { EtcdStore } from "./store/etcd.ts";
-import { EtcdProcess } from "./store/etcd-process.ts";
 import { LocalStore } from "./store/local.ts";
 
 describe("agent flags", () => {

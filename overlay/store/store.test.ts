@@ -6,8 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Etcd3 } from "etcd3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { EtcdProcess } from "../../testing/etcd-process.ts";
 import { EtcdStore } from "./etcd.ts";
-import { EtcdProcess } from "./etcd-process.ts";
 import { LocalStore } from "./local.ts";
 import type { LeaseStore, ResetReason, WatchEvent } from "./store.ts";
 

@@ -84,6 +84,13 @@ export function teardownKernelObjects(root: string): void {
 
 export async function createTestDriver(prefix: string, nodeId = "test-node"): Promise<TestDriver> {
   const root = mkdtempSync(join(tmpdir(), `${prefix}-`));
+  // Staging and target paths live in an rshared bind, as under kubelet's root dir: mount
+  // namespaces other programs create meanwhile then get the driver's unmounts, and never keep
+  // a test's loop device attached after it is done with it.
+  const kubelet = join(root, "kubelet");
+  mkdirSync(kubelet);
+  execFileSync("mount", ["--bind", kubelet, kubelet]);
+  execFileSync("mount", ["--make-rshared", kubelet]);
   const pkg = loadCsiPackage();
   const socket = join(root, "plugin", "csi.sock");
   const endpoint = `unix://${socket}`;
@@ -115,9 +122,7 @@ export async function createTestDriver(prefix: string, nodeId = "test-node"): Pr
       t.running = undefined;
     },
     path(name: string) {
-      const p = join(root, "kubelet", name);
-      mkdirSync(join(root, "kubelet"), { recursive: true });
-      return p;
+      return join(kubelet, name);
     },
     async cleanup() {
       await t.stop();

@@ -5,7 +5,7 @@
 // still serve the file written on a long-lived volume before the first kill. At the end, the
 // CO's own clean-up through the API (unpublish, unstage, delete everything the driver lists)
 // leaves no image, row, mount or loop device behind, even with a mount namespace made by another
-// program halfway through holding copies of the mounts (they are unmounted there too).
+// program before it holding copies of the mounts (they are unmounted there too).
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { mkdirSync, readdirSync, readFileSync, readlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -124,9 +124,6 @@ describe("SIGKILL of the CSI driver under load", () => {
     };
 
     for (let trial = 0; trial < TRIALS; trial++) {
-      // Halfway, another program makes its own mount namespace (as container runtimes and
-      // `ip netns exec` do): it holds copies of every mount until the unmounts reach it.
-      if (trial === TRIALS / 2) sleeper = await otherNamespace();
       const callers = Array.from({ length: CALLERS }, (_, c) => caller(c).catch(() => {}));
       await new Promise((r) => setTimeout(r, 100 + Math.random() * 1500));
       await d.kill();
@@ -138,6 +135,10 @@ describe("SIGKILL of the CSI driver under load", () => {
       expect(readFileSync(join(keeperTarget, "data"), "utf8"), `trial ${trial}`).toBe("kept");
     }
 
+    // Another program makes its own mount namespace (as container runtimes and `ip netns exec`
+    // do): it holds copies of every mount until the unmounts reach it. (Made only now: it also
+    // holds copies of everyone else's private mounts while it lives.)
+    sleeper = await otherNamespace();
     // The CO cleans up everything the driver knows, by the paths it recorded.
     const list = await d.call<{ entries: { volume: { volume_id: string } }[] }>("Controller", "ListVolumes", {});
     const publications = d.rows("publications") as { volume_id: string; target_path: string }[];
@@ -154,6 +155,7 @@ describe("SIGKILL of the CSI driver under load", () => {
     expect(loopsUnder(d.root)).toEqual([]);
     const own = [join(d.dataDir, "mounts"), join(d.root, "kubelet")]; // the driver's and the CO's shared binds
     expect(mountsUnder(d.root).filter((m) => !own.includes(m))).toEqual([]);
+    sleeper.kill("SIGKILL");
     await d.kill();
     expect(integrity(d)).toEqual(["ok"]);
   });

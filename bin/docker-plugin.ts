@@ -87,8 +87,8 @@ export function buildDockerPluginApp(volumes: DockerVolumeService, net: DockerNe
     // Unknown and mistyped fields are reported, not dropped or coerced.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
   });
-  // Docker posts its own media type; some clients post application/json; both are JSON. An
-  // empty body or `null` (Docker's encoding of a nil request) is an empty object.
+  // Docker posts its own media type, other clients application/json or nothing: every body is
+  // read as JSON. An empty body or `null` (Docker's encoding of a nil request) is an empty object.
   const parseJson = (_req: unknown, body: string, done: (err: Error | null, value?: unknown) => void) => {
     if (body.trim() === "" || body.trim() === "null") return done(null, {});
     try {
@@ -99,12 +99,23 @@ export function buildDockerPluginApp(volumes: DockerVolumeService, net: DockerNe
       done(err);
     }
   };
-  app.removeContentTypeParser("application/json");
-  app.addContentTypeParser("application/json", { parseAs: "string" }, parseJson);
+  app.removeAllContentTypeParsers();
   app.addContentTypeParser(DOCKER_MEDIA_TYPE, { parseAs: "string" }, parseJson);
   app.addContentTypeParser("*", { parseAs: "string" }, parseJson);
   app.addHook("preValidation", async (req) => {
     if (req.body === undefined || req.body === null) req.body = {};
+  });
+  // Answers are checked too, not only serialised: a reply that does not match its route's
+  // schema (a missing or mistyped field Docker would misread) becomes an Err instead.
+  app.addHook("preSerialization", async (req, reply, payload) => {
+    const responses = req.routeOptions.schema?.response as Record<string, object> | undefined;
+    const code = String(reply.statusCode);
+    const schema = responses?.[code] ?? responses?.[`${code[0]}xx`];
+    if (!schema) return payload;
+    const validate = req.compileValidationSchema(schema);
+    if (validate(payload)) return payload;
+    const why = (validate.errors ?? []).map((e) => `${e.instancePath || "answer"} ${e.message}`).join("; ");
+    throw new Error(`internal error: the answer does not match its schema (${why})`);
   });
   app.setErrorHandler((e: FastifyError, req, reply) => {
     const route = req.url.replace(/^\//, "").slice(0, 64);

@@ -30,6 +30,13 @@ const schema = configSchema({
     .default("berth0")
     .describe("The host bridge pods attach to; it gets the gateway of the host's subnet."),
   ipMasq: field.boolean().default(false).describe("Masquerade pod traffic leaving the pod subnet (as berth-bridge's ipMasq)."),
+  isDefaultGateway: field
+    .boolean()
+    .default(false)
+    .describe(
+      "Give pods a default route via the bridge (as berth-bridge's isDefaultGateway, flannel's bridge): pods then reach " +
+        "the host's own addresses (a Kubernetes node's IP, hostPort replies, the API server) and beyond, not only the cluster networks.",
+    ),
   nftTable: field
     .string({ pattern: /^[A-Za-z][A-Za-z0-9_]{0,31}$/, patternName: "an nftables identifier" })
     .describe("The nftables table for masquerade rules (default: berth-bridge's, berth)."),
@@ -56,6 +63,7 @@ export function bridgeConfigFor(req: Request, runtime: OverlayRuntime): NetConf 
     type: "berth-bridge",
     bridge: conf.bridge,
     isGateway: true,
+    ...(conf.isDefaultGateway ? { isDefaultGateway: true } : {}),
     ipMasq: conf.ipMasq,
     ...(conf.nftTable ? { nftTable: conf.nftTable } : {}),
     ...(runtime.mtu ? { mtu: runtime.mtu } : {}),

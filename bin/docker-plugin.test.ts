@@ -1,10 +1,15 @@
 // The Docker plugin's HTTP layer on its own (fastify inject, services stubbed): bodies in
 // Docker's media type, answers checked against their schemas, every failure one {"Err"}.
 // The real services with the real Docker Engine: conformance/engines/docker-*.test.ts.
+import { spawnSync } from "node:child_process";
+import { mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
 import pino from "pino";
 import { describe, expect, it } from "vitest";
 import type { DockerNetworking } from "../cni/docker/network.ts";
 import type { DockerVolume, DockerVolumeService } from "../csi/docker/volumes.ts";
+import { testPrefix } from "../testing/kernel.ts";
 import { buildDockerPluginApp } from "./docker-plugin.ts";
 
 function appWith(get: (name: string) => unknown) {
@@ -64,5 +69,38 @@ describe("docker-plugin HTTP layer", () => {
     const notJson = await post(app, "/VolumeDriver.Capabilities", "[1,");
     expect(notJson.statusCode).toBe(400);
     expect(notJson.json()).toEqual({ Err: "VolumeDriver.Capabilities: request body is not JSON" });
+  });
+});
+
+describe("berth docker-plugin command line", () => {
+  const REPO = resolve(import.meta.dirname, "..");
+  const cli = (args: string[]) =>
+    spawnSync(process.execPath, ["--import", "tsx", join(REPO, "bin", "cli.ts"), "docker-plugin", ...args], {
+      encoding: "utf8",
+      cwd: REPO,
+      timeout: 30_000,
+    });
+
+  it("refuses bad flags with one line and exit code 2, before touching anything", () => {
+    const dir = mkdtempSync(join(tmpdir(), `${testPrefix()}-dpcli-`));
+    try {
+      const cases: [string[], string][] = [
+        [["--socket", "plugin.sock"], 'berth docker-plugin: --socket must be an absolute path, got "plugin.sock"\n'],
+        [
+          ["--socket", join(dir, "plugin")],
+          `berth docker-plugin: --socket must end in .sock (Docker names the plugin after the file), got "${join(dir, "plugin")}"\n`,
+        ],
+        [["--csi-dir", "state"], 'berth docker-plugin: --csi-dir must be an absolute path, got "state"\n'],
+        [["--bogus"], "berth docker-plugin: Unknown option '--bogus'\n"],
+      ];
+      for (const [args, stderr] of cases) {
+        const r = cli([...args, "--docker-dir", join(dir, "dock")]);
+        expect(r.status, args.join(" ")).toBe(2);
+        expect(r.stderr, args.join(" ")).toBe(stderr);
+      }
+      expect(readdirSync(dir)).toEqual([]);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -7,7 +7,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Sandbox } from "../lib/sandbox.ts";
+import { Sandbox } from "../../testing/sandbox.ts";
 import { type ChainPlugin, Reporter, type RuleGroup, SuiteContext, type Verdict } from "./harness.ts";
 import { ruleGroups } from "./rules.ts";
 

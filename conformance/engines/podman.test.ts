@@ -12,7 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { installBerth } from "../../testing/install.ts";
 import { ipJson, sh } from "../../testing/kernel.ts";
 import { makePodmanEnv, missingForEngineTest, type PodmanEnv } from "../../testing/podman.ts";
-import { Sandbox } from "../lib/sandbox.ts";
+import { Sandbox } from "../../testing/sandbox.ts";
 
 // The checkout's build; beforeAll lays it out with `berth install`, as an operator would.
 const BERTH_CNI = resolve(import.meta.dirname, "../../build/cni");

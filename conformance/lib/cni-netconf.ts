@@ -1,7 +1,7 @@
 // Network configurations for the plugin under test, using the reference plugins' option names
 // (bridge: `bridge`; macvlan: `master`; host-local: `ranges`, `dataDir`, `routes`; static:
 // `addresses`), so the same config drives the reference and any compatible implementation.
-import type { Sandbox } from "./sandbox.ts";
+import type { Sandbox } from "../../testing/sandbox.ts";
 
 export interface PluginTarget {
   /** Directory with the executables (CNI_PATH). */

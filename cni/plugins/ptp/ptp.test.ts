@@ -3,7 +3,6 @@
 // end's gateway address and /32 route, traffic between containers through the host, and the
 // cleanup paths (DEL, CHECK, GC, half-way ADD failure) from the kernel and the lease database.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { Sandbox } from "../../../conformance/lib/sandbox.ts";
 import {
   hostLinksStartingWith,
   invokePlugin,
@@ -13,6 +12,7 @@ import {
   ulaPrefix,
 } from "../../../testing/cni-plugin.ts";
 import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
+import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import { networkTag } from "../attachment.ts";

@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "../../testing/kernel.ts";
+import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "./kernel.ts";
 
 interface RouteJson {
   dst: string;

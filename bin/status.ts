@@ -12,7 +12,7 @@ import { request } from "node:http";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import Database from "better-sqlite3";
-import { formatIp } from "../cni/ipam/cidr.ts";
+import { formatIp } from "../cni/address/address.ts";
 import {
   type AddressRange,
   DEFAULT_DATA_DIR as HOST_LOCAL_DATA_DIR,

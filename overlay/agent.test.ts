@@ -1,17 +1,18 @@
 // The agent as a whole: flag parsing (clear errors), riding out an etcd outage without
 // touching the dataplane or flapping peers, and running as a process inside a netns
 // (`ip netns exec`, the way the multi-host suite runs it), stopped cleanly by SIGTERM.
+
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
+import { Subnet } from "../cni/address/address.ts";
 import { EtcdProcess } from "../testing/etcd-process.ts";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../testing/kernel.ts";
 import { httpOverUnix, until } from "../testing/poll.ts";
 import { Agent } from "./agent.ts";
-import { parseCidr } from "./cidr.ts";
 import { AgentConfigError, parseAgentConfig } from "./config.ts";
 import { subnetKey } from "./lease.ts";
 import type { Dataplane, DataplaneOp, DataplaneState, ManagedDataplane } from "./reconcile.ts";
@@ -231,7 +232,7 @@ describe("agent on etcd through an outage", () => {
       await agent.start();
       for (const n of [11, 12]) {
         await writer.create(
-          subnetKey("/berth/network", parseCidr(`10.244.${n}.0/24`)),
+          subnetKey("/berth/network", Subnet.parse(`10.244.${n}.0/24`)),
           JSON.stringify({ publicIP: `192.0.2.${n}`, vtepMAC: `02:00:00:00:00:${n}`, vni: 1, hostname: `h${n}` }),
           600,
         );
@@ -267,7 +268,7 @@ describe("agent on etcd through an outage", () => {
       await new Promise((r) => setTimeout(r, 500));
       expect(dataplane.applied.slice(before)).toEqual([]);
       // And it still follows changes afterwards.
-      await writer.delete(subnetKey("/berth/network", parseCidr("10.244.11.0/24")));
+      await writer.delete(subnetKey("/berth/network", Subnet.parse("10.244.11.0/24")));
       await until(
         () => dataplane.state.routes.length,
         (n) => n === 1,
@@ -310,7 +311,7 @@ describe("agent on etcd through an outage", () => {
     });
     const writer = new EtcdStore({ endpoints: [etcd.endpoint] });
     const peer = (n: number) => ({
-      key: subnetKey("/berth-wipe", parseCidr(`10.244.${n}.0/24`)),
+      key: subnetKey("/berth-wipe", Subnet.parse(`10.244.${n}.0/24`)),
       value: JSON.stringify({ publicIP: `192.0.2.${n}`, vtepMAC: `02:00:00:00:00:${n}`, vni: 1, hostname: `h${n}` }),
     });
     try {

@@ -19,7 +19,6 @@ import { ListenFdsError, type PassedListener, takeListener, untakenListeners } f
 import { createLogger } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";
 import { type AgentView, buildApi, type LeaseView, listenApi, type PeerView, type Readiness } from "./api.ts";
-import { cidrContains, formatCidr, networkAddress } from "./cidr.ts";
 import { AGENT_USAGE, type AgentConfig, AgentConfigError, parseAgentConfig } from "./config.ts";
 import {
   type HostLease,
@@ -365,11 +364,11 @@ export class Agent {
     this.metrics.leaseHeld.set(1);
     const sameSubnet =
       old &&
-      formatCidr(old.subnet) === formatCidr(lease.subnet) &&
-      (old.subnetV6 ? formatCidr(old.subnetV6) : "") === (lease.subnetV6 ? formatCidr(lease.subnetV6) : "");
+      String(old.subnet) === String(lease.subnet) &&
+      (old.subnetV6 ? String(old.subnetV6) : "") === (lease.subnetV6 ? String(lease.subnetV6) : "");
     if (sameSubnet && this.dataplane) return;
     this.logger.info(
-      { subnet: formatCidr(lease.subnet), subnetV6: lease.subnetV6 && formatCidr(lease.subnetV6), key: lease.key },
+      { subnet: String(lease.subnet), subnetV6: lease.subnetV6 && String(lease.subnetV6), key: lease.key },
       "subnet leased",
     );
     await this.setUpDataplane(lease);
@@ -379,8 +378,8 @@ export class Agent {
   // ---------------------------------------------------------------- dataplane
 
   private deviceSpec(lease: HostLease): VxlanDeviceSpec {
-    const addresses = [`${networkAddress(lease.subnet)}/32`];
-    if (lease.subnetV6) addresses.push(`${networkAddress(lease.subnetV6)}/128`);
+    const addresses = [`${lease.subnet.nth(0n)}/32`];
+    if (lease.subnetV6) addresses.push(`${lease.subnetV6.nth(0n)}/128`);
     return {
       name: this.deviceName,
       vni: this.config.vni,
@@ -458,12 +457,12 @@ export class Agent {
     // A lease is a route into this host's table: never accept one outside the cluster network
     // (a stray "0.0.0.0-0" key would otherwise replace nothing less than a default route).
     const n = this.network;
-    if (!cidrContains(n.network, lease.subnet) || lease.subnet.prefixLength !== n.subnetLen) {
+    if (!n.network.includes(lease.subnet) || lease.subnet.prefix !== n.subnetLen) {
       this.logger.warn({ key: entry.key }, "ignoring a lease outside the cluster network");
       return null;
     }
     let subnetV6 = lease.subnetV6;
-    if (subnetV6 && !(n.networkV6 && cidrContains(n.networkV6, subnetV6) && subnetV6.prefixLength === n.subnetLenV6)) {
+    if (subnetV6 && !(n.networkV6?.includes(subnetV6) && subnetV6.prefix === n.subnetLenV6)) {
       this.logger.warn({ key: entry.key }, "ignoring the IPv6 half of a lease outside the cluster network");
       subnetV6 = undefined;
     }
@@ -597,15 +596,15 @@ export class Agent {
   private writeRuntime(ready: boolean): void {
     const lease = this.lease;
     const subnets = lease ? [lease.subnet, ...(lease.subnetV6 ? [lease.subnetV6] : [])] : [];
-    const gateways = subnets.map((s) => networkAddress({ ...s, address: s.address + 1n }));
+    const gateways = subnets.map((s) => s.nth(1n));
     try {
       writeOverlayRuntime(this.config.runDir, {
         ready: ready && lease !== null,
         network: this.config.clusterCidrs.find((c) => !c.includes(":")),
-        subnet: subnets[0] && formatCidr(subnets[0]),
+        subnet: subnets[0] && String(subnets[0]),
         gateway: gateways[0],
         networks: [...this.config.clusterCidrs].sort((a, b) => Number(a.includes(":")) - Number(b.includes(":"))),
-        subnets: subnets.map(formatCidr),
+        subnets: subnets.map(String),
         gateways,
         mtu: this.mtu,
         vni: this.config.vni,
@@ -636,7 +635,7 @@ export class Agent {
     const l = this.lease;
     if (!l) return null;
     const v: LeaseView = {
-      subnet: formatCidr(l.subnet),
+      subnet: String(l.subnet),
       network: this.config.clusterCidrs.find((c) => !c.includes(":"))!,
       publicIP: l.value.publicIP,
       vtepMAC: l.value.vtepMAC,
@@ -644,7 +643,7 @@ export class Agent {
       key: l.key,
       reservation: l.leaseId === null,
     };
-    if (l.subnetV6) v.subnetV6 = formatCidr(l.subnetV6);
+    if (l.subnetV6) v.subnetV6 = String(l.subnetV6);
     const v6 = this.config.clusterCidrs.find((c) => c.includes(":"));
     if (v6) v.networkV6 = v6;
     return v;
@@ -655,12 +654,12 @@ export class Agent {
       .map((r) => {
         const p: PeerView = {
           key: r.key,
-          subnet: formatCidr(r.subnet),
+          subnet: String(r.subnet),
           publicIP: r.publicIP,
           vtepMAC: r.vtepMAC,
           hostname: r.hostname,
         };
-        if (r.subnetV6) p.subnetV6 = formatCidr(r.subnetV6);
+        if (r.subnetV6) p.subnetV6 = String(r.subnetV6);
         return p;
       })
       .sort((a, b) => (a.key < b.key ? -1 : 1));

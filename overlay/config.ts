@@ -1,10 +1,11 @@
 // `berth agent` configuration: command-line flags and an optional JSON file (--config) with
 // the same keys (flag names, or their camelCase form). Flags win over the file. Every bad
 // value becomes an AgentConfigError that names the flag; nobody sees a stack trace.
+
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { ipFamily, Subnet } from "../cni/address/address.ts";
 import { LOG_LEVELS, type LogFormat, LogFormatError, resolveLogFormat } from "../native/log.ts";
-import { ipFamily, parseCidr } from "./cidr.ts";
 
 export interface AgentConfig {
   store: "local" | "etcd" | "kube";
@@ -218,7 +219,7 @@ export function parseAgentConfig(argv: string[], defaults: Partial<RawConfig> = 
   if (clusterCidrs.length === 0) throw new AgentConfigError("--cluster-cidr is required (e.g. --cluster-cidr 10.244.0.0/16)");
   for (const c of clusterCidrs) {
     try {
-      parseCidr(c);
+      Subnet.parse(c);
     } catch (e) {
       throw new AgentConfigError(`--cluster-cidr: ${(e as Error).message}`);
     }

@@ -1,10 +1,11 @@
 // Subnet leasing on a real embedded store: distinct subnets per host, restart keeps subnet and
 // MAC, reservations are never handed out, expiry frees a subnet, dual-stack pairs subnets.
+
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { formatCidr, parseCidr } from "./cidr.ts";
+import { Subnet } from "../cni/address/address.ts";
 import { LeaseError, networkConfig, parseLeaseValue, parseSubnetKey, SubnetLeaseManager, subnetKey } from "./lease.ts";
 import { LocalStore } from "./store/local.ts";
 
@@ -42,13 +43,13 @@ function manager(
 
 describe("subnet keys", () => {
   it("round-trips flannel's key format, dual-stack included", () => {
-    const v4 = parseCidr("10.244.3.0/24");
-    const v6 = parseCidr("fd00:10:244:3::/64");
+    const v4 = Subnet.parse("10.244.3.0/24");
+    const v6 = Subnet.parse("fd00:10:244:3::/64");
     expect(subnetKey(PREFIX, v4)).toBe("/berth/network/subnets/10.244.3.0-24");
     expect(subnetKey(PREFIX, v4, v6)).toBe("/berth/network/subnets/10.244.3.0-24&fd00:10:244:3::-64");
     const parsed = parseSubnetKey(PREFIX, subnetKey(PREFIX, v4, v6));
-    expect(parsed && formatCidr(parsed.subnet)).toBe("10.244.3.0/24");
-    expect(parsed?.subnetV6 && formatCidr(parsed.subnetV6)).toBe("fd00:10:244:3::/64");
+    expect(parsed && String(parsed.subnet)).toBe("10.244.3.0/24");
+    expect(parsed?.subnetV6 && String(parsed.subnetV6)).toBe("fd00:10:244:3::/64");
     expect(parseSubnetKey(PREFIX, "/berth/network/subnets/garbage")).toBeNull();
     expect(parseSubnetKey(PREFIX, "/other/subnets/10.244.3.0-24")).toBeNull();
   });
@@ -76,10 +77,10 @@ describe("SubnetLeaseManager", () => {
   it("gives two hosts distinct subnets inside the network (never the first one)", async () => {
     const a = await manager("a", "192.0.2.1").acquire();
     const b = await manager("b", "192.0.2.2").acquire();
-    expect(formatCidr(a.subnet)).not.toBe(formatCidr(b.subnet));
+    expect(String(a.subnet)).not.toBe(String(b.subnet));
     for (const l of [a, b]) {
-      expect(formatCidr(l.subnet)).toMatch(/^10\.244\.\d+\.0\/24$/);
-      expect(formatCidr(l.subnet)).not.toBe("10.244.0.0/24");
+      expect(String(l.subnet)).toMatch(/^10\.244\.\d+\.0\/24$/);
+      expect(String(l.subnet)).not.toBe("10.244.0.0/24");
       expect(l.leaseId).not.toBeNull();
     }
     // What the store holds, read back.
@@ -95,7 +96,7 @@ describe("SubnetLeaseManager", () => {
   it("hands out every subnet exactly once and then says the network is full", async () => {
     const cidrs = ["10.9.0.0/28"]; // /30 subnets: 4, of which 3 usable
     const got = [];
-    for (let i = 1; i <= 3; i++) got.push(formatCidr((await manager(`h${i}`, `192.0.2.${i}`, cidrs).acquire()).subnet));
+    for (let i = 1; i <= 3; i++) got.push(String((await manager(`h${i}`, `192.0.2.${i}`, cidrs).acquire()).subnet));
     expect(new Set(got).size).toBe(3);
     await expect(manager("h4", "192.0.2.4", cidrs).acquire()).rejects.toThrow(/no free subnet left in 10.9.0.0\/28/);
   });
@@ -106,7 +107,7 @@ describe("SubnetLeaseManager", () => {
     const again = manager("a", "192.0.2.1");
     expect(again.vtepMAC).toBe(first.vtepMAC);
     const second = await again.acquire();
-    expect(formatCidr(second.subnet)).toBe(formatCidr(lease.subnet));
+    expect(String(second.subnet)).toBe(String(lease.subnet));
     expect(second.value.vtepMAC).toBe(first.vtepMAC);
     expect(second.leaseId).not.toBe(lease.leaseId);
     expect((await store.get(lease.key))?.leaseId).toBe(second.leaseId);
@@ -135,7 +136,7 @@ describe("SubnetLeaseManager", () => {
     const n = networkConfig(cidrs);
     const reserve = async (subnet: string, publicIP: string) =>
       store.create(
-        subnetKey(PREFIX, parseCidr(subnet)),
+        subnetKey(PREFIX, Subnet.parse(subnet)),
         JSON.stringify({ publicIP, vtepMAC: "02:00:00:00:00:09", vni: 1, hostname: "reserved" }),
         null,
       );
@@ -143,9 +144,9 @@ describe("SubnetLeaseManager", () => {
     await reserve("10.9.0.4/30", "192.0.2.50");
     await reserve("10.9.0.8/30", "192.0.2.51");
     const other = await manager("x", "192.0.2.7", cidrs).acquire();
-    expect(formatCidr(other.subnet)).toBe("10.9.0.12/30");
+    expect(String(other.subnet)).toBe("10.9.0.12/30");
     const owner = await manager("r", "192.0.2.50", cidrs).acquire();
-    expect(formatCidr(owner.subnet)).toBe("10.9.0.4/30");
+    expect(String(owner.subnet)).toBe("10.9.0.4/30");
     expect(owner.leaseId).toBeNull();
     const entry = await store.get(owner.key);
     expect(entry?.leaseId).toBeNull();
@@ -176,8 +177,8 @@ describe("SubnetLeaseManager", () => {
 
   it("pairs the IPv6 subnet with the IPv4 one by index (dual-stack)", async () => {
     const lease = await manager("a", "192.0.2.1", ["10.244.0.0/16", "fd00:10:244::/48"]).acquire();
-    const third = formatCidr(lease.subnet).split(".")[2];
-    expect(formatCidr(lease.subnetV6!)).toBe(`fd00:10:244:${Number(third).toString(16)}::/64`);
+    const third = String(lease.subnet).split(".")[2];
+    expect(String(lease.subnetV6!)).toBe(`fd00:10:244:${Number(third).toString(16)}::/64`);
     expect(lease.key).toContain("&fd00:10:244:");
   });
 });

@@ -5,23 +5,13 @@
 // Better than flannel: the host identity (a random id) and the VTEP MAC are persisted in the
 // state dir, so a restart, even after the lease expired, gets the same subnet and MAC back and
 // peers never see a stale MAC; losing the lease (expiry, deletion) re-acquires instead of exiting.
+
 import { randomBytes, randomUUID } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
+import { ipFamily, parseIp, Subnet } from "../cni/address/address.ts";
 import { readSmallFile } from "../cni/spec/files.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
-import {
-  type Cidr,
-  cidrContains,
-  cidrEquals,
-  formatCidr,
-  ipFamily,
-  parseCidr,
-  parseIp,
-  subnetAt,
-  subnetCount,
-  subnetIndex,
-} from "./cidr.ts";
 import type { LeaseStore, StoreEntry } from "./store/store.ts";
 
 /** What a lease tells the other hosts. */
@@ -39,8 +29,8 @@ export interface LeaseValue {
 
 export interface HostLease {
   key: string;
-  subnet: Cidr;
-  subnetV6?: Cidr;
+  subnet: Subnet;
+  subnetV6?: Subnet;
   value: LeaseValue;
   modRevision: number;
   /** The TTL lease; null for a reservation (a key without TTL, never handed out to others). */
@@ -48,9 +38,9 @@ export interface HostLease {
 }
 
 export interface NetworkConfig {
-  network: Cidr;
+  network: Subnet;
   subnetLen: number;
-  networkV6?: Cidr;
+  networkV6?: Subnet;
   subnetLenV6?: number;
 }
 
@@ -65,7 +55,7 @@ const MAC_RE = /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/;
 
 /** Checks a network config and fills in the defaults (/24 and /64). */
 export function networkConfig(cidrs: string[], subnetLen?: number, subnetLenV6?: number): NetworkConfig {
-  const parsed = cidrs.map((c) => parseCidr(c));
+  const parsed = cidrs.map((c) => Subnet.parse(c));
   const v4 = parsed.filter((c) => c.family === 4);
   const v6 = parsed.filter((c) => c.family === 6);
   if (v4.length !== 1 || v6.length > 1) {
@@ -74,19 +64,19 @@ export function networkConfig(cidrs: string[], subnetLen?: number, subnetLenV6?:
     );
   }
   const network = v4[0]!;
-  const len = subnetLen ?? (network.prefixLength <= 22 ? 24 : network.prefixLength + 2);
-  if (!Number.isInteger(len) || len <= network.prefixLength || len > 30) {
-    throw new LeaseError(`subnet length /${len} does not fit ${formatCidr(network)} (need /${network.prefixLength + 1}../30)`);
+  const len = subnetLen ?? (network.prefix <= 22 ? 24 : network.prefix + 2);
+  if (!Number.isInteger(len) || len <= network.prefix || len > 30) {
+    throw new LeaseError(`subnet length /${len} does not fit ${network} (need /${network.prefix + 1}../30)`);
   }
   const config: NetworkConfig = { network, subnetLen: len };
   if (v6[0]) {
     const lenV6 = subnetLenV6 ?? 64;
-    if (!Number.isInteger(lenV6) || lenV6 <= v6[0].prefixLength || lenV6 > 126) {
-      throw new LeaseError(`IPv6 subnet length /${lenV6} does not fit ${formatCidr(v6[0])}`);
+    if (!Number.isInteger(lenV6) || lenV6 <= v6[0].prefix || lenV6 > 126) {
+      throw new LeaseError(`IPv6 subnet length /${lenV6} does not fit ${v6[0]}`);
     }
     // The IPv6 subnet is paired with the IPv4 one by index, so the v6 network must be as roomy.
-    if (subnetCount(v6[0], lenV6) < subnetCount(network, len)) {
-      throw new LeaseError(`${formatCidr(v6[0])} has fewer /${lenV6} subnets than ${formatCidr(network)} has /${len} subnets`);
+    if (v6[0].subnetCount(lenV6) < network.subnetCount(len)) {
+      throw new LeaseError(`${v6[0]} has fewer /${lenV6} subnets than ${network} has /${len} subnets`);
     }
     config.networkV6 = v6[0];
     config.subnetLenV6 = lenV6;
@@ -94,20 +84,20 @@ export function networkConfig(cidrs: string[], subnetLen?: number, subnetLenV6?:
   return config;
 }
 
-export function subnetKey(prefix: string, subnet: Cidr, subnetV6?: Cidr): string {
-  const part = (c: Cidr) => formatCidr(c).replace("/", "-");
+export function subnetKey(prefix: string, subnet: Subnet, subnetV6?: Subnet): string {
+  const part = (c: Subnet) => String(c).replace("/", "-");
   return `${prefix}/subnets/${part(subnet)}${subnetV6 ? `&${part(subnetV6)}` : ""}`;
 }
 
 /** Parses a lease key; null when the key is not a subnet lease. */
-export function parseSubnetKey(prefix: string, key: string): { subnet: Cidr; subnetV6?: Cidr } | null {
+export function parseSubnetKey(prefix: string, key: string): { subnet: Subnet; subnetV6?: Subnet } | null {
   const head = `${prefix}/subnets/`;
   if (!key.startsWith(head)) return null;
   const [a, b, ...rest] = key.slice(head.length).split("&");
   if (!a || rest.length > 0) return null;
   try {
-    const subnet = parseCidr(a.replace(/-(\d+)$/, "/$1"));
-    const subnetV6 = b ? parseCidr(b.replace(/-(\d+)$/, "/$1")) : undefined;
+    const subnet = Subnet.parse(a.replace(/-(\d+)$/, "/$1"));
+    const subnetV6 = b ? Subnet.parse(b.replace(/-(\d+)$/, "/$1")) : undefined;
     if (subnetV6 && subnetV6.family !== 6) return null;
     return subnetV6 ? { subnet, subnetV6 } : { subnet };
   } catch {
@@ -211,7 +201,7 @@ export interface SubnetLeaseOptions {
    * The subnet(s) this host was assigned elsewhere (Kubernetes: the Node's pod CIDR), instead
    * of leasing one; null while none is assigned yet. The entry is then published without TTL.
    */
-  assigned?: () => Promise<{ subnet: Cidr; subnetV6?: Cidr } | null>;
+  assigned?: () => Promise<{ subnet: Subnet; subnetV6?: Subnet } | null>;
 }
 
 /** Acquires and keeps this host's subnet lease. */
@@ -263,7 +253,7 @@ export class SubnetLeaseManager {
       const got = (await this.reuseOwn(leases)) ?? (await this.createNew(leases));
       if (got) {
         this.held = got;
-        const lastSubnet = formatCidr(got.subnet);
+        const lastSubnet = String(got.subnet);
         if (this.identity.lastSubnet !== lastSubnet) {
           this.identity = { ...this.identity, lastSubnet };
           saveIdentity(this.options.stateDir, this.identity);
@@ -292,7 +282,7 @@ export class SubnetLeaseManager {
     const res = existing
       ? await store.replace(lease.key, value, null, existing.modRevision)
       : await store.create(lease.key, value, null);
-    if (!res.ok) throw new LeaseError(`could not publish this node's VTEP for ${formatCidr(got.subnet)} (changed meanwhile)`);
+    if (!res.ok) throw new LeaseError(`could not publish this node's VTEP for ${got.subnet} (changed meanwhile)`);
     lease.modRevision = res.revision;
     this.held = lease;
     return lease;
@@ -333,11 +323,11 @@ export class SubnetLeaseManager {
 
   private fitsConfig(l: HostLease): boolean {
     const n = this.options.network;
-    if (!cidrContains(n.network, l.subnet) || l.subnet.prefixLength !== n.subnetLen) return false;
+    if (!n.network.includes(l.subnet) || l.subnet.prefix !== n.subnetLen) return false;
     if (!n.networkV6) return l.subnetV6 === undefined;
-    if (!l.subnetV6 || l.subnetV6.prefixLength !== n.subnetLenV6) return false;
-    const index = subnetIndex(n.network, l.subnet);
-    return index !== null && cidrEquals(l.subnetV6, subnetAt(n.networkV6, n.subnetLenV6!, index));
+    if (!l.subnetV6 || l.subnetV6.prefix !== n.subnetLenV6) return false;
+    const index = n.network.subnetIndex(l.subnet);
+    return index !== null && l.subnetV6.equals(n.networkV6.subnetAt(n.subnetLenV6!, index));
   }
 
   private async reuseOwn(leases: HostLease[]): Promise<HostLease | null> {
@@ -367,32 +357,32 @@ export class SubnetLeaseManager {
 
   private async createNew(leases: HostLease[]): Promise<HostLease | null> {
     const { store, prefix, network: n } = this.options;
-    const taken = new Set(leases.map((l) => formatCidr(l.subnet)));
+    const taken = new Set(leases.map((l) => String(l.subnet)));
     const free: bigint[] = [];
     const pickAmong = this.options.pickAmong ?? 100;
-    const count = subnetCount(n.network, n.subnetLen);
+    const count = n.network.subnetCount(n.subnetLen);
     // Subnet 0 is skipped like flannel's SubnetMin: its network address is the cluster's.
     let preferred: bigint | null = null;
     if (this.identity.lastSubnet) {
       try {
-        const last = parseCidr(this.identity.lastSubnet);
-        const index = last.prefixLength === n.subnetLen ? subnetIndex(n.network, last) : null;
-        if (index !== null && index > 0n && !taken.has(formatCidr(last))) preferred = index;
+        const last = Subnet.parse(this.identity.lastSubnet);
+        const index = last.prefix === n.subnetLen ? n.network.subnetIndex(last) : null;
+        if (index !== null && index > 0n && !taken.has(String(last))) preferred = index;
       } catch {
         // an unreadable lastSubnet is simply not used
       }
     }
     for (let i = 1n; i < count && free.length < pickAmong; i++) {
-      if (!taken.has(formatCidr(subnetAt(n.network, n.subnetLen, i)))) free.push(i);
+      if (!taken.has(String(n.network.subnetAt(n.subnetLen, i)))) free.push(i);
     }
     if (preferred === null && free.length === 0) {
       throw new LeaseError(
-        `no free subnet left in ${formatCidr(n.network)}: all ${count - 1n} /${n.subnetLen} subnets are leased or reserved`,
+        `no free subnet left in ${n.network}: all ${count - 1n} /${n.subnetLen} subnets are leased or reserved`,
       );
     }
     const index = preferred ?? free[Math.floor(Math.random() * free.length)]!;
-    const subnet = subnetAt(n.network, n.subnetLen, index);
-    const subnetV6 = n.networkV6 ? subnetAt(n.networkV6, n.subnetLenV6!, index) : undefined;
+    const subnet = n.network.subnetAt(n.subnetLen, index);
+    const subnetV6 = n.networkV6 ? n.networkV6.subnetAt(n.subnetLenV6!, index) : undefined;
     const key = subnetKey(prefix, subnet, subnetV6);
     const value = this.leaseValue();
     const res = await store.create(key, JSON.stringify(value), this.ttlSeconds);
@@ -405,7 +395,7 @@ export class SubnetLeaseManager {
 
 function rank(l: HostLease, lastSubnet: string | undefined): number {
   if (l.leaseId === null) return 0;
-  if (lastSubnet && formatCidr(l.subnet) === lastSubnet) return 1;
+  if (lastSubnet && String(l.subnet) === lastSubnet) return 1;
   return 2;
 }
 

@@ -1,7 +1,8 @@
 // The pure desired-vs-actual diff, and the reconcile loop over an in-memory dataplane
 // (the kernel-backed dataplane is tested in vxlan.test.ts).
+
 import { describe, expect, it } from "vitest";
-import { parseCidr } from "./cidr.ts";
+import { Subnet } from "../cni/address/address.ts";
 import {
   type Dataplane,
   type DataplaneOp,
@@ -14,8 +15,8 @@ import {
 
 const peer = (n: number, mac = `02:00:00:00:00:0${n}`, publicIP = `192.0.2.${n}`): Peer => ({
   key: `/p/subnets/10.244.${n}.0-24`,
-  subnet: parseCidr(`10.244.${n}.0/24`),
-  subnetV6: parseCidr(`fd00:0:0:${n}::/64`),
+  subnet: Subnet.parse(`10.244.${n}.0/24`),
+  subnetV6: Subnet.parse(`fd00:0:0:${n}::/64`),
   publicIP,
   vtepMAC: mac,
 });

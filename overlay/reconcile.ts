@@ -3,14 +3,14 @@
 // address → remote VTEP MAC), one FDB entry (remote VTEP MAC → remote public IP) and one route
 // (remote subnet via the network address, onlink). The diff is a pure function; the loop runs
 // it periodically and on demand, and never deletes-then-re-adds an entry that is already right.
-import { type Cidr, formatCidr, networkAddress, parseCidr, parseIp } from "./cidr.ts";
+import { formatIp, parseIp, Subnet } from "../cni/address/address.ts";
 
 /** A remote host as the dataplane needs it. */
 export interface Peer {
   /** Store key of its lease (stable identity). */
   key: string;
-  subnet: Cidr;
-  subnetV6?: Cidr;
+  subnet: Subnet;
+  subnetV6?: Subnet;
   publicIP: string;
   vtepMAC: string;
 }
@@ -81,8 +81,7 @@ export interface ManagedDataplane extends Dataplane {
 
 function canonicalIp(ip: string): string {
   try {
-    const { family, value } = parseIp(ip);
-    return networkAddress({ family, address: value, prefixLength: family === 4 ? 32 : 128 });
+    return formatIp(parseIp(ip));
   } catch {
     return ip;
   }
@@ -90,7 +89,7 @@ function canonicalIp(ip: string): string {
 
 function canonicalCidr(cidr: string): string {
   try {
-    return formatCidr(parseCidr(cidr, true));
+    return Subnet.parseMasked(cidr).toString();
   } catch {
     return cidr;
   }
@@ -109,8 +108,8 @@ export function desiredState(peers: Peer[], options: { ipv6: boolean }): Datapla
     if (!fdb.has(mac)) fdb.set(mac, { mac, dst: canonicalIp(p.publicIP) });
     const subnets = options.ipv6 && p.subnetV6 ? [p.subnet, p.subnetV6] : [p.subnet];
     for (const s of subnets) {
-      const gw = networkAddress(s);
-      const dst = formatCidr(s);
+      const gw = s.nth(0n);
+      const dst = String(s);
       if (!neighbours.has(gw)) neighbours.set(gw, { ip: gw, mac });
       if (!routes.has(dst)) routes.set(dst, { dst, gateway: gw });
     }
@@ -314,8 +313,8 @@ export class Reconciler {
 function samePeer(a: Peer, b: Peer): boolean {
   return (
     a.key === b.key &&
-    formatCidr(a.subnet) === formatCidr(b.subnet) &&
-    (a.subnetV6 ? formatCidr(a.subnetV6) : "") === (b.subnetV6 ? formatCidr(b.subnetV6) : "") &&
+    String(a.subnet) === String(b.subnet) &&
+    (a.subnetV6 ? String(a.subnetV6) : "") === (b.subnetV6 ? String(b.subnetV6) : "") &&
     canonicalIp(a.publicIP) === canonicalIp(b.publicIP) &&
     a.vtepMAC.toLowerCase() === b.vtepMAC.toLowerCase()
   );

@@ -1,10 +1,11 @@
 // The underlay: which interface and address carry VXLAN traffic, and its MTU. Read from the
 // calling thread's network namespace (netlink, and /proc/net for the default route), so an
 // agent started inside a namespace sees that namespace's links.
+
 import { readFileSync } from "node:fs";
+import { type Family, ipFamily } from "../cni/address/address.ts";
 import type { Scope } from "../native/netlink/address.ts";
 import { Rtnl } from "../native/netlink/socket.ts";
-import { type Family, ipFamily } from "./cidr.ts";
 import { sameIp } from "./lease.ts";
 
 export interface Underlay {

@@ -8,10 +8,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { Subnet } from "../cni/address/address.ts";
 import { addNetns, bridgeJson, delNetns, ipJson, sh, testPrefix } from "../testing/kernel.ts";
 import { httpOverUnix, until } from "../testing/poll.ts";
 import { Agent } from "./agent.ts";
-import { parseCidr } from "./cidr.ts";
 import { parseAgentConfig } from "./config.ts";
 import { subnetKey } from "./lease.ts";
 import { LocalStore } from "./store/local.ts";
@@ -123,7 +123,7 @@ describe("VXLAN dataplane in a netns", () => {
   it("programs, updates, repairs and removes a remote host", async () => {
     // No periodic runs within the test: repairs must come from the kernel's change events.
     agent = await startAgent(["--reconcile-interval", "600000"]);
-    const key = subnetKey(PREFIX, parseCidr("10.244.200.0/24"));
+    const key = subnetKey(PREFIX, Subnet.parse("10.244.200.0/24"));
     const value = { publicIP: "192.0.2.2", vtepMAC: "02:aa:00:00:00:02", vni: 1, hostname: "remote" };
     const created = await store.create(key, JSON.stringify(value), 60);
     if (!created.ok) throw new Error("create failed");
@@ -167,7 +167,7 @@ describe("VXLAN dataplane in a netns", () => {
     agent = await startAgent();
     const first = agent.leaseView()!;
     await store.create(
-      subnetKey(PREFIX, parseCidr("10.244.201.0/24")),
+      subnetKey(PREFIX, Subnet.parse("10.244.201.0/24")),
       JSON.stringify({ publicIP: "192.0.2.3", vtepMAC: "02:cc:00:00:00:03", vni: 1, hostname: "r" }),
       60,
     );
@@ -194,7 +194,7 @@ describe("VXLAN dataplane in a netns", () => {
     expect(JSON.parse(readFileSync(join(dir, "run", "overlay.json"), "utf8")).subnets).toEqual([lease.subnet, lease.subnetV6]);
 
     await store.create(
-      subnetKey(PREFIX, parseCidr("10.244.202.0/24"), parseCidr("fd00:10:244:ca::/64")),
+      subnetKey(PREFIX, Subnet.parse("10.244.202.0/24"), Subnet.parse("fd00:10:244:ca::/64")),
       JSON.stringify({ publicIP: "192.0.2.4", vtepMAC: "02:dd:00:00:00:04", vni: 1, hostname: "r6" }),
       60,
     );

@@ -3,13 +3,14 @@
 // /32 and /128, accept_ra 0) and its permanent neighbours, FDB entries and routes.
 // A netlink event subscription tells the reconciler when anything on our device changes
 // (the device deleted, an entry removed by hand) so drift is repaired at once, not in 5 s.
+
 import { writeFileSync } from "node:fs";
 import type { Logger } from "pino";
+import { formatIp, parseIp, Subnet } from "../cni/address/address.ts";
 import { isNetlinkError } from "../native/netlink/error.ts";
 import { type EventSubscription, type RtnlEvent, subscribeEvents } from "../native/netlink/events.ts";
 import { Rtnl } from "../native/netlink/socket.ts";
 import { Netns } from "../native/netns.ts";
-import { cidrContains, formatIp, parseCidr, parseIp } from "./cidr.ts";
 import { sameIp } from "./lease.ts";
 import type { DataplaneOp, DataplaneState, ManagedDataplane, VxlanDeviceSpec } from "./reconcile.ts";
 
@@ -92,25 +93,21 @@ export class VxlanDataplane implements ManagedDataplane {
   }
 
   private ensureAddresses(): void {
-    const hostCidr = (ip: string, len: number) => {
-      const { family, value } = parseIp(ip);
-      return `${formatIp(family, value)}/${len}`;
-    };
+    const hostCidr = (ip: string, len: number) => `${formatIp(parseIp(ip))}/${len}`;
     const want = this.spec.addresses.map((a) => {
       const [ip, len] = a.split("/");
       return hostCidr(ip!, Number(len));
     });
-    const clusters = this.spec.clusterNetworks.map((c) => parseCidr(c));
+    const clusters = this.spec.clusterNetworks.map((c) => Subnet.parse(c));
     const have = this.rtnl.addrList({ ifindex: this.ifindex });
     const haveSet = new Set(have.map((a) => hostCidr(a.address, a.prefixLength)));
     for (const cidr of want) {
       if (!haveSet.has(cidr)) this.rtnl.addrReplace(this.ifindex, { cidr, nodad: cidr.includes(":") });
     }
     for (const a of have) {
-      const { family, value } = parseIp(a.address);
-      const host = { family, address: value, prefixLength: family === 4 ? 32 : 128 };
+      const host = Subnet.host(parseIp(a.address));
       // Addresses from an older lease would attract traffic for a subnet that is not ours any more.
-      if (clusters.some((n) => cidrContains(n, host)) && !want.includes(hostCidr(a.address, a.prefixLength))) {
+      if (clusters.some((n) => n.includes(host)) && !want.includes(hostCidr(a.address, a.prefixLength))) {
         this.logger?.info({ device: this.spec.name, address: a.cidr }, "removing a stale address");
         this.rtnl.addrDel(this.ifindex, a.cidr);
       }

@@ -18,7 +18,7 @@ import Database from "better-sqlite3";
 import type { Logger } from "pino";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { writeSysctl } from "../../native/sysctl.ts";
-import { formatIp, type Ip, Subnet, tryParseIp } from "../ipam/cidr.ts";
+import { formatIp, type Ip, Subnet, tryParseIp } from "../address/address.ts";
 import { parseRangeSet, type RangeSet } from "../ipam/ranges.ts";
 import { LeaseStore } from "../ipam/store.ts";
 import { DEFAULT_TABLE } from "../nft/nft.ts";

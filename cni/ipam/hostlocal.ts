@@ -3,10 +3,10 @@
 // exhausted pool or an unwritable store as 50 before a pod's ADD fails on it.
 import { existsSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
+import { type AddressError, formatIp, type Ip, parseIp } from "../address/address.ts";
 import { gcAttachments, requestedIps } from "../spec/config.ts";
 import { goFields } from "../spec/schema.ts";
 import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
-import { type AddressError, formatIp, type Ip, parseIp } from "./cidr.ts";
 import {
   DEFAULT_DATA_DIR,
   findRange,

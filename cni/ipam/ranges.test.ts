@@ -2,8 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { formatIp } from "../address/address.ts";
 import { CniError } from "../spec/types.ts";
-import { formatIp } from "./cidr.ts";
 import { DEFAULT_DATA_DIR, parseHostLocalConfig, parseResolvConf } from "./ranges.ts";
 
 function codeOf(fn: () => unknown): { code: number; msg: string } {

@@ -3,10 +3,10 @@
 // so the allocator only ever sees ranges whose bounds are inside their subnet, ordered, and
 // disjoint. Every error is code 7 and names the key that holds the bad value.
 import { isAbsolute } from "node:path";
+import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "../address/address.ts";
 import { readSmallFile } from "../spec/files.ts";
 import { configSchema, field, goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type Route } from "../spec/types.ts";
-import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "./cidr.ts";
 
 /** One range of assignable addresses inside a subnet. Bounds are inclusive. */
 export interface AddressRange {
@@ -82,7 +82,7 @@ function present(v: unknown): boolean {
 }
 
 /** Parses an IP held by `key`, turning an AddressError into a code-7 error naming the key. */
-function ipAt(key: string, v: unknown): Ip {
+export function ipAt(key: string, v: unknown): Ip {
   if (typeof v !== "string") throw invalid(`${key} must be an IP address string, got ${JSON.stringify(v)}`);
   try {
     return parseIp(v);

@@ -2,11 +2,12 @@
 // Sources, as in the reference static plugin: runtimeConfig.ips replaces ipam.addresses, else
 // args.cni.ips replaces them, else CNI_ARGS IP= adds to them; CNI_ARGS GATEWAY= fills the
 // gateway of every address of its family that has none.
+
+import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "../address/address.ts";
 import { configSchema, field, goFields } from "../spec/schema.ts";
 import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
-import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
-import { parseRoutes, routeFields } from "./ranges.ts";
+import { ipAt, parseRoutes, routeFields } from "./ranges.ts";
 
 interface StaticAddress {
   address: IpPrefix;
@@ -54,15 +55,6 @@ function prefixAt(key: string, v: unknown): IpPrefix {
   if (typeof v !== "string") throw invalid(`${key} must be an address in CIDR notation, got ${JSON.stringify(v)}`);
   try {
     return parseIpPrefix(v);
-  } catch (e) {
-    throw invalid(`${key} ${(e as AddressError).message}`);
-  }
-}
-
-function ipAt(key: string, v: unknown): Ip {
-  if (typeof v !== "string") throw invalid(`${key} must be an IP address, got ${JSON.stringify(v)}`);
-  try {
-    return parseIp(v);
   } catch (e) {
     throw invalid(`${key} ${(e as AddressError).message}`);
   }

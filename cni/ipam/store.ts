@@ -18,10 +18,10 @@ import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
+import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "../address/address.ts";
 import { makeDirectory } from "../spec/files.ts";
 import { sleepSync } from "../spec/sleep.ts";
 import { CniError, ErrorCode } from "../spec/types.ts";
-import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "./cidr.ts";
 import { IpamErrorCode } from "./errors.ts";
 import { findRange, type RangeSet } from "./ranges.ts";
 
@@ -67,7 +67,7 @@ const SCHEMA_VERSION = 1;
 
 const SCHEMA = `
 CREATE TABLE leases (
-  address      BLOB PRIMARY KEY,  -- 16-byte big-endian key (IPv4 as ::ffff:a.b.c.d), see cidr.ts addressKey
+  address      BLOB PRIMARY KEY,  -- 16-byte big-endian key (IPv4 as ::ffff:a.b.c.d), see cni/address addressKey
   ip           TEXT NOT NULL,     -- canonical text form of the same address
   family       INTEGER NOT NULL CHECK (family IN (4, 6)),
   network      TEXT NOT NULL,

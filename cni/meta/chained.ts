@@ -1,7 +1,7 @@
 // What every chained (meta) plugin reads from the main plugin's result: the container's
 // addresses and the host-side interfaces. A meta plugin creates no interface; its ADD result
 // is prevResult, passed through (possibly extended).
-import { formatIp, parseIp } from "../ipam/cidr.ts";
+import { formatIp, parseIp } from "../address/address.ts";
 import { CniError, ErrorCode, type Interface, type Request, type Result } from "../spec/types.ts";
 
 /** ADD and CHECK of a meta plugin need the main plugin's result (code 7 without it). */

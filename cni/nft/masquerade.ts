@@ -7,8 +7,9 @@
 // Adding a pod is adding one map element; removing it is deleting one (idempotent: the
 // transaction adds the element before deleting it). GC lists the maps and drops every element
 // of the network whose attachment is not valid — the reference plugins have no GC at all.
+
+import { familyOf, ipOf, subnetOf } from "../address/address.ts";
 import { shortHash } from "../digest.ts";
-import { parseIpPrefix, Subnet } from "../ipam/cidr.ts";
 import { gcAttachments } from "../spec/config.ts";
 import type { Request } from "../spec/types.ts";
 import { checkTableName, DEFAULT_TABLE, nftApply, nftList } from "./nft.ts";
@@ -41,20 +42,6 @@ export function attachmentTag(a: MasqAttachment): string {
   return `${hash(a.network, 12)} ${hash(`${a.containerId}/${a.ifname}`, 20)}`;
 }
 
-function family(cidrOrIp: string): 4 | 6 {
-  return cidrOrIp.includes(":") ? 6 : 4;
-}
-
-function addr(cidr: string): string {
-  return cidr.split("/")[0]!;
-}
-
-/** Network address of a CIDR as nft accepts it (nft refuses host bits in a prefix). */
-function networkOf(cidr: string): string {
-  const { ip, prefix } = parseIpPrefix(cidr);
-  return Subnet.containing(ip, prefix).toString();
-}
-
 function baseScript(table: string): string {
   return [
     `add table inet ${table}`,
@@ -77,16 +64,16 @@ export async function addMasquerade(a: MasqAttachment, addresses: string[], tabl
   const chain = networkChain(a.network);
   const lines = [baseScript(table), `add chain inet ${table} ${chain}`, `flush chain inet ${table} ${chain}`];
   for (const cidr of addresses) {
-    const f = family(cidr);
-    lines.push(`add rule inet ${table} ${chain} ${f === 4 ? "ip" : "ip6"} daddr ${networkOf(cidr)} return`);
+    const f = familyOf(cidr);
+    lines.push(`add rule inet ${table} ${chain} ${f === 4 ? "ip" : "ip6"} daddr ${subnetOf(cidr)} return`);
   }
   lines.push(`add rule inet ${table} ${chain} ip daddr 224.0.0.0/4 return`);
   lines.push(`add rule inet ${table} ${chain} ip6 daddr ff00::/8 return`);
   lines.push(`add rule inet ${table} ${chain} masquerade`);
   const tag = attachmentTag(a);
   for (const cidr of addresses) {
-    const map = family(cidr) === 4 ? "masq4" : "masq6";
-    lines.push(`add element inet ${table} ${map} { ${addr(cidr)} comment "${tag}" : jump ${chain} }`);
+    const map = familyOf(cidr) === 4 ? "masq4" : "masq6";
+    lines.push(`add element inet ${table} ${map} { ${ipOf(cidr)} comment "${tag}" : jump ${chain} }`);
   }
   await nftApply(`${lines.join("\n")}\n`);
 }
@@ -101,9 +88,9 @@ export async function removeMasquerade(a: MasqAttachment, addresses: string[], t
   const chain = networkChain(a.network);
   const lines = [baseScript(table), `add chain inet ${table} ${chain}`];
   for (const cidr of addresses) {
-    const map = family(cidr) === 4 ? "masq4" : "masq6";
-    lines.push(`add element inet ${table} ${map} { ${addr(cidr)} : jump ${chain} }`);
-    lines.push(`delete element inet ${table} ${map} { ${addr(cidr)} }`);
+    const map = familyOf(cidr) === 4 ? "masq4" : "masq6";
+    lines.push(`add element inet ${table} ${map} { ${ipOf(cidr)} : jump ${chain} }`);
+    lines.push(`delete element inet ${table} ${map} { ${ipOf(cidr)} }`);
   }
   await nftApply(`${lines.join("\n")}\n`);
 }

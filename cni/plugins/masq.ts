@@ -1,5 +1,7 @@
 // ipMasq of one attachment, shared by bridge and ptp: the nftables element lives and dies
 // with the attachment, CHECK finds it, GC drops the elements of attachments no longer valid.
+
+import { ipOf, normalizeCidr } from "../address/address.ts";
 import {
   addMasquerade,
   attachmentOf,
@@ -10,7 +12,6 @@ import {
 } from "../nft/masquerade.ts";
 import { CniError, ErrorCode, type Request, type Result } from "../spec/types.ts";
 import type { Undo } from "./attachment.ts";
-import { ipOf, normalizeCidr } from "./sandbox.ts";
 
 /** Adds the attachment's elements and registers their removal with the ADD's undo stack. */
 export async function addAttachmentMasq(req: Request, addresses: string[], table: string, undo: Undo): Promise<void> {

@@ -3,29 +3,8 @@
 
 import type { Link } from "../../native/netlink/link.ts";
 import type { Rtnl } from "../../native/netlink/socket.ts";
-import { formatIp, parseIpPrefix, Subnet } from "../ipam/cidr.ts";
+import { familyOf, normalizeCidr } from "../address/address.ts";
 import { CniError, ErrorCode, type IpConfig, type Result, type Route } from "../spec/types.ts";
-
-export function familyOf(cidrOrIp: string): 4 | 6 {
-  return cidrOrIp.includes(":") ? 6 : 4;
-}
-
-export function ipOf(cidr: string): string {
-  return cidr.split("/")[0]!;
-}
-
-/** "10.1.0.5/24" → "10.1.0.0/24" (v4 and v6). */
-export function subnetOf(cidr: string): string {
-  const { ip, prefix } = parseIpPrefix(cidr);
-  return Subnet.containing(ip, prefix).toString();
-}
-
-/** First host address of a subnet (network + 1): the conventional gateway. */
-export function firstHost(cidr: string): string {
-  const { ip, prefix } = parseIpPrefix(cidr);
-  const net = Subnet.containing(ip, prefix);
-  return formatIp(net.ip(net.network + 1n));
-}
 
 export interface SandboxOptions {
   /** Skip IPv6 duplicate address detection (berth's default: DAD costs ~2 s per ADD). */
@@ -124,11 +103,4 @@ export function checkSandbox(nl: Rtnl, ifname: string, prev: Result, sandboxPath
       throw new CniError(ErrorCode.Internal, `CHECK: route ${r.dst}${r.gw ? ` via ${r.gw}` : ""} is missing in ${sandboxPath}`);
   }
   return link;
-}
-
-/** Canonical text of a CIDR as the kernel reports it (IPv6 compressed, lowercase). */
-export function normalizeCidr(cidr: string): string {
-  if (cidr === "default") return cidr;
-  const { ip, prefix } = parseIpPrefix(cidr);
-  return `${formatIp(ip)}/${prefix}`;
 }

@@ -1,7 +1,7 @@
 // The network configuration on stdin: decode, check the keys every plugin relies on, pick
 // the version, and upconvert prevResult. Plus the spec's precedence rules for values that can
 // arrive by several routes (requested IPs and MAC) and the GC attachment list.
-import { cidrFamily, ipFamily, isMac } from "./address.ts";
+import { cidrFamily, ipFamily, isMac } from "../address/address.ts";
 import { parseResult } from "./result.ts";
 import { goFields } from "./schema.ts";
 import { type Attachment, CniError, ErrorCode, type NetConf } from "./types.ts";

@@ -7,7 +7,7 @@
 //                   1.1.0 adds interface mtu/socketPath/pciID and route mtu/advmss/priority/table/scope.
 //   0.3.0 - 0.4.0   as 1.0.0 plus ips[].version "4" | "6"; no 1.1 fields.
 //   0.1.0 / 0.2.0   {ip4: {ip, gateway, routes}, ip6: {...}, dns}: one address per family.
-import { cidrFamily, type Family, ipFamily } from "./address.ts";
+import { cidrFamily, type Family, familyOf, ipFamily } from "../address/address.ts";
 import { CniError, type Dns, ErrorCode, type Interface, type IpConfig, type Result, type Route } from "./types.ts";
 import { type CniVersion, isSupportedVersion, NEWEST_VERSION, versionAtLeast } from "./version.ts";
 
@@ -96,10 +96,6 @@ function toLegacy(result: Result, to: CniVersion): Json {
   if (perFamily[6]) out.ip6 = perFamily[6];
   if (result.dns) out.dns = writeDns(result.dns);
   return out;
-}
-
-function familyOf(cidr: string): Family {
-  return cidr.includes(":") ? 6 : 4;
 }
 
 /**

@@ -14,7 +14,7 @@
 //
 // Declared keys are matched as the reference plugins' decoder (Go's encoding/json) matches them,
 // see goFields: runtimes depend on it (containerd sends capability arguments with Go field names).
-import { cidrFamily, type Family, ipFamily, isMac } from "./address.ts";
+import { cidrFamily, type Family, ipFamily, isMac } from "../address/address.ts";
 import { CniError, ErrorCode } from "./types.ts";
 
 /** Thrown for a value with the wrong type or range. */

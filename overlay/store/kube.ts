@@ -7,11 +7,12 @@
 //
 // Writes are allowed only to this node's own entry (a merge patch of its annotations); every
 // entry is a "reservation" (no TTL): the Node object lives as long as the node is in the cluster.
+
 import { readFileSync } from "node:fs";
 import { request as httpRequest, type IncomingMessage } from "node:http";
 import { request as httpsRequest, type RequestOptions } from "node:https";
 import { parse as parseYaml } from "yaml";
-import { type Cidr, formatCidr, parseCidr } from "../cidr.ts";
+import { Subnet } from "../../cni/address/address.ts";
 import { LeaseError } from "../lease.ts";
 import {
   type LeaseStore,
@@ -319,14 +320,14 @@ export interface KubeStoreOptions {
 }
 
 /** This node's pod CIDRs from its Node object: null while the controller has not assigned one. */
-export function nodePodCidrs(node: KubeNode): { subnet: Cidr; subnetV6?: Cidr } | null {
+export function nodePodCidrs(node: KubeNode): { subnet: Subnet; subnetV6?: Subnet } | null {
   const raw = node.spec?.podCIDRs?.length ? node.spec.podCIDRs : node.spec?.podCIDR ? [node.spec.podCIDR] : [];
-  let subnet: Cidr | undefined;
-  let subnetV6: Cidr | undefined;
+  let subnet: Subnet | undefined;
+  let subnetV6: Subnet | undefined;
   for (const text of raw) {
-    let c: Cidr;
+    let c: Subnet;
     try {
-      c = parseCidr(text);
+      c = Subnet.parse(text);
     } catch {
       continue;
     }
@@ -337,8 +338,8 @@ export function nodePodCidrs(node: KubeNode): { subnet: Cidr; subnetV6?: Cidr } 
   return subnetV6 ? { subnet, subnetV6 } : { subnet };
 }
 
-function keyOf(prefix: string, c: { subnet: Cidr; subnetV6?: Cidr }): string {
-  const part = (x: Cidr) => formatCidr(x).replace("/", "-");
+function keyOf(prefix: string, c: { subnet: Subnet; subnetV6?: Subnet }): string {
+  const part = (x: Subnet) => String(x).replace("/", "-");
   return `${prefix}/subnets/${part(c.subnet)}${c.subnetV6 ? `&${part(c.subnetV6)}` : ""}`;
 }
 
@@ -380,7 +381,7 @@ export class KubeStore implements LeaseStore {
   }
 
   /** This node's pod CIDRs, null while none is assigned. */
-  async assignedSubnets(): Promise<{ subnet: Cidr; subnetV6?: Cidr } | null> {
+  async assignedSubnets(): Promise<{ subnet: Subnet; subnetV6?: Subnet } | null> {
     return nodePodCidrs(await this.ownNode());
   }
 

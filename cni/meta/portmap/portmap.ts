@@ -5,7 +5,7 @@
 // Stale UDP conntrack entries for the host ports are flushed on ADD and DEL (plugins#1190).
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
-import { formatIp, parseIp, tryParseIp } from "../../ipam/cidr.ts";
+import { formatIp, parseIp, tryParseIp } from "../../address/address.ts";
 import { attachmentOf, validAttachmentsOf } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import {

@@ -9,6 +9,7 @@ import type { Link } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Netns } from "../../../native/netns.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
+import { familyOf, firstHost, normalizeCidr, subnetOf } from "../../address/address.ts";
 import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
@@ -40,7 +41,7 @@ import {
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
-import { checkSandbox, configureSandbox, familyOf, firstHost, normalizeCidr, type SandboxLink, subnetOf } from "../sandbox.ts";
+import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 /** The kernel refuses the 1,024th port of a bridge (EXFULL). */
 export const MAX_BRIDGE_PORTS = 1023;

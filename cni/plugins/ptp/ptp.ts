@@ -5,6 +5,7 @@
 import { isNetlinkError } from "../../../native/netlink/error.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
+import { familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../../address/address.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
 import { gcAttachments, requestedMac } from "../../spec/config.ts";
 import { configSchema, field, validateConfig } from "../../spec/schema.ts";
@@ -33,16 +34,7 @@ import {
 } from "../attachment.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../masq.ts";
-import {
-  checkSandbox,
-  configureSandbox,
-  familyOf,
-  firstHost,
-  ipOf,
-  normalizeCidr,
-  type SandboxLink,
-  subnetOf,
-} from "../sandbox.ts";
+import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 const schema = configSchema({
   ipMasq: field

@@ -19,10 +19,6 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { ipv4ToInt, Sandbox } from "../../testing/sandbox.ts";
-import { ServerProcess } from "../fastpath/server-process.ts";
-import { type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
-import { addressOf, attachmentView } from "../lib/cni-result.ts";
 import {
   type CniInvocation,
   type CniOutcome,
@@ -30,7 +26,11 @@ import {
   execPlugin,
   execPluginsTimed,
   timedRunnerAvailable,
-} from "../lib/plugin-exec.ts";
+} from "../../testing/plugin-exec.ts";
+import { ipv4ToInt, Sandbox } from "../../testing/sandbox.ts";
+import { ServerProcess } from "../fastpath/server-process.ts";
+import { type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
+import { addressOf, attachmentView } from "../lib/cni-result.ts";
 
 interface Implementation extends PluginTarget {
   label: string;

@@ -15,9 +15,9 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
+import { type CniOutcome, describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
-import { type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");
 const PLUGINS = ["berth-bridge", "berth-portmap", "berth-bandwidth"];

@@ -4,10 +4,10 @@
 
 import { execFileSync } from "node:child_process";
 import { ipJson } from "../../testing/kernel.ts";
+import { type CniCommand, type CniOutcome, describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { linkNames, type Sandbox } from "../../testing/sandbox.ts";
 import { ipamIsPool, type NetworkShape, networkConfig, type PluginTarget } from "../lib/cni-netconf.ts";
 import { type AttachmentView, attachmentView, versionAtLeast } from "../lib/cni-result.ts";
-import { type CniCommand, type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
 
 export type Level = "MUST" | "SHOULD" | "MAY";
 

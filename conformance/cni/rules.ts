@@ -4,9 +4,9 @@
 // stdout, and the kernel state read back through iproute2.
 
 import { sh } from "../../testing/kernel.ts";
+import { asCniError, type CniOutcome, describeOutcome } from "../../testing/plugin-exec.ts";
 import { linkNames } from "../../testing/sandbox.ts";
 import { ALL_VERSIONS, addressOf, attachmentView, resultShapeProblems, versionAtLeast } from "../lib/cni-result.ts";
-import { asCniError, type CniOutcome, describeOutcome } from "../lib/plugin-exec.ts";
 import {
   type Attachment,
   attachmentHostLinks,

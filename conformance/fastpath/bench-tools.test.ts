@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { testPrefix } from "../../testing/kernel.ts";
-import { execPlugin, execPluginsTimed, timedRunnerAvailable } from "../lib/plugin-exec.ts";
+import { execPlugin, execPluginsTimed, timedRunnerAvailable } from "../../testing/plugin-exec.ts";
 import { ServerProcess } from "./server-process.ts";
 
 const BERTH = resolve(import.meta.dirname, "../../build/cni");

@@ -7,10 +7,10 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { asCniError, type CniOutcome, describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { type NetworkShape, networkConfig } from "../lib/cni-netconf.ts";
 import { addressOf, attachmentView } from "../lib/cni-result.ts";
-import { asCniError, type CniOutcome, describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
 import { ServerProcess } from "./server-process.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");

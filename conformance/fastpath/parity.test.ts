@@ -6,9 +6,9 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { testPrefix } from "../../testing/kernel.ts";
+import { type CniInvocation, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { type NetworkShape, networkConfig } from "../lib/cni-netconf.ts";
-import { type CniInvocation, execPlugin } from "../lib/plugin-exec.ts";
 import { ServerProcess } from "./server-process.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");

@@ -8,9 +8,9 @@ import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { decodeResponse, encodeRequest } from "../../overlay/cniserver/protocol.ts";
 import { testPrefix } from "../../testing/kernel.ts";
+import { describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
-import { describeOutcome, execPlugin } from "../lib/plugin-exec.ts";
 import { ServerProcess } from "./server-process.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");

@@ -13,10 +13,10 @@ import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { loadCsiPackage } from "../../csi/proto/load.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { execPlugin } from "../../testing/plugin-exec.ts";
 import { until } from "../../testing/poll.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
-import { execPlugin } from "../lib/plugin-exec.ts";
 import { Cluster } from "../multihost/cluster.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");

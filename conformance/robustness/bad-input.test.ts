@@ -9,8 +9,8 @@ import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { type CniOutcome, describeOutcome } from "../../testing/plugin-exec.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
-import { type CniOutcome, describeOutcome } from "../lib/plugin-exec.ts";
 import { BUILT, World } from "./world.ts";
 
 type Conf = Record<string, unknown>;

@@ -8,7 +8,7 @@
 import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { describeOutcome } from "../lib/plugin-exec.ts";
+import { describeOutcome } from "../../testing/plugin-exec.ts";
 import { addressOf, BUILT, CNI_DIR, World } from "./world.ts";
 
 const TRIALS = 36;

@@ -12,8 +12,8 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
+import { asCniError, type CniOutcome, describeOutcome } from "../../testing/plugin-exec.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
-import { asCniError, type CniOutcome, describeOutcome } from "../lib/plugin-exec.ts";
 import { addressOf, BUILT, World } from "./world.ts";
 
 type Conf = Record<string, unknown>;

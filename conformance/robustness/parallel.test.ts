@@ -5,7 +5,7 @@
 // element left.
 import { afterAll, describe, expect, it } from "vitest";
 import { ipJson, ping } from "../../testing/kernel.ts";
-import { describeOutcome } from "../lib/plugin-exec.ts";
+import { describeOutcome } from "../../testing/plugin-exec.ts";
 import { addressOf, BUILT, World } from "./world.ts";
 
 const N = 100;

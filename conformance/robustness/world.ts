@@ -9,8 +9,8 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { networkTag } from "../../cni/plugins/attachment.ts";
 import { delLink, ipJson, sh } from "../../testing/kernel.ts";
+import { type CniOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
-import { type CniOutcome, execPlugin } from "../lib/plugin-exec.ts";
 
 export const CNI_DIR = resolve(import.meta.dirname, "../../build/cni");
 /** The executables exist and their Node bundles too (the launcher execs them on the cold path). */

@@ -102,7 +102,7 @@ export function describeOutcome(o: CniOutcome): string {
   return `exit ${o.exitCode ?? o.signal}, stdout ${body === "" ? "(empty)" : body}${err ? `, stderr ${err}` : ""}`;
 }
 
-const RUNNER = join(import.meta.dirname, "../../native/build/Release/berth_cnirun");
+const RUNNER = join(import.meta.dirname, "../native/build/Release/berth_cnirun");
 
 /** Whether the native timing runner (native/bench/cnirun.c, built by `npm run build`) exists. */
 export function timedRunnerAvailable(): boolean {

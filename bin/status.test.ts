@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
 import { LeaseStore } from "../cni/ipam/store.ts";
 import { Cluster, type Container, type Host, until } from "../conformance/multihost/cluster.ts";
-import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../csi/test-driver.ts";
+import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import type { StatusReport } from "./status.ts";
 

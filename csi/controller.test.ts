@@ -2,8 +2,8 @@
 import { existsSync, mkdirSync, readdirSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
-import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 const INVALID_ARGUMENT = 3;
 const NOT_FOUND = 5;

@@ -3,9 +3,9 @@ import { execFileSync } from "node:child_process";
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import { canResizeExt4Online } from "./backing.ts";
-import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 let t: TestDriver;
 

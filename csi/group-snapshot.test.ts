@@ -7,8 +7,8 @@ import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "n
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
-import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 const INVALID_ARGUMENT = 3;
 const NOT_FOUND = 5;

@@ -2,8 +2,9 @@ import { execFileSync } from "node:child_process";
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, writeFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
-import { blockCap, createTestDriver, MiB, mountCap, type TestDriver, teardownKernelObjects } from "./test-driver.ts";
+import { teardownKernelObjects } from "../testing/storage.ts";
 
 interface FindmntEntry {
   target: string;

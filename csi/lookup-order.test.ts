@@ -4,8 +4,8 @@
 // csi-sanity expect. Also the alpha capability switch of ControllerGetCapabilities.
 import { mkdirSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
-import { createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 const INVALID_ARGUMENT = 3;
 const NOT_FOUND = 5;

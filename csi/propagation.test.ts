@@ -5,8 +5,8 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { readFileSync, readlinkSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { type MountInfo, mountsAt, parseMountInfo, readMountInfo } from "../native/mount.ts";
+import { createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
-import { createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 let t: TestDriver;
 let sleeper: ChildProcess | undefined;

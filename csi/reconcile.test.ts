@@ -6,6 +6,7 @@ import { status } from "@grpc/grpc-js";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { isMountPoint, unmount } from "../native/mount.ts";
+import { createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import { BackingStore } from "./backing.ts";
 import { ControllerService } from "./controller.ts";
@@ -15,7 +16,6 @@ import { InFlight } from "./locks.ts";
 import { NodeService } from "./node.ts";
 import { reconcile } from "./reconcile.ts";
 import { type StagingRow, type VolumeRow, VolumeStore } from "./state.ts";
-import { createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 let t: TestDriver;
 let store: VolumeStore | undefined;

@@ -5,9 +5,9 @@ import { dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import { backloggedServer } from "../testing/sockets.ts";
-import { createTestDriver, MiB, mountCap, type TestDriver } from "./test-driver.ts";
 
 let t: TestDriver;
 

@@ -1,10 +1,13 @@
 // Test scaffolding for storage tests: a scratch directory named with the test prefix, and a
 // cleanup that unmounts, detaches and removes everything under it using the system tools
 // (never the code under test), so a failing test still leaves nothing behind.
+
+import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { type LoopDevice, listLoops } from "../native/loop.ts";
+import { detachLoop, type LoopDevice, listLoops } from "../native/loop.ts";
+import { readMountInfo, unmount } from "../native/mount.ts";
 import { sh, testPrefix } from "./kernel.ts";
 
 export interface Scratch {
@@ -86,4 +89,22 @@ export function findLoopForFile(file: string): LoopDevice | null {
     return null;
   }
   return listLoops().find((l) => l.backingDevice === st.dev && l.backingInode === st.ino) ?? null;
+}
+
+/** Unmounts everything below `root` (fsfreeze thawed first) and detaches the loop devices backed by files below it. */
+export function teardownKernelObjects(root: string): void {
+  // Deepest mounts first, then loops whose backing file lives under root.
+  for (let pass = 0; pass < 4; pass++) {
+    const mine = readMountInfo()
+      .filter((m) => m.mountPoint.startsWith(`${root}/`))
+      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
+    if (mine.length === 0) break;
+    for (const m of mine) {
+      try {
+        execFileSync("fsfreeze", ["--unfreeze", m.mountPoint], { stdio: "ignore" });
+      } catch {}
+      unmount(m.mountPoint, { detach: true });
+    }
+  }
+  for (const l of listLoops()) if (l.backingFile.startsWith(`${root}/`)) detachLoop(l.number);
 }

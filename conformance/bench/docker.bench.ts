@@ -14,10 +14,10 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
+import { teardownKernelObjects } from "../../testing/storage.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const { values } = parseArgs({ options: { iterations: { type: "string", default: "20" } } });

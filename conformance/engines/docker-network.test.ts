@@ -10,10 +10,10 @@ import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
+import { teardownKernelObjects } from "../../testing/storage.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();

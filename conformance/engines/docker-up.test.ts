@@ -5,10 +5,10 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
+import { teardownKernelObjects } from "../../testing/storage.ts";
 import { Cluster, type Host } from "../multihost/cluster.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");

@@ -9,10 +9,10 @@ import { join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadCsiPackage } from "../../csi/proto/load.ts";
-import { teardownKernelObjects } from "../../csi/test-driver.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
+import { teardownKernelObjects } from "../../testing/storage.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();

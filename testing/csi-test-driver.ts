@@ -6,15 +6,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import pino from "pino";
-import { detachLoop, listLoops } from "../native/loop.ts";
-import { readMountInfo, unmount } from "../native/mount.ts";
-import type { ControllerClient } from "./proto/generated/csi/v1/Controller.ts";
-import type { GroupControllerClient } from "./proto/generated/csi/v1/GroupController.ts";
-import type { IdentityClient } from "./proto/generated/csi/v1/Identity.ts";
-import type { NodeClient } from "./proto/generated/csi/v1/Node.ts";
-import type { VolumeCapability } from "./proto/generated/csi/v1/VolumeCapability.ts";
-import { loadCsiPackage } from "./proto/load.ts";
-import { type CsiDriverOptions, type RunningCsiDriver, startCsiDriver } from "./server.ts";
+import type { ControllerClient } from "../csi/proto/generated/csi/v1/Controller.ts";
+import type { GroupControllerClient } from "../csi/proto/generated/csi/v1/GroupController.ts";
+import type { IdentityClient } from "../csi/proto/generated/csi/v1/Identity.ts";
+import type { NodeClient } from "../csi/proto/generated/csi/v1/Node.ts";
+import type { VolumeCapability } from "../csi/proto/generated/csi/v1/VolumeCapability.ts";
+import { loadCsiPackage } from "../csi/proto/load.ts";
+import { type CsiDriverOptions, type RunningCsiDriver, startCsiDriver } from "../csi/server.ts";
+import { teardownKernelObjects } from "./storage.ts";
 
 type Unary = (req: object, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
@@ -63,23 +62,6 @@ export interface TestDriver {
   /** A fresh directory under root for staging or target paths. */
   path(name: string): string;
   cleanup(): Promise<void>;
-}
-
-export function teardownKernelObjects(root: string): void {
-  // Deepest mounts first, then loops whose backing file lives under root.
-  for (let pass = 0; pass < 4; pass++) {
-    const mine = readMountInfo()
-      .filter((m) => m.mountPoint.startsWith(`${root}/`))
-      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
-    if (mine.length === 0) break;
-    for (const m of mine) {
-      try {
-        execFileSync("fsfreeze", ["--unfreeze", m.mountPoint], { stdio: "ignore" });
-      } catch {}
-      unmount(m.mountPoint, { detach: true });
-    }
-  }
-  for (const l of listLoops()) if (l.backingFile.startsWith(`${root}/`)) detachLoop(l.number);
 }
 
 export async function createTestDriver(prefix: string, nodeId = "test-node"): Promise<TestDriver> {

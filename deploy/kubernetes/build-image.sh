@@ -13,17 +13,17 @@
 # resize2fs, xfs_growfs, fsfreeze; ip for berth doctor) and the shared libraries all of these need, found with ldd.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. deploy/kubernetes/oci-image.sh
 REL=${1:-$(ls -t build/release/berth-*.tar.gz 2>/dev/null | head -1)}
 [ -n "$REL" ] && [ -f "$REL" ] || { echo "build-image: no release tarball (run npm run release)" >&2; exit 2; }
 base=$(basename "$REL" .tar.gz)             # berth-<version>-linux-<arch>
 version=${base#berth-}; version=${version%-linux-*}
 OUT=${2:-build/image/berth-$version-oci.tar}
 NAME=${3:-localhost/berth:$version}
-case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
 
 W=$(mktemp -d); trap 'rm -rf "$W"' EXIT
 R=$W/rootfs
-mkdir -p "$R"/{usr/local/bin,usr/local/lib/berth,usr/sbin,usr/bin,etc,tmp,run,var/lib,lib64} "$W/oci/blobs/sha256"
+mkdir -p "$R"/{usr/local/bin,usr/local/lib/berth,usr/sbin,usr/bin,etc,tmp,run,var/lib,lib64}
 chmod 1777 "$R/tmp"
 
 # copy_bin SRC [DEST]: a binary and every shared library it loads, at the same paths.
@@ -55,18 +55,4 @@ ln -s ../lib/berth/bin/berth "$R/usr/local/bin/berth"
 printf 'root:x:0:0:root:/root:/bin/false\n' > "$R/etc/passwd"
 printf 'root:x:0:\n' > "$R/etc/group"
 
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$R" -cf "$W/layer.tar" .
-put() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$W/oci/blobs/sha256/$d"; echo "$d"; }
-lsize=$(stat -c %s "$W/layer.tar"); ldig=$(put "$W/layer.tar")
-printf '{"architecture":"%s","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Entrypoint":["/usr/local/bin/node","/usr/local/lib/berth/lib/berth.cjs"],"WorkingDir":"/","Env":["PATH=/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created":"1970-01-01T00:00:00Z","created_by":"deploy/kubernetes/build-image.sh %s"}]}' \
-  "$arch" "$ldig" "$base" > "$W/config.json"
-csize=$(stat -c %s "$W/config.json"); cdig=$(put "$W/config.json")
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"sha256:%s","size":%s}]}' \
-  "$cdig" "$csize" "$ldig" "$lsize" > "$W/manifest.json"
-msize=$(stat -c %s "$W/manifest.json"); mdig=$(put "$W/manifest.json")
-echo '{"imageLayoutVersion":"1.0.0"}' > "$W/oci/oci-layout"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"platform":{"architecture":"%s","os":"linux"},"annotations":{"io.containerd.image.name":"%s","org.opencontainers.image.ref.name":"%s"}}]}' \
-  "$mdig" "$msize" "$arch" "$NAME" "${NAME##*:}" > "$W/oci/index.json"
-mkdir -p "$(dirname "$OUT")"
-tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$W/oci" -cf "$OUT" oci-layout index.json blobs
-echo "$OUT $NAME $(du -h "$OUT" | cut -f1) manifest=sha256:$mdig"
+oci_image "$R" "$OUT" "$NAME" '["/usr/local/bin/node","/usr/local/lib/berth/lib/berth.cjs"]' "deploy/kubernetes/build-image.sh $base"

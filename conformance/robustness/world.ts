@@ -5,9 +5,8 @@
 // everything that could leak: bridge ports, host veths, leases (SQLite, read-only), masquerade
 // elements, and what is left in each container netns.
 import { existsSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
 import Database from "better-sqlite3";
-import { networkTag } from "../../cni/plugins/attachment.ts";
 import { delLink, ipJson, sh } from "../../testing/kernel.ts";
 import { type CniOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
@@ -39,6 +38,8 @@ export class World {
   readonly table = this.prefix;
   /** BERTH_CNI_SOCKET for every run: "off" is the cold path, a socket path the fast path. */
   socket = "off";
+  /** Names of the netns that runs on this world's network were given (CNI_NETNS). */
+  private readonly networkNetns = new Set<string>();
 
   constructor(label: string) {
     this.network = `${this.prefix}-${label}`;
@@ -78,6 +79,8 @@ export class World {
     env: Record<string, string | undefined> = {},
     type = "berth-bridge",
   ): Promise<CniOutcome> {
+    const conf = typeof stdin === "string" ? parseOrNull(stdin) : (stdin as { name?: unknown });
+    if (a.netns && conf?.name === this.network) this.networkNetns.add(basename(a.netns));
     return execPlugin({
       cniPath: CNI_DIR,
       type,
@@ -103,12 +106,20 @@ export class World {
     }
   }
 
-  /** Host links named after this network (berth's deterministic bv<network tag>… names). */
+  /**
+   * Host veths of this network: those whose peer is in a netns this network's attachments were
+   * made in, found from the kernel's view of the pair, whatever name the plugin gave the host end.
+   */
   hostVeths(): string[] {
-    const tag = `bv${networkTag(this.network)}`;
-    return ipJson<{ ifname: string }>(["link", "show"])
-      .map((l) => l.ifname)
-      .filter((n) => n.startsWith(tag));
+    const ids = new Set(
+      ipJson<{ name: string; id?: number }>(["netns", "list"])
+        .filter((n) => n.id !== undefined && this.networkNetns.has(n.name))
+        .map((n) => n.id),
+    );
+    if (ids.size === 0) return [];
+    return ipJson<{ ifname: string; link_netnsid?: number }>(["link", "show", "type", "veth"])
+      .filter((l) => l.link_netnsid !== undefined && ids.has(l.link_netnsid))
+      .map((l) => l.ifname);
   }
 
   /** Leases of this network, read straight from the SQLite file (read-only). */
@@ -173,4 +184,13 @@ export function addressOf(result: unknown): string {
   const ips = (result as { ips?: { address: string }[] } | undefined)?.ips ?? [];
   if (ips.length !== 1) throw new Error(`expected one address in ${JSON.stringify(result)}`);
   return ips[0]!.address.split("/")[0]!;
+}
+
+function parseOrNull(text: string): { name?: unknown } | null {
+  try {
+    const v: unknown = JSON.parse(text);
+    return typeof v === "object" && v !== null ? (v as { name?: unknown }) : null;
+  } catch {
+    return null;
+  }
 }

@@ -1,36 +1,20 @@
 // Runs the black-box CSI suite against berth's own driver, once per volume kind: directory
 // volumes, block volumes used through a file system, and raw block volumes. The driver is
-// started in-process on a temp socket with temp data/state dirs; everything is named with a
-// test prefix so the end-of-run leak check catches any mount or loop device left behind.
-import { mkdirSync, rmSync } from "node:fs";
+// started as `berth csi` (from the sources) on a temp socket with temp data/state dirs;
+// everything is named with a test prefix so the end-of-run leak check catches any mount or loop
+// device left behind.
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { testPrefix } from "../../testing/kernel.ts";
+import { startBerthCsi } from "./driver-process.ts";
 import { mountsUnder } from "./kernel-view.ts";
 import { runSuite, type SuiteOptions } from "./suite.ts";
 
-interface Driver {
-  close(): Promise<void>;
-}
-type StartCsiDriver = (opts: {
-  endpoint: string;
-  nodeId?: string;
-  dataDir?: string;
-  stateDir?: string;
-  logger?: unknown;
-}) => Promise<Driver>;
-
 // berth's driver is optional from the suite's point of view: it may not be built yet.
-let startCsiDriver: StartCsiDriver | undefined;
-let unavailable = "";
-try {
-  const mod = (await import("../../csi/server.ts")) as { startCsiDriver?: StartCsiDriver };
-  startCsiDriver = mod.startCsiDriver;
-  if (typeof startCsiDriver !== "function") unavailable = "csi/server.ts does not export startCsiDriver";
-} catch (e) {
-  unavailable = `csi/server.ts cannot be loaded: ${(e as Error).message}`;
-}
+const CLI = join(import.meta.dirname, "..", "..", "bin", "cli.ts");
+const unavailable = existsSync(CLI) ? "" : `${CLI} is missing`;
 if (unavailable) console.warn(`SKIP berth CSI conformance: ${unavailable}`);
 
 const KINDS: [string, Pick<SuiteOptions, "params" | "accessType">][] = [
@@ -53,16 +37,9 @@ describe.skipIf(!!unavailable)("berth's CSI driver passes the CSI conformance su
     const stateDir = `${base}-state`;
     mkdirSync(dataDir, { recursive: true });
     mkdirSync(stateDir, { recursive: true });
-    const { default: pino } = await import("pino");
-    const driver = await startCsiDriver!({
-      endpoint: `unix://${socket}`,
-      nodeId: "conformance-node",
-      dataDir,
-      stateDir,
-      logger: pino({ level: "silent" }),
-    });
+    const driver = await startBerthCsi({ socket, dataDir, stateDir, nodeId: "conformance-node", fromSources: true });
     cleanup = async () => {
-      await driver.close();
+      await driver.stop();
       rmSync(dataDir, { recursive: true, force: true });
       rmSync(stateDir, { recursive: true, force: true });
       rmSync(socket, { force: true });

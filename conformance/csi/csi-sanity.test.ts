@@ -5,11 +5,12 @@
 // use separate drivers and directories, so they run side by side; the GroupController specs
 // run too (berth advertises the service). csi-sanity's summary line
 // goes to the test log. Without the binary the test fails in CI and is skipped elsewhere.
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { loopsTagged, makeScratch, mountsUnder } from "../../testing/storage.ts";
+import { type CsiDriverProcess, startBerthCsi } from "./driver-process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const SANITY = process.env.CSI_SANITY ?? join(root, "build", "tools", "csi-sanity");
@@ -38,52 +39,6 @@ const MODES: Mode[] = [
     },
   },
 ];
-
-/** Starts `bin/berth csi` and resolves once it listens; rejects with its stderr if it exits. */
-async function startBerthCsi(dir: string, socket: string): Promise<{ child: ChildProcess; log: () => string }> {
-  const child = spawn(
-    process.execPath,
-    [
-      join(root, "bin", "berth"),
-      "csi",
-      "--endpoint",
-      `unix://${socket}`,
-      "--data-dir",
-      join(dir, "data"),
-      "--state-dir",
-      join(dir, "state"),
-      "--node-id",
-      "sanity-node",
-    ],
-    { cwd: root, stdio: ["ignore", "ignore", "pipe"] },
-  );
-  let stderr = "";
-  child.stderr?.on("data", (d) => {
-    stderr += d;
-  });
-  await new Promise<void>((resolve, reject) => {
-    const timer = setInterval(() => {
-      if (stderr.includes("csi driver listening")) {
-        clearInterval(timer);
-        resolve();
-      }
-    }, 50);
-    child.once("exit", (code) => {
-      clearInterval(timer);
-      reject(new Error(`berth csi exited with ${code} before listening:\n${stderr}`));
-    });
-  });
-  return { child, log: () => stderr };
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise<void>((r) => child.once("exit", () => r()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-  await exited;
-  clearTimeout(timer);
-}
 
 function runSanity(args: string[]): Promise<string> {
   return new Promise((resolve) => {
@@ -127,9 +82,14 @@ describe.skipIf(!present && !inCi)("csi-sanity (kubernetes-csi/csi-test v5.3.1) 
       const scratch = makeScratch();
       const socket = join(scratch.dir, "plugin", "csi.sock");
       mkdirSync(join(scratch.dir, "plugin"));
-      let driver: Awaited<ReturnType<typeof startBerthCsi>> | undefined;
+      let driver: CsiDriverProcess | undefined;
       try {
-        driver = await startBerthCsi(scratch.dir, socket);
+        driver = await startBerthCsi({
+          socket,
+          dataDir: join(scratch.dir, "data"),
+          stateDir: join(scratch.dir, "state"),
+          nodeId: "sanity-node",
+        });
         const output = await runSanity([
           `--csi.endpoint=unix://${socket}`,
           `--csi.mountdir=${join(scratch.dir, "target")}`,
@@ -149,12 +109,12 @@ describe.skipIf(!present && !inCi)("csi-sanity (kubernetes-csi/csi-test v5.3.1) 
         // Skipped: 10 ControllerPublish specs (node-local volumes have no attach step) and 8
         // ModifyVolume specs; the 6 GroupController specs run.
         expect(summary.skipped).toBeLessThanOrEqual(18);
-        await stop(driver.child);
+        await driver.stop();
         // csi-sanity deleted what it made: nothing of the driver is mounted or attached.
         expect(mountsUnder(scratch.dir)).toEqual([]);
         expect(loopsTagged(scratch.prefix)).toEqual([]);
       } finally {
-        if (driver) await stop(driver.child);
+        if (driver) await driver.stop();
         scratch.cleanup();
       }
     },

@@ -19,14 +19,8 @@ import { createServer, type Server, type Socket } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import type { Readable } from "node:stream";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import {
-  decodeRequest,
-  encodeResponse,
-  HEADER_BYTES,
-  type InvocationRequest,
-  parseHeader,
-} from "../../overlay/cniserver/protocol.ts";
 import { testPrefix } from "../../testing/kernel.ts";
+import { decodeRequest, encodeResponse, HEADER_BYTES, parseHeader, type Request } from "./wire.ts";
 
 const LAUNCHER = resolve(import.meta.dirname, "../../build/cni/berth-bridge");
 const built = existsSync(LAUNCHER) && !existsSync(`${LAUNCHER}.cjs`);
@@ -52,7 +46,7 @@ function launch(env: Record<string, string>, stdin: Buffer | string): Promise<Ru
 }
 
 /** A fake agent: `onRequest` gets the decoded request and the socket, and answers (or not). */
-function fakeAgent(path: string, onRequest: (req: InvocationRequest, s: Socket) => void): Promise<Server> {
+function fakeAgent(path: string, onRequest: (req: Request, s: Socket) => void): Promise<Server> {
   const server = createServer((s) => {
     let buf = Buffer.alloc(0);
     s.on("data", (b: Buffer) => {
@@ -77,7 +71,7 @@ describe.skipIf(!built)("berth launcher", () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it("forwards type, CNI_*/BERTH_* env and stdin; replays stdout, stderr and exit code exactly", async () => {
-    let got: InvocationRequest | undefined;
+    let got: Request | undefined;
     servers.push(
       await fakeAgent(sock, (req, s) => {
         got = req;

@@ -6,12 +6,12 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect, type Socket } from "node:net";
 import { join, resolve } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { decodeResponse, encodeRequest } from "../../overlay/cniserver/protocol.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
 import { ServerProcess } from "./server-process.ts";
+import { decodeResponse, encodeRequest } from "./wire.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");
 const built = existsSync(join(CNI, "berth-bridge"));

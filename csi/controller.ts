@@ -41,6 +41,7 @@ import type { ValidateVolumeCapabilitiesResponse } from "./proto/generated/csi/v
 import type { Volume } from "./proto/generated/csi/v1/Volume.ts";
 import type { SnapshotRow, VolumeKind, VolumeRow } from "./state.ts";
 import { type AccessType, type Capability, checkMap, isOurId, parseCapabilities, requireId, requireName } from "./validate.ts";
+import { discardVolume } from "./volumes.ts";
 
 export const DEFAULT_SIZE = 1 * GiB;
 const ALIGN = 4096;
@@ -204,7 +205,7 @@ export class ControllerService {
         this.checkCompatible(existing, shape, req.capacity_range, sourceType, sourceId);
         return { volume: this.volumeMessage(existing) };
       }
-      if (existing) this.discardVolume(existing); // a create or delete that crashed midway
+      if (existing) discardVolume(this.d, existing); // a create or delete that crashed midway
 
       let sourceImage = "";
       let frozen: string | undefined;
@@ -270,8 +271,7 @@ export class ControllerService {
       this.d.store.setVolumeStatus(v.id, "ready");
       v.status = "ready";
     } catch (e) {
-      this.d.backing.removeFile(image);
-      this.d.store.deleteVolume(v.id);
+      discardVolume(this.d, v);
       throw e;
     }
   }
@@ -293,14 +293,6 @@ export class ControllerService {
     if (JSON.stringify(sortKeys(v.parameters)) !== JSON.stringify(sortKeys(shape.parameters))) why.push("parameters");
     if (v.sourceType !== sourceType || v.sourceId !== sourceId) why.push("content source");
     if (why.length > 0) throw alreadyExists(`volume named ${JSON.stringify(v.name)} exists with different ${why.join(", ")}`);
-  }
-
-  private discardVolume(v: VolumeRow): void {
-    this.d.store.setVolumeStatus(v.id, "deleting");
-    const image = this.d.backing.imagePath(v.id);
-    this.d.backing.unmountAndDetach(image, v.kind === "dir" ? this.d.backing.dirMountPath(v.id) : undefined);
-    this.d.backing.removeFile(image);
-    this.d.store.deleteVolume(v.id);
   }
 
   /** The mount point of the volume's filesystem when it is in use (frozen while copied). */
@@ -332,7 +324,7 @@ export class ControllerService {
       if (this.d.store.staging(id) || this.d.store.publications(id).length > 0) {
         throw failedPrecondition(`volume ${id} is staged or published on node ${this.d.nodeId}`);
       }
-      this.discardVolume(v);
+      discardVolume(this.d, v);
       this.d.log.info({ volumeId: id }, "volume deleted");
       return {};
     });

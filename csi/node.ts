@@ -41,6 +41,7 @@ import {
   requirePathField,
   volumePathMatch,
 } from "./validate.ts";
+import { discardVolume, isAbandonedEphemeral } from "./volumes.ts";
 
 const EPHEMERAL_DEFAULT_SIZE = 100 * MiB;
 
@@ -223,6 +224,8 @@ export class NodeService {
         if (!existing) {
           this.removeTarget(row);
           this.d.store.deletePublication(v.id, target);
+          // An ephemeral volume this publish made goes with it.
+          if (isAbandonedEphemeral(this.d, v)) discardVolume(this.d, v);
         }
         throw e;
       }
@@ -294,16 +297,22 @@ export class NodeService {
       const row = this.d.store.publicationAt(target);
       if (!row || row.volumeId !== v.id) return {};
       this.removeTarget(row);
-      this.d.store.deletePublication(v.id, target);
+      // The last publication of an ephemeral volume takes the volume with it: its row turns
+      // "deleting" in the same transaction that drops the publication.
+      const last = v.ephemeral && this.d.store.publications(v.id).every((p) => p.targetPath === target);
+      this.d.store.transaction(() => {
+        this.d.store.deletePublication(v.id, target);
+        if (last) this.d.store.setVolumeStatus(v.id, "deleting");
+      });
+      if (last) {
+        discardVolume(this.d, { ...v, status: "deleting" });
+        this.d.log.info({ volumeId: v.id, target }, "volume unpublished and removed");
+        return {};
+      }
       if (v.condition.includes(publicationConditionPrefix(target))) this.d.store.setVolumeCondition(v.id, "");
       const readOnlyRaw = (p: PublicationRow) => p.accessType === "block" && p.readOnly;
       if (readOnlyRaw(row) && !this.d.store.publications(v.id).some(readOnlyRaw)) {
         this.d.backing.detachReadOnly(this.d.backing.imagePath(v.id));
-      }
-      if (v.ephemeral && this.d.store.publications(v.id).length === 0) {
-        this.d.backing.unmountAndDetach(this.d.backing.imagePath(v.id), this.d.backing.dirMountPath(v.id));
-        this.d.backing.removeFile(this.d.backing.imagePath(v.id));
-        this.d.store.deleteVolume(v.id);
       }
       this.d.log.info({ volumeId: v.id, target }, "volume unpublished");
       return {};

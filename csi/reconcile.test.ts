@@ -1,6 +1,7 @@
 // Start-up repair row by row: a repair that does not end in time, a row that cannot be
 // restored, a condition left by an earlier start. The driver's parts are built here around the
 // same data and state dirs a real driver used, so reconcile() can be called with a deadline.
+import { existsSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import pino from "pino";
@@ -113,6 +114,37 @@ describe("start-up reconcile", () => {
     const again = await reconcile(d, new NodeService(d, new ControllerService(d)), { rowTimeoutMs: 5_000 });
     expect(again.abnormal).toEqual([]);
     expect(d.store.volume(slow)?.condition).toBe("");
+  });
+
+  it("removes an ephemeral volume whose unpublish died between dropping its publication and removing the volume", async () => {
+    const target = t.path("pod-ephemeral");
+    await t.node.NodePublishVolume({
+      volume_id: "csi-crash-ephemeral",
+      target_path: target,
+      volume_capability: mountCap(),
+      volume_context: { "csi.storage.k8s.io/ephemeral": "true", size: "16Mi" },
+    });
+    await t.stop();
+    let d = parts();
+    const v = d.store.volumes().find((x) => x.ephemeral);
+    if (!v) throw new Error("no ephemeral volume row");
+    const image = d.backing.imagePath(v.id);
+    expect(d.backing.loopFor(image)).toBeDefined();
+    expect(isMountPoint(d.backing.dirMountPath(v.id))).toBe(true);
+    // What NodeUnpublishVolume had done when the driver died: the target unmounted and removed,
+    // its publication row dropped; the volume's own mount, loop device, image and row remain.
+    unmount(target, { detach: true });
+    rmdirSync(target);
+    d.store.deletePublication(v.id, target);
+    store?.close();
+    store = undefined;
+
+    await t.start(); // start-up repair
+    d = parts();
+    expect(d.store.volume(v.id)).toBeUndefined();
+    expect(existsSync(image)).toBe(false);
+    expect(d.backing.loopFor(image)).toBeUndefined();
+    expect(isMountPoint(d.backing.dirMountPath(v.id))).toBe(false);
   });
 
   it("marks a row it cannot vet or restore abnormal without touching its path, and goes on", async () => {

@@ -15,6 +15,7 @@ import type { NodeService } from "./node.ts";
 import { vetNodePath } from "./paths.ts";
 import type { VolumeRow } from "./state.ts";
 import { isOurId } from "./validate.ts";
+import { discardVolume, isAbandonedEphemeral } from "./volumes.ts";
 
 export interface ReconcileReport {
   removed: string[];
@@ -115,13 +116,13 @@ export async function reconcile(
       report.abnormal.push(`${id}: thawing its filesystem: ${message(e)}`);
     }
   }
-  // 1. Half-made or half-deleted rows: their files go, then the rows.
+  // 1. Half-made or half-deleted rows, and ephemeral volumes left without a publication (their
+  // publish or unpublish was cut short): their mounts, loops and files go, then the rows.
   for (const v of rows("volumes", () => d.store.volumes())) {
-    if (v.status === "ready") continue;
-    attempt(`removing half-made volume ${v.id}`, () => {
-      d.backing.unmountAndDetach(d.backing.imagePath(v.id), v.kind === "dir" ? d.backing.dirMountPath(v.id) : undefined);
-      d.backing.removeFile(d.backing.imagePath(v.id));
-      d.store.deleteVolume(v.id);
+    if (v.status === "ready" && !isAbandonedEphemeral(d, v)) continue;
+    const what = v.status === "ready" ? "ephemeral volume left without a publication" : "half-made volume";
+    attempt(`removing ${what} ${v.id}`, () => {
+      discardVolume(d, v);
       report.removed.push(v.id);
     });
   }

@@ -1,0 +1,27 @@
+// A volume's lifecycle, shared by the controller (CreateVolume, DeleteVolume), the node
+// (ephemeral inline volumes, made by NodePublishVolume and gone with their last
+// NodeUnpublishVolume) and start-up repair. Every step is recorded before it is done, so a
+// crash anywhere leaves a row start-up repair finishes: "creating" or "deleting" rows go.
+import type { Driver } from "./driver.ts";
+import type { VolumeRow } from "./state.ts";
+
+/**
+ * Removes a volume: its status "deleting" is committed first, then its mounts, loop devices
+ * and image go, then its row (with any staging and publication rows). Idempotent, so start-up
+ * repair can run it again on a row a crash left "deleting".
+ */
+export function discardVolume(d: Driver, v: VolumeRow): void {
+  if (v.status !== "deleting") {
+    d.store.setVolumeStatus(v.id, "deleting");
+    v.status = "deleting";
+  }
+  const image = d.backing.imagePath(v.id);
+  d.backing.unmountAndDetach(image, v.kind === "dir" ? d.backing.dirMountPath(v.id) : undefined);
+  d.backing.removeFile(image);
+  d.store.deleteVolume(v.id);
+}
+
+/** An ephemeral inline volume with no publication left: its unpublish or publish was cut short. */
+export function isAbandonedEphemeral(d: Driver, v: VolumeRow): boolean {
+  return v.ephemeral && v.status === "ready" && d.store.publications(v.id).length === 0;
+}

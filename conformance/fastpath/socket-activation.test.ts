@@ -9,13 +9,12 @@ import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readlinkSync, rmSync,
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import * as grpc from "@grpc/grpc-js";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { loadCsiPackage } from "../../csi/proto/load.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { execPlugin } from "../../testing/plugin-exec.ts";
 import { until } from "../../testing/poll.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
+import { CsiClient } from "../csi/client.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
 import { Cluster } from "../multihost/cluster.ts";
 
@@ -253,15 +252,12 @@ describe.skipIf(!haveActivate)("socket activation (systemd-socket-activate)", ()
       // The agent's netns holds the bridge: the plugin ran inside the agent.
       expect(ipJson(["link", "show", "dev", sandbox.bridgeName], host.ns)).toHaveLength(1);
 
-      const csi = loadCsiPackage().csi.v1;
-      const identity = new csi.Identity(`unix://${csiSocket}`, grpc.credentials.createInsecure());
+      const csi = CsiClient.connect(`unix://${csiSocket}`);
       try {
-        const ready = await new Promise<boolean | undefined>((done, fail) =>
-          identity.Probe({}, { deadline: new Date(Date.now() + 20_000) }, (e, r) => (e ? fail(e) : done(r?.ready?.value))),
-        );
-        expect(ready).toBe(true);
+        const probe = await csi.call<{ ready?: { value?: boolean } | null }>("Identity", "Probe", {}, 20_000);
+        expect(probe.ready?.value).toBe(true);
       } finally {
-        identity.close();
+        csi.close();
       }
       expect(agent.output()).toContain(`"component":"berth-up","endpoint":"unix://${csiSocket}","msg":"CSI driver serving"`);
 
@@ -283,20 +279,14 @@ describe.skipIf(!haveActivate)("socket activation (systemd-socket-activate)", ()
     await driver.listening();
     expect(driver.exe()).toBe(ACTIVATE);
 
-    const csi = loadCsiPackage().csi.v1;
-    const identity = new csi.Identity(`unix://${socket}`, grpc.credentials.createInsecure());
+    const csi = CsiClient.connect(`unix://${socket}`);
     try {
-      const deadline = new Date(Date.now() + 45_000);
-      const ready = await new Promise<boolean | undefined>((done, fail) =>
-        identity.Probe({}, { deadline }, (e, r) => (e ? fail(e) : done(r?.ready?.value))),
-      );
-      expect(ready, driver.stderr).toBe(true);
-      const info = await new Promise<string | undefined>((done, fail) =>
-        identity.GetPluginInfo({}, (e, r) => (e ? fail(e) : done(r?.name))),
-      );
-      expect(info).toBe("berth.csi.local");
+      const probe = await csi.call<{ ready?: { value?: boolean } | null }>("Identity", "Probe", {}, 45_000);
+      expect(probe.ready?.value, driver.stderr).toBe(true);
+      const info = await csi.call<{ name?: string }>("Identity", "GetPluginInfo", {});
+      expect(info.name).toBe("berth.csi.local");
     } finally {
-      identity.close();
+      csi.close();
     }
     expect(driver.exe()).toBe(process.execPath);
     expect(driver.stderr).toContain('"passedAs":"unknown"');

@@ -1,10 +1,10 @@
-// Runs the standalone CNI fast-path server (overlay/cniserver/main.ts) as a child process, the
+// Runs the standalone CNI fast-path server (`berth cni-server`) as a child process, the
 // way the agent would host it, so tests can stop it cleanly or SIGKILL it by its PID.
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { resolve } from "node:path";
 
-const MAIN = resolve(import.meta.dirname, "../../overlay/cniserver/main.ts");
+const CLI = resolve(import.meta.dirname, "../../bin/cli.ts");
 const BUNDLE = resolve(import.meta.dirname, "../../build/berth.cjs");
 
 export class ServerProcess {
@@ -29,11 +29,11 @@ export class ServerProcess {
   /**
    * Starts a server on `socketPath` and resolves once it listens. `bundled` runs it as
    * installed (`berth cni-server` from build/berth.cjs, what the benchmark measures); the
-   * default runs the TypeScript sources, so tests see the code as it is now.
+   * default runs the command from the TypeScript sources, so tests see the code as it is now.
    */
   static start(socketPath: string, opts: { bundled?: boolean } = {}): Promise<ServerProcess> {
     if (opts.bundled && !existsSync(BUNDLE)) throw new Error(`${BUNDLE} not built: run npm run build`);
-    const args = opts.bundled ? [BUNDLE, "cni-server"] : ["--import", "tsx", MAIN];
+    const args = opts.bundled ? [BUNDLE, "cni-server"] : ["--import", "tsx", CLI, "cni-server"];
     const child = spawn(process.execPath, [...args, "--socket", socketPath], {
       stdio: ["ignore", "pipe", "pipe"],
     });

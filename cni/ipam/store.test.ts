@@ -13,7 +13,7 @@ import { parseHostLocalConfig, type RangeSet } from "./ranges.ts";
 import { DATABASE_FILE, IpamErrorCode, type LeaseOwner, LeaseStore, WAL_TRUNCATE_BYTES } from "./store.ts";
 
 const execFileP = promisify(execFile);
-const WORKER = join(import.meta.dirname, "testdata", "store-worker.ts");
+const WORKER = join(import.meta.dirname, "../../testing/ipam-store-worker.ts");
 /** The built launchers (npm test bundles first); BERTH_CNI_SOCKET=off makes them run the cold path. */
 const COLD_CNI = resolve(import.meta.dirname, "../../build/cni");
 
@@ -390,7 +390,7 @@ describe("LeaseStore", () => {
 });
 
 describe("LeaseStore deferred sync (the agent)", () => {
-  const SYNC_CHILD = join(import.meta.dirname, "testdata", "deferred-sync.ts");
+  const SYNC_CHILD = join(import.meta.dirname, "../../testing/ipam-deferred-sync.ts");
 
   /** Runs the child under strace; returns its JSON line and, between its marks, the syncs of the WAL by thread. */
   async function tracedAllocation(mode: "deferred" | "full") {

@@ -5,8 +5,8 @@
 //     schema), holds its write lock for <ms> milliseconds (says "held" on IPC once it has it).
 import { join } from "node:path";
 import Database from "better-sqlite3";
-import { parseHostLocalConfig } from "../ranges.ts";
-import { DATABASE_FILE, LeaseStore } from "../store.ts";
+import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
+import { DATABASE_FILE, LeaseStore } from "../cni/ipam/store.ts";
 
 const [mode, dataDir, worker, count, startAt] = process.argv.slice(2);
 const { rangeSets } = parseHostLocalConfig({

@@ -1,7 +1,7 @@
 // A child process for the deferred-sync test, run under strace (spawned with `node --import tsx`).
 //   <dataDir> deferred|full: one grouped allocation with a sink; prints what the parent checks as JSON.
-import { parseHostLocalConfig } from "../ranges.ts";
-import { LeaseStore } from "../store.ts";
+import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
+import { LeaseStore } from "../cni/ipam/store.ts";
 
 const [dataDir, mode] = process.argv.slice(2);
 const { rangeSets } = parseHostLocalConfig({ ranges: [[{ subnet: "10.45.0.0/29" }]] });

@@ -54,7 +54,8 @@ describe("SIGKILL of the CSI driver under load", () => {
   const d = new DriverProcess(testPrefix());
   let sleeper: ChildProcess | undefined;
   afterAll(async () => {
-    if (sleeper?.exitCode === null) {
+    // Killed by a signal, a child's exitCode stays null: its signalCode says it is gone.
+    if (sleeper && sleeper.exitCode === null && sleeper.signalCode === null) {
       const gone = new Promise((r) => sleeper?.once("exit", r));
       sleeper.kill("SIGKILL");
       await gone;

@@ -41,7 +41,7 @@ import type { ValidateVolumeCapabilitiesResponse } from "./proto/generated/csi/v
 import type { Volume } from "./proto/generated/csi/v1/Volume.ts";
 import type { SnapshotRow, VolumeKind, VolumeRow } from "./state.ts";
 import { type AccessType, type Capability, checkMap, isOurId, parseCapabilities, requireId, requireName } from "./validate.ts";
-import { discardVolume } from "./volumes.ts";
+import { discardVolume, materialize } from "./volumes.ts";
 
 export const DEFAULT_SIZE = 1 * GiB;
 const ALIGN = 4096;
@@ -251,29 +251,9 @@ export class ControllerService {
         condition: "",
         createdAt: Date.now(),
       };
-      await this.materialize(v, sourceImage, frozen);
+      await materialize(this.d, v, sourceImage, frozen);
       return { volume: this.volumeMessage(v) };
     });
-  }
-
-  /** Writes the intent row, makes the image, marks it ready; undoes everything on failure. */
-  async materialize(v: VolumeRow, sourceImage = "", frozenMount?: string): Promise<void> {
-    this.d.store.insertVolume(v);
-    const image = this.d.backing.imagePath(v.id);
-    try {
-      if (sourceImage) {
-        const method = await this.d.backing.copyImage(sourceImage, image, frozenMount);
-        this.d.backing.growImage(image, v.capacity);
-        this.d.log.info({ volumeId: v.id, source: v.sourceId, method }, "volume populated from source");
-      } else {
-        await this.d.backing.createImage(image, v.capacity, v.fsType);
-      }
-      this.d.store.setVolumeStatus(v.id, "ready");
-      v.status = "ready";
-    } catch (e) {
-      discardVolume(this.d, v);
-      throw e;
-    }
   }
 
   private checkCompatible(

@@ -6,7 +6,6 @@ import { statFs } from "../native/fs.ts";
 import { refreshLoopCapacity } from "../native/loop.ts";
 import { bindMount, isMountPoint } from "../native/mount.ts";
 import { GiB, loopSizeBytes, MiB, OnlineResizeUnavailable, unmountAll } from "./backing.ts";
-import type { ControllerService } from "./controller.ts";
 import {
   type Driver,
   EPHEMERAL_KEY,
@@ -41,7 +40,7 @@ import {
   requirePathField,
   volumePathMatch,
 } from "./validate.ts";
-import { discardVolume, isAbandonedEphemeral } from "./volumes.ts";
+import { discardVolume, isAbandonedEphemeral, materialize } from "./volumes.ts";
 
 const EPHEMERAL_DEFAULT_SIZE = 100 * MiB;
 
@@ -61,10 +60,7 @@ function capabilityFits(v: VolumeRow, cap: Capability): string | undefined {
 }
 
 export class NodeService {
-  constructor(
-    private readonly d: Driver,
-    private readonly controller: ControllerService,
-  ) {}
+  constructor(private readonly d: Driver) {}
 
   getInfo(): NodeGetInfoResponse {
     return {
@@ -251,7 +247,7 @@ export class NodeService {
       condition: "",
       createdAt: Date.now(),
     };
-    await this.controller.materialize(v);
+    await materialize(this.d, v);
     return v;
   }
 

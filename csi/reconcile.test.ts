@@ -10,7 +10,6 @@ import { isMountPoint, unmount } from "../native/mount.ts";
 import { createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import { BackingStore } from "./backing.ts";
-import { ControllerService } from "./controller.ts";
 import type { Driver } from "./driver.ts";
 import { CsiError } from "./errors.ts";
 import { InFlight } from "./locks.ts";
@@ -67,7 +66,7 @@ class HeldNode extends NodeService {
     d: Driver,
     private readonly heldId: string,
   ) {
-    super(d, new ControllerService(d));
+    super(d);
   }
   override async applyStaging(v: VolumeRow, row: StagingRow): Promise<void> {
     if (v.id === this.heldId) await this.gate;
@@ -111,7 +110,7 @@ describe("start-up reconcile", () => {
     expect(d.store.volume(slow)?.condition).toBe("");
 
     // The next start finds it healthy.
-    const again = await reconcile(d, new NodeService(d, new ControllerService(d)), { rowTimeoutMs: 5_000 });
+    const again = await reconcile(d, new NodeService(d), { rowTimeoutMs: 5_000 });
     expect(again.abnormal).toEqual([]);
     expect(d.store.volume(slow)?.condition).toBe("");
   });
@@ -167,7 +166,7 @@ describe("start-up reconcile", () => {
       readOnly: false,
       mountFlags: [],
     });
-    const report = await reconcile(d, new NodeService(d, new ControllerService(d)));
+    const report = await reconcile(d, new NodeService(d));
     expect(report.repaired).toEqual([`publication ${target}`]);
     expect(report.abnormal).toEqual([
       expect.stringMatching(

@@ -246,7 +246,7 @@ export async function startCsiDriver(options: CsiDriverOptions): Promise<Running
     maxVolumesPerNode: options.maxVolumesPerNode ?? 0,
   };
   const controller = new ControllerService(d);
-  const node = mode === "controller" ? undefined : new NodeService(d, controller);
+  const node = mode === "controller" ? undefined : new NodeService(d);
   const report = await reconcile(d, node);
   if (report.removed.length + report.repaired.length + report.abnormal.length > 0) log.warn(report, "reconciled state on start");
 

@@ -25,3 +25,26 @@ export function discardVolume(d: Driver, v: VolumeRow): void {
 export function isAbandonedEphemeral(d: Driver, v: VolumeRow): boolean {
   return v.ephemeral && v.status === "ready" && d.store.publications(v.id).length === 0;
 }
+
+/**
+ * Makes a volume: its row is written "creating" first, then its image (empty, or a copy of
+ * `sourceImage`, grown to the volume's size), then the row turns "ready". A failure undoes it all.
+ */
+export async function materialize(d: Driver, v: VolumeRow, sourceImage = "", frozenMount?: string): Promise<void> {
+  d.store.insertVolume(v);
+  const image = d.backing.imagePath(v.id);
+  try {
+    if (sourceImage) {
+      const method = await d.backing.copyImage(sourceImage, image, frozenMount);
+      d.backing.growImage(image, v.capacity);
+      d.log.info({ volumeId: v.id, source: v.sourceId, method }, "volume populated from source");
+    } else {
+      await d.backing.createImage(image, v.capacity, v.fsType);
+    }
+    d.store.setVolumeStatus(v.id, "ready");
+    v.status = "ready";
+  } catch (e) {
+    discardVolume(d, v);
+    throw e;
+  }
+}

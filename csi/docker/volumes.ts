@@ -4,7 +4,11 @@
 // NodeService stage + publish at one path per volume, and repaired by the same start-up
 // reconcile. What Docker adds is who uses a mounted volume: Mount/Unmount carry a caller ID
 // (one per container), kept in a small database of its own so that a restarted plugin still
-// knows the volume is in use; the volume is unpublished and unstaged when the last caller goes.
+// knows the volume is in use. As kubelet keeps a CSI volume staged across pod restarts, a
+// volume stays staged (loop device attached, filesystem mounted) while it is used now and then:
+// the last caller's Unmount only unpublishes it, and it is unstaged once it has had no caller
+// for the idle period, at Remove, or when the plugin stops. So a container start pays only the
+// publish (a bind mount) when the volume was used recently.
 import { existsSync, readdirSync, readlinkSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
@@ -198,8 +202,13 @@ export interface VolumeServiceOptions {
   /** Where Docker's mount points and the caller database live. */
   dockerDir?: string;
   nodeId?: string;
+  /** How long a volume no container uses stays staged (default IDLE_UNSTAGE_MS). */
+  idleUnstageMs?: number;
   log: Logger;
 }
+
+/** A volume no container uses stays staged this long, for the next container's quick start. */
+export const IDLE_UNSTAGE_MS = 5 * 60_000;
 
 export interface DockerVolume {
   Name: string;
@@ -210,6 +219,8 @@ export interface DockerVolume {
 
 export class DockerVolumeService {
   private readonly queue = new KeyedQueue();
+  /** Volume id → the timer that unstages it once it has stayed unused for the idle period. */
+  private readonly idle = new Map<string, NodeJS.Timeout>();
 
   private constructor(
     private readonly d: Driver,
@@ -217,6 +228,7 @@ export class DockerVolumeService {
     private readonly node: NodeService,
     private readonly callers: CallerStore,
     private readonly dockerDir: string,
+    private readonly idleUnstageMs: number,
   ) {}
 
   /** Opens the CSI driver's state and back end in this process and runs its start-up reconcile. */
@@ -238,13 +250,28 @@ export class DockerVolumeService {
       maxVolumesPerNode: 0,
     };
     const controller = new ControllerService(d);
-    const node = new NodeService(d, controller);
+    const node = new NodeService(d);
     const report = await reconcile(d, node);
     if (report.removed.length + report.repaired.length + report.abnormal.length > 0)
       options.log.warn(report, "reconciled volume state on start");
-    const service = new DockerVolumeService(d, controller, node, new CallerStore(join(dockerDir, "callers.db")), dockerDir);
+    const idleUnstageMs = options.idleUnstageMs ?? IDLE_UNSTAGE_MS;
+    const service = new DockerVolumeService(
+      d,
+      controller,
+      node,
+      new CallerStore(join(dockerDir, "callers.db")),
+      dockerDir,
+      idleUnstageMs,
+    );
     service.dropCallersOfMissingVolumes();
     await service.releaseAbandoned();
+    // Volumes the reconcile restored staged with no caller (the plugin stopped while they were
+    // idle): their idle period starts again now.
+    for (const s of d.store.stagings()) {
+      const v = d.store.volume(s.volumeId);
+      if (v?.status !== "ready" || !v.name.startsWith(DOCKER_NAME_PREFIX)) continue;
+      if (service.callers.of(v.id).length === 0) service.scheduleUnstage(v);
+    }
     return service;
   }
 
@@ -265,7 +292,8 @@ export class DockerVolumeService {
       const users = this.callers.of(id);
       this.callers.forget(id);
       try {
-        await this.detach(v);
+        await this.unpublish(v);
+        this.scheduleUnstage(v);
         this.d.log.warn({ volumeId: id, callers: users }, "docker volume released: no container holds it any more");
       } catch (e) {
         this.d.log.error({ volumeId: id, err: (e as Error).message }, "could not release an abandoned docker volume");
@@ -273,7 +301,25 @@ export class DockerVolumeService {
     }
   }
 
+  /** Unstages every volume no container uses (the plugin is stopping); published ones stay. */
+  async unstageIdle(): Promise<void> {
+    for (const [id, timer] of [...this.idle]) {
+      clearTimeout(timer);
+      this.idle.delete(id);
+      const v = this.d.store.volume(id);
+      if (!v) continue;
+      const name = v.name.slice(DOCKER_NAME_PREFIX.length);
+      await this.queue
+        .run(name, () => this.unstageIfUnused(v))
+        .catch((e) => {
+          this.d.log.error({ volumeId: id, err: (e as Error).message }, "could not unstage an idle docker volume");
+        });
+    }
+  }
+
   close(): void {
+    for (const timer of this.idle.values()) clearTimeout(timer);
+    this.idle.clear();
     this.callers.close();
     this.d.store.close();
   }
@@ -343,6 +389,9 @@ export class DockerVolumeService {
           409,
         );
       }
+      // Unused means no publication: a volume kept staged for quick starts is unstaged here.
+      this.cancelUnstage(v.id);
+      if (v.status === "ready") await this.detach(v).catch(fromCsi);
       await this.controller.deleteVolume({ volume_id: v.id, secrets: {} }).catch(fromCsi);
       this.d.log.info({ volume: name, volumeId: v.id }, "docker volume removed");
     });
@@ -353,6 +402,7 @@ export class DockerVolumeService {
     callerId(id);
     return this.queue.run(name, async () => {
       const v = this.row(name);
+      this.cancelUnstage(v.id);
       // Recorded before anything is mounted: a crash in between leaves a use Docker will end.
       const added = this.callers.add(v.id, id);
       try {
@@ -374,8 +424,9 @@ export class DockerVolumeService {
       const v = this.row(name);
       this.callers.remove(v.id, id);
       if (this.callers.of(v.id).length > 0) return;
-      await this.detach(v).catch(fromCsi);
-      this.d.log.info({ volume: name, caller: id }, "docker volume unmounted (last user gone)");
+      await this.unpublish(v).catch(fromCsi);
+      this.scheduleUnstage(v);
+      this.d.log.info({ volume: name, caller: id }, "docker volume unmounted (last user gone; stays staged while idle)");
     });
   }
 
@@ -401,9 +452,44 @@ export class DockerVolumeService {
     } as never);
   }
 
-  private async detach(v: VolumeRow): Promise<void> {
+  private async unpublish(v: VolumeRow): Promise<void> {
     await this.node.unpublish({ volume_id: v.id, target_path: this.mountpoint(v) } as never);
+  }
+
+  private async detach(v: VolumeRow): Promise<void> {
+    await this.unpublish(v);
     await this.node.unstage({ volume_id: v.id, staging_target_path: this.stagingPath(v) } as never);
+  }
+
+  /** Starts (again) the idle period after which an unused volume is unstaged. */
+  private scheduleUnstage(v: VolumeRow): void {
+    this.cancelUnstage(v.id);
+    const name = v.name.slice(DOCKER_NAME_PREFIX.length);
+    const timer = setTimeout(() => {
+      if (this.idle.get(v.id) !== timer) return;
+      this.idle.delete(v.id);
+      this.queue
+        .run(name, () => this.unstageIfUnused(v))
+        .catch((e) => {
+          this.d.log.error({ volumeId: v.id, err: (e as Error).message }, "could not unstage an idle docker volume");
+        });
+    }, this.idleUnstageMs);
+    timer.unref();
+    this.idle.set(v.id, timer);
+  }
+
+  private cancelUnstage(volumeId: string): void {
+    const timer = this.idle.get(volumeId);
+    if (timer) clearTimeout(timer);
+    this.idle.delete(volumeId);
+  }
+
+  /** Runs in the volume's queue: a Mount that came first keeps it staged. */
+  private async unstageIfUnused(v: VolumeRow): Promise<void> {
+    const now = this.d.store.volume(v.id);
+    if (now?.status !== "ready" || this.callers.of(v.id).length > 0) return;
+    await this.detach(now);
+    this.d.log.info({ volumeId: v.id }, "idle docker volume unstaged");
   }
 
   path(name: string): string {

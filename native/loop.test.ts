@@ -1,8 +1,23 @@
-import { closeSync, openSync, renameSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
+import { closeSync, openSync, renameSync, statSync, truncateSync, unlinkSync, writeFileSync, writeSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { sh } from "../testing/kernel.ts";
-import { findLoopForFile, makeScratch, type Scratch } from "../testing/storage.ts";
-import { attachLoop, detachLoop, LoopError, listLoops, loopStatus, refreshLoopCapacity } from "./loop.ts";
+import { makeScratch, type Scratch } from "../testing/storage.ts";
+import { attachLoop, detachLoop, type LoopDevice, LoopError, listLoops, loopStatus, refreshLoopCapacity } from "./loop.ts";
+
+/**
+ * The loop device backed by `file`, matched by device and inode (as listLoops reports them),
+ * so a renamed file, a "(deleted)" suffix or a new file at the same path cannot fool it.
+ * null when none, or when the file is gone.
+ */
+function findLoopForFile(file: string): LoopDevice | null {
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(file);
+  } catch {
+    return null;
+  }
+  return listLoops().find((l) => l.backingDevice === st.dev && l.backingInode === st.ino) ?? null;
+}
 
 interface LosetupEntry {
   name: string;

@@ -7,9 +7,9 @@ import { execFile, execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { readMountInfo, unmount } from "../native/mount.ts";
 import { RUN } from "./kernel.ts";
 import { until } from "./poll.ts";
+import { unmountUnder } from "./storage.ts";
 
 const run = promisify(execFile);
 
@@ -17,7 +17,24 @@ const run = promisify(execFile);
 export const DOCKER_CLIENT = existsSync("/usr/bin/docker") ? "/usr/bin/docker" : "docker";
 export const DOCKERD = "/usr/sbin/dockerd";
 const BUSYBOX = "/usr/bin/busybox";
-const APPLETS = ["sh", "true", "ping", "cat", "echo", "sleep", "dd", "df", "ls", "httpd", "wget", "ip", "ifconfig", "route", "nc", "rm"];
+const APPLETS = [
+  "sh",
+  "true",
+  "ping",
+  "cat",
+  "echo",
+  "sleep",
+  "dd",
+  "df",
+  "ls",
+  "httpd",
+  "wget",
+  "ip",
+  "ifconfig",
+  "route",
+  "nc",
+  "rm",
+];
 
 /** Docker reads legacy plugins here (machine-wide): each test names its plugin uniquely. */
 export const DOCKER_PLUGIN_DIR = "/run/docker/plugins";
@@ -80,17 +97,6 @@ async function stopPid(pid: number, graceMs: number): Promise<void> {
     try {
       process.kill(pid, "SIGKILL");
     } catch {}
-  }
-}
-
-/** Unmounts everything under dir, deepest first. */
-function unmountUnder(dir: string): void {
-  for (let pass = 0; pass < 4; pass++) {
-    const mine = readMountInfo()
-      .filter((m) => m.mountPoint.startsWith(`${dir}/`))
-      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
-    if (mine.length === 0) return;
-    for (const m of mine) unmount(m.mountPoint, { detach: true });
   }
 }
 

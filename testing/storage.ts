@@ -1,13 +1,9 @@
 // Test scaffolding for storage tests: a scratch directory named with the test prefix, and a
 // cleanup that unmounts, detaches and removes everything under it using the system tools
 // (never the code under test), so a failing test still leaves nothing behind.
-
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, statSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { detachLoop, type LoopDevice, listLoops } from "../native/loop.ts";
-import { readMountInfo, unmount } from "../native/mount.ts";
 import { sh, testPrefix } from "./kernel.ts";
 
 export interface Scratch {
@@ -55,10 +51,32 @@ export function loopsTagged(tag: string): { name: string; backFile: string }[] {
 }
 
 function cleanupScratch(prefix: string, dir: string): void {
+  unmountAll(() => mountsUnder(dir));
+  detachLoopsTagged(prefix);
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** Unmounts everything strictly below `dir`, deepest first (a frozen file system thawed first). */
+export function unmountUnder(dir: string): void {
+  unmountAll(() => mountsUnder(dir).filter((m) => m !== dir));
+}
+
+/** Unmounts everything below `root`, then detaches the loop devices backed by files below it. */
+export function teardownKernelObjects(root: string): void {
+  unmountUnder(root);
+  detachLoopsTagged(`${root}/`);
+}
+
+function unmountAll(list: () => string[]): void {
   for (let round = 0; round < 5; round++) {
-    const mounts = mountsUnder(dir);
-    if (mounts.length === 0) break;
+    const mounts = list();
+    if (mounts.length === 0) return;
     for (const m of mounts) {
+      try {
+        sh("fsfreeze", ["--unfreeze", m]);
+      } catch {
+        // not frozen
+      }
       try {
         sh("umount", ["-l", m]);
       } catch {
@@ -66,45 +84,14 @@ function cleanupScratch(prefix: string, dir: string): void {
       }
     }
   }
-  for (const l of loopsTagged(prefix)) {
+}
+
+function detachLoopsTagged(tag: string): void {
+  for (const l of loopsTagged(tag)) {
     try {
       sh("losetup", ["-d", l.name]);
     } catch {
       // detached meanwhile
     }
   }
-  rmSync(dir, { recursive: true, force: true });
-}
-
-/**
- * The loop device backed by `file`, matched by device and inode (as listLoops reports them),
- * so a renamed file, a "(deleted)" suffix or a new file at the same path cannot fool it.
- * null when none, or when the file is gone.
- */
-export function findLoopForFile(file: string): LoopDevice | null {
-  let st: ReturnType<typeof statSync>;
-  try {
-    st = statSync(file);
-  } catch {
-    return null;
-  }
-  return listLoops().find((l) => l.backingDevice === st.dev && l.backingInode === st.ino) ?? null;
-}
-
-/** Unmounts everything below `root` (fsfreeze thawed first) and detaches the loop devices backed by files below it. */
-export function teardownKernelObjects(root: string): void {
-  // Deepest mounts first, then loops whose backing file lives under root.
-  for (let pass = 0; pass < 4; pass++) {
-    const mine = readMountInfo()
-      .filter((m) => m.mountPoint.startsWith(`${root}/`))
-      .sort((a, b) => b.mountPoint.length - a.mountPoint.length || b.id - a.id);
-    if (mine.length === 0) break;
-    for (const m of mine) {
-      try {
-        execFileSync("fsfreeze", ["--unfreeze", m.mountPoint], { stdio: "ignore" });
-      } catch {}
-      unmount(m.mountPoint, { detach: true });
-    }
-  }
-  for (const l of listLoops()) if (l.backingFile.startsWith(`${root}/`)) detachLoop(l.number);
 }

@@ -1,11 +1,14 @@
 // berth's one address module: IPv4 and IPv6 addresses as (family, bigint), subnets, the lease
 // store's sort key, and the string helpers the plugins use on CNI's "address/prefix" text.
-// Parsing and RFC 5952 formatting are the ip-address package's; on top of it berth is
-// stricter in two places: a bare address carries no prefix and no zone id (ip-address takes
-// both inside the text), and an IPv4-mapped IPv6 address is written dotted (::ffff:10.0.0.1),
-// as inet_ntop and iproute2 print it. Subnets are strict too: a subnet with host bits set is a
-// typo in a config, not something to silently mask.
-import { Address4, Address6 } from "ip-address";
+// IPv6 parsing and RFC 5952 formatting are the ip-address package's. A dotted quad is read
+// and written here: it is one regular expression, and it keeps the package out of the start-up
+// of a plugin that meets only IPv4 (see ip-address.cjs). On top of the package berth is
+// stricter: a bare address carries no prefix and no zone id (ip-address takes both inside the
+// text), an IPv4 octet has no leading zero (which some parsers read as octal), and an
+// IPv4-mapped IPv6 address is written dotted (::ffff:10.0.0.1), as inet_ntop and iproute2
+// print it. Subnets are strict too: a subnet with host bits set is a typo in a config, not
+// something to silently mask.
+import { ipAddress } from "./ip-address.cjs";
 
 export type Family = 4 | 6;
 
@@ -26,12 +29,17 @@ const BITS: Record<Family, number> = { 4: 32, 6: 128 };
 const V4_MAPPED_PREFIX = 0xffffn << 32n;
 const PREFIX_LENGTH = /^(0|[1-9][0-9]{0,2})$/;
 
+const OCTET = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+const IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}$`);
+
 /** Parses a bare IPv4 or IPv6 address (no prefix, no zone), or returns null. */
 export function tryParseIp(text: unknown): Ip | null {
-  if (typeof text !== "string" || text.includes("/") || text.includes("%")) return null;
+  if (typeof text !== "string") return null;
+  const v4 = IPV4.exec(text);
+  if (v4) return { family: 4, value: BigInt(((+v4[1]! << 24) | (+v4[2]! << 16) | (+v4[3]! << 8) | +v4[4]!) >>> 0) };
+  if (!text.includes(":") || text.includes("/") || text.includes("%")) return null;
   try {
-    if (text.includes(":")) return { family: 6, value: new Address6(text).bigInt() };
-    return { family: 4, value: new Address4(text).bigInt() };
+    return { family: 6, value: new (ipAddress().Address6)(text).bigInt() };
   } catch {
     return null;
   }
@@ -46,7 +54,7 @@ export function parseIp(text: string): Ip {
 
 /** A dotted quad without leading zeros (which some parsers read as octal). */
 export function isIPv4(s: string): boolean {
-  return tryParseIp(s)?.family === 4;
+  return typeof s === "string" && IPV4.test(s);
 }
 
 /** RFC 4291 text form, "::" compression and a trailing dotted quad included; no zone id. */
@@ -61,9 +69,14 @@ export function ipFamily(ip: string): Family | null {
 
 /** Canonical text: dotted quad, or RFC 5952 (lowercase, longest zero run compressed). */
 export function formatIp(ip: Ip): string {
-  if (ip.family === 4) return Address4.fromBigInt(ip.value).correctForm();
-  if (ip.value >> 32n === 0xffffn) return `::ffff:${Address4.fromBigInt(ip.value & 0xffffffffn).correctForm()}`;
-  return Address6.fromBigInt(ip.value).correctForm();
+  if (ip.family === 4) return formatV4(ip.value);
+  if (ip.value >> 32n === 0xffffn) return `::ffff:${formatV4(ip.value & 0xffffffffn)}`;
+  return ipAddress().Address6.fromBigInt(ip.value).correctForm();
+}
+
+function formatV4(value: bigint): string {
+  const v = Number(value);
+  return `${v >>> 24}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
 }
 
 /** An address with a prefix length, host bits allowed (an interface address such as 10.1.0.5/24). */

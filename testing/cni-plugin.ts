@@ -1,10 +1,7 @@
 // What the main-plugin tests (bridge, ptp, macvlan) share: calling a plugin function in-process
-// the way its executable would be called, and reading state back from the kernel and the
-// lease database rather than from the plugin.
+// the way its executable would be called, and reading state back from the kernel rather than
+// from the plugin (the lease database: testing/leases.ts).
 import { randomBytes } from "node:crypto";
-import { existsSync } from "node:fs";
-import { join } from "node:path";
-import Database from "better-sqlite3";
 import { handleInvocation } from "../cni/spec/entry.ts";
 import type { Plugin, Result } from "../cni/spec/types.ts";
 import { ipJson } from "./kernel.ts";
@@ -42,21 +39,6 @@ export async function invokePlugin(
   };
   const out = await handleInvocation(plugin, env, Buffer.from(JSON.stringify(config)));
   return { exitCode: out.exitCode, json: out.stdout.trim() ? (JSON.parse(out.stdout) as Reply) : ({} as Reply) };
-}
-
-/** Leases of `network`, read straight from the SQLite file in `dataDir`. */
-export function leaseRows(dataDir: string, network: string): { ip: string; container_id: string }[] {
-  const file = join(dataDir, "ipam.db");
-  if (!existsSync(file)) return [];
-  const db = new Database(file, { readonly: true });
-  try {
-    return db.prepare("SELECT ip, container_id FROM leases WHERE network = ? ORDER BY ip").all(network) as {
-      ip: string;
-      container_id: string;
-    }[];
-  } finally {
-    db.close();
-  }
 }
 
 /** Host links whose names start with `prefix`, as the kernel lists them. */

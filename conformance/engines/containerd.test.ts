@@ -13,9 +13,9 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { leaseRows } from "../../testing/cni-plugin.ts";
 import { Containerd, inNetns, installBerthChain, missingForContainerd, removeDir } from "../../testing/containerd.ts";
 import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
+import { leaseRows } from "../../testing/leases.ts";
 import { until } from "../../testing/poll.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
 

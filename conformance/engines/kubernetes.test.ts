@@ -10,8 +10,8 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { get } from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { leaseRows } from "../../testing/cni-plugin.ts";
 import { BUSYBOX, KubeKit, kubectl, links, missingForKube, mountsUnder, NODE, REPO, run0, WORK } from "../../testing/kube.ts";
+import { leaseRows } from "../../testing/leases.ts";
 import { until as untilValue } from "../../testing/poll.ts";
 
 const missing = missingForKube();

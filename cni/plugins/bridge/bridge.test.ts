@@ -3,8 +3,9 @@
 // iproute2 / nft / the lease database, never taken from the plugin's own answer.
 import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { hostLinksStartingWith, invokePlugin, leaseRows, type Outcome, ulaPrefix } from "../../../testing/cni-plugin.ts";
+import { hostLinksStartingWith, invokePlugin, type Outcome, ulaPrefix } from "../../../testing/cni-plugin.ts";
 import { bridgeJson, delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
+import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";

@@ -3,15 +3,9 @@
 // end's gateway address and /32 route, traffic between containers through the host, and the
 // cleanup paths (DEL, CHECK, GC, half-way ADD failure) from the kernel and the lease database.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import {
-  hostLinksStartingWith,
-  invokePlugin,
-  leaseRows,
-  type Outcome,
-  type Reply,
-  ulaPrefix,
-} from "../../../testing/cni-plugin.ts";
+import { hostLinksStartingWith, invokePlugin, type Outcome, type Reply, ulaPrefix } from "../../../testing/cni-plugin.ts";
 import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
+import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteTable } from "../../nft/masquerade.ts";

@@ -1,5 +1,6 @@
 /*
- * berth fast-path wire protocol, version 1 (mirrored in overlay/cniserver/protocol.ts).
+ * berth fast-path wire protocol, version 1 (mirrored in overlay/cniserver/protocol.ts, and written
+ * from this layout by the black-box suites in conformance/fastpath/wire.ts).
  *
  * One request and one response per connection on a unix stream socket. Every frame:
  *

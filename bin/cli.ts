@@ -39,7 +39,7 @@ async function main(argv: string[]): Promise<number> {
       return runCniServerCommand(rest);
     }
     case "csi": {
-      const { runCsiCommand } = await import("../csi/server.ts");
+      const { runCsiCommand } = await import("../csi/main.ts");
       return runCsiCommand(rest);
     }
     case "docker-plugin": {

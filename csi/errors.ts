@@ -21,3 +21,8 @@ export const outOfRange = (msg: string) => new CsiError(status.OUT_OF_RANGE, msg
 export const resourceExhausted = (msg: string) => new CsiError(status.RESOURCE_EXHAUSTED, msg);
 export const unimplemented = (msg: string) => new CsiError(status.UNIMPLEMENTED, msg);
 export const internal = (msg: string) => new CsiError(status.INTERNAL, msg);
+
+/** A bad option or a host that cannot serve as configured: the command exits 2 with its message. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}

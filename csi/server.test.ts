@@ -156,7 +156,7 @@ describe("berth csi command", () => {
         "--import",
         "tsx",
         "-e",
-        `import("./csi/server.ts").then(async (m) => process.exit(await m.runCsiCommand(process.argv.slice(1))))`,
+        `import("./csi/main.ts").then(async (m) => process.exit(await m.runCsiCommand(process.argv.slice(1))))`,
         "--",
         "--endpoint",
         `unix://${t.socket}`,
@@ -187,7 +187,7 @@ describe("berth csi command", () => {
   });
 
   it("exits 2 with a message on a bad flag", async () => {
-    const { runCsiCommand } = await import("./server.ts");
+    const { runCsiCommand } = await import("./main.ts");
     expect(await runCsiCommand(["--no-such-flag"])).toBe(2);
   });
 });

@@ -508,6 +508,8 @@ export async function startDockerPlugin(options: DockerPluginOptions = {}): Prom
     app,
     async close() {
       await app.close();
+      // Volumes kept staged for quick starts are released; those containers use stay.
+      await volumes.unstageIdle();
       volumes.close();
       net.close();
       try {

@@ -113,6 +113,34 @@ function mountsUnder(dir: string): string[] {
     .filter((m) => m.startsWith(`${dir}/`));
 }
 
+/** The loop devices backed by a file. */
+function loopsOf(img: string): string[] {
+  return readdirSync("/sys/block")
+    .filter((b) => b.startsWith("loop"))
+    .filter((b) => {
+      try {
+        return readFileSync(`/sys/block/${b}/loop/backing_file`, "utf8").includes(img);
+      } catch {
+        return false;
+      }
+    });
+}
+
+/**
+ * Waits until no loop device is backed by the file. A detached loop device that something
+ * still holds open (a container's mount namespace being torn down, udev's probe) is let go
+ * by the kernel when its last opener closes it.
+ */
+async function loopsGone(img: string): Promise<void> {
+  await until(
+    () => Promise.resolve(loopsOf(img)),
+    (l) => l.length === 0,
+    `the loop device of ${img} to be detached`,
+    10_000,
+    50,
+  );
+}
+
 function images(): string[] {
   const dir = join(csiDir, "volumes", "images");
   return existsSync(dir) ? readdirSync(dir) : [];
@@ -195,19 +223,19 @@ describe.skipIf(missing.length > 0)(
       expect(w.stdout).toContain("dd=1");
       const r = await engine.docker(["run", "--rm", "-v", "v1:/data", engine.image, "cat", "/data/hello"]);
       expect(r.stdout.trim()).toBe("kept");
-      // Both containers are gone: the volume is unmounted and its loop device detached.
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
-      const loops = readdirSync("/sys/block")
-        .filter((b) => b.startsWith("loop"))
-        .filter((b) => {
-          try {
-            return readFileSync(`/sys/block/${b}/loop/backing_file`, "utf8").includes(img);
-          } catch {
-            return false;
-          }
-        });
-      expect(loops).toEqual([]);
+      // Both containers are gone: the volume is unpublished, and stays staged (loop device
+      // attached, filesystem mounted) for the next container's quick start.
+      const mountpoint = join(dockerDir, "mounts", String(v.Status.id));
+      expect(mountsUnder(dockerDir)).not.toContain(mountpoint);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).not.toEqual([]);
+      expect(loopsOf(img)).toHaveLength(1);
+      expect((await inspect("v1")).Mountpoint).toBe("");
       expect((await inspect("v1")).Status.used).toBeGreaterThan(0);
+      // Staged is not in use: docker volume rm succeeds and releases everything.
+      await engine.docker(["volume", "rm", "v1"]);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await loopsGone(img);
+      expect(images()).not.toContain(`${v.Status.id}.img`);
     });
 
     it("keeps a volume mounted while any container uses it, counted per container", async () => {
@@ -233,6 +261,8 @@ describe.skipIf(missing.length > 0)(
       expect(mountsUnder(dockerDir)).not.toContain(v.Mountpoint);
       await engine.docker(["volume", "rm", "v2"]);
       expect(images()).not.toContain(`${v.Status.id}.img`);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await loopsGone(`${v.Status.id}.img`);
     });
 
     it("serves concurrent Create, Mount and Unmount calls of one volume one after another, each counted", async () => {
@@ -293,10 +323,37 @@ describe.skipIf(missing.length > 0)(
       await engine.docker(["exec", `${prefix}k`, "sh", "-c", "echo after >> /data/f"]);
       expect((await engine.docker(["exec", `${prefix}k`, "cat", "/data/f"])).stdout).toBe("before\nafter\n");
       await engine.docker(["rm", "-f", `${prefix}k`]);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      expect(mountsUnder(dockerDir)).not.toContain(v.Mountpoint);
       expect((await call("/VolumeDriver.Path", JSON.stringify({ Name: "v4" }))).json).toEqual({ Mountpoint: "" });
       await engine.docker(["volume", "rm", "v4"]);
       expect(images()).not.toContain(`${v.Status.id}.img`);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await loopsGone(`${v.Status.id}.img`);
+    });
+
+    it("keeps an unused volume staged between containers and unstages it when the plugin stops", async () => {
+      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v6"]);
+      const v = await inspect("v6");
+      const img = `${v.Status.id}.img`;
+      await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "sh", "-c", "echo one > /data/f"]);
+      expect(loopsOf(img)).toHaveLength(1);
+      const staged = mountsUnder(base).filter((m) => m.includes(String(v.Status.id)));
+      expect(staged).not.toEqual([]);
+      // The next container finds it staged: the same loop device, the data there.
+      const loop = loopsOf(img)[0];
+      const r = await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "cat", "/data/f"]);
+      expect(r.stdout.trim()).toBe("one");
+      expect(loopsOf(img)).toEqual([loop]);
+      // A plugin that stops releases the volumes no container uses.
+      await stopPlugin(child);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await loopsGone(img);
+      child = await startPlugin();
+      const again = await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "cat", "/data/f"]);
+      expect(again.stdout.trim()).toBe("one");
+      await engine.docker(["volume", "rm", "v6"]);
+      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await loopsGone(img);
     });
 
     it("makes block volumes with xfs, and a volume from a snapshot cut by the CSI driver on the same state", async () => {

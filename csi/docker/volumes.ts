@@ -17,7 +17,7 @@ import { statFs } from "../../native/fs.ts";
 import { isMountPoint, readMountInfo } from "../../native/mount.ts";
 import { BackingStore } from "../backing.ts";
 import { ControllerService } from "../controller.ts";
-import { type Driver, volumeCondition } from "../driver.ts";
+import { type Driver, filesystemMountPoint, volumeCondition } from "../driver.ts";
 import { CsiError } from "../errors.ts";
 import { InFlight } from "../locks.ts";
 import { NodeService } from "../node.ts";
@@ -430,17 +430,23 @@ export class DockerVolumeService {
     });
   }
 
-  /** Stage and publish, each idempotent: a second container's Mount repairs what drifted. */
+  /**
+   * Stage and publish, each idempotent: a Mount repairs what drifted. A volume still staged
+   * here with its filesystem mounted (kept staged after its last use) is only published.
+   */
   private async attach(v: VolumeRow): Promise<void> {
     const cap = this.capability(v);
     const staging = this.stagingPath(v);
-    await this.node.stage({
-      volume_id: v.id,
-      staging_target_path: staging,
-      volume_capability: cap,
-      secrets: {},
-      volume_context: {},
-    } as never);
+    const fsAt = filesystemMountPoint(this.d, v);
+    const staged = this.d.store.staging(v.id)?.stagingPath === staging && fsAt !== undefined && isMountPoint(fsAt);
+    if (!staged)
+      await this.node.stage({
+        volume_id: v.id,
+        staging_target_path: staging,
+        volume_capability: cap,
+        secrets: {},
+        volume_context: {},
+      } as never);
     await this.node.publish({
       volume_id: v.id,
       staging_target_path: staging,

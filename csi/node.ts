@@ -32,6 +32,7 @@ import type { PublicationRow, StagingRow, VolumeRow } from "./state.ts";
 import {
   type Capability,
   checkMap,
+  isOurId,
   isReadOnlyMode,
   isSinglePublisherMode,
   parseCapability,
@@ -289,7 +290,17 @@ export class NodeService {
     const target = requirePath("target_path", req.target_path);
     return this.d.locks.with([id], async () => {
       const v = findVolume(this.d, id);
-      if (!v) throw notFound(`volume ${id} does not exist`);
+      if (!v) {
+        // An ephemeral volume whose teardown failed after its last publication went: the
+        // retry finishes it.
+        const left = isOurId("vol", id) ? undefined : this.d.store.volumeByName(EPHEMERAL_NAME_PREFIX + id);
+        if (left?.ephemeral && left.status === "deleting") {
+          discardVolume(this.d, left);
+          this.d.log.info({ volumeId: left.id, target }, "volume removed");
+          return {};
+        }
+        throw notFound(`volume ${id} does not exist`);
+      }
       const row = this.d.store.publicationAt(target);
       if (!row || row.volumeId !== v.id) return {};
       this.removeTarget(row);

@@ -1,7 +1,7 @@
 // Start-up repair row by row: a repair that does not end in time, a row that cannot be
 // restored, a condition left by an earlier start. The driver's parts are built here around the
 // same data and state dirs a real driver used, so reconcile() can be called with a deadline.
-import { existsSync, rmdirSync } from "node:fs";
+import { closeSync, existsSync, openSync, rmdirSync } from "node:fs";
 import { join } from "node:path";
 import { status } from "@grpc/grpc-js";
 import pino from "pino";
@@ -144,6 +144,49 @@ describe("start-up reconcile", () => {
     expect(existsSync(image)).toBe(false);
     expect(d.backing.loopFor(image)).toBeUndefined();
     expect(isMountPoint(d.backing.dirMountPath(v.id))).toBe(false);
+  });
+
+  it("finishes an ephemeral volume whose unpublish failed midway: by the retry, or by start-up repair", async () => {
+    const ephemeral = { "csi.storage.k8s.io/ephemeral": "true", size: "16Mi" };
+    const held: number[] = [];
+    try {
+      const rows: VolumeRow[] = [];
+      for (const name of ["retried", "restarted"]) {
+        await t.node.NodePublishVolume({
+          volume_id: `csi-${name}`,
+          target_path: t.path(name),
+          volume_capability: mountCap(),
+          volume_context: ephemeral,
+        });
+        const d = parts();
+        const v = d.store.volumeByName(`ephemeral/csi-${name}`);
+        store?.close();
+        store = undefined;
+        if (!v) throw new Error(`no row for ${name}`);
+        rows.push(v);
+        // A file open in the volume's own filesystem (not through the target): the target's
+        // unmount goes through, the volume's filesystem cannot be unmounted.
+        held.push(openSync(join(d.backing.dirDataPath(v.id), "open"), "w"));
+        await expect(t.node.NodeUnpublishVolume({ volume_id: `csi-${name}`, target_path: t.path(name) })).rejects.toThrow(/busy/);
+        expect(existsSync(t.path(name))).toBe(false);
+      }
+      for (const fd of held.splice(0)) closeSync(fd);
+
+      // The CO retries the first; the driver restarts before the second is retried.
+      await t.node.NodeUnpublishVolume({ volume_id: "csi-retried", target_path: t.path("retried") });
+      await t.stop();
+      await t.start();
+      const d = parts();
+      for (const v of rows) {
+        const image = d.backing.imagePath(v.id);
+        expect(d.store.volume(v.id), v.name).toBeUndefined();
+        expect(existsSync(image), v.name).toBe(false);
+        expect(d.backing.loopFor(image), v.name).toBeUndefined();
+        expect(isMountPoint(d.backing.dirMountPath(v.id)), v.name).toBe(false);
+      }
+    } finally {
+      for (const fd of held) closeSync(fd);
+    }
   });
 
   it("marks a row it cannot vet or restore abnormal without touching its path, and goes on", async () => {

@@ -159,6 +159,11 @@ export class KubeKit {
     await sh("mount", ["--bind", this.dirs.state, this.dirs.state]);
     await sh("mount", ["--make-rshared", this.dirs.state]);
 
+    // A cluster another run started in the same work dir is not ours to stop.
+    const running = livePidFiles(join(WORK, "run"));
+    if (running.length > 0) {
+      throw new Error(`a kit cluster is already running in ${WORK} (${running.join(", ")}): stop it first`);
+    }
     this.started = true;
     await sh("bash", [join(KIT, "scripts", "start-cluster.sh")], { env: this.env, timeoutMs: 240_000 });
     this.podCIDR = (await kubectl(["get", "node", NODE, "-o", "jsonpath={.spec.podCIDR}"])).trim();
@@ -278,4 +283,24 @@ export class KubeKit {
     run0("umount", ["-l", this.dirs.state]);
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/** Pid files in `dir` whose process is alive. */
+function livePidFiles(dir: string): string[] {
+  let names: string[] = [];
+  try {
+    names = readdirSync(dir).filter((n) => n.endsWith(".pid"));
+  } catch {
+    return [];
+  }
+  return names.filter((n) => {
+    const pid = Number(readFileSync(join(dir, n), "utf8").trim());
+    if (!Number.isInteger(pid) || pid <= 0) return false;
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  });
 }

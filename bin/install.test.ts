@@ -644,6 +644,9 @@ describe("berth install", () => {
       [["--network", "mesh"], '--network must be bridge, overlay or none, got "mesh"'],
       [["--subnet", "10.0.0.1/8"], "--subnet 10.0.0.1/8 has host bits set"],
       [["--subnet", "nonsense"], "--subnet must be a CIDR"],
+      // host-local refuses these two at the first ADD: install refuses them up front.
+      [["--subnet", "fd00::1/64"], "--subnet fd00::1/64 has host bits set"],
+      [["--subnet", "10.0.0.0/08"], "--subnet must be a CIDR"],
       [["--network", "overlay", "--subnet", "10.0.0.0/8"], "--subnet applies to --network bridge"],
       [["--no-systemd", "--systemd-dir", "/x"], "--systemd-dir and --no-systemd exclude each other"],
       [["--cni-bin-dir", "/a-file"], "--cni-bin-dir /a-file is not a directory"],

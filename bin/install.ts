@@ -46,10 +46,10 @@ import {
   writeSync,
 } from "node:fs";
 import Module from "node:module";
-import { isIPv4, isIPv6 } from "node:net";
 import { tmpdir } from "node:os";
 import { basename, dirname, isAbsolute, join, normalize } from "node:path";
 import { fileURLToPath } from "node:url";
+import { familyOf, type IpPrefix, parseIpPrefix, Subnet } from "../cni/address/address.ts";
 import { readMountInfo } from "../native/mount.ts";
 
 export const DEFAULTS = {
@@ -215,20 +215,17 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
 }
 
 function checkSubnet(v: string): string {
-  const m = /^([^/]+)\/(\d{1,3})$/.exec(v);
   const bad = () => new InstallUsageError(`--subnet must be a CIDR such as 10.86.0.0/16, got ${JSON.stringify(v)}`);
-  if (!m) throw bad();
-  const [, addr, lenText] = m as unknown as [string, string, string];
-  const len = Number(lenText);
-  if (isIPv4(addr)) {
-    if (len > 30) throw bad();
-    const n = addr.split(".").reduce((acc, o) => acc * 256 + Number(o), 0);
-    const host = len === 0 ? 0xffffffff : 2 ** (32 - len) - 1;
-    if (n % (host + 1) !== 0) throw new InstallUsageError(`--subnet ${v} has host bits set`);
-    return v;
+  let p: IpPrefix;
+  try {
+    p = parseIpPrefix(v);
+  } catch {
+    throw bad();
   }
-  if (isIPv6(addr) && len <= 126) return v;
-  throw bad();
+  // host-local needs room for the gateway and at least one address.
+  if (p.prefix > (p.ip.family === 4 ? 30 : 126)) throw bad();
+  if (Subnet.containing(p.ip, p.prefix).network !== p.ip.value) throw new InstallUsageError(`--subnet ${v} has host bits set`);
+  return v;
 }
 
 /** The path p on disk: under the install root. */
@@ -395,7 +392,7 @@ function networkConfig(release: string, o: InstallOptions): Buffer | null {
   if (o.subnet) {
     const ipam = conf.plugins[0].ipam;
     ipam.ranges = [[{ subnet: o.subnet }]];
-    ipam.routes = [{ dst: isIPv6(o.subnet.split("/")[0]!) ? "::/0" : "0.0.0.0/0" }];
+    ipam.routes = [{ dst: familyOf(o.subnet) === 6 ? "::/0" : "0.0.0.0/0" }];
   }
   return Buffer.from(`${JSON.stringify(conf, null, 2)}\n`);
 }

@@ -8,7 +8,6 @@
 // through the executables, on the cold path and through the agent; what the plugins made is
 // read back from the kernel (addresses, nftables map elements, tc qdiscs, traffic through the
 // host port) and from the lease database.
-import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -17,6 +16,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ipJson, sh, testPrefix } from "../../testing/kernel.ts";
 import { type CniOutcome, describeOutcome, execPlugin } from "../../testing/plugin-exec.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
+import { deliveredThrough, killTcpServers } from "../../testing/tcp.ts";
 import { ServerProcess } from "../fastpath/server-process.ts";
 
 const CNI = resolve(import.meta.dirname, "../../build/cni");
@@ -36,39 +36,10 @@ function qdiscs(dev: string): any[] {
   return JSON.parse(sh("tc", ["-j", "qdisc", "show", "dev", dev]) || "[]");
 }
 
-/** `busybox nc -l` in the netns; resolves with what it received once the client hangs up. */
-function tcpServer(children: ChildProcess[], netns: string, port: number): Promise<string> {
-  const child = spawn("ip", ["netns", "exec", netns, "busybox", "nc", "-l", "-p", String(port)], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  children.push(child);
-  let got = "";
-  child.stdout!.on("data", (d) => {
-    got += d;
-  });
-  return new Promise((done) => child.on("exit", () => done(got)));
-}
-
-async function tcpSend(address: string, port: number, text: string): Promise<void> {
-  let last: unknown;
-  const deadline = Date.now() + 8000;
-  while (Date.now() < deadline) {
-    try {
-      sh("busybox", ["nc", "-w", "2", address, String(port)], text);
-      return;
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw last;
-}
-
 describe.skipIf(!built)("containerd's Go-cased capability arguments through ADD, CHECK and DEL", () => {
   const dir = mkdtempSync(join(tmpdir(), `${testPrefix()}-gokeys-`));
   const socketPath = join(dir, "cni.sock");
   const table = testPrefix();
-  const children: ChildProcess[] = [];
   let server: ServerProcess;
   let sandbox: Sandbox;
   let subnet: string;
@@ -83,7 +54,7 @@ describe.skipIf(!built)("containerd's Go-cased capability arguments through ADD,
   });
 
   afterAll(async () => {
-    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+    killTcpServers();
     await server?.stop();
     for (const l of ipJson<{ ifname: string }>(["link", "show"])) {
       if (l.ifname.startsWith(table)) sh("ip", ["link", "del", l.ifname]);
@@ -213,9 +184,7 @@ describe.skipIf(!built)("containerd's Go-cased capability arguments through ADD,
       expect(portMap()).toMatch(new RegExp(`tcp \\. ${hostPort}( comment "[^"]*")? : ${podIp.replace(/\./g, "\\.")} \\. 8080`));
       let got = "";
       for (let attempt = 0; attempt < 3 && got !== "hello"; attempt++) {
-        const listening = tcpServer(children, ns.name, 8080);
-        await tcpSend(`${base}.1`, hostPort, "hello");
-        got = await listening;
+        got = await deliveredThrough(ns.name, 8080, `${base}.1`, hostPort, "hello");
       }
       expect(got).toBe("hello");
 

@@ -1,26 +1,21 @@
 // berth-portmap chained after berth-bridge on the real kernel: rules read back with
 // `nft -j`, traffic through the mapped port from the host (gateway address and 127.0.0.1)
 // and from the pod itself (hairpin), conflicts, GC, and 100 attachments coming and going.
-import { type ChildProcess, spawn } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { sh } from "../../../testing/kernel.ts";
+import { deliveredThrough, killTcpServers, tcpServer } from "../../../testing/tcp.ts";
 import type { Result } from "../../spec/types.ts";
 import { PORT_IN_USE, portmapPlugin } from "./portmap.ts";
 
 let fx: ChainFixture;
-const servers: ChildProcess[] = [];
 
 beforeEach(() => {
   fx = new ChainFixture("pm");
 });
 
-function killServers(): void {
-  for (const s of servers.splice(0)) if (s.pid && s.exitCode === null) process.kill(s.pid, "SIGKILL");
-}
-
 afterEach(() => {
-  killServers();
+  killTcpServers();
   fx.cleanup();
 });
 
@@ -54,57 +49,13 @@ function elements(): Element[] {
   return out;
 }
 
-/** `busybox nc -l` in the netns; resolves with what it received once the client hangs up. */
-function tcpServer(netns: string, port: number): Promise<string> {
-  const child = spawn("ip", ["netns", "exec", netns, "busybox", "nc", "-l", "-p", String(port)], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  servers.push(child);
-  let got = "";
-  child.stdout!.on("data", (d) => {
-    got += d;
-  });
-  return new Promise((resolve) => child.on("exit", () => resolve(got)));
-}
-
-/** Sends `text` with `busybox nc` (optionally from a netns), retrying while the server starts. */
-async function tcpSend(address: string, port: number, text: string, netns?: string): Promise<void> {
-  const cmd = netns ? ["ip", "netns", "exec", netns, "busybox"] : ["busybox"];
-  let last: unknown;
-  const deadline = Date.now() + 8000;
-  while (Date.now() < deadline) {
-    try {
-      sh(cmd[0]!, [...cmd.slice(1), "nc", "-w", "2", address, String(port)], text);
-      return;
-    } catch (e) {
-      last = e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  throw last;
-}
-
-/**
- * Starts a server in `netns` on `port` and sends `text` to `address:hostPort`; what the server
- * got. Tries three times: under a loaded run a listener can take one connection that carries
- * nothing; a broken mapping fails all three.
- */
+/** What a server in `netns` on `port` got through `address:hostPort`; up to three tries, as a
+ * loaded run's listener can take one connection that carries nothing. */
 async function delivered(netns: string, port: number, address: string, hostPort: number, text: string, from?: string) {
   let got = "";
-  let lastError: unknown;
   for (let attempt = 0; attempt < 3 && got !== text; attempt++) {
-    const server = tcpServer(netns, port);
-    try {
-      await tcpSend(address, hostPort, text, from);
-    } catch (e) {
-      // Refused for 8 s: on a loaded machine the listener may not be up yet; try again.
-      lastError = e;
-      killServers();
-      continue;
-    }
-    got = await server;
+    got = await deliveredThrough(netns, port, address, hostPort, text, from);
   }
-  if (got !== text && lastError) throw lastError;
   return got;
 }
 
@@ -163,7 +114,7 @@ describe("berth-portmap", () => {
 
     // After DEL the port is closed again: nothing answers on the gateway address.
     expect((await fx.invoke(portmapPlugin, fx.env("DEL", "ctr-a", ns), portmapConf(mappings, prev))).exitCode).toBe(0);
-    const stillThere = tcpServer(ns, 8080);
+    const stillThere = (await tcpServer(ns, 8080)).received;
     sh("ip", ["netns", "exec", ns, "ip", "link", "set", "lo", "up"]);
     expect(() => sh("busybox", ["nc", "-w", "1", fx.gateway, String(hp)], "x\n")).toThrow();
     sh("ip", ["netns", "exec", ns, "busybox", "nc", "-w", "1", "127.0.0.1", "8080"], "bye\n");

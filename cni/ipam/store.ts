@@ -227,18 +227,13 @@ export class LeaseStore {
   static open(dataDir: string, opts: OpenOptions = {}): LeaseStore {
     const path = join(dataDir, DATABASE_FILE);
     const timeoutMs = opts.busyTimeoutMs ?? 30_000;
-    const deadline = Date.now() + timeoutMs;
-    for (let attempt = 1; ; attempt++) {
-      try {
+    try {
+      return retryWhileBusy(() => {
         makeDirectory(dataDir);
         return LeaseStore.openOnce(path, timeoutMs);
-      } catch (e) {
-        if (isBusy(e) && Date.now() < deadline) {
-          sleepSync(Math.min(5 * attempt, 50) * (0.5 + Math.random()));
-          continue;
-        }
-        throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
-      }
+      }, timeoutMs);
+    } catch (e) {
+      throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
     }
   }
 
@@ -726,6 +721,24 @@ function truncateLongWal(db: Database.Database, path: string, timeoutMs: number)
 }
 
 /** SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT). */
+/**
+ * Runs `open` (opening a SQLite database and setting it up) again, after a short random pause,
+ * while it fails with SQLITE_BUSY and `timeoutMs` has not run out. Switching a new database to
+ * WAL, or two openers both upgrading a read to a write, fail with SQLITE_BUSY at once instead of
+ * waiting in SQLite's busy handler (waiting could deadlock).
+ */
+export function retryWhileBusy<T>(open: () => T, timeoutMs: number): T {
+  const deadline = Date.now() + timeoutMs;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return open();
+    } catch (e) {
+      if (!isBusy(e) || Date.now() >= deadline) throw e;
+      sleepSync(Math.min(5 * attempt, 50) * (0.5 + Math.random()));
+    }
+  }
+}
+
 function isBusy(e: unknown): boolean {
   const code = (e as { code?: unknown })?.code;
   return typeof code === "string" && code.startsWith("SQLITE_BUSY");

@@ -5,6 +5,7 @@
 import { randomBytes } from "node:crypto";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
+import { retryWhileBusy } from "../../cni/ipam/store.ts";
 import { makeDirectory } from "../../cni/spec/files.ts";
 import type { LeaseStore, ResetReason, StoreEntry, StoreWatch, WatchEvent, WriteResult } from "./store.ts";
 
@@ -68,10 +69,19 @@ export class LocalStore implements LeaseStore {
 
   constructor(options: LocalStoreOptions) {
     makeDirectory(dirname(options.path), 0o700);
-    this.db = new Database(options.path, { timeout: 5000 });
-    this.db.pragma("journal_mode = WAL");
-    this.db.pragma("synchronous = FULL");
-    this.db.exec(SCHEMA);
+    // Agents sharing one store file may open it at the same moment (see retryWhileBusy).
+    this.db = retryWhileBusy(() => {
+      const db = new Database(options.path, { timeout: 5000 });
+      try {
+        db.pragma("journal_mode = WAL");
+        db.pragma("synchronous = FULL");
+        db.exec(SCHEMA);
+        return db;
+      } catch (e) {
+        db.close();
+        throw e;
+      }
+    }, 30_000);
     this.now = options.now ?? Date.now;
     this.pollIntervalMs = options.pollIntervalMs ?? 100;
     this.historyRevisions = options.historyRevisions ?? 10_000;

@@ -1,5 +1,5 @@
 // `berth status` against what really runs: two agents on one embedded store in their host
-// namespaces (conformance/multihost/cluster.ts), pods attached through berth-overlay, and a
+// namespaces (testing/cluster.ts), pods attached through berth-overlay, and a
 // CSI driver with a published dir volume and a block volume. Then with the agent stopped, and
 // with damaged databases.
 import { spawnSync } from "node:child_process";
@@ -9,7 +9,7 @@ import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
 import { LeaseStore } from "../cni/ipam/store.ts";
-import { Cluster, type Container, type Host, until } from "../conformance/multihost/cluster.ts";
+import { Cluster, type Container, type Host, until } from "../testing/cluster.ts";
 import { blockCap, createTestDriver, MiB, mountCap, type TestDriver } from "../testing/csi-test-driver.ts";
 import { testPrefix } from "../testing/kernel.ts";
 import type { StatusReport } from "./status.ts";

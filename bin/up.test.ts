@@ -1,14 +1,14 @@
 // The README's first command, `npm start` (= `berth up`), as a newcomer runs it: bin/berth
 // from the bundle (build/berth.cjs), the agent on the embedded store plus the CSI driver. It
-// runs inside a throwaway "host" netns (conformance/multihost/cluster.ts) with its own run,
+// runs inside a throwaway "host" netns (testing/cluster.ts) with its own run,
 // state and CSI directories; the defaults differ only in those paths.
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Cluster, type Host } from "../conformance/multihost/cluster.ts";
 import { loadCsiPackage } from "../csi/proto/load.ts";
+import { Cluster, type Host } from "../testing/cluster.ts";
 import { testPrefix } from "../testing/kernel.ts";
 
 const REPO = resolve(import.meta.dirname, "..");

@@ -1,12 +1,12 @@
 // The agent's own files and directories can be hostile or damaged: a state dir under /proc (where
 // Node's recursive mkdir spins forever), an identity.json that is a FIFO (a read that never
 // ends) or valid JSON of the wrong shape. Each agent runs in a host namespace of its own
-// (conformance/multihost/cluster.ts), so nothing it might create reaches this machine's netns.
+// (testing/cluster.ts), so nothing it might create reaches this machine's netns.
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Cluster, type Host, sleep } from "../conformance/multihost/cluster.ts";
+import { Cluster, type Host, sleep } from "../testing/cluster.ts";
 
 const STACK = /\n\s+at .+\(.*:\d+:\d+\)/;
 

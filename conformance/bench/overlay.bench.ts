@@ -1,5 +1,5 @@
 // Overlay benchmark (not a test): a 3-host cluster on etcd in network namespaces (see
-// conformance/multihost/cluster.ts), measured from outside:
+// testing/cluster.ts), measured from outside:
 //
 //   node --import tsx conformance/bench/overlay.bench.ts [--peers 1000] [--rounds 10] [--iperf-seconds 5] [--iperf-rounds 4]
 //        [--agent-command "node build/berth.cjs agent"]
@@ -28,7 +28,7 @@ import {
   sleep,
   until,
   waitAddressesSettled,
-} from "../multihost/cluster.ts";
+} from "../../testing/cluster.ts";
 
 const { values: opts } = parseArgs({
   options: {

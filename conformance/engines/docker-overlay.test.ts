@@ -8,10 +8,10 @@ import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Cluster, type Host, ipJson } from "../../testing/cluster.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
-import { Cluster, type Host, ipJson } from "../multihost/cluster.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();

@@ -1,15 +1,15 @@
 // `berth up --docker`: the agent, the CSI driver and the Docker plugin in one process, inside a
-// throwaway host netns (conformance/multihost/cluster.ts) with its own run, state, CSI and
+// throwaway host netns (testing/cluster.ts) with its own run, state, CSI and
 // Docker dirs, and a private dockerd in the same netns using the plugin.
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { Cluster, type Host } from "../../testing/cluster.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
-import { Cluster, type Host } from "../multihost/cluster.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();

@@ -5,7 +5,7 @@
 // the server's defaulting (a field an API version does not know is dropped silently).
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Cluster, KUBE_BIN, kubeBinariesPresent } from "../multihost/cluster.ts";
+import { Cluster, KUBE_BIN, kubeBinariesPresent } from "../../testing/cluster.ts";
 
 const REPO = join(import.meta.dirname, "..", "..");
 const MANIFESTS = join(REPO, "deploy", "kubernetes");

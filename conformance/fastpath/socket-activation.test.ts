@@ -10,13 +10,13 @@ import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { Cluster } from "../../testing/cluster.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { execPlugin } from "../../testing/plugin-exec.ts";
 import { until } from "../../testing/poll.ts";
 import { Sandbox } from "../../testing/sandbox.ts";
 import { CsiClient } from "../csi/client.ts";
 import { networkConfig } from "../lib/cni-netconf.ts";
-import { Cluster } from "../multihost/cluster.ts";
 
 const REPO = resolve(import.meta.dirname, "../..");
 const CLI = join(REPO, "bin", "cli.ts");

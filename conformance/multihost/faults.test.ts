@@ -18,7 +18,7 @@ import {
   unreachablePairs,
   until,
   waitAddressesSettled,
-} from "./cluster.ts";
+} from "../../testing/cluster.ts";
 
 const sortBy = <T>(xs: T[], key: (x: T) => string) => [...xs].sort((a, b) => (key(a) < key(b) ? -1 : 1));
 

@@ -15,7 +15,7 @@ import {
   unreachablePairs,
   until,
   waitAddressesSettled,
-} from "./cluster.ts";
+} from "../../testing/cluster.ts";
 
 const CLUSTER_CIDR = "10.252.0.0/16";
 const podCidr = (i: number) => `10.252.${i}.0/24`;

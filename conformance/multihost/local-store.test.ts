@@ -2,7 +2,7 @@
 // spec's terms before the agent holds a lease (STATUS 50, ADD 11), then two containers on the
 // host reach each other.
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { Cluster, type Host, tcpTransfer, unreachablePairs, until, waitAddressesSettled } from "./cluster.ts";
+import { Cluster, type Host, tcpTransfer, unreachablePairs, until, waitAddressesSettled } from "../../testing/cluster.ts";
 
 describe.sequential("overlay on the embedded store, one host", () => {
   let cluster: Cluster | undefined;

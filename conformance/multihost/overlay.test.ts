@@ -17,7 +17,7 @@ import {
   unreachablePairs,
   until,
   waitAddressesSettled,
-} from "./cluster.ts";
+} from "../../testing/cluster.ts";
 
 const MiB = 1 << 20;
 

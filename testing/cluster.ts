@@ -17,13 +17,13 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { promisify } from "node:util";
-import { testPrefix } from "../../testing/kernel.ts";
-import { httpOverUnix, until as pollUntil } from "../../testing/poll.ts";
+import { testPrefix } from "./kernel.ts";
+import { httpOverUnix, until as pollUntil } from "./poll.ts";
 
 export { httpOverUnix };
 
 const execFileAsync = promisify(execFile);
-const REPO = resolve(import.meta.dirname, "..", "..");
+const REPO = resolve(import.meta.dirname, "..");
 
 export const ETCD_PREFIX = "/berth/network";
 export const DEVICE = "berth.1";

@@ -3,16 +3,16 @@
 // plugin after the file), over a CSI state dir of its own; a private dockerd discovers it.
 // Everything is read back from Docker, the kernel's mount table and loop devices, and the
 // plugin's own socket.
+
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
-import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadCsiPackage } from "../../csi/proto/load.ts";
 import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
+import { CsiClient } from "../csi/client.ts";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();
@@ -404,17 +404,17 @@ describe.skipIf(missing.length > 0)(
       );
       let snapshotId = "";
       try {
-        const pkg = loadCsiPackage().csi.v1;
         await until(() => existsSync(csiSocket), Boolean, "berth csi's socket", 30_000, 100);
-        const controller = new pkg.Controller(`unix://${csiSocket}`, grpc.credentials.createInsecure());
+        const client = CsiClient.connect(`unix://${csiSocket}`);
         try {
-          snapshotId = await new Promise<string>((done, fail) =>
-            controller.CreateSnapshot({ source_volume_id: String(b.Status.id), name: `${prefix}-snap` }, (e, r) =>
-              e || !r?.snapshot ? fail(e ?? new Error("no snapshot")) : done(r.snapshot.snapshot_id),
-            ),
-          );
+          const r = await client.call<{ snapshot?: { snapshot_id: string } }>("Controller", "CreateSnapshot", {
+            source_volume_id: String(b.Status.id),
+            name: `${prefix}-snap`,
+          });
+          if (!r.snapshot) throw new Error("CreateSnapshot answered no snapshot");
+          snapshotId = r.snapshot.snapshot_id;
         } finally {
-          controller.close();
+          client.close();
         }
       } finally {
         const exited = new Promise((r) => csi.once("exit", r));

@@ -396,11 +396,17 @@ export class KubeStore implements LeaseStore {
     }
   }
 
-  private async writeOwn(key: string, value: string, ifModRevision?: number): Promise<WriteResult> {
+  /** Writes this node's annotations: only for its own key, only while `expect` holds of its Node. */
+  private async writeOwn(key: string, value: string, expect: { absent: true } | { modRevision: number }): Promise<WriteResult> {
     const node = await this.ownNode();
     const cidrs = nodePodCidrs(node);
     if (!cidrs || keyOf(this.options.prefix, cidrs) !== key) return { ok: false };
-    if (ifModRevision !== undefined && revisionOf(node.metadata.resourceVersion) !== ifModRevision) return { ok: false };
+    if (
+      "absent" in expect
+        ? entryOf(this.options.prefix, node) !== null
+        : revisionOf(node.metadata.resourceVersion) !== expect.modRevision
+    )
+      return { ok: false };
     const v = JSON.parse(value) as Record<string, unknown>;
     const patched = await this.client.patchNodeAnnotations(this.options.nodeName, {
       [A.publicIP]: String(v.publicIP),
@@ -414,16 +420,17 @@ export class KubeStore implements LeaseStore {
 
   /** Publishes this node's VTEP; refused for any key but this node's own pod CIDR. */
   async create(key: string, value: string): Promise<WriteResult> {
-    const own = await this.get(key);
-    if (own) return { ok: false };
-    return this.writeOwn(key, value);
+    return this.writeOwn(key, value, { absent: true });
   }
 
   async replace(key: string, value: string, _ttl: number | null, ifModRevision: number): Promise<WriteResult> {
-    return this.writeOwn(key, value, ifModRevision);
+    return this.writeOwn(key, value, { modRevision: ifModRevision });
   }
 
+  /** This node's own entry is read from its Node alone (the lease manager renews it often); others by a listing. */
   async get(key: string): Promise<StoreEntry | null> {
+    const own = entryOf(this.options.prefix, await this.ownNode());
+    if (own?.key === key) return own;
     const { entries } = await this.list(`${this.options.prefix}/subnets/`);
     return entries.find((e) => e.key === key) ?? null;
   }

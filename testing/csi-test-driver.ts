@@ -1,7 +1,6 @@
 // Test harness: a real driver on a unix socket in a temp dir named with the test prefix, a
 // real gRPC client, and cleanup that unmounts and detaches everything under that dir.
-import { execFileSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import * as grpc from "@grpc/grpc-js";
@@ -13,7 +12,7 @@ import type { NodeClient } from "../csi/proto/generated/csi/v1/Node.ts";
 import type { VolumeCapability } from "../csi/proto/generated/csi/v1/VolumeCapability.ts";
 import { loadCsiPackage } from "../csi/proto/load.ts";
 import { type CsiDriverOptions, type RunningCsiDriver, startCsiDriver } from "../csi/server.ts";
-import { teardownKernelObjects } from "./storage.ts";
+import { makeSharedDir, teardownKernelObjects } from "./storage.ts";
 
 type Unary = (req: object, cb: (err: grpc.ServiceError | null, res: unknown) => void) => void;
 
@@ -66,13 +65,9 @@ export interface TestDriver {
 
 export async function createTestDriver(prefix: string, nodeId = "test-node"): Promise<TestDriver> {
   const root = mkdtempSync(join(tmpdir(), `${prefix}-`));
-  // Staging and target paths live in an rshared bind, as under kubelet's root dir: mount
-  // namespaces other programs create meanwhile then get the driver's unmounts, and never keep
-  // a test's loop device attached after it is done with it.
+  // Staging and target paths live in an rshared bind, as under kubelet's root dir.
   const kubelet = join(root, "kubelet");
-  mkdirSync(kubelet);
-  execFileSync("mount", ["--bind", kubelet, kubelet]);
-  execFileSync("mount", ["--make-rshared", kubelet]);
+  makeSharedDir(kubelet);
   const pkg = loadCsiPackage();
   const socket = join(root, "plugin", "csi.sock");
   const endpoint = `unix://${socket}`;

@@ -1,7 +1,7 @@
 // Test scaffolding for storage tests: a scratch directory named with the test prefix, and a
 // cleanup that unmounts, detaches and removes everything under it using the system tools
 // (never the code under test), so a failing test still leaves nothing behind.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { sh, testPrefix } from "./kernel.ts";
@@ -59,6 +59,17 @@ function cleanupScratch(prefix: string, dir: string): void {
 /** Unmounts everything strictly below `dir`, deepest first (a frozen file system thawed first). */
 export function unmountUnder(dir: string): void {
   unmountAll(() => mountsUnder(dir).filter((m) => m !== dir));
+}
+
+/**
+ * Makes `dir` a staging/target directory as kubelet makes its root dir: bound onto itself and
+ * rshared, so mount namespaces other programs create meanwhile get the driver's unmounts and
+ * never keep a test's loop device attached. teardownKernelObjects of a parent removes the bind.
+ */
+export function makeSharedDir(dir: string): void {
+  mkdirSync(dir, { recursive: true });
+  sh("mount", ["--bind", dir, dir]);
+  sh("mount", ["--make-rshared", dir]);
 }
 
 /** Unmounts everything below `root`, then detaches the loop devices backed by files below it. */

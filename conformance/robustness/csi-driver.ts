@@ -3,13 +3,12 @@
 // client), its state database read (or, while it is down, written) directly, and a cleanup
 // that unmounts, detaches and removes everything under that dir with the system tools.
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
-import { sh } from "../../testing/kernel.ts";
+import { makeSharedDir, teardownKernelObjects } from "../../testing/storage.ts";
 import { CsiClient } from "../csi/client.ts";
-import { mountsUnder } from "../csi/kernel-view.ts";
 
 export const REPO = resolve(import.meta.dirname, "../..");
 /** How long any single call may take; a driver spinning on a path misses it. */
@@ -33,12 +32,8 @@ export class DriverProcess {
     this.socket = join(this.root, "csi.sock");
     this.dataDir = join(this.root, "data");
     this.stateDir = join(this.root, "state");
-    // The CO's directory for staging and target paths is an rshared mount, as kubelet makes its
-    // root dir: mount namespaces other programs create meanwhile then see the driver's unmounts.
-    const kubelet = join(this.root, "kubelet");
-    mkdirSync(kubelet);
-    sh("mount", ["--bind", kubelet, kubelet]);
-    sh("mount", ["--make-rshared", kubelet]);
+    // The CO's directory for staging and target paths, as kubelet makes its root dir.
+    makeSharedDir(join(this.root, "kubelet"));
   }
 
   /** A path under the test's own kubelet dir. */
@@ -135,23 +130,7 @@ export class DriverProcess {
 
   async cleanup(): Promise<void> {
     await this.kill();
-    for (let round = 0; round < 4; round++) {
-      const mounts = mountsUnder(this.root);
-      if (mounts.length === 0) break;
-      for (const m of mounts) {
-        try {
-          sh("umount", ["-l", m]);
-        } catch {
-          // gone with its parent
-        }
-      }
-    }
-    const loops = JSON.parse(sh("losetup", ["-J", "-l"]) || '{"loopdevices":[]}') as {
-      loopdevices?: { name: string; "back-file": string | null }[];
-    };
-    for (const l of loops.loopdevices ?? []) {
-      if ((l["back-file"] ?? "").startsWith(`${this.root}/`)) sh("losetup", ["-d", l.name]);
-    }
+    teardownKernelObjects(this.root);
     rmSync(this.root, { recursive: true, force: true });
   }
 }

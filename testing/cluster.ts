@@ -830,6 +830,36 @@ export class Cluster {
   }
 }
 
+/**
+ * Runs `ip monitor` (for `ipObjects`) and `bridge monitor fdb` in a host's netns and keeps the
+ * lines that mention the overlay device: every kernel change to the peers' entries.
+ */
+export function monitorDevice(
+  host: Host,
+  ipObjects: string[] = ["route", "neigh", "link"],
+): { lines: string[]; stop(): Promise<void> } {
+  const lines: string[] = [];
+  const procs = [
+    spawn("ip", ["-n", host.ns, "monitor", ...ipObjects], { stdio: ["ignore", "pipe", "pipe"] }),
+    spawn("bridge", ["-n", host.ns, "monitor", "fdb"], { stdio: ["ignore", "pipe", "pipe"] }),
+  ].map((child, i) => {
+    let buf = "";
+    child.stdout.on("data", (d) => {
+      buf += d;
+      const parts = buf.split("\n");
+      buf = parts.pop()!;
+      for (const l of parts) if (l.includes(DEVICE)) lines.push(`${host.name} ${l}`);
+    });
+    return new ChildLog(`${i ? "bridge" : "ip"} monitor ${host.name}`, child);
+  });
+  return {
+    lines,
+    stop: async () => {
+      for (const p of procs) await p.stop("SIGKILL");
+    },
+  };
+}
+
 // ---------------------------------------------------------------- traffic
 
 /** One ICMP echo from `from` to `to` (busybox ping, 2 s wait): true when answered. */

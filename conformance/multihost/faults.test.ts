@@ -10,9 +10,9 @@ import {
   ChildLog,
   Cluster,
   type Container,
-  DEVICE,
   ETCD_PREFIX,
   type Host,
+  monitorDevice,
   run,
   sleep,
   unreachablePairs,
@@ -38,30 +38,6 @@ async function kernelView(host: Host) {
       r4.map((r) => `${r.dst} via ${r.gateway}`),
       (s) => s,
     ),
-  };
-}
-
-/** `ip monitor` / `bridge monitor` lines about our device on `host`. */
-function monitorDevice(host: Host): { lines: string[]; stop(): Promise<void> } {
-  const lines: string[] = [];
-  const procs = [
-    spawn("ip", ["-n", host.ns, "monitor", "route", "neigh"], { stdio: ["ignore", "pipe", "pipe"] }),
-    spawn("bridge", ["-n", host.ns, "monitor", "fdb"], { stdio: ["ignore", "pipe", "pipe"] }),
-  ].map((child, i) => {
-    let buf = "";
-    child.stdout.on("data", (d) => {
-      buf += d;
-      const parts = buf.split("\n");
-      buf = parts.pop()!;
-      for (const l of parts) if (l.includes(DEVICE)) lines.push(`${host.name} ${l}`);
-    });
-    return new ChildLog(`${i ? "bridge" : "ip"} monitor ${host.name}`, child);
-  });
-  return {
-    lines,
-    stop: async () => {
-      for (const p of procs) await p.stop("SIGKILL");
-    },
   };
 }
 
@@ -230,7 +206,7 @@ describe.sequential("overlay under store faults (shared etcd, TTL 1 h)", () => {
     const leases = await Promise.all(hosts.map((h) => h.lease()));
     const before = await Promise.all(hosts.map(kernelView));
     for (const v of before) expect(v.routes).toHaveLength(2);
-    const monitors = hosts.map(monitorDevice);
+    const monitors = hosts.map((h) => monitorDevice(h, ["route", "neigh"]));
     const [c1, c2, c3] = hosts.map((h) => h.containers[0]!) as [Container, Container, Container];
     const loops = [pingLoop(c1, c2.ipv4), pingLoop(c2, c3.ipv4), pingLoop(c3, c1.ipv4)];
     try {

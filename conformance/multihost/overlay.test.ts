@@ -11,6 +11,7 @@ import {
   ETCD_PREFIX,
   type Host,
   type LeaseView,
+  monitorDevice,
   run,
   sleep,
   tcpTransfer,
@@ -99,30 +100,6 @@ async function expectConverged(hosts: Host[], timeoutMs = 10_000): Promise<numbe
 
 function allContainers(hosts: Host[]): Container[] {
   return hosts.flatMap((h) => h.containers);
-}
-
-/** Runs `ip monitor` / `bridge monitor` on a host and keeps the lines that mention our device. */
-function monitorDevice(host: Host): { lines: string[]; stop(): Promise<void> } {
-  const lines: string[] = [];
-  const procs = [
-    spawn("ip", ["-n", host.ns, "monitor", "route", "neigh", "link"], { stdio: ["ignore", "pipe", "pipe"] }),
-    spawn("bridge", ["-n", host.ns, "monitor", "fdb"], { stdio: ["ignore", "pipe", "pipe"] }),
-  ].map((child, i) => {
-    let buf = "";
-    child.stdout.on("data", (d) => {
-      buf += d;
-      const parts = buf.split("\n");
-      buf = parts.pop()!;
-      for (const l of parts) if (l.includes(DEVICE)) lines.push(`${host.name} ${l}`);
-    });
-    return new ChildLog(`${i ? "bridge" : "ip"} monitor ${host.name}`, child);
-  });
-  return {
-    lines,
-    stop: async () => {
-      for (const p of procs) await p.stop("SIGKILL");
-    },
-  };
 }
 
 describe.sequential("overlay across hosts on etcd", () => {
@@ -334,7 +311,7 @@ describe.sequential("overlay across hosts on etcd", () => {
   it("keeps traffic flowing through a 60 s etcd outage and recovers without touching unchanged peers", async () => {
     const etcd = cluster!.etcd!;
     const stateBefore = await Promise.all(hosts.map(kernelView));
-    const monitors = hosts.map(monitorDevice);
+    const monitors = hosts.map((h) => monitorDevice(h));
     await sleep(300); // monitors subscribed
     try {
       const down = performance.now();

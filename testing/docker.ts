@@ -3,12 +3,12 @@
 // vfs storage, no default bridge and no iptables rules; a busybox-static image made with
 // `docker import` (no registry is reachable). Stopped by PID; every process, mount and file
 // under the test directory goes in cleanup.
-import { execFile, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFile, execFileSync, spawn } from "node:child_process";
 import { copyFileSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { promisify } from "node:util";
 import { RUN } from "./kernel.ts";
-import { until } from "./poll.ts";
+import { httpOverUnix, until } from "./poll.ts";
 import { unmountUnder } from "./storage.ts";
 
 const run = promisify(execFile);
@@ -37,6 +37,8 @@ const APPLETS = [
 ];
 
 /** Docker reads legacy plugins here (machine-wide): each test names its plugin uniquely. */
+const REPO = resolve(import.meta.dirname, "..");
+
 export const DOCKER_PLUGIN_DIR = "/run/docker/plugins";
 
 /** What a Docker engine test needs and this machine lacks. */
@@ -199,4 +201,50 @@ export async function startDockerd(dir: string, options: { netns?: string } = {}
     throw new Error(`${(e as Error).message}\ndockerd log:\n${text}`);
   }
   return engine;
+}
+
+export interface DockerPluginProcess {
+  child: ChildProcess;
+  /** What the plugin wrote so far (stdout and stderr). */
+  log(): string;
+}
+
+/**
+ * Starts `berth docker-plugin --socket SOCKET ...args` from the sources (inside `netns` when
+ * given) and resolves once it answers Plugin.Activate; `onOutput` also gets everything it writes.
+ */
+export async function startDockerPlugin(o: {
+  socket: string;
+  args: string[];
+  netns?: string;
+  env?: NodeJS.ProcessEnv;
+  onOutput?: (text: string) => void;
+}): Promise<DockerPluginProcess> {
+  const command = [
+    process.execPath,
+    "--import",
+    "tsx",
+    join(REPO, "bin/cli.ts"),
+    "docker-plugin",
+    "--socket",
+    o.socket,
+    ...o.args,
+  ];
+  const argv = o.netns ? ["ip", "netns", "exec", o.netns, ...command] : command;
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ["ignore", "pipe", "pipe"], cwd: REPO, env: o.env ?? process.env });
+  let log = "";
+  const collect = (d: Buffer) => {
+    log += d;
+    o.onOutput?.(d.toString());
+  };
+  child.stdout?.on("data", collect);
+  child.stderr?.on("data", collect);
+  await until(
+    () => httpOverUnix(o.socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
+    (s) => s === 200,
+    `the plugin to answer on ${o.socket}; log: ${log.slice(-2000)}`,
+    30_000,
+    100,
+  );
+  return { child, log: () => log };
 }

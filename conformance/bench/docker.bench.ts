@@ -10,16 +10,21 @@
 // with the ratio berth / Docker's own (the issue's target: p50 ratio <= 1.1). Everything it
 // made (containers, networks, volumes, plugin, dockerd, mounts, loop devices, nftables table,
 // dirs) is removed at the end or on SIGINT.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
+import {
+  DOCKER_PLUGIN_DIR,
+  type DockerEngine,
+  missingForDockerTest,
+  startDockerd,
+  startDockerPlugin,
+} from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
-import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
 
-const ROOT = resolve(import.meta.dirname, "../..");
+const _ROOT = resolve(import.meta.dirname, "../..");
 const { values } = parseArgs({ options: { iterations: { type: "string", default: "20" } } });
 const iterations = Number(values.iterations);
 if (!Number.isInteger(iterations) || iterations < 1 || iterations > 1000) {
@@ -100,39 +105,9 @@ async function main(): Promise<number> {
     return 2;
   }
   rmSync(socket, { force: true });
-  let log = "";
-  child = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(ROOT, "bin/cli.ts"),
-      "docker-plugin",
-      "--socket",
-      socket,
-      "--csi-dir",
-      join(base, "csi"),
-      "--docker-dir",
-      join(base, "dock"),
-      "--ipam-dir",
-      join(base, "ipam"),
-      "--nft-table",
-      prefix,
-      "--overlay-run-dir",
-      join(base, "no-agent"),
-    ],
-    { stdio: ["ignore", "ignore", "pipe"], cwd: ROOT, env: { ...process.env, BERTH_LOG_LEVEL: "warn" } },
-  );
-  child.stderr?.on("data", (d) => {
-    log += d;
-  });
-  await until(
-    () => httpOverUnix(socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
-    (s) => s === 200,
-    `the plugin to answer; log: ${log.slice(-1000)}`,
-    30_000,
-    100,
-  );
+  const args = ["--csi-dir", join(base, "csi"), "--docker-dir", join(base, "dock"), "--ipam-dir", join(base, "ipam")];
+  args.push("--nft-table", prefix, "--overlay-run-dir", join(base, "no-agent"));
+  child = (await startDockerPlugin({ socket, args, env: { ...process.env, BERTH_LOG_LEVEL: "warn" } })).child;
   engine = await startDockerd(join(base, "engine"));
   const d = engine.docker;
   await d([

@@ -3,19 +3,25 @@
 // child process on a socket named for this test, its own lease store, nftables table and
 // bridge name (all tagged bt<run>). Outcomes are read back from the kernel (ip -j), nftables
 // and the lease database.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { get } from "node:http";
 import { createServer } from "node:net";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
+import {
+  DOCKER_PLUGIN_DIR,
+  type DockerEngine,
+  missingForDockerTest,
+  startDockerd,
+  startDockerPlugin,
+} from "../../testing/docker.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
 
-const ROOT = resolve(import.meta.dirname, "../..");
+const _ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();
 const prefix = testPrefix();
 const base = `/tmp/${prefix}-dnet`;
@@ -33,42 +39,10 @@ let child: ChildProcess | undefined;
 let childLog = "";
 
 async function startPlugin(): Promise<ChildProcess> {
-  const p = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(ROOT, "bin/cli.ts"),
-      "docker-plugin",
-      "--socket",
-      socket,
-      "--csi-dir",
-      join(base, "csi"),
-      "--docker-dir",
-      dockerDir,
-      "--ipam-dir",
-      ipamDir,
-      "--nft-table",
-      table,
-      "--overlay-run-dir",
-      join(base, "no-agent"),
-    ],
-    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
-  );
-  p.stdout?.on("data", (d) => {
-    childLog += d;
-  });
-  p.stderr?.on("data", (d) => {
-    childLog += d;
-  });
-  await until(
-    () => httpOverUnix(socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
-    (s) => s === 200,
-    `the plugin to answer on ${socket}; log: ${childLog.slice(-2000)}`,
-    30_000,
-    100,
-  );
-  return p;
+  const args = ["--csi-dir", join(base, "csi"), "--docker-dir", dockerDir, "--ipam-dir", ipamDir, "--nft-table", table];
+  args.push("--overlay-run-dir", join(base, "no-agent"));
+  const plugin = await startDockerPlugin({ socket, args, onOutput: (text) => (childLog += text) });
+  return plugin.child;
 }
 
 async function call(endpoint: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {

@@ -3,17 +3,22 @@
 // and their own dockerd. `docker network create -d <plugin> --ipam-driver <plugin>
 // -o berth.overlay=true` on each host makes a network on that host's leased subnet, and a
 // container on host 1 reaches a container on host 2 over the VXLAN overlay.
-import { type ChildProcess, spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, type Host, ipJson } from "../../testing/cluster.ts";
-import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
-import { httpOverUnix, until } from "../../testing/poll.ts";
+import {
+  DOCKER_PLUGIN_DIR,
+  type DockerEngine,
+  missingForDockerTest,
+  startDockerd,
+  startDockerPlugin,
+} from "../../testing/docker.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
 
-const ROOT = resolve(import.meta.dirname, "../..");
+const _ROOT = resolve(import.meta.dirname, "../..");
 const missing = missingForDockerTest();
 
 interface DockerHost {
@@ -34,47 +39,10 @@ async function startPlugin(
 ): Promise<{ child: ChildProcess; socket: string; log: () => string }> {
   const socket = join(DOCKER_PLUGIN_DIR, `${plugin}.sock`);
   rmSync(socket, { force: true });
-  let log = "";
-  const child = spawn(
-    "ip",
-    [
-      "netns",
-      "exec",
-      h.ns,
-      process.execPath,
-      "--import",
-      "tsx",
-      join(ROOT, "bin/cli.ts"),
-      "docker-plugin",
-      "--socket",
-      socket,
-      "--csi-dir",
-      join(dir, "csi"),
-      "--docker-dir",
-      join(dir, "dock"),
-      "--ipam-dir",
-      join(dir, "ipam"),
-      "--overlay-run-dir",
-      h.runDir,
-      "--overlay-data-dir",
-      h.cniDataDir,
-    ],
-    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
-  );
-  child.stdout?.on("data", (d) => {
-    log += d;
-  });
-  child.stderr?.on("data", (d) => {
-    log += d;
-  });
-  await until(
-    () => httpOverUnix(socket, "/Plugin.Activate", { method: "POST", body: "" }).then((r) => r.status),
-    (s) => s === 200,
-    `${plugin} to answer`,
-    30_000,
-    100,
-  );
-  return { child, socket, log: () => log };
+  const args = ["--csi-dir", join(dir, "csi"), "--docker-dir", join(dir, "dock"), "--ipam-dir", join(dir, "ipam")];
+  args.push("--overlay-run-dir", h.runDir, "--overlay-data-dir", h.cniDataDir);
+  const { child, log } = await startDockerPlugin({ socket, args, netns: h.ns });
+  return { child, socket, log };
 }
 
 describe.skipIf(missing.length > 0)(

@@ -8,7 +8,13 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DOCKER_PLUGIN_DIR, type DockerEngine, missingForDockerTest, startDockerd } from "../../testing/docker.ts";
+import {
+  DOCKER_PLUGIN_DIR,
+  type DockerEngine,
+  missingForDockerTest,
+  startDockerd,
+  startDockerPlugin,
+} from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
 import { teardownKernelObjects } from "../../testing/storage.ts";
@@ -30,43 +36,11 @@ let childLog = "";
 
 /** Starts `berth docker-plugin` and waits until it answers Plugin.Activate. */
 async function startPlugin(): Promise<ChildProcess> {
-  const p = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(ROOT, "bin/cli.ts"),
-      "docker-plugin",
-      "--socket",
-      socket,
-      "--csi-dir",
-      csiDir,
-      "--docker-dir",
-      dockerDir,
-      // Networks are not used here; these keep the plugin off the host's defaults all the same.
-      "--ipam-dir",
-      join(base, "ipam"),
-      "--overlay-run-dir",
-      join(base, "no-agent"),
-      "--overlay-data-dir",
-      join(base, "no-overlay"),
-    ],
-    { stdio: ["ignore", "pipe", "pipe"], cwd: ROOT },
-  );
-  p.stdout?.on("data", (d) => {
-    childLog += d;
-  });
-  p.stderr?.on("data", (d) => {
-    childLog += d;
-  });
-  await until(
-    () => activate().then((r) => r.status),
-    (s) => s === 200,
-    `the plugin to answer on ${socket}; log: ${childLog.slice(-2000)}`,
-    30_000,
-    100,
-  );
-  return p;
+  // Networks are not used here; the network dirs keep the plugin off the host's defaults all the same.
+  const args = ["--csi-dir", csiDir, "--docker-dir", dockerDir, "--ipam-dir", join(base, "ipam")];
+  args.push("--overlay-run-dir", join(base, "no-agent"), "--overlay-data-dir", join(base, "no-overlay"));
+  const plugin = await startDockerPlugin({ socket, args, onOutput: (text) => (childLog += text) });
+  return plugin.child;
 }
 
 async function stopPlugin(p: ChildProcess | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {

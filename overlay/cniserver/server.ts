@@ -440,6 +440,9 @@ async function invoke(
   return { exitCode: outcome.exitCode, stdout: outcome.stdout, stderr: stderr.join("") };
 }
 
+/** This process's root directory, stat'ed once: a process's root does not change under it. */
+let ownRoot: { dev: number; ino: number } | undefined;
+
 /**
  * The invocation's environment as this process must read it. CNI_NETNS is a path in the
  * caller's filesystem; an agent in a container (a Kubernetes DaemonSet with hostPID) does not
@@ -454,8 +457,8 @@ export function callerEnv(env: Record<string, string>, callerPid: number): Recor
   if (!netns?.startsWith("/") || callerPid <= 0 || callerPid === process.pid) return env;
   try {
     const theirs = statSync(`/proc/${callerPid}/root/`);
-    const ours = statSync("/");
-    if (theirs.dev === ours.dev && theirs.ino === ours.ino) return env;
+    ownRoot ??= statSync("/");
+    if (theirs.dev === ownRoot.dev && theirs.ino === ownRoot.ino) return env;
   } catch {
     return env;
   }

@@ -20,7 +20,7 @@ import {
   type RangeSet,
 } from "../cni/ipam/ranges.ts";
 import { DATABASE_FILE } from "../cni/ipam/store.ts";
-import { readSmallFile } from "../cni/spec/files.ts";
+import { readSmallFile } from "../cni/protocol/files.ts";
 import { statFs } from "../native/fs.ts";
 import { isMountPoint } from "../native/mount.ts";
 import { BERTH_VERSION } from "../native/version.ts";

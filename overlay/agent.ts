@@ -14,7 +14,7 @@
 import { hostname } from "node:os";
 import { join } from "node:path";
 import type { Logger } from "pino";
-import { makeDirectory } from "../cni/spec/files.ts";
+import { makeDirectory } from "../cni/protocol/files.ts";
 import { ListenFdsError, type PassedListener, takeListener, untakenListeners } from "../native/listen-fds.ts";
 import { createLogger } from "../native/log.ts";
 import { waitForStopSignal } from "../native/signals.ts";

@@ -5,7 +5,7 @@ import { createServer } from "node:http";
 import { dirname } from "node:path";
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from "fastify";
 import type { Registry } from "prom-client";
-import { makeDirectory } from "../cni/spec/files.ts";
+import { makeDirectory } from "../cni/protocol/files.ts";
 import { claimSocketPath } from "../native/unix-socket.ts";
 
 export interface LeaseView {

@@ -2,7 +2,7 @@
 // the target, fsync the directory. A reader sees the old content or the new, never a torn file.
 import { closeSync, fsyncSync, openSync, renameSync, unlinkSync, writeSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
-import { makeDirectory } from "../cni/spec/files.ts";
+import { makeDirectory } from "../cni/protocol/files.ts";
 
 export function writeFileAtomic(path: string, data: string, mode = 0o644): void {
   const dir = dirname(path);

@@ -10,7 +10,7 @@ import { randomBytes, randomUUID } from "node:crypto";
 import { hostname as osHostname } from "node:os";
 import { join } from "node:path";
 import { ipFamily, parseIp, Subnet } from "../cni/address/address.ts";
-import { readSmallFile } from "../cni/spec/files.ts";
+import { readSmallFile } from "../cni/protocol/files.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 import type { LeaseStore, StoreEntry } from "./store/store.ts";
 

@@ -2,9 +2,9 @@
 // part of the overlay (flannel's subnet.env, as JSON). Written atomically; `ready` is false
 // before the lease is held and the device programmed, and after the agent stops.
 import { join } from "node:path";
-import { readSmallFile } from "../cni/spec/files.ts";
-import { configSchema, field, validateConfig } from "../cni/spec/schema.ts";
-import { CniError } from "../cni/spec/types.ts";
+import { readSmallFile } from "../cni/protocol/files.ts";
+import { configSchema, field, validateConfig } from "../cni/protocol/schema.ts";
+import { CniError } from "../cni/protocol/types.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
 
 export interface OverlayRuntime {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
-import { validateConfig } from "../cni/spec/schema.ts";
+import { validateConfig } from "../cni/protocol/schema.ts";
 import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
 import { type Command, commands, EXAMPLE_CONFLIST, OUTPUT, ROOT, render } from "./config-reference.ts";
 

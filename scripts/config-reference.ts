@@ -1,6 +1,6 @@
 // Writes docs/configuration.md, berth's configuration reference, from the sources of truth: each
 // CNI plugin's config schema (Field docs: type, default, required, description), the keys every
-// plugin reads (cni/spec/config.ts), each command's --help text (run through bin/cli.ts), and the
+// plugin reads (cni/protocol/config.ts), each command's --help text (run through bin/cli.ts), and the
 // CSI driver's StorageClass parameters (csi/controller.ts). Nothing here restates an option;
 // scripts/config-reference.test.ts fails when the file is out of date.
 //
@@ -11,9 +11,9 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { NETCONF_KEYS, RUNTIME_CONFIG_KEYS } from "../cni/spec/config.ts";
-import type { Field, Shape } from "../cni/spec/schema.ts";
-import type { Plugin } from "../cni/spec/types.ts";
+import { NETCONF_KEYS, RUNTIME_CONFIG_KEYS } from "../cni/protocol/config.ts";
+import type { Field, Shape } from "../cni/protocol/schema.ts";
+import type { Plugin } from "../cni/protocol/types.ts";
 import { VOLUME_PARAMETERS } from "../csi/controller.ts";
 import { VOLUME_OPTIONS } from "../csi/docker/volumes.ts";
 import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
@@ -103,7 +103,7 @@ export const PLUGIN_INFO: Record<string, PluginInfo> = {
   },
 };
 
-/** The keys every plugin reads (cni/spec/config.ts NETCONF_KEYS), described. */
+/** The keys every plugin reads (cni/protocol/config.ts NETCONF_KEYS), described. */
 export const COMMON_KEYS: Record<string, string> = {
   cniVersion: "The CNI version of the config and of the result: 0.1.0 to 1.1.0. Required unless cniVersions is set.",
   cniVersions: "Versions a conflist supports; the newest one berth supports is used.",

@@ -6,8 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closeLeaseStores } from "../cni/ipam/hostlocal.ts";
 import { bridgePlugin } from "../cni/plugins/bridge/bridge.ts";
-import { handleInvocation } from "../cni/spec/entry.ts";
-import type { Plugin, Result } from "../cni/spec/types.ts";
+import { handleInvocation } from "../cni/protocol/entry.ts";
+import type { Plugin, Result } from "../cni/protocol/types.ts";
 import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "./kernel.ts";
 
 export interface Invocation {

@@ -2,8 +2,8 @@
 // the way its executable would be called, and reading state back from the kernel rather than
 // from the plugin (the lease database: testing/leases.ts).
 import { randomBytes } from "node:crypto";
-import { handleInvocation } from "../cni/spec/entry.ts";
-import type { Plugin, Result } from "../cni/spec/types.ts";
+import { handleInvocation } from "../cni/protocol/entry.ts";
+import type { Plugin, Result } from "../cni/protocol/types.ts";
 import { ipJson } from "./kernel.ts";
 
 /** A result on success, an error object ({code, msg}) on failure, {} for an empty stdout. */

@@ -25,7 +25,7 @@ import { DEFAULT_TABLE } from "../nft/nft.ts";
 import { addPortmap, type PortmapEntry, type Protocol, removePortmap } from "../nft/portmap.ts";
 import { deleteLinkIfPresent, hostLinkName, randomMac, withRtnl } from "../plugins/attachment.ts";
 import { type BridgeConf, ensureBridge } from "../plugins/bridge/bridge.ts";
-import { CniError } from "../spec/types.ts";
+import { CniError } from "../protocol/types.ts";
 
 /** An error Docker shows to its user as it is ({"Err": message}). */
 export class DockerNetworkError extends Error {

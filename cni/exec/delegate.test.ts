@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { testPrefix } from "../../testing/kernel.ts";
-import { CniError } from "../spec/types.ts";
+import { CniError } from "../protocol/types.ts";
 import { delegateAdd, delegateCheck, delegateDel, delegateGc, delegateStatus, findPlugin } from "./delegate.ts";
 
 let dir: string;

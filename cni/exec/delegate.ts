@@ -3,10 +3,10 @@
 // result comes back in the newest shape; its error comes back as a CniError with its code.
 import { accessSync, constants, statSync } from "node:fs";
 import { join } from "node:path";
-import { MAX_CONFIG_BYTES } from "../spec/config.ts";
-import { parseResult } from "../spec/result.ts";
-import { CniError, type Command, ErrorCode, type NetConf, type Request, type Result } from "../spec/types.ts";
-import { isSupportedVersion, NEWEST_VERSION } from "../spec/version.ts";
+import { MAX_CONFIG_BYTES } from "../protocol/config.ts";
+import { parseResult } from "../protocol/result.ts";
+import { CniError, type Command, ErrorCode, type NetConf, type Request, type Result } from "../protocol/types.ts";
+import { isSupportedVersion, NEWEST_VERSION } from "../protocol/version.ts";
 
 export interface DelegateOptions {
   /** Kill the delegate after this long (default 60 s) and fail with code 11 (try again later). */

@@ -1,5 +1,5 @@
 // The berth-host-local executable.
-import { runPluginMain } from "../spec/entry.ts";
+import { runPluginMain } from "../protocol/entry.ts";
 import { hostLocalPlugin } from "./hostlocal.ts";
 
 void runPluginMain(hostLocalPlugin);

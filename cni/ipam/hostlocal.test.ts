@@ -8,7 +8,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, sh, testPrefix } from "../../testing/kernel.ts";
-import { handleInvocation } from "../spec/entry.ts";
+import { handleInvocation } from "../protocol/entry.ts";
 import { closeLeaseStores, hostLocalPlugin } from "./hostlocal.ts";
 import { DATABASE_FILE } from "./store.ts";
 

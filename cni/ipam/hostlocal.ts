@@ -4,9 +4,9 @@
 import { existsSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
 import { type AddressError, formatIp, type Ip, parseIp } from "../address/address.ts";
-import { gcAttachments, requestedIps } from "../spec/config.ts";
-import { goFields } from "../spec/schema.ts";
-import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../spec/types.ts";
+import { gcAttachments, requestedIps } from "../protocol/config.ts";
+import { goFields } from "../protocol/schema.ts";
+import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../protocol/types.ts";
 import {
   DEFAULT_DATA_DIR,
   findRange,

@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { formatIp } from "../address/address.ts";
-import { CniError } from "../spec/types.ts";
+import { CniError } from "../protocol/types.ts";
 import { DEFAULT_DATA_DIR, parseHostLocalConfig, parseResolvConf } from "./ranges.ts";
 
 function codeOf(fn: () => unknown): { code: number; msg: string } {

@@ -4,9 +4,9 @@
 // disjoint. Every error is code 7 and names the key that holds the bad value.
 import { isAbsolute } from "node:path";
 import { type AddressError, type Family, formatIp, type Ip, parseIp, parseIpPrefix, Subnet } from "../address/address.ts";
-import { readSmallFile } from "../spec/files.ts";
-import { configSchema, field, goFields } from "../spec/schema.ts";
-import { CniError, type Dns, ErrorCode, type Route } from "../spec/types.ts";
+import { readSmallFile } from "../protocol/files.ts";
+import { configSchema, field, goFields } from "../protocol/schema.ts";
+import { CniError, type Dns, ErrorCode, type Route } from "../protocol/types.ts";
 
 /** One range of assignable addresses inside a subnet. Bounds are inclusive. */
 export interface AddressRange {

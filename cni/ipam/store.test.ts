@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, testPrefix } from "../../testing/kernel.ts";
 import { execPlugin } from "../../testing/plugin-exec.ts";
 import { formatIp, parseIp, valueFromKey } from "../address/address.ts";
-import { CniError } from "../spec/types.ts";
+import { CniError } from "../protocol/types.ts";
 import { parseHostLocalConfig, type RangeSet } from "./ranges.ts";
 import { DATABASE_FILE, IpamErrorCode, type LeaseOwner, LeaseStore, WAL_TRUNCATE_BYTES } from "./store.ts";
 

@@ -19,9 +19,9 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { bundledFile, loadNativeAddon } from "../../native/addon.ts";
 import { type Family, formatIp, type Ip, keyFromValue, keyValue, valueFromKey } from "../address/address.ts";
-import { makeDirectory } from "../spec/files.ts";
-import { sleepSync } from "../spec/sleep.ts";
-import { CniError, ErrorCode } from "../spec/types.ts";
+import { makeDirectory } from "../protocol/files.ts";
+import { sleepSync } from "../protocol/sleep.ts";
+import { CniError, ErrorCode } from "../protocol/types.ts";
 import { IpamErrorCode } from "./errors.ts";
 import { findRange, type RangeSet } from "./ranges.ts";
 

@@ -2,7 +2,7 @@
 // addresses and the host-side interfaces. A meta plugin creates no interface; its ADD result
 // is prevResult, passed through (possibly extended).
 import { formatIp, parseIp } from "../address/address.ts";
-import { CniError, ErrorCode, type Interface, type Request, type Result } from "../spec/types.ts";
+import { CniError, ErrorCode, type Interface, type Request, type Result } from "../protocol/types.ts";
 
 /** ADD and CHECK of a meta plugin need the main plugin's result (code 7 without it). */
 export function requirePrevResult(req: Request, plugin: string): Result {

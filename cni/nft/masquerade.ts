@@ -10,8 +10,8 @@
 
 import { familyOf, ipOf, subnetOf } from "../address/address.ts";
 import { shortHash } from "../digest.ts";
-import { gcAttachments } from "../spec/config.ts";
-import type { Request } from "../spec/types.ts";
+import { gcAttachments } from "../protocol/config.ts";
+import type { Request } from "../protocol/types.ts";
 import { checkTableName, DEFAULT_TABLE, nftApply, nftList } from "./nft.ts";
 
 export interface MasqAttachment {

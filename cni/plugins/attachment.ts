@@ -5,7 +5,7 @@ import type { Link } from "../../native/netlink/link.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
 import { randomBytes, shortHash } from "../digest.ts";
-import { type Attachment, CniError, ErrorCode, type Request } from "../spec/types.ts";
+import { type Attachment, CniError, ErrorCode, type Request } from "../protocol/types.ts";
 
 const hex = shortHash;
 

@@ -2,7 +2,7 @@
 // ADD instead of two); any other type is executed from CNI_PATH as the spec describes.
 // Either way the IPAM plugin sees the same request: the full network config and env.
 import { delegateAdd, delegateCheck, delegateDel, delegateGc, delegateStatus } from "../exec/delegate.ts";
-import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../spec/types.ts";
+import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../protocol/types.ts";
 
 type Loader = () => Promise<Plugin>;
 

@@ -10,7 +10,7 @@ import {
   removeMasquerade,
   validAttachmentsOf,
 } from "../nft/masquerade.ts";
-import { CniError, ErrorCode, type Request, type Result } from "../spec/types.ts";
+import { CniError, ErrorCode, type Request, type Result } from "../protocol/types.ts";
 import type { Undo } from "./attachment.ts";
 
 /** Adds the attachment's elements and registers their removal with the ADD's undo stack. */

@@ -4,7 +4,7 @@
 import type { Link } from "../../native/netlink/link.ts";
 import type { Rtnl } from "../../native/netlink/socket.ts";
 import { familyOf, normalizeCidr } from "../address/address.ts";
-import { CniError, ErrorCode, type IpConfig, type Result, type Route } from "../spec/types.ts";
+import { CniError, ErrorCode, type IpConfig, type Result, type Route } from "../protocol/types.ts";
 
 export interface SandboxOptions {
   /** Skip IPv6 duplicate address detection (berth's default: DAD costs ~2 s per ADD). */

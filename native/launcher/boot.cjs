@@ -83,7 +83,7 @@ if (cachedData === undefined || script.cachedDataRejected) {
 // closed, the exit code is all a runtime still waits for, and tearing down Node's memory takes
 // the kernel ~3 ms more. The status goes out as the very last thing before the process ends,
 // after every 'exit' listener: from process.reallyExit (where process.exit ends), or from the
-// plugin's own last listener just before its _exit (cni/spec/entry.ts, through the global
+// plugin's own last listener just before its _exit (cni/protocol/entry.ts, through the global
 // below). An uncaught error is printed by Node after the 'exit' listeners and ends the process
 // without reallyExit: then nothing is sent and the launcher waits for the process's end, as for
 // one killed by a signal. So does a plugin that ends by running out of work.

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../cni/spec/entry.ts";
+import { runPluginMain } from "../../cni/protocol/entry.ts";
 import { overlayPlugin } from "./plugin.ts";
 
 void runPluginMain(overlayPlugin);

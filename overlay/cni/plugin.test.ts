@@ -2,7 +2,7 @@
 // the bridge only with isDefaultGateway (what Kubernetes pods need to reach their node's
 // addresses: hostPort replies, the API server; the installed overlay config sets it).
 import { describe, expect, it } from "vitest";
-import type { Request } from "../../cni/spec/types.ts";
+import type { Request } from "../../cni/protocol/types.ts";
 import type { OverlayRuntime } from "../runtime-file.ts";
 import { bridgeConfigFor } from "./plugin.ts";
 

@@ -7,9 +7,9 @@
 import { rmSync } from "node:fs";
 import { join } from "node:path";
 import { bridgePlugin } from "../../cni/plugins/bridge/bridge.ts";
-import { makeDirectory, readSmallFile } from "../../cni/spec/files.ts";
-import { configSchema, field, validateConfig } from "../../cni/spec/schema.ts";
-import { CniError, ErrorCode, type NetConf, type Plugin, type Request, type Result } from "../../cni/spec/types.ts";
+import { makeDirectory, readSmallFile } from "../../cni/protocol/files.ts";
+import { configSchema, field, validateConfig } from "../../cni/protocol/schema.ts";
+import { CniError, ErrorCode, type NetConf, type Plugin, type Request, type Result } from "../../cni/protocol/types.ts";
 import { writeFileAtomic } from "../atomic-file.ts";
 import { OverlayNotReadyError, type OverlayRuntime, readOverlayRuntime } from "../runtime-file.ts";
 

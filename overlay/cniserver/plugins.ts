@@ -1,6 +1,6 @@
 // The plugins the agent serves on the fast path, by executable name. Loaded on first use, so
 // an agent that never sees a macvlan request never loads macvlan's code.
-import type { Plugin } from "../../cni/spec/types.ts";
+import type { Plugin } from "../../cni/protocol/types.ts";
 
 export type PluginLoader = () => Promise<Plugin>;
 

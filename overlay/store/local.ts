@@ -6,7 +6,7 @@ import { randomBytes } from "node:crypto";
 import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { retryWhileBusy } from "../../cni/ipam/store.ts";
-import { makeDirectory } from "../../cni/spec/files.ts";
+import { makeDirectory } from "../../cni/protocol/files.ts";
 import type { LeaseStore, ResetReason, StoreEntry, StoreWatch, WatchEvent, WriteResult } from "./store.ts";
 
 export interface LocalStoreOptions {

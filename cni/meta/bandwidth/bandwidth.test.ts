@@ -5,7 +5,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { delLink, ipJson, sh } from "../../../testing/kernel.ts";
-import type { Result } from "../../spec/types.ts";
+import type { Result } from "../../protocol/types.ts";
 import { bandwidthPlugin, ifbName } from "./bandwidth.ts";
 
 let fx: ChainFixture;

@@ -12,9 +12,9 @@ import type { Link } from "../../../native/netlink/link.ts";
 import { Rtnl } from "../../../native/netlink/socket.ts";
 import type { Filter, MirredAction, Qdisc, TbfSpec } from "../../../native/netlink/tc.ts";
 import { shortHash } from "../../digest.ts";
-import { gcAttachments } from "../../spec/config.ts";
-import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { gcAttachments } from "../../protocol/config.ts";
+import { configSchema, field, type Infer, validateConfig } from "../../protocol/schema.ts";
+import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import { hostInterfaces, requirePrevResult } from "../chained.ts";
 
 /** tbf latency, as the reference plugin uses. */

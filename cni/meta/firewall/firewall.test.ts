@@ -3,7 +3,7 @@
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { ping } from "../../../testing/kernel.ts";
-import type { Result } from "../../spec/types.ts";
+import type { Result } from "../../protocol/types.ts";
 import { firewallPlugin } from "./firewall.ts";
 
 let fx: ChainFixture;

@@ -6,8 +6,8 @@ import { Rtnl } from "../../../native/netlink/socket.ts";
 import { addFirewall, firewallOf, gcFirewall, type IngressPolicy, isolatedBridges, removeFirewall } from "../../nft/firewall.ts";
 import { attachmentOf, validAttachmentsOf } from "../../nft/masquerade.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
-import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { configSchema, field, type Infer, validateConfig } from "../../protocol/schema.ts";
+import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import { containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
 
 const schema = configSchema({

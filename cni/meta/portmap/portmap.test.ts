@@ -5,7 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { ChainFixture } from "../../../testing/chain-fixture.ts";
 import { sh } from "../../../testing/kernel.ts";
 import { deliveredThrough, killTcpServers, tcpServer } from "../../../testing/tcp.ts";
-import type { Result } from "../../spec/types.ts";
+import type { Result } from "../../protocol/types.ts";
 import { PORT_IN_USE, portmapPlugin } from "./portmap.ts";
 
 let fx: ChainFixture;

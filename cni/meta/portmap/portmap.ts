@@ -19,8 +19,8 @@ import {
   portmapOf,
   removePortmap,
 } from "../../nft/portmap.ts";
-import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { configSchema, field, type Infer, validateConfig } from "../../protocol/schema.ts";
+import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import { containerAddresses, hostInterfaces, requirePrevResult } from "../chained.ts";
 
 /** berth-specific code: the host port is already forwarded to another container. */

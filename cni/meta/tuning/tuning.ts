@@ -10,10 +10,10 @@ import type { Link, LinkChanges } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { readSysctl, SysctlError, writeSysctl } from "../../../native/sysctl.ts";
 import { kernelError, openContainerNetns, openNetnsIfPresent, withRtnl } from "../../plugins/attachment.ts";
-import { gcAttachments, requestedMac } from "../../spec/config.ts";
-import { makeDirectory, readSmallFile } from "../../spec/files.ts";
-import { configSchema, Field, field, type Infer, validateConfig } from "../../spec/schema.ts";
-import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { gcAttachments, requestedMac } from "../../protocol/config.ts";
+import { makeDirectory, readSmallFile } from "../../protocol/files.ts";
+import { configSchema, Field, field, type Infer, validateConfig } from "../../protocol/schema.ts";
+import { CniError, ErrorCode, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import { requirePrevResult } from "../chained.ts";
 
 export const DEFAULT_DATA_DIR = "/run/berth/tuning";

@@ -10,7 +10,7 @@ import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
-import type { Result } from "../../spec/types.ts";
+import type { Result } from "../../protocol/types.ts";
 import { hostLinkName, networkTag } from "../attachment.ts";
 import { bridgePlugin } from "./bridge.ts";
 

@@ -12,8 +12,8 @@ import { writeSysctl } from "../../../native/sysctl.ts";
 import { familyOf, firstHost, normalizeCidr, subnetOf } from "../../address/address.ts";
 import { addMacSpoofCheck, macSpoofPorts, removeMacSpoofCheck } from "../../nft/macspoof.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
-import { gcAttachments, requestedMac } from "../../spec/config.ts";
-import { configSchema, field, type Infer, validateConfig } from "../../spec/schema.ts";
+import { gcAttachments, requestedMac } from "../../protocol/config.ts";
+import { configSchema, field, type Infer, validateConfig } from "../../protocol/schema.ts";
 import {
   awaitDurable,
   CniError,
@@ -23,7 +23,7 @@ import {
   type Request,
   type Result,
   type Route,
-} from "../../spec/types.ts";
+} from "../../protocol/types.ts";
 import {
   createVethPair,
   gcHostLinks,

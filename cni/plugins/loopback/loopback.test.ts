@@ -3,8 +3,8 @@
 // CHECK behave as the spec asks.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../../../testing/kernel.ts";
-import { handleInvocation } from "../../spec/entry.ts";
-import type { Result } from "../../spec/types.ts";
+import { handleInvocation } from "../../protocol/entry.ts";
+import type { Result } from "../../protocol/types.ts";
 import { loopbackPlugin } from "./loopback.ts";
 
 type Reply = Result & { code?: number; msg?: string };

@@ -1,7 +1,7 @@
 // berth-loopback: brings `lo` up inside the container. Passes prevResult through when
 // chained, as the spec asks of a plugin that adds nothing to it.
-import type { Plugin, Request, Result } from "../../spec/types.ts";
-import { CniError, ErrorCode } from "../../spec/types.ts";
+import type { Plugin, Request, Result } from "../../protocol/types.ts";
+import { CniError, ErrorCode } from "../../protocol/types.ts";
 import { kernelError, openContainerNetns, openNetnsIfPresent, withRtnl } from "../attachment.ts";
 
 async function add(req: Request): Promise<Result> {

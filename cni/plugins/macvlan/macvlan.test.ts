@@ -11,7 +11,7 @@ import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/hostlocal.ts";
-import type { Result } from "../../spec/types.ts";
+import type { Result } from "../../protocol/types.ts";
 import { macvlanPlugin } from "./macvlan.ts";
 
 interface Container {

@@ -3,9 +3,9 @@
 // optional; without it the interface is L2 only. Reference option names: master, mode, mtu, mac.
 import type { MacvlanMode } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
-import { requestedMac } from "../../spec/config.ts";
-import { configSchema, field, validateConfig } from "../../spec/schema.ts";
-import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../spec/types.ts";
+import { requestedMac } from "../../protocol/config.ts";
+import { configSchema, field, validateConfig } from "../../protocol/schema.ts";
+import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import {
   deleteLinkIfPresent,
   kernelError,

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../spec/entry.ts";
+import { runPluginMain } from "../../protocol/entry.ts";
 import { macvlanPlugin } from "./macvlan.ts";
 
 void runPluginMain(macvlanPlugin);

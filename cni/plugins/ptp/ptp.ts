@@ -7,8 +7,8 @@ import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { writeSysctl } from "../../../native/sysctl.ts";
 import { familyOf, firstHost, ipOf, normalizeCidr, subnetOf } from "../../address/address.ts";
 import { DEFAULT_TABLE } from "../../nft/nft.ts";
-import { gcAttachments, requestedMac } from "../../spec/config.ts";
-import { configSchema, field, validateConfig } from "../../spec/schema.ts";
+import { gcAttachments, requestedMac } from "../../protocol/config.ts";
+import { configSchema, field, validateConfig } from "../../protocol/schema.ts";
 import {
   awaitDurable,
   CniError,
@@ -18,7 +18,7 @@ import {
   type Request,
   type Result,
   type Route,
-} from "../../spec/types.ts";
+} from "../../protocol/types.ts";
 import {
   createVethPair,
   gcHostLinks,

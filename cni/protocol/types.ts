@@ -1,6 +1,6 @@
 // The CNI contract every berth plugin is written against. Plugin logic is a plain async
 // function from a parsed Request to a Result (newest shape, 1.1.0): it never reads
-// process.env, stdin or stdout. The executable entry (cni/spec/entry.ts) and, later, the
+// process.env, stdin or stdout. The executable entry (cni/protocol/entry.ts) and, later, the
 // agent's fast path do the I/O and the version conversion.
 import type { Shape } from "./schema.ts";
 

@@ -35,7 +35,7 @@ import { writeOverlayRuntime } from "./runtime-file.ts";
 import { EtcdStore } from "./store/etcd.ts";
 import { inClusterConnection, KubeClient, KubeConfigError, KubeStore, kubeconfigConnection } from "./store/kube.ts";
 import { LocalStore } from "./store/local.ts";
-import type { LeaseStore, StoreWatch, WatchEvent } from "./store/store.ts";
+import type { ClusterStore, StoreWatch, WatchEvent } from "./store/store.ts";
 import { discoverUnderlay, type Underlay, UnderlayError, vxlanOverhead } from "./underlay.ts";
 
 export type DataplaneFactory = (spec: VxlanDeviceSpec, logger: Logger) => Promise<ManagedDataplane>;
@@ -43,7 +43,7 @@ export type DataplaneFactory = (spec: VxlanDeviceSpec, logger: Logger) => Promis
 export interface AgentDeps {
   /** Defaults to the rtnetlink VXLAN dataplane (overlay/vxlan.ts). */
   dataplane?: DataplaneFactory;
-  store?: LeaseStore;
+  store?: ClusterStore;
   logger?: Logger;
   /** Skips discovery (tests that keep the dataplane in another namespace than the process). */
   underlay?: Underlay;
@@ -80,7 +80,7 @@ const PROBE_RETRY_MS = 250;
 
 /** The same host under another key: same VTEP MAC or same underlay address. */
 /** The cluster store the config names. */
-function openStore(config: AgentConfig): LeaseStore {
+function openStore(config: AgentConfig): ClusterStore {
   switch (config.store) {
     case "etcd":
       return new EtcdStore({
@@ -113,7 +113,7 @@ function sameHost(a: RemoteHost, b: RemoteHost): boolean {
 export class Agent {
   readonly metrics = new AgentMetrics();
   readonly logger: Logger;
-  private readonly store: LeaseStore;
+  private readonly store: ClusterStore;
   private readonly ownsStore: boolean;
   private readonly network: NetworkConfig;
   private readonly leases: SubnetLeaseManager;

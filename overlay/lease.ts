@@ -12,7 +12,7 @@ import { join } from "node:path";
 import { ipFamily, parseIp, Subnet } from "../cni/address/address.ts";
 import { readSmallFile } from "../cni/protocol/files.ts";
 import { writeFileAtomic } from "./atomic-file.ts";
-import type { LeaseStore, StoreEntry } from "./store/store.ts";
+import type { ClusterStore, StoreEntry } from "./store/store.ts";
 
 /** What a lease tells the other hosts. */
 export interface LeaseValue {
@@ -182,7 +182,7 @@ export function saveIdentity(stateDir: string, identity: HostIdentity): void {
 }
 
 export interface SubnetLeaseOptions {
-  store: LeaseStore;
+  store: ClusterStore;
   /** Key prefix, e.g. /berth/network. */
   prefix: string;
   network: NetworkConfig;

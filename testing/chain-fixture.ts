@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { closeLeaseStores } from "../cni/ipam/hostlocal.ts";
+import { closeLeaseStores } from "../cni/ipam/host-local/host-local.ts";
 import { bridgePlugin } from "../cni/plugins/bridge/bridge.ts";
 import { handleInvocation } from "../cni/protocol/entry.ts";
 import type { Plugin, Result } from "../cni/protocol/types.ts";

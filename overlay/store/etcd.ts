@@ -10,7 +10,7 @@
 import { readFileSync } from "node:fs";
 import { Etcd3, type IKeyValue, type IOptions, isRecoverableError, type Watcher } from "etcd3";
 import {
-  type LeaseStore,
+  type ClusterStore,
   type ResetReason,
   type StoreEntry,
   StoreUnavailableError,
@@ -73,7 +73,7 @@ function skipAfterFailure(skipMs: number): Policy {
   } as unknown as Policy;
 }
 
-export class EtcdStore implements LeaseStore {
+export class EtcdStore implements ClusterStore {
   readonly kind = "etcd" as const;
   private readonly client: Etcd3;
   private readonly watchConnectTimeoutMs: number;

@@ -15,7 +15,7 @@ import { parse as parseYaml } from "yaml";
 import { Subnet } from "../../cni/address/address.ts";
 import { LeaseError } from "../lease.ts";
 import {
-  type LeaseStore,
+  type ClusterStore,
   type ResetReason,
   type StoreEntry,
   StoreUnavailableError,
@@ -367,7 +367,7 @@ function revisionOf(resourceVersion: string | undefined): number {
   return Number.isSafeInteger(n) ? n : 0;
 }
 
-export class KubeStore implements LeaseStore {
+export class KubeStore implements ClusterStore {
   readonly kind = "kube" as const;
   private readonly client: KubeClient;
   private readonly watches = new Set<{ cancel(): void }>();

@@ -7,7 +7,7 @@ import { dirname } from "node:path";
 import Database from "better-sqlite3";
 import { retryWhileBusy } from "../../cni/ipam/store.ts";
 import { makeDirectory } from "../../cni/protocol/files.ts";
-import type { LeaseStore, ResetReason, StoreEntry, StoreWatch, WatchEvent, WriteResult } from "./store.ts";
+import type { ClusterStore, ResetReason, StoreEntry, StoreWatch, WatchEvent, WriteResult } from "./store.ts";
 
 export interface LocalStoreOptions {
   /** Path of the database file; its directory is created. */
@@ -57,7 +57,7 @@ function prefixUpperBound(prefix: string): string {
   return prefix + "\u{10FFFF}";
 }
 
-export class LocalStore implements LeaseStore {
+export class LocalStore implements ClusterStore {
   readonly kind = "local" as const;
   private readonly db: Database.Database;
   private readonly now: () => number;

@@ -1,4 +1,4 @@
-// The LeaseStore contract, run against both implementations: the embedded SQLite store and a
+// The ClusterStore contract, run against both implementations: the embedded SQLite store and a
 // real etcd process (random loopback ports, temp data dir, killed by PID afterwards).
 import { mkdtempSync, rmSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
@@ -9,10 +9,10 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { EtcdProcess } from "../../testing/etcd-process.ts";
 import { EtcdStore } from "./etcd.ts";
 import { LocalStore } from "./local.ts";
-import type { LeaseStore, ResetReason, WatchEvent } from "./store.ts";
+import type { ClusterStore, ResetReason, WatchEvent } from "./store.ts";
 
 interface Harness {
-  open(): LeaseStore;
+  open(): ClusterStore;
   compact(revision: number): Promise<void>;
 }
 
@@ -65,11 +65,11 @@ async function until<T>(probe: () => Promise<T> | T, ok: (v: T) => boolean, time
   }
 }
 
-describe.each(Object.keys(harnesses))("LeaseStore contract: %s", (kind) => {
+describe.each(Object.keys(harnesses))("ClusterStore contract: %s", (kind) => {
   let harness: Harness;
-  let store: LeaseStore;
+  let store: ClusterStore;
   let prefix: string;
-  const opened: LeaseStore[] = [];
+  const opened: ClusterStore[] = [];
 
   beforeEach(() => {
     harness = harnesses[kind]!();

@@ -24,7 +24,7 @@ export interface StoreWatch {
 
 export type WriteResult = { ok: true; leaseId: string | null; revision: number } | { ok: false };
 
-export interface LeaseStore {
+export interface ClusterStore {
   readonly kind: "etcd" | "local" | "kube";
 
   /** Creates `key` only when absent. With a TTL the key is attached to a fresh lease. */

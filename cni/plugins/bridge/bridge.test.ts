@@ -7,7 +7,7 @@ import { hostLinksStartingWith, invokePlugin, type Outcome, ulaPrefix } from "..
 import { bridgeJson, delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
-import { closeLeaseStores } from "../../ipam/hostlocal.ts";
+import { closeLeaseStores } from "../../ipam/host-local/host-local.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import type { Result } from "../../protocol/types.ts";

@@ -10,7 +10,7 @@ import { invokePlugin, type Outcome, type Reply, ulaPrefix } from "../../../test
 import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
-import { closeLeaseStores } from "../../ipam/hostlocal.ts";
+import { closeLeaseStores } from "../../ipam/host-local/host-local.ts";
 import type { Result } from "../../protocol/types.ts";
 import { macvlanPlugin } from "./macvlan.ts";
 

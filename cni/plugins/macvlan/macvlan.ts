@@ -15,7 +15,7 @@ import {
   Undo,
   withRtnl,
 } from "../attachment.ts";
-import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam.ts";
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam-client.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 const schema = configSchema({

@@ -7,7 +7,7 @@ import { hostLinksStartingWith, invokePlugin, type Outcome, type Reply, ulaPrefi
 import { delLink, ipJson, ping, sh } from "../../../testing/kernel.ts";
 import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
-import { closeLeaseStores } from "../../ipam/hostlocal.ts";
+import { closeLeaseStores } from "../../ipam/host-local/host-local.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import { networkTag } from "../attachment.ts";
 import { ptpPlugin } from "./ptp.ts";

@@ -3,11 +3,11 @@
 // args.cni.ips replaces them, else CNI_ARGS IP= adds to them; CNI_ARGS GATEWAY= fills the
 // gateway of every address of its family that has none.
 
-import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "../address/address.ts";
-import { configSchema, field, goFields } from "../protocol/schema.ts";
-import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../protocol/types.ts";
-import { IpamErrorCode } from "./errors.ts";
-import { ipAt, parseRoutes, routeFields } from "./ranges.ts";
+import { type AddressError, formatIp, type Ip, type IpPrefix, parseIp, parseIpPrefix } from "../../address/address.ts";
+import { configSchema, field, goFields } from "../../protocol/schema.ts";
+import { CniError, type Dns, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../protocol/types.ts";
+import { IpamErrorCode } from "../errors.ts";
+import { ipAt, parseRoutes, routeFields } from "../ranges.ts";
 
 interface StaticAddress {
   address: IpPrefix;

@@ -3,10 +3,10 @@
 // exhausted pool or an unwritable store as 50 before a pod's ADD fails on it.
 import { existsSync, statSync } from "node:fs";
 import { isAbsolute, join, resolve } from "node:path";
-import { type AddressError, formatIp, type Ip, parseIp } from "../address/address.ts";
-import { gcAttachments, requestedIps } from "../protocol/config.ts";
-import { goFields } from "../protocol/schema.ts";
-import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../protocol/types.ts";
+import { type AddressError, formatIp, type Ip, parseIp } from "../../address/address.ts";
+import { gcAttachments, requestedIps } from "../../protocol/config.ts";
+import { goFields } from "../../protocol/schema.ts";
+import { CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../protocol/types.ts";
 import {
   DEFAULT_DATA_DIR,
   findRange,
@@ -15,8 +15,8 @@ import {
   hostLocalSchema,
   parseHostLocalConfig,
   type RangeSet,
-} from "./ranges.ts";
-import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "./store.ts";
+} from "../ranges.ts";
+import { DATABASE_FILE, IpamErrorCode, type Lease, type LeaseOwner, LeaseStore } from "../store.ts";
 
 function ipamSection(req: Request): Record<string, unknown> {
   const ipam = req.config.ipam;

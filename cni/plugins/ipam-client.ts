@@ -8,8 +8,8 @@ type Loader = () => Promise<Plugin>;
 
 /** In-process IPAM plugins, loaded lazily so a command that needs none pays nothing. */
 const BUILTIN: Record<string, Loader> = {
-  "berth-host-local": async () => (await import("../ipam/hostlocal.ts")).hostLocalPlugin,
-  "berth-static": async () => (await import("../ipam/static.ts")).staticPlugin,
+  "berth-host-local": async () => (await import("../ipam/host-local/host-local.ts")).hostLocalPlugin,
+  "berth-static": async () => (await import("../ipam/static/static.ts")).staticPlugin,
 };
 
 export function ipamType(req: Request): string | undefined {

@@ -7,12 +7,12 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { addNetns, delNetns, sh, testPrefix } from "../../testing/kernel.ts";
-import { handleInvocation } from "../protocol/entry.ts";
-import { closeLeaseStores, hostLocalPlugin } from "./hostlocal.ts";
-import { DATABASE_FILE } from "./store.ts";
+import { addNetns, delNetns, sh, testPrefix } from "../../../testing/kernel.ts";
+import { handleInvocation } from "../../protocol/entry.ts";
+import { closeLeaseStores, hostLocalPlugin } from "./host-local.ts";
+import { DATABASE_FILE } from "../store.ts";
 
-const MAIN = join(import.meta.dirname, "hostlocal.main.ts");
+const MAIN = join(import.meta.dirname, "main.ts");
 
 let netnsName: string;
 let dir: string;

@@ -9,8 +9,8 @@ import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, sh, testPrefix } from "../../../testing/kernel.ts";
 import { handleInvocation } from "../../protocol/entry.ts";
-import { closeLeaseStores, hostLocalPlugin } from "./host-local.ts";
 import { DATABASE_FILE } from "../store.ts";
+import { closeLeaseStores, hostLocalPlugin } from "./host-local.ts";
 
 const MAIN = join(import.meta.dirname, "main.ts");
 

@@ -39,8 +39,8 @@ import {
   whileCreating,
   withRtnl,
 } from "../attachment.ts";
-import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam-client.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../ip-masq.ts";
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam-client.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 /** The kernel refuses the 1,024th port of a bridge (EXFULL). */

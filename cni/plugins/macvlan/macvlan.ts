@@ -5,7 +5,15 @@ import type { MacvlanMode } from "../../../native/netlink/link.ts";
 import type { Rtnl } from "../../../native/netlink/socket.ts";
 import { requestedMac } from "../../protocol/config.ts";
 import { configSchema, field, validateConfig } from "../../protocol/schema.ts";
-import { awaitDurable, CniError, ErrorCode, type IpConfig, type Plugin, type Request, type Result } from "../../protocol/types.ts";
+import {
+  awaitDurable,
+  CniError,
+  ErrorCode,
+  type IpConfig,
+  type Plugin,
+  type Request,
+  type Result,
+} from "../../protocol/types.ts";
 import {
   deleteLinkIfPresent,
   kernelError,

@@ -32,8 +32,8 @@ import {
   whileCreating,
   withRtnl,
 } from "../attachment.ts";
-import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam-client.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../ip-masq.ts";
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam-client.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
 
 const schema = configSchema({

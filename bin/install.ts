@@ -5,7 +5,7 @@
 // launchers into the CNI bin dir, one network config into the CNI conf dir, and the service
 // units and /etc/berth/berth.env into the systemd dir. Each launcher copy carries the absolute
 // path of the Node binary running the install and of the bundles under the prefix
-// (native/launcher/launcher.c, berth_install_paths): a cold plugin call never depends on the
+// (cni/fastpath/launcher/launcher.c, berth_install_paths): a cold plugin call never depends on the
 // runtime's PATH or on where the bin dir is. Run from a checkout, install first stages the tree
 // `npm run release` would pack (scripts/release.mjs) and installs that.
 //

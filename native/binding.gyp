@@ -12,7 +12,7 @@
     {
       "target_name": "berth_launcher",
       "type": "executable",
-      "sources": ["launcher/launcher.c"],
+      "sources": ["../cni/fastpath/launcher/launcher.c"],
       "defines": ["BERTH_NODE=\"<!(node -p process.execPath)\""],
       "cflags!": ["-fPIC", "-pthread"],
       "ldflags!": ["-pthread", "-rdynamic"],

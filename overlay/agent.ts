@@ -219,7 +219,7 @@ export class Agent {
     this.logger.info({ socket: this.config.apiSocket, tcp: this.config.apiListen }, "API listening");
     if (this.config.cniSocket || this.cniListener) {
       // The CNI fast path: plugin launchers hand their invocations to this process.
-      const { startCniServer } = await import("./cniserver/server.ts");
+      const { startCniServer } = await import("../cni/fastpath/server.ts");
       const passed = this.cniListener;
       this.cniServer = await startCniServer({
         socketPath: this.config.cniSocket,

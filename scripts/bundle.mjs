@@ -190,7 +190,7 @@ async function buildCheckout() {
   ]);
 
   // The cold path's loader (V8 code cache); caches of the bundles just replaced are stale.
-  copyFileSync(join(root, "native", "launcher", "boot.cjs"), join(out, "cni-node", "boot.cjs"));
+  copyFileSync(join(root, "cni", "fastpath", "launcher", "boot.cjs"), join(out, "cni-node", "boot.cjs"));
   for (const f of readdirSync(join(out, "cni-node")))
     if (f.endsWith(".v8cache")) rmSync(join(out, "cni-node", f), { force: true });
 

@@ -5,9 +5,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { DEFAULT_PLUGINS } from "../cni/fastpath/plugins.ts";
 import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
 import { validateConfig } from "../cni/protocol/schema.ts";
-import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
 import { type Command, commands, EXAMPLE_CONFLIST, OUTPUT, ROOT, render } from "./config-reference.ts";
 
 let generated: string;
@@ -132,7 +132,7 @@ describe("configuration reference", () => {
     expect(read.size).toBeGreaterThan(5);
     const missing = [...read].filter((v) => !env.includes(`\`${v}\``));
     expect(missing, "environment variables the reference does not name").toEqual([]);
-    const launcher = readFileSync(join(ROOT, "native", "launcher", "launcher.c"), "utf8");
+    const launcher = readFileSync(join(ROOT, "cni", "fastpath", "launcher", "launcher.c"), "utf8");
     for (const m of launcher.matchAll(/top_level_string\([^)]*"([A-Za-z]+)"/g)) expect(generated).toContain(`| \`${m[1]}\` |`);
   });
 

@@ -11,12 +11,12 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
+import { DEFAULT_PLUGINS } from "../cni/fastpath/plugins.ts";
 import { NETCONF_KEYS, RUNTIME_CONFIG_KEYS } from "../cni/protocol/config.ts";
 import type { Field, Shape } from "../cni/protocol/schema.ts";
 import type { Plugin } from "../cni/protocol/types.ts";
 import { VOLUME_PARAMETERS } from "../csi/controller.ts";
 import { VOLUME_OPTIONS } from "../csi/docker/volumes.ts";
-import { DEFAULT_PLUGINS } from "../overlay/cniserver/plugins.ts";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const OUTPUT = join(ROOT, "docs", "configuration.md");
@@ -131,7 +131,7 @@ export const RUNTIME_CONFIG: Record<string, string> = {
   mac: "The container interface's MAC; wins over args.cni.mac and CNI_ARGS MAC=.",
 };
 
-/** Top-level config keys the plugin launchers (native/launcher/launcher.c) read before any plugin runs. */
+/** Top-level config keys the plugin launchers (cni/fastpath/launcher/launcher.c) read before any plugin runs. */
 export const LAUNCHER_KEYS: Record<string, string> = {
   berthSocket:
     "The fast-path socket this network's plugins hand their calls to (BERTH_CNI_SOCKET wins; default /run/berth/cni.sock).",

@@ -85,7 +85,7 @@ export async function stageRelease(dir) {
         .map((f) => statSync(join(d, f)).mtimeMs),
     );
   for (const [file, sources] of [
-    [LAUNCHER, newest(join(root, "native", "launcher"), [".c", ".h"])],
+    [LAUNCHER, newest(join(root, "cni", "fastpath", "launcher"), [".c", ".h"])],
     [NATIVE_ADDON, newest(join(root, "native", "src"), [".cc", ".h"])],
   ]) {
     if (statSync(file).mtimeMs < sources)
@@ -112,7 +112,7 @@ export async function stageRelease(dir) {
       bundle(entry, join(dir, "cni-node", `${name}.cjs`), { executable: true, lean: true, addons, twin: false }),
     ),
   ]);
-  copyFileSync(join(root, "native", "launcher", "boot.cjs"), join(dir, "cni-node", "boot.cjs"));
+  copyFileSync(join(root, "cni", "fastpath", "launcher", "boot.cjs"), join(dir, "cni-node", "boot.cjs"));
   for (const [name] of plugins) {
     copyFileSync(LAUNCHER, join(dir, "cni", name));
     chmodSync(join(dir, "cni", name), 0o755);

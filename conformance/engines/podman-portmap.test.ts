@@ -273,7 +273,7 @@ describe.skipIf(missing.length > 0)(
       env = makePodmanEnv(dir, [pluginDir]);
       // Plugins inherit Podman's environment; "off" keeps every call on the cold path even when
       // an agent listens on this host, which does not serve the meta plugins yet
-      // (overlay/cniserver/plugins.ts), so the result does not depend on what else runs here.
+      // (cni/fastpath/plugins.ts), so the result does not depend on what else runs here.
       env.env.BERTH_CNI_SOCKET = "off";
       // Host /usr mounted read-only at run time; the loader and libraries sit under /usr/lib.
       for (const l of ["lib", "lib64"]) if (!existsSync(join(env.rootfs, l))) symlinkSync(`usr/${l}`, join(env.rootfs, l));

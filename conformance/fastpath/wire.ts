@@ -1,4 +1,4 @@
-// The fast-path frame format, written here from its documented layout (native/launcher/protocol.h)
+// The fast-path frame format, written here from its documented layout (cni/fastpath/launcher/wire.h)
 // so that the suites speak it as any client or server would: one request frame and one response
 // frame per unix-socket connection, little-endian.
 //

@@ -1,5 +1,5 @@
-// The fast-path wire protocol between the berth CNI launcher (native/launcher/launcher.c,
-// layout documented in native/launcher/protocol.h) and the agent: one request frame and one
+// The fast-path wire protocol between the berth CNI launcher (launcher/launcher.c,
+// layout documented in launcher/wire.h) and the agent: one request frame and one
 // response frame per unix-socket connection, little-endian, versioned.
 //
 //   header   "BCNI" | u16 version (1) | u16 kind (1 request, 2 response) | u32 body length

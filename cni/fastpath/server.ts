@@ -9,16 +9,16 @@
 import { chmodSync, chownSync, lstatSync, statSync, unlinkSync } from "node:fs";
 import { Socket } from "node:net";
 import { dirname } from "node:path";
-import { LeaseStore } from "../../cni/ipam/store.ts";
-import { MAX_CONFIG_BYTES, tooLargeError } from "../../cni/protocol/config.ts";
-import { handleInvocation, type InvocationOutcome, versionForError } from "../../cni/protocol/entry.ts";
-import { appendToLogFile, makeDirectory } from "../../cni/protocol/files.ts";
-import { ErrorCode } from "../../cni/protocol/types.ts";
-import { NEWEST_VERSION } from "../../cni/protocol/version.ts";
 import { type AcceptedConnection, addon } from "../../native/addon.ts";
 import type { PassedListener } from "../../native/listen-fds.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { claimSocketPath as claimUnixSocketPath, SocketClaimError } from "../../native/unix-socket.ts";
+import { LeaseStore } from "../ipam/store.ts";
+import { MAX_CONFIG_BYTES, tooLargeError } from "../protocol/config.ts";
+import { handleInvocation, type InvocationOutcome, versionForError } from "../protocol/entry.ts";
+import { appendToLogFile, makeDirectory } from "../protocol/files.ts";
+import { ErrorCode } from "../protocol/types.ts";
+import { NEWEST_VERSION } from "../protocol/version.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
@@ -31,7 +31,7 @@ import {
   MAX_REQUEST_BODY_BYTES,
   ProtocolError,
   parseHeader,
-} from "./protocol.ts";
+} from "./wire.ts";
 
 export const DEFAULT_CNI_SOCKET = "/run/berth/cni.sock";
 

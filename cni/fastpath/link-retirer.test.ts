@@ -1,10 +1,10 @@
 // How the agent's DEL takes a veth out of service (down, off its bridge, renamed bz<hex>) and
 // deletes it in the background, read back from the kernel.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../../cni/plugins/attachment.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
+import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../plugins/attachment.ts";
 import { installLinkRetirer } from "./link-retirer.ts";
 
 let prefix: string;

@@ -16,13 +16,13 @@
  *
  * Once the whole request has been written the agent may have acted on it, so a broken
  * connection after that point is reported as CNI error 11 (try again) and never retried on
- * the cold path. Wire format: protocol.h.
+ * the cold path. Wire format: wire.h.
  *
  * Freestanding and static (rt.h, binding.gyp): no libc and no dynamic loader run per call
  * (rt.h says why).
  */
 #include "rt.h"
-#include "protocol.h"
+#include "wire.h"
 
 #ifndef BERTH_NODE
 #error "BERTH_NODE (absolute path of the Node binary) must be defined at build time"

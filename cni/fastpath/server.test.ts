@@ -4,11 +4,11 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import type { Plugin, Result } from "../../cni/protocol/types.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { testPrefix } from "../../testing/kernel.ts";
-import { decodeResponse, encodeRequest } from "./protocol.ts";
+import type { Plugin, Result } from "../protocol/types.ts";
 import { type CniServer, startCniServer } from "./server.ts";
+import { decodeResponse, encodeRequest } from "./wire.ts";
 
 let dir: string;
 let server: CniServer | undefined;

@@ -1,6 +1,6 @@
 // The plugins the agent serves on the fast path, by executable name. Loaded on first use, so
 // an agent that never sees a macvlan request never loads macvlan's code.
-import type { Plugin } from "../../cni/protocol/types.ts";
+import type { Plugin } from "../protocol/types.ts";
 
 export type PluginLoader = () => Promise<Plugin>;
 
@@ -8,17 +8,17 @@ export type PluginLoader = () => Promise<Plugin>;
 export type PluginEntry = Plugin | PluginLoader;
 
 export const DEFAULT_PLUGINS: Readonly<Record<string, PluginLoader>> = {
-  "berth-bridge": async () => (await import("../../cni/plugins/bridge/bridge.ts")).bridgePlugin,
-  "berth-ptp": async () => (await import("../../cni/plugins/ptp/ptp.ts")).ptpPlugin,
-  "berth-loopback": async () => (await import("../../cni/plugins/loopback/loopback.ts")).loopbackPlugin,
-  "berth-macvlan": async () => (await import("../../cni/plugins/macvlan/macvlan.ts")).macvlanPlugin,
-  "berth-host-local": async () => (await import("../../cni/ipam/host-local/host-local.ts")).hostLocalPlugin,
-  "berth-static": async () => (await import("../../cni/ipam/static/static.ts")).staticPlugin,
-  "berth-overlay": async () => (await import("../cni/plugin.ts")).overlayPlugin,
-  "berth-portmap": async () => (await import("../../cni/meta/portmap/portmap.ts")).portmapPlugin,
-  "berth-firewall": async () => (await import("../../cni/meta/firewall/firewall.ts")).firewallPlugin,
-  "berth-tuning": async () => (await import("../../cni/meta/tuning/tuning.ts")).tuningPlugin,
-  "berth-bandwidth": async () => (await import("../../cni/meta/bandwidth/bandwidth.ts")).bandwidthPlugin,
+  "berth-bridge": async () => (await import("../plugins/bridge/bridge.ts")).bridgePlugin,
+  "berth-ptp": async () => (await import("../plugins/ptp/ptp.ts")).ptpPlugin,
+  "berth-loopback": async () => (await import("../plugins/loopback/loopback.ts")).loopbackPlugin,
+  "berth-macvlan": async () => (await import("../plugins/macvlan/macvlan.ts")).macvlanPlugin,
+  "berth-host-local": async () => (await import("../ipam/host-local/host-local.ts")).hostLocalPlugin,
+  "berth-static": async () => (await import("../ipam/static/static.ts")).staticPlugin,
+  "berth-overlay": async () => (await import("../../overlay/cni/plugin.ts")).overlayPlugin,
+  "berth-portmap": async () => (await import("../meta/portmap/portmap.ts")).portmapPlugin,
+  "berth-firewall": async () => (await import("../meta/firewall/firewall.ts")).firewallPlugin,
+  "berth-tuning": async () => (await import("../meta/tuning/tuning.ts")).tuningPlugin,
+  "berth-bandwidth": async () => (await import("../meta/bandwidth/bandwidth.ts")).bandwidthPlugin,
 };
 
 /** Resolves registry entries once each; a failed load is retried on the next request. */

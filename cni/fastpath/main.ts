@@ -2,7 +2,7 @@
 // benchmark):
 //
 //   berth cni-server [--socket /run/berth/cni.sock] [--quiet]
-//   node --import tsx overlay/cniserver/main.ts [...]   (from the source tree)
+//   node --import tsx cni/fastpath/main.ts [...]   (from the source tree)
 //
 // Prints "listening <path>" on stdout once the socket accepts; SIGTERM/SIGINT close it. Under
 // socket activation (a service manager passes the socket named "cni", or a single unnamed one)

@@ -1,5 +1,5 @@
 /*
- * berth fast-path wire protocol, version 1 (mirrored in overlay/cniserver/protocol.ts, and written
+ * berth fast-path wire protocol, version 1 (mirrored in cni/fastpath/wire.ts, and written
  * from this layout by the black-box suites in conformance/fastpath/wire.ts).
  *
  * One request and one response per connection on a unix stream socket. Every frame:
@@ -19,8 +19,8 @@
  * All integers little-endian. The server may answer before it has read the whole request
  * (refused peer, oversized frame) and then closes the connection.
  */
-#ifndef BERTH_FASTPATH_PROTOCOL_H
-#define BERTH_FASTPATH_PROTOCOL_H
+#ifndef BERTH_FASTPATH_WIRE_H
+#define BERTH_FASTPATH_WIRE_H
 
 #define BCNI_MAGIC "BCNI"
 #define BCNI_VERSION 1

@@ -5,8 +5,7 @@ import { LeaseStore } from "../cni/ipam/store.ts";
 
 const [dataDir, mode] = process.argv.slice(2);
 const { rangeSets } = parseHostLocalConfig({ ranges: [[{ subnet: "10.45.0.0/29" }]] });
-LeaseStore.deferSyncs(mode === "deferred");
-const store = LeaseStore.open(dataDir!);
+const store = LeaseStore.open(dataDir!, { deferSyncs: mode === "deferred" });
 store
   .grouped(() => store.allocate({ network: "d", containerId: "warm", ifname: "eth0" }, rangeSets))
   .then(async () => {

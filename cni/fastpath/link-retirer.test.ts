@@ -1,11 +1,11 @@
 // How the agent's DEL takes a veth out of service (down, off its bridge, renamed bz<hex>) and
 // deletes it in the background, read back from the kernel.
-import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { afterEach, beforeEach, describe, expect, it, onTestFinished } from "vitest";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
 import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../plugins/attachment.ts";
-import { installLinkRetirer } from "./link-retirer.ts";
+import { createLinkRetirer } from "./link-retirer.ts";
 
 let prefix: string;
 let pod: ScratchNetns;
@@ -16,7 +16,6 @@ beforeEach(() => {
 });
 
 afterEach(() => {
-  Rtnl.shortRequestsInline = () => true;
   pod?.close();
 });
 
@@ -27,8 +26,8 @@ function byIndex(index: number, ns?: string) {
 describe("takeOutOfService", () => {
   for (const inline of [true, false]) {
     it(`downs a bridge port, detaches and renames it in one batch (${inline ? "on this thread" : "on the pool"})`, async () => {
-      Rtnl.shortRequestsInline = () => inline;
-      const nl = pod.rtnl;
+      const nl = Rtnl.open(pod.ns, { shortRequestsInline: () => inline });
+      onTestFinished(() => nl.close());
       const br = nl.linkAdd({ kind: "bridge", name: "br0", up: true })!;
       nl.linkAdd({ kind: "veth", name: "h0", master: br.index, up: true, peer: { name: "c0" } });
       const index = ipJson(["link", "show", "dev", "h0"], pod.name)[0].ifindex as number;
@@ -63,17 +62,17 @@ describe("takeOutOfService", () => {
   });
 });
 
-describe("installLinkRetirer", () => {
-  it("retireLinkIfPresent frees the host name at once and deletes the link in the background", async () => {
+describe("createLinkRetirer", () => {
+  it("retireLinkIfPresent through it frees the host name at once and deletes the link in the background", async () => {
     const host = Rtnl.open();
     const name = `${prefix}h`;
-    const retirement = installLinkRetirer();
+    const retirement = createLinkRetirer();
     try {
       host.linkAdd({ kind: "veth", name, up: true, peer: { name: "eth0", netns: pod.ns } });
       const index = ipJson(["link", "show", "dev", name])[0].ifindex as number;
-      expect(await retireLinkIfPresent(host, name)).toBe(true);
+      expect(await retireLinkIfPresent(host, name, retirement.retire)).toBe(true);
       expect(ipJson(["link", "show"]).some((l) => l.ifname === name)).toBe(false);
-      expect(await retireLinkIfPresent(host, name)).toBe(false);
+      expect(await retireLinkIfPresent(host, name, retirement.retire)).toBe(false);
       await retirement.close(); // waits for the background deletes
       expect(byIndex(index)).toBeUndefined();
       expect(ipJson(["link", "show"], pod.name).map((l) => l.ifname)).toEqual(["lo"]); // the pair went whole

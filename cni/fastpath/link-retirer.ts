@@ -3,17 +3,20 @@
 // takes the host end out of service at once — down, off its bridge, renamed to `bz<hex>` so
 // the attachment's name is free for the next ADD — and deletes it on the thread pool. The
 // address was already released by then; a down, detached veth carries no traffic.
-
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
-import { RETIRED_PREFIX, retiredAlias, setLinkRetirer, takeOutOfService } from "../plugins/attachment.ts";
+import { deleteLinkIfPresent, RETIRED_PREFIX, retiredAlias, takeOutOfService } from "../plugins/attachment.ts";
+import type { LinkRetirer } from "../protocol/types.ts";
 
 export interface LinkRetirement {
-  /** Waits for every background delete, then restores synchronous deletion. */
+  /** What a server's invocations retire their host links through (InvocationHost.linkRetirer). */
+  readonly retire: LinkRetirer;
+  /** Waits for every background delete and closes the reaper's socket. */
   close(): Promise<void>;
 }
 
-export function installLinkRetirer(log: (line: string) => void = () => {}): LinkRetirement {
+/** One server's retirer: its own reaper socket and background deletes. */
+export function createLinkRetirer(log: (line: string) => void = () => {}): LinkRetirement {
   const reaper = Rtnl.open();
   const pending = new Set<Promise<void>>();
   // Leftovers of a previous run that stopped before its background deletes finished.
@@ -26,7 +29,9 @@ export function installLinkRetirer(log: (line: string) => void = () => {}): Link
       pending.add(p);
     }
   }
-  setLinkRetirer(async (nl, name) => {
+  let closed = false;
+  const retire: LinkRetirer = async (nl, name) => {
+    if (closed) return deleteLinkIfPresent(nl, name); // no reaper left to delete it later
     const link = await nl.linkGetAsync(name);
     if (!link) return false;
     try {
@@ -43,10 +48,11 @@ export function installLinkRetirer(log: (line: string) => void = () => {}): Link
       .finally(() => pending.delete(p));
     pending.add(p);
     return true;
-  });
+  };
   return {
+    retire,
     async close() {
-      setLinkRetirer(null);
+      closed = true;
       await Promise.all([...pending]);
       reaper.close();
     },

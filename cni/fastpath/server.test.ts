@@ -1,12 +1,12 @@
-// The CNI server in this process, with a probe plugin: how it tells the netlink layer whether
-// short requests may run on the main thread (alone) or must go to the thread pool (concurrent).
+// The CNI server in this process, with a probe plugin: what it offers each invocation
+// (Request.host) — whether short netlink requests may run on the main thread (alone) or must go
+// to the thread pool (concurrent), deferred lease syncs, and its own link retirer.
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { Rtnl } from "../../native/netlink/socket.ts";
 import { testPrefix } from "../../testing/kernel.ts";
-import type { Plugin, Result } from "../protocol/types.ts";
+import type { InvocationHost, Plugin, Result } from "../protocol/types.ts";
 import { type CniServer, startCniServer } from "./server.ts";
 import { decodeResponse, encodeRequest } from "./wire.ts";
 
@@ -20,11 +20,10 @@ beforeEach(() => {
 afterEach(async () => {
   await server?.close();
   server = undefined;
-  Rtnl.shortRequestsInline = () => true;
   rmSync(dir, { recursive: true, force: true });
 });
 
-function call(socketPath: string, containerId: string): Promise<{ exitCode: number; stdout: string }> {
+function call(socketPath: string, containerId: string, command = "ADD"): Promise<{ exitCode: number; stdout: string }> {
   return new Promise((done, fail) => {
     const s = connect(socketPath);
     const chunks: Buffer[] = [];
@@ -35,7 +34,7 @@ function call(socketPath: string, containerId: string): Promise<{ exitCode: numb
       done({ exitCode: r.exitCode, stdout: r.stdout.toString() });
     });
     const env = {
-      CNI_COMMAND: "ADD",
+      CNI_COMMAND: command,
       CNI_CONTAINERID: containerId,
       CNI_NETNS: "/proc/self/ns/net",
       CNI_IFNAME: "eth0",
@@ -55,12 +54,12 @@ describe("CNI server: lookups inline or on the thread pool", () => {
     const probe: Plugin = {
       name: "probe",
       async add(req): Promise<Result> {
-        const mine = [Rtnl.shortRequestsInline()];
+        const mine = [req.host.shortRequestsInline()];
         seen[req.containerId] = mine;
-        if (req.containerId !== "alone") {
+        if (!req.containerId.startsWith("alone")) {
           if (++arrived === 2) bothHere();
           await together;
-          mine.push(Rtnl.shortRequestsInline());
+          mine.push(req.host.shortRequestsInline());
         }
         return { cniVersion: "1.0.0" };
       },
@@ -73,13 +72,48 @@ describe("CNI server: lookups inline or on the thread pool", () => {
     expect(await call(socketPath, "alone")).toEqual({ exitCode: 0, stdout: '{"cniVersion":"1.0.0"}\n' });
     const pair = await Promise.all([call(socketPath, "one"), call(socketPath, "two")]);
     expect(pair.map((r) => r.exitCode)).toEqual([0, 0]);
-    expect((await call(socketPath, "alone")).exitCode).toBe(0);
+    expect((await call(socketPath, "alone-after")).exitCode).toBe(0);
 
     expect(seen.alone).toEqual([true]);
     // Once both are in, neither may block the main thread on a lookup.
     expect(seen.one![1]).toBe(false);
     expect(seen.two![1]).toBe(false);
-    expect(Rtnl.shortRequestsInline()).toBe(true);
+    expect(seen["alone-after"]).toEqual([true]);
+  });
+});
+
+describe("CNI server: what each invocation is offered", () => {
+  it("deferred lease syncs, and the link retirer of the server that serves it: two servers do not share one", async () => {
+    const hosts: Record<string, InvocationHost> = {};
+    const probe: Plugin = {
+      name: "probe",
+      async add(): Promise<Result> {
+        return { cniVersion: "1.0.0" };
+      },
+      async del(req) {
+        hosts[req.containerId] = req.host;
+      },
+      async check() {},
+    };
+    const first = join(dir, "first.sock");
+    const second = join(dir, "second.sock");
+    server = await startCniServer({ socketPath: first, plugins: { probe } });
+    const other = await startCniServer({ socketPath: second, plugins: { probe } });
+    try {
+      expect(await call(first, "a", "DEL")).toEqual({ exitCode: 0, stdout: "" });
+      expect(await call(second, "b", "DEL")).toEqual({ exitCode: 0, stdout: "" });
+      expect(hosts.a!.deferSyncs).toBe(true);
+      expect(hosts.a!.linkRetirer).toBeTypeOf("function");
+      expect(hosts.b!.linkRetirer).toBeTypeOf("function");
+      expect(hosts.b!.linkRetirer).not.toBe(hosts.a!.linkRetirer);
+      // Closing one server leaves the other's invocations their retirer.
+      await server.close();
+      server = undefined;
+      expect(await call(second, "c", "DEL")).toEqual({ exitCode: 0, stdout: "" });
+      expect(hosts.c!.linkRetirer).toBe(hosts.b!.linkRetirer);
+    } finally {
+      await other.close();
+    }
   });
 });
 

@@ -11,15 +11,13 @@ import { Socket } from "node:net";
 import { dirname } from "node:path";
 import { type AcceptedConnection, addon } from "../../native/addon.ts";
 import type { PassedListener } from "../../native/listen-fds.ts";
-import { Rtnl } from "../../native/netlink/socket.ts";
 import { claimSocketPath as claimUnixSocketPath, SocketClaimError } from "../../native/unix-socket.ts";
-import { LeaseStore } from "../ipam/store.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../protocol/config.ts";
 import { handleInvocation, type InvocationOutcome, versionForError } from "../protocol/entry.ts";
 import { appendToLogFile, makeDirectory } from "../protocol/files.ts";
-import { ErrorCode } from "../protocol/types.ts";
+import { ErrorCode, type InvocationHost, type LinkRetirer } from "../protocol/types.ts";
 import { NEWEST_VERSION } from "../protocol/version.ts";
-import { installLinkRetirer } from "./link-retirer.ts";
+import { createLinkRetirer } from "./link-retirer.ts";
 import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
   decodeRequest,
@@ -72,15 +70,19 @@ export async function startCniServer(opts: CniServerOptions = {}): Promise<CniSe
   const open = new Set<Socket>();
 
   if (!passed) await claimSocketPath(socketPath);
-  // Lease commits here fsync on the thread pool while the ADD's kernel work goes on; every
-  // invocation awaits its fsyncs before it answers (Request.pendingSync).
-  LeaseStore.deferSyncs(true);
-  // A lone invocation makes its short netlink requests on this thread; concurrent ones on the pool.
-  Rtnl.shortRequestsInline = () => inFlight <= 1;
   if (!passed) makeDirectory(dirname(socketPath), 0o755);
 
-  const retirement = installLinkRetirer(log);
-  const ctx: ConnectionContext = { registry, serialiser, log, ownUid, requestTimeoutMs, open, pending: new Set() };
+  const retirement = createLinkRetirer(log);
+  const ctx: ConnectionContext = {
+    registry,
+    serialiser,
+    log,
+    ownUid,
+    requestTimeoutMs,
+    open,
+    pending: new Set(),
+    linkRetirer: retirement.retire,
+  };
   let listenFd: number;
   let ino: number | undefined;
   if (passed) listenFd = passed.fd;
@@ -163,6 +165,16 @@ const busy = new WeakSet<Socket>();
 let inFlight = 0;
 
 /**
+ * What this process offers one invocation (Request.host): lease commits fsync on the thread
+ * pool while the ADD's kernel work goes on, awaited before the answer (Request.pendingSync); a
+ * lone invocation makes its short netlink requests on this thread, concurrent ones on the pool;
+ * DEL retires host links through the server's retirer.
+ */
+function fastPathHost(linkRetirer: LinkRetirer): InvocationHost {
+  return { deferSyncs: true, shortRequestsInline: () => inFlight <= 1, linkRetirer };
+}
+
+/**
  * Makes the path free for our listen (native/unix-socket.ts): a stale socket file is removed;
  * a live server or a file that is not a socket is a CniServerStartError. `what` names the
  * server in that message.
@@ -186,6 +198,8 @@ interface ConnectionContext {
   open: Set<Socket>;
   /** Every accepted connection until it is answered or dropped: close() waits for them. */
   pending: Set<Promise<void>>;
+  /** This server's link retirer (InvocationHost.linkRetirer). */
+  linkRetirer: LinkRetirer;
 }
 
 /**
@@ -299,7 +313,7 @@ async function serveConnection(c: AcceptedConnection, ctx: ConnectionContext): P
   conn.setBusy(true);
   inFlight++;
   const key = serialisationKey(req);
-  const run = () => invoke(ctx.registry, req, c.pid, ctx.log);
+  const run = () => invoke(ctx.registry, req, c.pid, ctx.log, fastPathHost(ctx.linkRetirer));
   const started = performance.now();
   // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
   const res = await (key ? ctx.serialiser.run(key, run) : run()).finally(() => inFlight--);
@@ -400,6 +414,7 @@ async function invoke(
   req: InvocationRequest,
   callerPid: number,
   serverLog: (line: string) => void,
+  host: InvocationHost,
 ): Promise<InvocationResponse> {
   const stderr: string[] = [];
   const loading = registry.get(req.type);
@@ -430,7 +445,7 @@ async function invoke(
   let outcome: InvocationOutcome;
   try {
     const env = callerEnv(req.env, callerPid);
-    outcome = await handleInvocation(plugin, env, stdin, { log: (l) => logger.write(l) });
+    outcome = await handleInvocation(plugin, env, stdin, { log: (l) => logger.write(l), host });
     // A result names the sandbox as the runtime gave it, not as this process opened it.
     if (env !== req.env) outcome = { ...outcome, stdout: sameSandbox(outcome.stdout, env.CNI_NETNS!, req.env.CNI_NETNS!) };
   } catch (e) {

@@ -125,6 +125,12 @@ function setBounds(set: RangeSet, i: number): { lo: bigint; hi: bigint; gateway:
 export interface OpenOptions {
   /** How long a writer waits for another process's transaction, in ms (default 30 s). */
   busyTimeoutMs?: number;
+  /**
+   * Commits do not wait for the disk: each fsyncs the log afterwards, on the thread pool (see
+   * grouped). For a resident process whose callers await Request.pendingSync before answering
+   * (InvocationHost.deferSyncs); short-lived plugins keep synchronous=FULL (the default).
+   */
+  deferSyncs?: boolean;
 }
 
 let binding: object | null | undefined;
@@ -186,7 +192,7 @@ export class LeaseStore {
   private constructor(
     readonly path: string,
     private readonly db: Database.Database,
-    /** Commits skip their fsync; grouped()/gc() sync the WAL themselves (deferSyncs). */
+    /** Commits skip their fsync; grouped()/gc() sync the WAL themselves (OpenOptions.deferSyncs). */
     private readonly deferred = false,
   ) {
     // Prepared on first use: a plugin process runs a few of them, once.
@@ -230,14 +236,14 @@ export class LeaseStore {
     try {
       return retryWhileBusy(() => {
         makeDirectory(dataDir);
-        return LeaseStore.openOnce(path, timeoutMs);
+        return LeaseStore.openOnce(path, timeoutMs, opts.deferSyncs ?? false);
       }, timeoutMs);
     } catch (e) {
       throw new CniError(ErrorCode.IoFailure, `cannot open lease database ${path}: ${(e as Error).message}`);
     }
   }
 
-  private static openOnce(path: string, timeoutMs: number): LeaseStore {
+  private static openOnce(path: string, timeoutMs: number, deferSyncs: boolean): LeaseStore {
     let db: Database.Database | undefined;
     try {
       // The busy timeout is set as the connection opens: switching to WAL and creating the
@@ -248,7 +254,7 @@ export class LeaseStore {
       db.pragma("journal_mode = WAL");
       // Deferred mode (the agent): a commit only writes the WAL; grouped() fsyncs it on the
       // thread pool while the caller goes on, and gc() fsyncs it before returning.
-      db.pragma(`synchronous = ${LeaseStore.deferSync ? "NORMAL" : "FULL"}`);
+      db.pragma(`synchronous = ${deferSyncs ? "NORMAL" : "FULL"}`);
       truncateLongWal(db, path, timeoutMs);
       const init = db.transaction(() => {
         const version = db!.pragma("user_version", { simple: true }) as number;
@@ -259,7 +265,7 @@ export class LeaseStore {
       });
       // Cheap read first: only the very first opener pays for a write transaction.
       if ((db.pragma("user_version", { simple: true }) as number) !== SCHEMA_VERSION) init.immediate();
-      return new LeaseStore(path, db, LeaseStore.deferSync);
+      return new LeaseStore(path, db, deferSyncs);
     } catch (e) {
       db?.close();
       throw e;
@@ -276,17 +282,6 @@ export class LeaseStore {
     this.db.close();
     this.closed = true;
     if (this.syncing === 0) this.closeWal();
-  }
-
-  private static deferSync = false;
-
-  /**
-   * Stores opened from now on commit without waiting for the disk and fsync their WAL
-   * afterwards, on the thread pool (see grouped). For a resident process whose callers await
-   * Request.pendingSync before answering; short-lived plugins keep synchronous=FULL.
-   */
-  static deferSyncs(on: boolean): void {
-    LeaseStore.deferSync = on;
   }
 
   private pending: {

@@ -2,10 +2,10 @@
 // half-done ADD, and the container netns handling that DEL must survive without.
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import type { Link } from "../../native/netlink/link.ts";
-import { Rtnl } from "../../native/netlink/socket.ts";
+import { type NetlinkScheduling, Rtnl } from "../../native/netlink/socket.ts";
 import { Netns, NetnsError } from "../../native/netns.ts";
 import { randomBytes, shortHash } from "../digest.ts";
-import { type Attachment, CniError, ErrorCode, type Request } from "../protocol/types.ts";
+import { type Attachment, CniError, ErrorCode, type LinkRetirer, type Request } from "../protocol/types.ts";
 
 const hex = shortHash;
 
@@ -103,9 +103,15 @@ export function openNetnsIfPresent(req: Request): Netns | null {
   }
 }
 
-/** Runs fn with an rtnetlink socket in ns; closes both. */
-export async function withRtnl<T>(ns: Netns | undefined, fn: (nl: Rtnl) => T | Promise<T>): Promise<T> {
-  const nl = Rtnl.open(ns);
+/** Runs fn with an rtnetlink socket in ns, scheduled as `scheduling` says (the invocation's req.host); closes both. */
+export function withRtnl<T>(ns: Netns | undefined, fn: (nl: Rtnl) => T | Promise<T>): Promise<T>;
+export function withRtnl<T>(ns: Netns | undefined, scheduling: NetlinkScheduling, fn: (nl: Rtnl) => T | Promise<T>): Promise<T>;
+export async function withRtnl<T>(
+  ns: Netns | undefined,
+  ...args: [(nl: Rtnl) => T | Promise<T>] | [NetlinkScheduling, (nl: Rtnl) => T | Promise<T>]
+): Promise<T> {
+  const [scheduling, fn] = args.length === 1 ? [undefined, args[0]] : args;
+  const nl = Rtnl.open(ns, scheduling);
   try {
     return await fn(nl);
   } finally {
@@ -114,20 +120,10 @@ export async function withRtnl<T>(ns: Netns | undefined, fn: (nl: Rtnl) => T | P
 }
 
 /**
- * How a DEL takes a host-side link away. A short-lived plugin deletes it and waits (~20 ms:
- * the kernel's RCU barrier per delete). A resident process (the agent's fast path) installs
- * a retirer that takes the link out of service at once — down, off the bridge, renamed so
- * the next ADD for the attachment can reuse the name — and deletes it in the background.
+ * Removes a host-side link, or retires it through `retirer` (the invocation's host's, see
+ * LinkRetirer); false when it was not there.
  */
-export type LinkRetirer = (nl: Rtnl, name: string) => Promise<boolean>;
-let retirer: LinkRetirer | null = null;
-
-export function setLinkRetirer(r: LinkRetirer | null): void {
-  retirer = r;
-}
-
-/** Removes (or retires) a host-side link; false when it was not there. */
-export function retireLinkIfPresent(nl: Rtnl, name: string): Promise<boolean> {
+export function retireLinkIfPresent(nl: Rtnl, name: string, retirer?: LinkRetirer): Promise<boolean> {
   return retirer ? retirer(nl, name) : deleteLinkIfPresent(nl, name);
 }
 
@@ -192,7 +188,7 @@ export async function deleteRetiredLinks(nl: Rtnl, match: (oldName: string) => b
 /**
  * Takes a link out of service for a deferred delete: down (and off its bridge with `detach`),
  * then renamed to `bz<hex>` so its own name is free for the next ADD at once. One batch, on the
- * thread pool unless Rtnl.shortRequestsInline(): a busy agent's thread does not wait while the
+ * thread pool unless its socket says inline: a busy agent's thread does not wait while the
  * kernel takes a bridge port down. (A link must be down before it can be renamed, hence two
  * messages.)
  */
@@ -344,10 +340,10 @@ export async function gcHostLinks(prefix: "bv" | "bp", network: string, valid: A
  */
 export async function removePair(req: Request, ns: Netns | null, hostNl: Rtnl, host: string): Promise<string[]> {
   let addresses: string[] = [];
-  const podNl = ns ? Rtnl.open(ns) : null;
+  const podNl = ns ? Rtnl.open(ns, req.host) : null;
   try {
     if (podNl) addresses = await interfaceAddresses(req, podNl);
-    const removed = await retireLinkIfPresent(hostNl, host);
+    const removed = await retireLinkIfPresent(hostNl, host, req.host.linkRetirer);
     // Not there by its name: it may have been retired by a process that died before deleting it.
     if (!removed) await deleteRetiredLinks(hostNl, (was) => was === host);
     if (podNl) {

@@ -24,7 +24,7 @@ export interface SandboxLink {
 
 /**
  * Adds addresses, brings the link up and installs the routes, in that order, as one netlink
- * batch (one round trip; on the thread pool unless Rtnl.shortRequestsInline(), so a busy
+ * batch (one round trip; on the thread pool unless its socket says inline, so a busy
  * agent's thread goes on serving while concurrent ADDs hold the kernel's rtnl lock). The link
  * is `known` (just created) or read first; it is returned for the result: its MAC and MTU.
  */

@@ -8,12 +8,23 @@ import { type CniEnv, parseCommand, parseEnv } from "./env.ts";
 import { appendToLogFile } from "./files.ts";
 import { convertResult } from "./result.ts";
 import { sleepSync } from "./sleep.ts";
-import { awaitDurable, CniError, type Command, ErrorCode, type Plugin, type Request } from "./types.ts";
+import {
+  awaitDurable,
+  CniError,
+  COLD_PATH_HOST,
+  type Command,
+  ErrorCode,
+  type InvocationHost,
+  type Plugin,
+  type Request,
+} from "./types.ts";
 import { type CniVersion, isSupportedVersion, NEWEST_VERSION, requireCommandInVersion, SUPPORTED_VERSIONS } from "./version.ts";
 
 export interface InvocationOptions {
   /** Where diagnostics go (one line each); never stdout. Default: dropped. */
   log?: (line: string) => void;
+  /** The process running the invocation (Request.host). Default: COLD_PATH_HOST. */
+  host?: InvocationHost;
 }
 
 export interface InvocationOutcome {
@@ -44,7 +55,7 @@ export async function handleInvocation(
     requireCommandInVersion(command, version);
     if (cniEnv.netns && !cniEnv.netnsOverride) refuseOwnNetns(cniEnv.netns);
 
-    const req = buildRequest(cniEnv, parsed.config, stdin);
+    const req = buildRequest(cniEnv, parsed.config, stdin, opts.host ?? COLD_PATH_HOST);
     switch (command) {
       case "ADD": {
         const result = await plugin.add(req);
@@ -104,7 +115,7 @@ export function versionForError(stdin: Buffer): CniVersion {
   }
 }
 
-function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer): Request {
+function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer, host: InvocationHost): Request {
   return {
     command: env.command,
     containerId: env.containerId,
@@ -116,6 +127,7 @@ function buildRequest(env: CniEnv, config: Request["config"], stdin: Buffer): Re
     stdin,
     env: env.vars,
     pendingSync: [],
+    host,
   };
 }
 
@@ -189,16 +201,43 @@ export function readStdin(limit = MAX_CONFIG_BYTES, fd = 0): Buffer {
   return Buffer.concat(chunks, total);
 }
 
-export interface MainOptions {
+/** What the process that loaded a plugin bundle offers it: boot.cjs, under the launcher's cold path. */
+export interface ProcessHost {
+  /**
+   * Hands the exit code to the launcher, which then stops waiting for this process. Called as
+   * the very last thing before the process ends; nothing may be written after it.
+   */
+  sendExitStatus?: (code: number) => void;
+}
+
+export interface MainOptions extends ProcessHost {
   /** Maximum stdin size (default 1 MiB). */
   maxStdinBytes?: number;
 }
 
 /**
+ * A plugin bundle's entry (`export const main = pluginEntry(plugin, import.meta)` in its
+ * main.ts): boot.cjs calls the returned main with its ProcessHost; run directly as the
+ * process's main module (the bundle by `node`, or the source with tsx), it runs itself.
+ */
+export function pluginEntry(plugin: Plugin, meta: ImportMeta): (host?: ProcessHost) => Promise<never> {
+  const main = (host: ProcessHost = {}) => runPluginMain(plugin, host);
+  if (isMainModule(meta)) void main();
+  return main;
+}
+
+function isMainModule(meta: ImportMeta): boolean {
+  // A bundle is CommonJS: Node ran it itself when it is require.main (boot.cjs loads it as a
+  // module of its own). The ES module source tree: its file is the script Node was given.
+  if (typeof module === "object" && typeof require === "function") return require.main === module;
+  return meta.filename !== undefined && meta.filename === process.argv[1];
+}
+
+/**
  * The `main` of a plugin executable: reads process.env and stdin, runs the invocation,
  * writes the JSON to stdout and exits (0 on success, 1 on error). Logs go to stderr, or are
- * appended to BERTH_CNI_LOG / the config's logFile when set. Call it as
- * `void runPluginMain(plugin)`: plugin bundles are CommonJS, which has no top-level await.
+ * appended to BERTH_CNI_LOG / the config's logFile when set. Called through pluginEntry;
+ * as `void runPluginMain(plugin)` elsewhere: plugin bundles are CommonJS, which has no top-level await.
  */
 export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Promise<never> {
   const env = process.env;
@@ -229,13 +268,12 @@ export async function runPluginMain(plugin: Plugin, opts: MainOptions = {}): Pro
   // 'exit' handlers have run (boot.cjs writes its code cache there), skip Node's teardown of
   // the VM and its threads when the addon is at hand: output and logs are written already
   // (synchronously), the lease store's commits are on disk, and the kernel closes the rest.
-  // Under the launcher's cold path, boot.cjs's status goes out first (its process.reallyExit
-  // hook would not run after an _exit); nothing may be written after it.
+  // Under the launcher's cold path, boot.cjs's status (opts.sendExitStatus) goes out first (its
+  // process.reallyExit hook would not run after an _exit); nothing may be written after it.
   const native = addonIfLoaded();
   if (native) {
     process.once("exit", (code) => {
-      const sendExitStatus = (globalThis as Record<symbol, unknown>)[Symbol.for("berth.sendExitStatus")];
-      if (typeof sendExitStatus === "function") sendExitStatus(code);
+      opts.sendExitStatus?.(code);
       native.exitNow(code);
     });
   }

@@ -1,7 +1,8 @@
 // The CNI contract every berth plugin is written against. Plugin logic is a plain async
 // function from a parsed Request to a Result (newest shape, 1.1.0): it never reads
-// process.env, stdin or stdout. The executable entry (cni/protocol/entry.ts) and, later, the
-// agent's fast path do the I/O and the version conversion.
+// process.env, stdin or stdout. The executable entry (cni/protocol/entry.ts) and the agent's
+// fast path (cni/fastpath/server.ts) do the I/O and the version conversion.
+import type { NetlinkScheduling, Rtnl } from "../../native/netlink/socket.ts";
 import type { Shape } from "./schema.ts";
 
 /** Spec error codes (SPEC.md "Error" section) plus libcni's extras. */
@@ -119,7 +120,41 @@ export interface Request {
    * still be undone; handleInvocation awaits the rest before it answers.
    */
   pendingSync?: Promise<void>[];
+  /** What the process running this invocation offers it: COLD_PATH_HOST, or the agent's fast path. */
+  host: InvocationHost;
 }
+
+/**
+ * How a DEL takes a host-side link away when the host offers it. A short-lived plugin deletes
+ * the link and waits (~20 ms: the kernel's RCU barrier per delete). A resident process (the
+ * agent's fast path) takes the link out of service at once — down, off the bridge, renamed so
+ * the next ADD for the attachment can reuse the name — and deletes it in the background.
+ * Resolves false when the link was not there.
+ */
+export type LinkRetirer = (nl: Rtnl, name: string) => Promise<boolean>;
+
+/**
+ * The invocation's host: what differs between a plugin process of its own (the cold path)
+ * and the agent running the plugin in-process for the launcher (the fast path). It is also the
+ * netlink scheduling of the sockets a plugin opens for the invocation (Rtnl.open(ns, req.host)).
+ */
+export interface InvocationHost extends NetlinkScheduling {
+  /**
+   * Sync mode: lease commits skip their fsync and sync the database's log on the thread pool
+   * instead, pushing that sync onto Request.pendingSync (awaited before the result is given).
+   */
+  readonly deferSyncs: boolean;
+  /**
+   * Netlink scheduling: whether short netlink requests may run on this thread now (else on the
+   * thread pool, while other invocations in the same process may hold the rtnl lock).
+   */
+  shortRequestsInline(): boolean;
+  /** Link retirement: DEL retires host links through this instead of deleting them and waiting. */
+  readonly linkRetirer?: LinkRetirer;
+}
+
+/** A plugin process of its own: fsync'd commits, short netlink requests inline, links deleted at once. */
+export const COLD_PATH_HOST: InvocationHost = Object.freeze({ deferSyncs: false, shortRequestsInline: () => true });
 
 /** Waits for the invocation's pending fsyncs (see Request.pendingSync); a failed one throws. */
 export async function awaitDurable(req: Request): Promise<void> {

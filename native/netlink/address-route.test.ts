@@ -56,12 +56,12 @@ describe("addresses", () => {
     // addrListAsync gives the same, on this thread and on the thread pool.
     const cidrs = (l: { cidr: string }[]) => l.map((x) => x.cidr).sort();
     expect(cidrs(await a.rtnl.addrListAsync({ ifindex: index }))).toEqual(cidrs(ours));
-    Rtnl.shortRequestsInline = () => false;
+    const onPool = Rtnl.open(a.ns, { shortRequestsInline: () => false });
     try {
-      expect(cidrs(await a.rtnl.addrListAsync({ ifindex: index }))).toEqual(cidrs(ours));
-      expect((await a.rtnl.addrListAsync({ ifindex: index, family: 4 })).every((x) => x.family === 4)).toBe(true);
+      expect(cidrs(await onPool.addrListAsync({ ifindex: index }))).toEqual(cidrs(ours));
+      expect((await onPool.addrListAsync({ ifindex: index, family: 4 })).every((x) => x.family === 4)).toBe(true);
     } finally {
-      Rtnl.shortRequestsInline = () => true;
+      onPool.close();
     }
 
     a.rtnl.addrDel("e0", "10.20.0.2/24");

@@ -51,8 +51,9 @@ describe("linkAdd", () => {
     expect(await a.rtnl.linkGetAsync("nope0")).toBeNull();
   });
 
-  it("linkGetAsync and a batch's runAsync run on this thread unless Rtnl.shortRequestsInline() says no (then on the pool's own socket)", async () => {
-    const rtnl = Rtnl.open(a.ns);
+  it("linkGetAsync and a batch's runAsync run on this thread unless the socket's scheduling says no (then on the pool's own socket)", async () => {
+    let inline = true;
+    const rtnl = Rtnl.open(a.ns, { shortRequestsInline: () => inline });
     const fds = () => readdirSync("/proc/self/fd").length;
     try {
       a.rtnl.linkAdd({ kind: "veth", name: "v2", peer: { name: "p2", netns: b.ns } });
@@ -63,14 +64,13 @@ describe("linkAdd", () => {
       await rtnl.batch().linkSet(index, { mtu: 1400 }).runAsync();
       expect(show("v2", a.name).mtu).toBe(1400);
       expect(fds()).toBe(before); // inline: no second socket was opened for the pool
-      Rtnl.shortRequestsInline = () => false;
+      inline = false;
       expect((await rtnl.linkGetAsync("v2"))?.index).toBe(index);
       expect(await rtnl.linkGetAsync("nope0")).toBeNull();
       await rtnl.batch().linkSet(index, { mtu: 1300 }).runAsync();
       expect(show("v2", a.name).mtu).toBe(1300);
       expect(fds()).toBe(before + 1); // the pool's socket in the same netns
     } finally {
-      Rtnl.shortRequestsInline = () => true;
       rtnl.close();
     }
   });

@@ -192,18 +192,22 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
   return e;
 }
 
-export class Rtnl {
-  /**
-   * Whether the async verbs whose kernel part is short (linkGetAsync, addrListAsync,
-   * RtnlBatch.runAsync) may run on the calling thread. Such a request takes ~0.1 ms; the hop to
-   * the thread pool and back costs more than that when nothing else is going on, as in a plugin
-   * process. A resident server that runs several invocations at once says no while it does:
-   * then another thread may hold the rtnl lock, and this thread must not wait for it. (Creating,
-   * deleting and moving links always go to the pool: their kernel part is long, or overlaps
-   * other work.)
-   */
-  static shortRequestsInline: () => boolean = () => true;
+/**
+ * Where a socket's async verbs whose kernel part is short (linkGetAsync, addrListAsync,
+ * RtnlBatch.runAsync) run, asked at each request. Such a request takes ~0.1 ms; the hop to the
+ * thread pool and back costs more than that when nothing else is going on, as in a plugin
+ * process. A resident server that runs several invocations at once says no while it does: then
+ * another thread may hold the rtnl lock, and this thread must not wait for it. (Creating,
+ * deleting and moving links always go to the pool: their kernel part is long, or overlaps other
+ * work.) Given to Rtnl.open by whoever opens the socket; by default, inline.
+ */
+export interface NetlinkScheduling {
+  shortRequestsInline(): boolean;
+}
 
+const INLINE: NetlinkScheduling = { shortRequestsInline: () => true };
+
+export class Rtnl {
   private seq = (Math.random() * 0x7fffffff) >>> 0;
   private readonly w = new MessageWriter(1024);
   private asyncFd = -1;
@@ -217,18 +221,25 @@ export class Rtnl {
     private readonly nsFd: number,
     /** Where this socket lives, for messages. */
     readonly netnsPath: string | undefined,
+    private readonly scheduling: NetlinkScheduling,
   ) {}
+
+  /** Whether a short async request runs on this thread now (see NetlinkScheduling). */
+  shortRequestsInline(): boolean {
+    return this.scheduling.shortRequestsInline();
+  }
 
   /**
    * Opens a NETLINK_ROUTE socket in `netns` (an open Netns, a path like /proc/PID/ns/net
    * or /run/netns/x, or a bare name under /run/netns), or in the current namespace.
-   * The socket stays bound to that namespace whatever the thread does later.
+   * The socket stays bound to that namespace whatever the thread does later. `scheduling`
+   * places its short async requests (default: on this thread).
    */
-  static open(netns?: Netns | string): Rtnl {
+  static open(netns?: Netns | string, scheduling: NetlinkScheduling = INLINE): Rtnl {
     const a = addon();
     if (netns === undefined) {
       try {
-        return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0), -1, undefined);
+        return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0), -1, undefined, scheduling);
       } catch (e) {
         throw toNetlinkError(e, "open netlink socket");
       }
@@ -250,7 +261,7 @@ export class Rtnl {
       }
     }
     try {
-      return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path);
+      return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path, scheduling);
     } catch (e) {
       a.close(nsFd);
       throw toNetlinkError(e, `open netlink socket in ${path}`);
@@ -477,10 +488,10 @@ export class Rtnl {
 
   /**
    * linkGet on the thread pool: this thread does not wait while other threads hold the rtnl
-   * lock. On this thread instead when Rtnl.shortRequestsInline() says so.
+   * lock. On this thread instead when the socket's scheduling says so.
    */
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
-    if (Rtnl.shortRequestsInline()) return this.linkGet(ref);
+    if (this.shortRequestsInline()) return this.linkGet(ref);
     const op = `link show ${ref}`;
     const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
     // Built inside the queued job (not transactRawAsync's prebuilt buffer): the writer is shared.
@@ -583,9 +594,9 @@ export class Rtnl {
     return this.dump(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
   }
 
-  /** addrList on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
+  /** addrList on the thread pool, or on this thread when the socket's scheduling says so. */
   async addrListAsync(filter: AddrFilter = {}): Promise<Addr[]> {
-    if (Rtnl.shortRequestsInline()) return this.addrList(filter);
+    if (this.shortRequestsInline()) return this.addrList(filter);
     return this.dumpAsync(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
   }
 
@@ -865,10 +876,10 @@ export class RtnlBatch {
     this.check(this.nl.transactRaw(Buffer.concat(this.parts), this.steps[0]!.op));
   }
 
-  /** run() on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
+  /** run() on the thread pool, or on this thread when the socket's scheduling says so. */
   async runAsync(): Promise<void> {
     if (this.parts.length === 0) return;
-    if (Rtnl.shortRequestsInline()) return this.run();
+    if (this.nl.shortRequestsInline()) return this.run();
     this.check(await this.nl.transactRawAsync(Buffer.concat(this.parts), this.steps[0]!.op));
   }
 

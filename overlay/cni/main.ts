@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../cni/protocol/entry.ts";
+import { pluginEntry } from "../../cni/protocol/entry.ts";
 import { overlayPlugin } from "./plugin.ts";
 
-void runPluginMain(overlayPlugin);
+export const main = pluginEntry(overlayPlugin, import.meta);

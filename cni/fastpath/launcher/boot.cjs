@@ -1,8 +1,10 @@
 "use strict";
 // The cold path's first JavaScript: the launcher runs `node boot.cjs <plugin bundle>` when no
-// agent answers. It runs the bundle as the main module, compiled with a V8 code cache kept
-// beside it: compiling a 200 KiB bundle, and the functions a call touches, costs a fresh Node
-// ~15 ms that the cache turns into a few.
+// agent answers. It loads the bundle, compiled with a V8 code cache kept beside it (compiling a
+// 200 KiB bundle, and the functions a call touches, costs a fresh Node ~15 ms that the cache
+// turns into a few), and calls the bundle's exported main with what this process offers it
+// (cni/protocol/entry.ts, pluginEntry). The bundle is not require.main: that is how it knows
+// not to run itself. A bundle without a main (a test's own script) just runs as it loads.
 //
 // One cache per bundle version and CNI command, `<bundle>.<COMMAND>.<ino>-<size>-<mtime>.v8cache`:
 // a cache holds the functions its run compiled (a VERSION run's would leave an ADD compiling
@@ -83,13 +85,15 @@ if (cachedData === undefined || script.cachedDataRejected) {
 // closed, the exit code is all a runtime still waits for, and tearing down Node's memory takes
 // the kernel ~3 ms more. The status goes out as the very last thing before the process ends,
 // after every 'exit' listener: from process.reallyExit (where process.exit ends), or from the
-// plugin's own last listener just before its _exit (cni/protocol/entry.ts, through the global
-// below). An uncaught error is printed by Node after the 'exit' listeners and ends the process
-// without reallyExit: then nothing is sent and the launcher waits for the process's end, as for
-// one killed by a signal. So does a plugin that ends by running out of work.
+// plugin's own last listener just before its _exit (cni/protocol/entry.ts: the bundle's main
+// gets sendStatus as host.sendExitStatus). An uncaught error is printed by Node after the 'exit'
+// listeners and ends the process without reallyExit: then nothing is sent and the launcher
+// waits for the process's end, as for one killed by a signal. So does a plugin that ends by
+// running out of work.
 const statusVar = process.env.BERTH_STATUS_FD ?? "";
 delete process.env.BERTH_STATUS_FD;
 const statusFd = /^\d+$/.test(statusVar) ? Number(statusVar) : -1;
+const host = {};
 if (statusFd > 2) {
   let fatal = false;
   process.on("uncaughtExceptionMonitor", () => {
@@ -114,7 +118,7 @@ if (statusFd > 2) {
       // the launcher is gone
     }
   };
-  globalThis[Symbol.for("berth.sendExitStatus")] = sendStatus;
+  host.sendExitStatus = sendStatus;
   const reallyExit = process.reallyExit;
   process.reallyExit = (code) => {
     sendStatus(code);
@@ -122,9 +126,9 @@ if (statusFd > 2) {
   };
 }
 
-const main = new Module(file, null);
-main.filename = file;
-main.paths = Module._nodeModulePaths(dirname(file));
-main.loaded = true;
-process.mainModule = main;
-script.runInThisContext()(main.exports, Module.createRequire(file), main, file, dirname(file));
+const bundle = new Module(file, null);
+bundle.filename = file;
+bundle.paths = Module._nodeModulePaths(dirname(file));
+bundle.loaded = true;
+script.runInThisContext()(bundle.exports, Module.createRequire(file), bundle, file, dirname(file));
+if (typeof bundle.exports.main === "function") bundle.exports.main(host);

@@ -45,18 +45,21 @@ function ownerOf(req: Request): LeaseOwner {
   return { network: req.config.name, containerId: req.containerId, ifname: req.ifname };
 }
 
-// One open handle per database file, reused by the agent's in-process calls. Reopened when the
-// file was replaced (a new inode), so a handle never points at a deleted database.
+// One open handle per database file (and sync mode), reused by the agent's in-process calls.
+// Reopened when the file was replaced (a new inode), so a handle never points at a deleted database.
 const openStores = new Map<string, { store: LeaseStore; ino: number }>();
 
-function storeFor(dataDir: string): LeaseStore {
+/** The store in `dataDir`, committing as the invocation's host says (InvocationHost.deferSyncs). */
+function storeFor(dataDir: string, req: Request): LeaseStore {
   const path = join(dataDir, DATABASE_FILE);
-  const cached = openStores.get(path);
+  const deferSyncs = req.host.deferSyncs;
+  const key = deferSyncs ? `${path}\0deferred` : path;
+  const cached = openStores.get(key);
   const ino = existsSync(path) ? statSync(path).ino : -1;
   if (cached && cached.ino === ino) return cached.store;
   cached?.store.close();
-  const store = LeaseStore.open(dataDir);
-  openStores.set(path, { store, ino: statSync(path).ino });
+  const store = LeaseStore.open(dataDir, { deferSyncs });
+  openStores.set(key, { store, ino: statSync(path).ino });
   return store;
 }
 
@@ -99,7 +102,7 @@ export const hostLocalPlugin: Plugin = {
 
   async add(req: Request): Promise<Result> {
     const config = configOf(req);
-    const store = storeFor(config.dataDir);
+    const store = storeFor(config.dataDir, req);
     const wanted = requested(req);
     const leases = await store.grouped(() => store.allocate(ownerOf(req), config.rangeSets, wanted), req.pendingSync);
     // A delegated IPAM result is trimmed: no interfaces, no ips[].interface (SPEC).
@@ -113,14 +116,14 @@ export const hostLocalPlugin: Plugin = {
     const dataDir = dataDirOf(req);
     // Nothing was ever allocated here: do not create a database just to find it empty.
     if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
-    const store = storeFor(dataDir);
+    const store = storeFor(dataDir, req);
     await store.grouped(() => store.release(ownerOf(req)), req.pendingSync);
   },
 
   async check(req: Request): Promise<void> {
     const config = configOf(req);
     const owner = ownerOf(req);
-    const leases = storeFor(config.dataDir).leasesOf(owner);
+    const leases = storeFor(config.dataDir, req).leasesOf(owner);
     const where = `container ${owner.containerId} interface ${owner.ifname} in network ${owner.network}`;
     if (leases.length === 0) throw new CniError(IpamErrorCode.CheckFailed, `no address is leased to ${where}`);
     for (const [i, set] of config.rangeSets.entries()) {
@@ -143,14 +146,14 @@ export const hostLocalPlugin: Plugin = {
     const dataDir = dataDirOf(req);
     const keep = gcAttachments(req.config);
     if (dataDir === undefined || !existsSync(join(dataDir, DATABASE_FILE))) return;
-    storeFor(dataDir).gc(req.config.name, keep);
+    storeFor(dataDir, req).gc(req.config.name, keep);
   },
 
   async status(req: Request): Promise<void> {
     const config = configOf(req);
     let store: LeaseStore;
     try {
-      store = storeFor(config.dataDir);
+      store = storeFor(config.dataDir, req);
       store.probeWritable();
     } catch (e) {
       throw new CniError(ErrorCode.PluginNotAvailable, `lease store unavailable: ${(e as Error).message}`);

@@ -1,5 +1,5 @@
 // The berth-host-local executable.
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { hostLocalPlugin } from "./host-local.ts";
 
-void runPluginMain(hostLocalPlugin);
+export const main = pluginEntry(hostLocalPlugin, import.meta);

@@ -1,5 +1,5 @@
 // The berth-static executable.
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { staticPlugin } from "./static.ts";
 
-void runPluginMain(staticPlugin);
+export const main = pluginEntry(staticPlugin, import.meta);

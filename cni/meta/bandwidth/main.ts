@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { bandwidthPlugin } from "./bandwidth.ts";
 
-void runPluginMain(bandwidthPlugin);
+export const main = pluginEntry(bandwidthPlugin, import.meta);

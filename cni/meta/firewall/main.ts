@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { firewallPlugin } from "./firewall.ts";
 
-void runPluginMain(firewallPlugin);
+export const main = pluginEntry(firewallPlugin, import.meta);

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { portmapPlugin } from "./portmap.ts";
 
-void runPluginMain(portmapPlugin);
+export const main = pluginEntry(portmapPlugin, import.meta);

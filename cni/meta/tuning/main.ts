@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { tuningPlugin } from "./tuning.ts";
 
-void runPluginMain(tuningPlugin);
+export const main = pluginEntry(tuningPlugin, import.meta);

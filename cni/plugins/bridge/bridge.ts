@@ -203,8 +203,8 @@ async function add(req: Request): Promise<Result> {
   const ns = openContainerNetns(req);
   const host = hostName(req);
   try {
-    return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, (podNl) =>
+    return await withRtnl(undefined, req.host, async (hostNl) =>
+      withRtnl(ns, req.host, (podNl) =>
         undo.guard(async () => {
           // Both lookups at once on the thread pool when the agent serves other ADDs (this thread
           // keeps serving while they hold the rtnl lock), inline when alone. Before IPAM: a
@@ -310,7 +310,7 @@ async function del(req: Request): Promise<void> {
   const released = await settle(() => ipamDel(req));
   const ns = openNetnsIfPresent(req);
   try {
-    await withRtnl(undefined, async (hostNl) => {
+    await withRtnl(undefined, req.host, async (hostNl) => {
       const addresses = await removePair(req, ns, hostNl, hostName(req));
       if (conf.ipMasq) {
         await removeAttachmentMasq(req, addresses, conf.nftTable);

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { bridgePlugin } from "./bridge.ts";
 
-void runPluginMain(bridgePlugin);
+export const main = pluginEntry(bridgePlugin, import.meta);

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { loopbackPlugin } from "./loopback.ts";
 
-void runPluginMain(loopbackPlugin);
+export const main = pluginEntry(loopbackPlugin, import.meta);

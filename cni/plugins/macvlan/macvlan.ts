@@ -62,8 +62,8 @@ async function add(req: Request): Promise<Result> {
   const undo = new Undo();
   const ns = openContainerNetns(req);
   try {
-    return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, (podNl) =>
+    return await withRtnl(undefined, req.host, async (hostNl) =>
+      withRtnl(ns, req.host, (podNl) =>
         undo.guard(async () => {
           if (podNl.linkGet(req.ifname)) {
             throw new CniError(ErrorCode.InvalidConfig, `interface ${req.ifname} already exists in ${req.netns}`);

@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { macvlanPlugin } from "./macvlan.ts";
 
-void runPluginMain(macvlanPlugin);
+export const main = pluginEntry(macvlanPlugin, import.meta);

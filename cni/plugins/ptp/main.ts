@@ -1,4 +1,4 @@
-import { runPluginMain } from "../../protocol/entry.ts";
+import { pluginEntry } from "../../protocol/entry.ts";
 import { ptpPlugin } from "./ptp.ts";
 
-void runPluginMain(ptpPlugin);
+export const main = pluginEntry(ptpPlugin, import.meta);

@@ -108,8 +108,8 @@ async function add(req: Request): Promise<Result> {
   const ns = openContainerNetns(req);
   const host = hostName(req);
   try {
-    return await withRtnl(undefined, async (hostNl) =>
-      withRtnl(ns, (podNl) =>
+    return await withRtnl(undefined, req.host, async (hostNl) =>
+      withRtnl(ns, req.host, (podNl) =>
         undo.guard(async () => {
           // Before IPAM: a repeated ADD must fail without touching the attachment that exists.
           if (await podNl.linkGetAsync(req.ifname)) {
@@ -184,7 +184,7 @@ async function del(req: Request): Promise<void> {
   const released = await settle(() => ipamDel(req));
   const ns = openNetnsIfPresent(req);
   try {
-    const addresses = await withRtnl(undefined, (hostNl) => removePair(req, ns, hostNl, hostName(req)));
+    const addresses = await withRtnl(undefined, req.host, (hostNl) => removePair(req, ns, hostNl, hostName(req)));
     if (conf.ipMasq) {
       await removeAttachmentMasq(req, addresses, conf.nftTable);
     }

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closeLeaseStores } from "../cni/ipam/host-local/host-local.ts";
 import { bridgePlugin } from "../cni/plugins/bridge/bridge.ts";
-import { handleInvocation } from "../cni/protocol/entry.ts";
+import { handleInvocation } from "../cni/protocol/invocation.ts";
 import type { Plugin, Result } from "../cni/protocol/types.ts";
 import { addNetns, delLink, delNetns, ipJson, sh, testPrefix } from "./kernel.ts";
 

@@ -2,7 +2,7 @@
 // the way its executable would be called, and reading state back from the kernel rather than
 // from the plugin (the lease database: testing/leases.ts).
 import { randomBytes } from "node:crypto";
-import { handleInvocation } from "../cni/protocol/entry.ts";
+import { handleInvocation } from "../cni/protocol/invocation.ts";
 import type { Plugin, Result } from "../cni/protocol/types.ts";
 import { ipJson } from "./kernel.ts";
 

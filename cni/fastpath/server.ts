@@ -13,8 +13,8 @@ import { type AcceptedConnection, addon } from "../../native/addon.ts";
 import type { PassedListener } from "../../native/listen-fds.ts";
 import { claimSocketPath as claimUnixSocketPath, SocketClaimError } from "../../native/unix-socket.ts";
 import { MAX_CONFIG_BYTES, tooLargeError } from "../protocol/config.ts";
-import { handleInvocation, type InvocationOutcome, versionForError } from "../protocol/entry.ts";
-import { appendToLogFile, makeDirectory } from "../protocol/files.ts";
+import { makeDirectory } from "../protocol/files.ts";
+import { json, runInvocation, versionForError } from "../protocol/invocation.ts";
 import { ErrorCode, type InvocationHost, type LinkRetirer } from "../protocol/types.ts";
 import { NEWEST_VERSION } from "../protocol/version.ts";
 import { createLinkRetirer } from "./link-retirer.ts";
@@ -405,9 +405,9 @@ export class KeyedSerialiser {
 }
 
 /**
- * One invocation, as runPluginMain would run it in its own process: oversized stdin is
- * reported before anything else (except for VERSION, which ignores stdin), log lines go to
- * BERTH_CNI_LOG, else the config's logFile, else the caller's stderr.
+ * One invocation, as runPluginMain would run it in its own process (runInvocation): its log
+ * lines carry the launcher's pid and go to the caller's stderr when no log file takes them,
+ * and to the server's log as well.
  */
 async function invoke(
   registry: PluginRegistry,
@@ -416,7 +416,6 @@ async function invoke(
   serverLog: (line: string) => void,
   host: InvocationHost,
 ): Promise<InvocationResponse> {
-  const stderr: string[] = [];
   const loading = registry.get(req.type);
   if (!loading) {
     const msg = `unknown plugin type "${req.type}": this agent serves ${registry.types().join(", ")}`;
@@ -431,27 +430,21 @@ async function invoke(
     serverLog(`cni server: ${msg}`);
     return errorResponse(versionForError(req.stdin), ErrorCode.Internal, msg);
   }
-  const logger = new InvocationLog(plugin.name, callerPid, req.env, stderr, serverLog);
-  let stdin = req.stdin;
-  if (stdin.length > MAX_CONFIG_BYTES) {
-    if (req.env.CNI_COMMAND !== "VERSION") {
-      const err = tooLargeError();
-      logger.write(`error ${err.code}: ${err.message}`);
-      return { ...errorResponse(NEWEST_VERSION, err.code, err.message), stderr: stderr.join("") };
-    }
-    stdin = Buffer.alloc(0);
-  }
-  logger.useConfig(stdin);
-  let outcome: InvocationOutcome;
-  try {
-    const env = callerEnv(req.env, callerPid);
-    outcome = await handleInvocation(plugin, env, stdin, { log: (l) => logger.write(l), host });
-    // A result names the sandbox as the runtime gave it, not as this process opened it.
-    if (env !== req.env) outcome = { ...outcome, stdout: sameSandbox(outcome.stdout, env.CNI_NETNS!, req.env.CNI_NETNS!) };
-  } catch (e) {
-    logger.write(`internal error: ${e instanceof Error ? e.stack : String(e)}`);
-    outcome = { stdout: json({ cniVersion: NEWEST_VERSION, code: ErrorCode.Internal, msg: "internal error" }), exitCode: 1 };
-  }
+  const stderr: string[] = [];
+  const env = callerEnv(req.env, callerPid);
+  let outcome = await runInvocation(plugin, req.env, {
+    pid: callerPid,
+    readStdin: () => {
+      if (req.stdin.length > MAX_CONFIG_BYTES) throw tooLargeError();
+      return req.stdin;
+    },
+    fallback: (text) => stderr.push(text),
+    tee: serverLog,
+    pluginEnv: env,
+    host,
+  });
+  // A result names the sandbox as the runtime gave it, not as this process opened it.
+  if (env !== req.env) outcome = { ...outcome, stdout: sameSandbox(outcome.stdout, env.CNI_NETNS!, req.env.CNI_NETNS!) };
   return { exitCode: outcome.exitCode, stdout: outcome.stdout, stderr: stderr.join("") };
 }
 
@@ -483,49 +476,6 @@ export function callerEnv(env: Record<string, string>, callerPid: number): Recor
 function sameSandbox(stdout: string, opened: string, given: string): string {
   const quoted = (p: string) => JSON.stringify(p);
   return stdout.split(quoted(opened)).join(quoted(given));
-}
-
-/** The cold path's log sink, with the launcher's pid: lines look the same whichever path ran. */
-class InvocationLog {
-  private file: string | undefined;
-
-  constructor(
-    private readonly name: string,
-    private readonly pid: number,
-    env: Record<string, string>,
-    private readonly stderr: string[],
-    private readonly serverLog: (line: string) => void,
-  ) {
-    this.file = env.BERTH_CNI_LOG || undefined;
-  }
-
-  write(line: string): void {
-    const text = `${new Date().toISOString()} ${this.name}[${this.pid}] ${line}\n`;
-    this.serverLog(`${this.name}[${this.pid}] ${line}`);
-    if (this.file) {
-      try {
-        appendToLogFile(this.file, text);
-        return;
-      } catch {
-        // fall back to the caller's stderr
-      }
-    }
-    this.stderr.push(text);
-  }
-
-  useConfig(stdin: Buffer): void {
-    if (this.file || stdin.length === 0 || !stdin.includes("logFile")) return;
-    try {
-      const f = (JSON.parse(stdin.toString("utf8")) as { logFile?: unknown }).logFile;
-      if (typeof f === "string" && f !== "") this.file = f;
-    } catch {
-      // bad JSON is reported by handleInvocation
-    }
-  }
-}
-
-function json(v: unknown): string {
-  return `${JSON.stringify(v)}\n`;
 }
 
 function errorResponse(cniVersion: string, code: number, msg: string): InvocationResponse {

@@ -3,8 +3,9 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { handleInvocation, readStdin } from "./entry.ts";
+import { readStdin } from "./entry.ts";
 import { type ToyCall, toyPlugin } from "./fixtures/toy-plugin.ts";
+import { handleInvocation } from "./invocation.ts";
 import { SUPPORTED_VERSIONS } from "./version.ts";
 
 const baseEnv = {

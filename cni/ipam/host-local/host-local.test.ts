@@ -8,7 +8,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, sh, testPrefix } from "../../../testing/kernel.ts";
-import { handleInvocation } from "../../protocol/entry.ts";
+import { handleInvocation } from "../../protocol/invocation.ts";
 import { DATABASE_FILE } from "../store.ts";
 import { closeLeaseStores, hostLocalPlugin } from "./host-local.ts";
 

@@ -1,7 +1,7 @@
 // berth-static through the CNI protocol (handleInvocation: env + stdin JSON in, stdout JSON out).
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addNetns, delNetns, testPrefix } from "../../../testing/kernel.ts";
-import { handleInvocation } from "../../protocol/entry.ts";
+import { handleInvocation } from "../../protocol/invocation.ts";
 import { staticPlugin } from "./static.ts";
 
 let netnsName: string;

@@ -3,7 +3,7 @@
 // CHECK behave as the spec asks.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
 import { addNetns, delNetns, ipJson, sh, testPrefix } from "../../../testing/kernel.ts";
-import { handleInvocation } from "../../protocol/entry.ts";
+import { handleInvocation } from "../../protocol/invocation.ts";
 import type { Result } from "../../protocol/types.ts";
 import { loopbackPlugin } from "./loopback.ts";
 

@@ -3,6 +3,8 @@
 // (vishvananda/netlink's shape).
 // Fast verbs are synchronous; slow ones (link delete, netns moves) have async variants
 // that run on the thread pool over a second socket, serialised by a per-socket queue.
+// Each verb's request and the reading of its reply are one Exchange, written once; sending
+// it on this thread (send) or on the thread pool (sendOnPool) is the only difference.
 import { addon, isSysError } from "../addon.ts";
 import { Netns } from "../netns.ts";
 import { type Addr, type AddrFilter, type AddrSpec, decodeAddr, encodeAddr } from "./address.ts";
@@ -129,6 +131,45 @@ const DUMP_ATTEMPTS = 5;
 
 type Encode = (w: MessageWriter) => void;
 type Decode<T> = (m: MessageView) => T | undefined;
+/** Builds one request message with the socket's writer and its next sequence number. */
+type Build = (type: number, flags: number, encode: Encode) => Buffer;
+
+/** What an Exchange's reply() returns to have its request sent again (an interrupted dump). */
+const AGAIN: unique symbol = Symbol("again");
+
+/** One request and what its reply means, whichever way it is sent (Rtnl.send, Rtnl.sendOnPool). */
+interface Exchange<T> {
+  /** Names the request in errors. */
+  readonly op: string;
+  /** The request's bytes, built right before each send (the writer is shared). */
+  message(build: Build): Buffer;
+  /** The result, or AGAIN to send the request again; throws the kernel's error. */
+  reply(reply: Buffer): T | typeof AGAIN;
+}
+
+/** A request whose reply is checked for a kernel error, then read by `parse`. */
+function requestOf<T>(type: number, flags: number, encode: Encode, op: string, parse: (reply: Buffer) => T): Exchange<T> {
+  return {
+    op,
+    message: (build) => build(type, flags, encode),
+    reply: (reply) => {
+      checkReply(reply, op);
+      return parse(reply);
+    },
+  };
+}
+
+const raw = (reply: Buffer): Buffer => reply;
+
+/** A dump (NLM_F_DUMP) whose reply messages are decoded; an interrupted one is sent again. */
+function dumpOf<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Exchange<T[]> {
+  let attempt = 0;
+  return {
+    op,
+    message: (build) => build(type, DUMP, encode),
+    reply: (reply) => (checkReply(reply, op) && ++attempt < DUMP_ATTEMPTS ? AGAIN : decodeAll(reply, type, decode)),
+  };
+}
 
 function toNetlinkError(e: unknown, op: string): unknown {
   if (e instanceof NetlinkError) return e;
@@ -190,6 +231,38 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
     return new NetlinkError(op, e.errno, undefined, `this kernel does not support a requested ${spec.kind} option`);
   }
   return e;
+}
+
+function linkGetOf(ref: LinkRef): Exchange<Link | null> {
+  const op = `link show ${ref}`;
+  return {
+    op,
+    message: (build) => build(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS)),
+    reply: (reply) => linkOrNone(reply, op),
+  };
+}
+
+function linkListOf(): Exchange<Link[]> {
+  return dumpOf(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+}
+
+function linkDelOf(ref: LinkRef): Exchange<Buffer> {
+  return requestOf(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`, raw);
+}
+
+function addrListOf(filter: AddrFilter): Exchange<Addr[]> {
+  return dumpOf(
+    RTM_GETADDR,
+    (w) => {
+      const h = w.struct(8);
+      w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
+    },
+    (m) => {
+      const a = decodeAddr(m);
+      return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
+    },
+    "addr list",
+  );
 }
 
 export class Rtnl {
@@ -274,39 +347,54 @@ export class Rtnl {
     return this.seq;
   }
 
-  private build(type: number, flags: number, encode: Encode): Buffer {
+  private readonly build: Build = (type, flags, encode) => {
     const w = this.w.begin(type, flags);
     encode(w);
     return w.finish(this.nextSeq());
-  }
+  };
 
   private ensureOpen(op: string): void {
     if (this.closed) throw new NetlinkError(op, errnoNumber("EBADF"), undefined, "netlink socket is closed");
   }
 
-  // ---------------------------------------------------------------- generic exchange
+  // ---------------------------------------------------------------- sending
 
-  /**
-   * Sends one request (set NLM_F_ACK in `flags` for anything but a get) and returns the raw
-   * reply messages. Kernel errors become NetlinkError named after `op`.
-   */
-  request(type: number, flags: number, encode: Encode, op: string): Buffer {
-    return this.guarded(op, () => {
-      const reply = addon().nlTransact(this.fd, this.build(type, flags, encode));
-      checkReply(reply, op);
-      return reply;
+  /** Sends an exchange on this thread's socket. Whatever fails becomes a NetlinkError named after its op. */
+  private send<T>(x: Exchange<T>): T {
+    try {
+      this.ensureOpen(x.op);
+      for (;;) {
+        const result = x.reply(addon().nlTransact(this.fd, x.message(this.build)));
+        if (result !== AGAIN) return result;
+      }
+    } catch (e) {
+      throw toNetlinkError(e, x.op);
+    }
+  }
+
+  /** `send` on the thread pool, over the second socket, one exchange at a time. */
+  private sendOnPool<T>(x: Exchange<T>): Promise<T> {
+    return this.enqueue(async () => {
+      try {
+        this.ensureOpen(x.op);
+        for (;;) {
+          // The addon copies the request before this returns, so the shared writer is free again.
+          const result = x.reply(await addon().nlTransactAsync(this.asyncSocket(), x.message(this.build)));
+          if (result !== AGAIN) return result;
+        }
+      } catch (e) {
+        throw toNetlinkError(e, x.op);
+      }
     });
   }
 
-  /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
-  dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
-    return this.guarded(op, () => {
-      for (let attempt = 1; ; attempt++) {
-        const reply = addon().nlTransact(this.fd, this.build(type, DUMP, encode));
-        if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
-        return decodeAll(reply, type, decode);
-      }
-    });
+  /**
+   * Where every async verb's exchange goes: the thread pool, or this thread for one whose
+   * kernel part is short when Rtnl.shortRequestsInline() allows it (the only place that asks).
+   */
+  private async sendAsync<T>(x: Exchange<T>, short: boolean): Promise<T> {
+    if (short && Rtnl.shortRequestsInline()) return this.send(x);
+    return this.sendOnPool(x);
   }
 
   private asyncSocket(): number {
@@ -316,29 +404,24 @@ export class Rtnl {
     return this.asyncFd;
   }
 
-  /** `request` on the thread pool: for verbs where the kernel sleeps (link delete, netns move). */
-  requestAsync(type: number, flags: number, encode: Encode, op: string): Promise<Buffer> {
-    return this.enqueue(() =>
-      this.guardedAsync(op, async () => {
-        // The addon copies the request before this returns, so the shared writer is free again.
-        const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, flags, encode));
-        checkReply(reply, op);
-        return reply;
-      }),
-    );
+  /** One exchange at a time on the async socket: replies are matched by reading in order. */
+  private enqueue<T>(run: () => Promise<T>): Promise<T> {
+    const p = this.asyncQueue.then(run, run);
+    this.asyncQueue = p.catch(() => undefined);
+    return p;
   }
 
-  /** `dump` on the thread pool, for very large tables (the decode still runs on this thread). */
-  dumpAsync<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Promise<T[]> {
-    return this.enqueue(() =>
-      this.guardedAsync(op, async () => {
-        for (let attempt = 1; ; attempt++) {
-          const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, DUMP, encode));
-          if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
-          return decodeAll(reply, type, decode);
-        }
-      }),
-    );
+  /**
+   * Sends one request (set NLM_F_ACK in `flags` for anything but a get) and returns the raw
+   * reply messages. Kernel errors become NetlinkError named after `op`.
+   */
+  request(type: number, flags: number, encode: Encode, op: string): Buffer {
+    return this.send(requestOf(type, flags, encode, op, raw));
+  }
+
+  /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
+  dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
+    return this.send(dumpOf(type, encode, decode, op));
   }
 
   /**
@@ -347,42 +430,10 @@ export class Rtnl {
    * kernel's rtnl lock that concurrent ADDs' link creations hold.
    */
   batch(): RtnlBatch {
-    return new RtnlBatch(this, (type, flags, encode) => Buffer.from(this.build(type, flags, encode)));
-  }
-
-  /** Sends prebuilt messages (a batch) and returns every reply, synchronously or on the thread pool. */
-  transactRaw(buf: Buffer, op: string): Buffer {
-    return this.guarded(op, () => addon().nlTransact(this.fd, buf));
-  }
-
-  transactRawAsync(buf: Buffer, op: string): Promise<Buffer> {
-    return this.enqueue(() => this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), buf)));
-  }
-
-  /** Runs `io` on an open socket; whatever it throws becomes a NetlinkError named after `op`. */
-  private guarded<T>(op: string, io: () => T): T {
-    try {
-      this.ensureOpen(op);
-      return io();
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-  }
-
-  private async guardedAsync<T>(op: string, io: () => Promise<T>): Promise<T> {
-    try {
-      this.ensureOpen(op);
-      return await io();
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-  }
-
-  /** One exchange at a time on the async socket: replies are matched by reading in order. */
-  private enqueue<T>(run: () => Promise<T>): Promise<T> {
-    const p = this.asyncQueue.then(run, run);
-    this.asyncQueue = p.catch(() => undefined);
-    return p;
+    return new RtnlBatch((type, flags, encode) => Buffer.from(this.build(type, flags, encode)), {
+      send: (x) => this.send(x),
+      sendAsync: (x) => this.sendAsync(x, true),
+    });
   }
 
   // ---------------------------------------------------------------- links
@@ -418,13 +469,7 @@ export class Rtnl {
    * MAC, ... in the same round trip), or undefined from an older kernel.
    */
   linkAdd(spec: LinkSpec): Link | undefined {
-    const op = `link add ${spec.name}`;
-    const resolve = this.resolveAll(linkRefsOf(spec), op);
-    try {
-      return linkIn(this.request(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
-    } catch (e) {
-      throw linkAddError(e, op, spec);
-    }
+    return this.send(this.linkAddOf(spec));
   }
 
   /**
@@ -433,46 +478,49 @@ export class Rtnl {
    * here first, synchronously.
    */
   async linkAddAsync(spec: LinkSpec): Promise<Link | undefined> {
+    return this.sendAsync(this.linkAddOf(spec), false);
+  }
+
+  private linkAddOf(spec: LinkSpec): Exchange<Link | undefined> {
     const op = `link add ${spec.name}`;
-    try {
-      const resolve = this.resolveAll(linkRefsOf(spec), op);
-      return linkIn(await this.requestAsync(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
-    } catch (e) {
-      throw linkAddError(e, op, spec);
-    }
+    const resolve = this.resolveAll(linkRefsOf(spec), op);
+    return {
+      op,
+      message: (build) => build(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve)),
+      reply: (reply) => {
+        try {
+          checkReply(reply, op);
+        } catch (e) {
+          throw linkAddError(e, op, spec);
+        }
+        return linkIn(reply);
+      },
+    };
   }
 
   /** Changes a link; a name is resolved by the kernel (or first, when renaming). */
   linkSet(ref: LinkRef, changes: LinkChanges): void {
-    const op = `link set ${ref}`;
-    this.request(RTM_SETLINK, ACK, this.linkSetEncoder(ref, changes, op), op);
+    this.send(this.linkSetOf(ref, changes));
   }
 
   /** linkSet on the thread pool, for moves to another netns (the kernel waits ~20 ms). */
-  linkSetAsync(ref: LinkRef, changes: LinkChanges): Promise<void> {
-    const op = `link set ${ref}`;
-    let encode: Encode;
-    try {
-      encode = this.linkSetEncoder(ref, changes, op);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    return this.requestAsync(RTM_SETLINK, ACK, encode, op).then(() => undefined);
+  async linkSetAsync(ref: LinkRef, changes: LinkChanges): Promise<void> {
+    await this.sendAsync(this.linkSetOf(ref, changes), false);
   }
 
-  private linkSetEncoder(ref: LinkRef, changes: LinkChanges, op: string): Encode {
+  private linkSetOf(ref: LinkRef, changes: LinkChanges): Exchange<Buffer> {
+    const op = `link set ${ref}`;
     // A rename carries the new name in IFLA_IFNAME, so the link must then be named by index.
     const renameByName = typeof ref === "string" && changes.name !== undefined;
     const resolve = this.resolveAll([changes.master, renameByName ? ref : undefined], op);
     const index = typeof ref === "number" ? ref : renameByName ? resolve(ref) : 0;
-    return (w) => encodeLinkSet(w, index, typeof ref === "string" ? ref : undefined, changes, resolve);
+    const encode: Encode = (w) => encodeLinkSet(w, index, typeof ref === "string" ? ref : undefined, changes, resolve);
+    return requestOf(RTM_SETLINK, ACK, encode, op, raw);
   }
 
   /** The link, or null when there is none by that name/index. */
   linkGet(ref: LinkRef): Link | null {
-    const op = `link show ${ref}`;
-    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-    return linkOrNone(this.transactRaw(this.build(RTM_GETLINK, NLM_F_REQUEST, encode), op), op);
+    return this.send(linkGetOf(ref));
   }
 
   /**
@@ -480,32 +528,25 @@ export class Rtnl {
    * lock. On this thread instead when Rtnl.shortRequestsInline() says so.
    */
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
-    if (Rtnl.shortRequestsInline()) return this.linkGet(ref);
-    const op = `link show ${ref}`;
-    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-    // Built inside the queued job (not transactRawAsync's prebuilt buffer): the writer is shared.
-    const reply = await this.enqueue(() =>
-      this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), this.build(RTM_GETLINK, NLM_F_REQUEST, encode))),
-    );
-    return linkOrNone(reply, op);
+    return this.sendAsync(linkGetOf(ref), true);
   }
 
   linkList(): Link[] {
-    return this.dump(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+    return this.send(linkListOf());
   }
 
   /** linkList with the kernel's dump on the thread pool. */
-  linkListAsync(): Promise<Link[]> {
-    return this.dumpAsync(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+  async linkListAsync(): Promise<Link[]> {
+    return this.sendAsync(linkListOf(), false);
   }
 
   /** Deletes a link (ENODEV when missing). Blocks ~20 ms in the kernel: prefer linkDelAsync. */
   linkDel(ref: LinkRef): void {
-    this.request(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`);
+    this.send(linkDelOf(ref));
   }
 
-  linkDelAsync(ref: LinkRef): Promise<void> {
-    return this.requestAsync(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`).then(() => undefined);
+  async linkDelAsync(ref: LinkRef): Promise<void> {
+    await this.sendAsync(linkDelOf(ref), false);
   }
 
   /** Per-port bridge settings (hairpin, learning, isolated) via AF_BRIDGE IFLA_PROTINFO. */
@@ -580,13 +621,12 @@ export class Rtnl {
   }
 
   addrList(filter: AddrFilter = {}): Addr[] {
-    return this.dump(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
+    return this.send(addrListOf(filter));
   }
 
   /** addrList on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
   async addrListAsync(filter: AddrFilter = {}): Promise<Addr[]> {
-    if (Rtnl.shortRequestsInline()) return this.addrList(filter);
-    return this.dumpAsync(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
+    return this.sendAsync(addrListOf(filter), true);
   }
 
   // ---------------------------------------------------------------- routes
@@ -797,20 +837,6 @@ function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
   return out;
 }
 
-function addrDumpEncoder(filter: AddrFilter): Encode {
-  return (w) => {
-    const h = w.struct(8);
-    w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
-  };
-}
-
-function addrDumpDecoder(filter: AddrFilter): Decode<Addr> {
-  return (m) => {
-    const a = decodeAddr(m);
-    return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
-  };
-}
-
 /**
  * Requests that go to the kernel as one message: each is answered (ACK or error) in order,
  * and the kernel goes on past a failed one, so run() reports the first failure that is not
@@ -821,8 +847,10 @@ export class RtnlBatch {
   private readonly steps: { op: string; ignore: readonly string[] }[] = [];
 
   constructor(
-    private readonly nl: Rtnl,
-    private readonly build: (type: number, flags: number, encode: Encode) => Buffer,
+    /** Builds a message into a buffer of its own (the parts outlive the socket's writer). */
+    private readonly build: Build,
+    /** The socket's two ways of sending: on this thread, and the async verbs' way. */
+    private readonly via: { send(x: Exchange<void>): void; sendAsync(x: Exchange<void>): Promise<void> },
   ) {}
 
   private push(type: number, flags: number, encode: Encode, op: string, ignore: readonly string[] = []): this {
@@ -862,14 +890,19 @@ export class RtnlBatch {
 
   run(): void {
     if (this.parts.length === 0) return;
-    this.check(this.nl.transactRaw(Buffer.concat(this.parts), this.steps[0]!.op));
+    this.via.send(this.exchange());
   }
 
   /** run() on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
   async runAsync(): Promise<void> {
     if (this.parts.length === 0) return;
-    if (Rtnl.shortRequestsInline()) return this.run();
-    this.check(await this.nl.transactRawAsync(Buffer.concat(this.parts), this.steps[0]!.op));
+    return this.via.sendAsync(this.exchange());
+  }
+
+  /** The whole batch as one exchange: its messages as they are now, and every step's answer. */
+  private exchange(): Exchange<void> {
+    const message = Buffer.concat(this.parts);
+    return { op: this.steps[0]!.op, message: () => message, reply: (reply) => this.check(reply) };
   }
 
   private check(reply: Buffer): void {

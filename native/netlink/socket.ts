@@ -2,40 +2,19 @@
 // links, addresses, routes, neighbours, FDB entries and traffic control (qdiscs, filters)
 // (vishvananda/netlink's shape).
 // Fast verbs are synchronous; slow ones (link delete, netns moves) have async variants
-// that run on the thread pool over a second socket, serialised by a per-socket queue.
-// Each verb's request and the reading of its reply are one Exchange, written once; sending
-// it on this thread (send) or on the thread pool (sendOnPool) is the only difference.
-import { addon, isSysError } from "../addon.ts";
-import { Netns } from "../netns.ts";
+// that run on the thread pool over a second socket (transport.ts), serialised by a per-socket
+// queue. Each verb's request and the reading of its reply are one Exchange, written once;
+// sending it on this thread or on the thread pool is the only difference.
+import type { Netns } from "../netns.ts";
 import { type Addr, type AddrFilter, type AddrSpec, decodeAddr, encodeAddr } from "./address.ts";
-import {
-  Attrs,
-  forEachMessage,
-  InvalidValueError,
-  type MessageView,
-  MessageWriter,
-  NLM_F_ACK,
-  NLM_F_ACK_TLVS,
-  NLM_F_APPEND,
-  NLM_F_CREATE,
-  NLM_F_DUMP,
-  NLM_F_DUMP_INTR,
-  NLM_F_ECHO,
-  NLM_F_EXCL,
-  NLM_F_REPLACE,
-  NLM_F_REQUEST,
-  NLMSG_DONE,
-  NLMSG_ERROR,
-  NLMSGERR_ATTR_MSG,
-  parseError,
-} from "./codec.ts";
+import { RtnlBatch } from "./batch.ts";
+import { forEachMessage, type MessageWriter, NLM_F_ECHO, NLM_F_REQUEST, NLMSG_ERROR, parseError } from "./codec.ts";
 import {
   AF_BRIDGE,
   AF_INET,
   AF_INET6,
   AF_UNSPEC,
   afOf,
-  NETLINK_ROUTE,
   RTM_DELADDR,
   RTM_DELLINK,
   RTM_DELNEIGH,
@@ -56,7 +35,7 @@ import {
   RTM_NEWTFILTER,
   RTM_SETLINK,
 } from "./constants.ts";
-import { errnoNumber, NetlinkError } from "./error.ts";
+import { NetlinkError } from "./error.ts";
 import {
   type BridgePortChanges,
   type BridgeVlan,
@@ -120,84 +99,20 @@ import {
   qdiscParentId,
   writeTcmsg,
 } from "./tc.ts";
-
-const ACK = NLM_F_REQUEST | NLM_F_ACK;
-const CREATE = ACK | NLM_F_CREATE | NLM_F_EXCL;
-const REPLACE = ACK | NLM_F_CREATE | NLM_F_REPLACE;
-const APPEND = ACK | NLM_F_CREATE | NLM_F_APPEND;
-const DUMP = NLM_F_REQUEST | NLM_F_DUMP;
-/** Dumps interrupted by concurrent changes (NLM_F_DUMP_INTR) are retried this often. */
-const DUMP_ATTEMPTS = 5;
-
-type Encode = (w: MessageWriter) => void;
-type Decode<T> = (m: MessageView) => T | undefined;
-/** Builds one request message with the socket's writer and its next sequence number. */
-type Build = (type: number, flags: number, encode: Encode) => Buffer;
-
-/** What an Exchange's reply() returns to have its request sent again (an interrupted dump). */
-const AGAIN: unique symbol = Symbol("again");
-
-/** One request and what its reply means, whichever way it is sent (Rtnl.send, Rtnl.sendOnPool). */
-interface Exchange<T> {
-  /** Names the request in errors. */
-  readonly op: string;
-  /** The request's bytes, built right before each send (the writer is shared). */
-  message(build: Build): Buffer;
-  /** The result, or AGAIN to send the request again; throws the kernel's error. */
-  reply(reply: Buffer): T | typeof AGAIN;
-}
-
-/** A request whose reply is checked for a kernel error, then read by `parse`. */
-function requestOf<T>(type: number, flags: number, encode: Encode, op: string, parse: (reply: Buffer) => T): Exchange<T> {
-  return {
-    op,
-    message: (build) => build(type, flags, encode),
-    reply: (reply) => {
-      checkReply(reply, op);
-      return parse(reply);
-    },
-  };
-}
-
-const raw = (reply: Buffer): Buffer => reply;
-
-/** A dump (NLM_F_DUMP) whose reply messages are decoded; an interrupted one is sent again. */
-function dumpOf<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Exchange<T[]> {
-  let attempt = 0;
-  return {
-    op,
-    message: (build) => build(type, DUMP, encode),
-    reply: (reply) => (checkReply(reply, op) && ++attempt < DUMP_ATTEMPTS ? AGAIN : decodeAll(reply, type, decode)),
-  };
-}
-
-function toNetlinkError(e: unknown, op: string): unknown {
-  if (e instanceof NetlinkError) return e;
-  if (e instanceof InvalidValueError) return new NetlinkError(op, errnoNumber("EINVAL"), undefined, e.message);
-  if (isSysError(e)) return new NetlinkError(op, e.errno);
-  return e;
-}
-
-/** Throws the first NLMSG_ERROR (or failed NLMSG_DONE) in `reply`; returns whether a dump was interrupted. */
-function checkReply(reply: Buffer, op: string): boolean {
-  let interrupted = false;
-  forEachMessage(reply, (m) => {
-    if (m.flags & NLM_F_DUMP_INTR) interrupted = true;
-    if (m.type === NLMSG_ERROR) {
-      const ack = parseError(m);
-      if (ack.errno !== 0) throw new NetlinkError(op, ack.errno, ack.kernelMessage);
-    } else if (m.type === NLMSG_DONE && m.end - m.payload >= 4) {
-      const err = -m.buf.readInt32LE(m.payload);
-      if (err > 0) {
-        // A failed dump reports its error (and extack TLVs) in NLMSG_DONE.
-        const tlvStart = m.payload + 4;
-        const msg = m.flags & NLM_F_ACK_TLVS ? new Attrs(m.buf, tlvStart, m.end).string(NLMSGERR_ATTR_MSG) : undefined;
-        throw new NetlinkError(op, err, msg);
-      }
-    }
-  });
-  return interrupted;
-}
+import {
+  ACK,
+  APPEND,
+  CREATE,
+  checkReply,
+  type Decode,
+  dumpOf,
+  type Encode,
+  type Exchange,
+  REPLACE,
+  RtnlSocket,
+  raw,
+  requestOf,
+} from "./transport.ts";
 
 /** The link in a reply: a lookup's answer, or what a NLM_F_ECHO creation sent back. */
 function linkIn(reply: Buffer): Link | undefined {
@@ -277,20 +192,17 @@ export class Rtnl {
    */
   static shortRequestsInline: () => boolean = () => true;
 
-  private seq = (Math.random() * 0x7fffffff) >>> 0;
-  private readonly w = new MessageWriter(1024);
-  private asyncFd = -1;
-  private asyncQueue: Promise<unknown> = Promise.resolve();
-  private closed = false;
+  private constructor(private readonly socket: RtnlSocket) {}
 
-  private constructor(
-    /** The synchronous socket. */
-    readonly fd: number,
-    /** Our own fd on the target netns (-1: the namespace current at open time). */
-    private readonly nsFd: number,
-    /** Where this socket lives, for messages. */
-    readonly netnsPath: string | undefined,
-  ) {}
+  /** The synchronous socket. */
+  get fd(): number {
+    return this.socket.fd;
+  }
+
+  /** Where this socket lives, for messages. */
+  get netnsPath(): string | undefined {
+    return this.socket.netnsPath;
+  }
 
   /**
    * Opens a NETLINK_ROUTE socket in `netns` (an open Netns, a path like /proc/PID/ns/net
@@ -298,117 +210,23 @@ export class Rtnl {
    * The socket stays bound to that namespace whatever the thread does later.
    */
   static open(netns?: Netns | string): Rtnl {
-    const a = addon();
-    if (netns === undefined) {
-      try {
-        return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0), -1, undefined);
-      } catch (e) {
-        throw toNetlinkError(e, "open netlink socket");
-      }
-    }
-    // Keep our own handle on the namespace: async verbs open a second socket there later,
-    // and the caller may close its Netns as soon as this returns.
-    let nsFd: number;
-    let path: string;
-    if (typeof netns === "string") {
-      const ns = Netns.open(netns); // NetnsError: "network namespace /run/netns/x does not exist"
-      nsFd = ns.fd;
-      path = ns.path;
-    } else {
-      path = netns.path;
-      try {
-        nsFd = a.netnsOpen(`/proc/self/fd/${netns.fd}`);
-      } catch (e) {
-        throw toNetlinkError(e, `open netlink socket in ${path}`);
-      }
-    }
-    try {
-      return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path);
-    } catch (e) {
-      a.close(nsFd);
-      throw toNetlinkError(e, `open netlink socket in ${path}`);
-    }
+    return new Rtnl(RtnlSocket.open(netns));
   }
 
   /** Closes the socket(s). An async request in flight finishes; queued ones are refused (EBADF). */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    const a = addon();
-    a.close(this.fd);
-    void this.asyncQueue.finally(() => {
-      if (this.asyncFd >= 0) a.close(this.asyncFd);
-      if (this.nsFd >= 0) a.close(this.nsFd);
-    });
-  }
-
-  private nextSeq(): number {
-    this.seq = (this.seq + 1) >>> 0 || 1;
-    return this.seq;
-  }
-
-  private readonly build: Build = (type, flags, encode) => {
-    const w = this.w.begin(type, flags);
-    encode(w);
-    return w.finish(this.nextSeq());
-  };
-
-  private ensureOpen(op: string): void {
-    if (this.closed) throw new NetlinkError(op, errnoNumber("EBADF"), undefined, "netlink socket is closed");
+    this.socket.close();
   }
 
   // ---------------------------------------------------------------- sending
-
-  /** Sends an exchange on this thread's socket. Whatever fails becomes a NetlinkError named after its op. */
-  private send<T>(x: Exchange<T>): T {
-    try {
-      this.ensureOpen(x.op);
-      for (;;) {
-        const result = x.reply(addon().nlTransact(this.fd, x.message(this.build)));
-        if (result !== AGAIN) return result;
-      }
-    } catch (e) {
-      throw toNetlinkError(e, x.op);
-    }
-  }
-
-  /** `send` on the thread pool, over the second socket, one exchange at a time. */
-  private sendOnPool<T>(x: Exchange<T>): Promise<T> {
-    return this.enqueue(async () => {
-      try {
-        this.ensureOpen(x.op);
-        for (;;) {
-          // The addon copies the request before this returns, so the shared writer is free again.
-          const result = x.reply(await addon().nlTransactAsync(this.asyncSocket(), x.message(this.build)));
-          if (result !== AGAIN) return result;
-        }
-      } catch (e) {
-        throw toNetlinkError(e, x.op);
-      }
-    });
-  }
 
   /**
    * Where every async verb's exchange goes: the thread pool, or this thread for one whose
    * kernel part is short when Rtnl.shortRequestsInline() allows it (the only place that asks).
    */
   private async sendAsync<T>(x: Exchange<T>, short: boolean): Promise<T> {
-    if (short && Rtnl.shortRequestsInline()) return this.send(x);
-    return this.sendOnPool(x);
-  }
-
-  private asyncSocket(): number {
-    if (this.asyncFd < 0) {
-      this.asyncFd = this.nsFd >= 0 ? addon().nlOpen(NETLINK_ROUTE, 0, this.nsFd) : addon().nlOpen(NETLINK_ROUTE, 0);
-    }
-    return this.asyncFd;
-  }
-
-  /** One exchange at a time on the async socket: replies are matched by reading in order. */
-  private enqueue<T>(run: () => Promise<T>): Promise<T> {
-    const p = this.asyncQueue.then(run, run);
-    this.asyncQueue = p.catch(() => undefined);
-    return p;
+    if (short && Rtnl.shortRequestsInline()) return this.socket.send(x);
+    return this.socket.sendOnPool(x);
   }
 
   /**
@@ -416,12 +234,12 @@ export class Rtnl {
    * reply messages. Kernel errors become NetlinkError named after `op`.
    */
   request(type: number, flags: number, encode: Encode, op: string): Buffer {
-    return this.send(requestOf(type, flags, encode, op, raw));
+    return this.socket.send(requestOf(type, flags, encode, op, raw));
   }
 
   /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
   dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
-    return this.send(dumpOf(type, encode, decode, op));
+    return this.socket.send(dumpOf(type, encode, decode, op));
   }
 
   /**
@@ -430,8 +248,8 @@ export class Rtnl {
    * kernel's rtnl lock that concurrent ADDs' link creations hold.
    */
   batch(): RtnlBatch {
-    return new RtnlBatch((type, flags, encode) => Buffer.from(this.build(type, flags, encode)), {
-      send: (x) => this.send(x),
+    return new RtnlBatch((type, flags, encode) => Buffer.from(this.socket.build(type, flags, encode)), {
+      send: (x) => this.socket.send(x),
       sendAsync: (x) => this.sendAsync(x, true),
     });
   }
@@ -469,7 +287,7 @@ export class Rtnl {
    * MAC, ... in the same round trip), or undefined from an older kernel.
    */
   linkAdd(spec: LinkSpec): Link | undefined {
-    return this.send(this.linkAddOf(spec));
+    return this.socket.send(this.linkAddOf(spec));
   }
 
   /**
@@ -500,7 +318,7 @@ export class Rtnl {
 
   /** Changes a link; a name is resolved by the kernel (or first, when renaming). */
   linkSet(ref: LinkRef, changes: LinkChanges): void {
-    this.send(this.linkSetOf(ref, changes));
+    this.socket.send(this.linkSetOf(ref, changes));
   }
 
   /** linkSet on the thread pool, for moves to another netns (the kernel waits ~20 ms). */
@@ -520,7 +338,7 @@ export class Rtnl {
 
   /** The link, or null when there is none by that name/index. */
   linkGet(ref: LinkRef): Link | null {
-    return this.send(linkGetOf(ref));
+    return this.socket.send(linkGetOf(ref));
   }
 
   /**
@@ -532,7 +350,7 @@ export class Rtnl {
   }
 
   linkList(): Link[] {
-    return this.send(linkListOf());
+    return this.socket.send(linkListOf());
   }
 
   /** linkList with the kernel's dump on the thread pool. */
@@ -542,7 +360,7 @@ export class Rtnl {
 
   /** Deletes a link (ENODEV when missing). Blocks ~20 ms in the kernel: prefer linkDelAsync. */
   linkDel(ref: LinkRef): void {
-    this.send(linkDelOf(ref));
+    this.socket.send(linkDelOf(ref));
   }
 
   async linkDelAsync(ref: LinkRef): Promise<void> {
@@ -621,7 +439,7 @@ export class Rtnl {
   }
 
   addrList(filter: AddrFilter = {}): Addr[] {
-    return this.send(addrListOf(filter));
+    return this.socket.send(addrListOf(filter));
   }
 
   /** addrList on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
@@ -823,103 +641,4 @@ export class Rtnl {
 function encodeLinkDump(w: MessageWriter): void {
   w.struct(IFINFOMSG_LEN);
   w.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS); // counters are large and nobody here reads them
-}
-
-function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
-  const out: T[] = [];
-  // Replies to RTM_GETx are RTM_NEWx (= GETx - 2).
-  const want = type - 2;
-  forEachMessage(reply, (m) => {
-    if (m.type !== want) return;
-    const v = decode(m);
-    if (v !== undefined) out.push(v);
-  });
-  return out;
-}
-
-/**
- * Requests that go to the kernel as one message: each is answered (ACK or error) in order,
- * and the kernel goes on past a failed one, so run() reports the first failure that is not
- * in that request's `ignore` list. Links are given by index (no lookups inside a batch).
- */
-export class RtnlBatch {
-  private readonly parts: Buffer[] = [];
-  private readonly steps: { op: string; ignore: readonly string[] }[] = [];
-
-  constructor(
-    /** Builds a message into a buffer of its own (the parts outlive the socket's writer). */
-    private readonly build: Build,
-    /** The socket's two ways of sending: on this thread, and the async verbs' way. */
-    private readonly via: { send(x: Exchange<void>): void; sendAsync(x: Exchange<void>): Promise<void> },
-  ) {}
-
-  private push(type: number, flags: number, encode: Encode, op: string, ignore: readonly string[] = []): this {
-    try {
-      this.parts.push(this.build(type, flags, encode));
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-    this.steps.push({ op, ignore });
-    return this;
-  }
-
-  get size(): number {
-    return this.steps.length;
-  }
-
-  addrAdd(index: number, addr: AddrSpec): this {
-    return this.push(RTM_NEWADDR, CREATE, (w) => encodeAddr(w, index, addr, false), `addr add ${addr.cidr} dev ${index}`);
-  }
-
-  /** Flags, MTU, MAC and the like; a master given by name is not resolved here (use its index). */
-  linkSet(index: number, changes: LinkChanges): this {
-    const op = `link set ${index}`;
-    const byIndex = (ref: LinkRef) => (typeof ref === "number" ? ref : 0);
-    return this.push(RTM_SETLINK, ACK, (w) => encodeLinkSet(w, index, undefined, changes, byIndex), op);
-  }
-
-  routeAdd(spec: RouteSpec & { dev: number }, opts: { ignore?: readonly string[] } = {}): this {
-    return this.push(
-      RTM_NEWROUTE,
-      CREATE,
-      (w) => encodeRoute(w, spec, spec.dev, false),
-      `route add ${routeTitle(spec)}`,
-      opts.ignore,
-    );
-  }
-
-  run(): void {
-    if (this.parts.length === 0) return;
-    this.via.send(this.exchange());
-  }
-
-  /** run() on the thread pool, or on this thread when Rtnl.shortRequestsInline() says so. */
-  async runAsync(): Promise<void> {
-    if (this.parts.length === 0) return;
-    return this.via.sendAsync(this.exchange());
-  }
-
-  /** The whole batch as one exchange: its messages as they are now, and every step's answer. */
-  private exchange(): Exchange<void> {
-    const message = Buffer.concat(this.parts);
-    return { op: this.steps[0]!.op, message: () => message, reply: (reply) => this.check(reply) };
-  }
-
-  private check(reply: Buffer): void {
-    const first = this.parts[0]!.readUInt32LE(8);
-    let failure: NetlinkError | undefined;
-    let failedAt = Number.POSITIVE_INFINITY;
-    forEachMessage(reply, (m) => {
-      if (m.type !== NLMSG_ERROR) return;
-      const at = (m.seq - first) >>> 0;
-      const step = this.steps[at];
-      const ack = parseError(m);
-      if (!step || ack.errno === 0 || at > failedAt) return;
-      const err = new NetlinkError(step.op, ack.errno, ack.kernelMessage);
-      if (step.ignore.includes(err.code)) return;
-      failure = err;
-      failedAt = at;
-    });
-    if (failure) throw failure;
-  }
 }

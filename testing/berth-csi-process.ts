@@ -20,7 +20,8 @@ export interface BerthCsiArgs {
   socket: string;
   dataDir: string;
   stateDir: string;
-  nodeId: string;
+  /** Else the driver's default, the host name. */
+  nodeId?: string;
   /** Run the command from the TypeScript sources (bin/cli.ts) instead of bin/berth (the bundle when built). */
   fromSources?: boolean;
   /**
@@ -49,8 +50,7 @@ export async function startBerthCsi(a: BerthCsiArgs): Promise<BerthCsiProcess> {
       a.dataDir,
       "--state-dir",
       a.stateDir,
-      "--node-id",
-      a.nodeId,
+      ...(a.nodeId === undefined ? [] : ["--node-id", a.nodeId]),
     ],
     // Readiness is read from the info-level "listening" line.
     {

@@ -1,7 +1,9 @@
 // How the agent's DEL takes a veth out of service (down, off its bridge, renamed bz<hex>) and
 // deletes it in the background, read back from the kernel.
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { deleteRetiredLinks, retiredAlias, retireLinkIfPresent, takeOutOfService } from "../../cni/plugins/attachment.ts";
+import { retireLinkIfPresent } from "../../cni/plugins/attachment.ts";
+import { retiredAlias } from "../../cni/plugins/link-names.ts";
+import { deleteRetiredLinks, takeOutOfService } from "../../cni/plugins/link-removal.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";

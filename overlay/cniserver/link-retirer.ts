@@ -3,7 +3,9 @@
 // takes the host end out of service at once — down, off its bridge, renamed to `bz<hex>` so
 // the attachment's name is free for the next ADD — and deletes it on the thread pool. The
 // address was already released by then; a down, detached veth carries no traffic.
-import { RETIRED_PREFIX, retiredAlias, setLinkRetirer, takeOutOfService } from "../../cni/plugins/attachment.ts";
+import { setLinkRetirer } from "../../cni/plugins/attachment.ts";
+import { RETIRED_PREFIX, retiredAlias } from "../../cni/plugins/link-names.ts";
+import { takeOutOfService } from "../../cni/plugins/link-removal.ts";
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 

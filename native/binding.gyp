@@ -2,7 +2,8 @@
   "targets": [
     {
       "target_name": "berth_native",
-      "sources": ["src/addon.cc", "src/netns.cc", "src/netlink.cc", "src/storage.cc", "src/unixserve.cc", "src/digest.cc"],
+      "sources": ["src/addon.cc", "src/netns.cc", "src/netlink.cc", "src/mount.cc", "src/statfs.cc", "src/loop.cc", "src/fallocate.cc",
+                  "src/clone.cc", "src/freeze.cc", "src/quota.cc", "src/unixserve.cc", "src/digest.cc"],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NODE_ADDON_API_DISABLE_DEPRECATED", "NAPI_CPP_EXCEPTIONS"],
       "cflags!": ["-fno-exceptions"],

@@ -248,3 +248,11 @@ export async function startDockerPlugin(o: {
   );
   return { child, log: () => log };
 }
+
+/** Sends `signal` to a plugin started by startDockerPlugin and waits for its exit; nothing when it is gone already. */
+export async function stopDockerPlugin(p: ChildProcess | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+  if (!p?.pid || p.exitCode !== null || p.signalCode !== null) return;
+  const exited = new Promise((r) => p.once("exit", r));
+  process.kill(p.pid, signal);
+  await exited;
+}

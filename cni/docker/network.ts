@@ -23,8 +23,11 @@ import { parseRangeSet, type RangeSet } from "../ipam/ranges.ts";
 import { LeaseStore } from "../ipam/store.ts";
 import { DEFAULT_TABLE } from "../nft/nft.ts";
 import { addPortmap, type PortmapEntry, type Protocol, removePortmap } from "../nft/portmap.ts";
-import { deleteLinkIfPresent, hostLinkName, randomMac, withRtnl } from "../plugins/attachment.ts";
 import { type BridgeConf, ensureBridge } from "../plugins/bridge/bridge.ts";
+import { withRtnl } from "../plugins/container-netns.ts";
+import { hostLinkName } from "../plugins/link-names.ts";
+import { deleteLinkIfPresent } from "../plugins/link-removal.ts";
+import { randomMac } from "../plugins/mac.ts";
 import { CniError } from "../protocol/types.ts";
 
 /** An error Docker shows to its user as it is ({"Err": message}). */

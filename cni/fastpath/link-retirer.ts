@@ -5,7 +5,8 @@
 // address was already released by then; a down, detached veth carries no traffic.
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
-import { deleteLinkIfPresent, RETIRED_PREFIX, retiredAlias, takeOutOfService } from "../plugins/attachment.ts";
+import { RETIRED_PREFIX, retiredAlias } from "../plugins/link-names.ts";
+import { deleteLinkIfPresent, takeOutOfService } from "../plugins/link-removal.ts";
 import type { LinkRetirer } from "../protocol/types.ts";
 
 export interface LinkRetirement {

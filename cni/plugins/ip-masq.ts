@@ -11,7 +11,7 @@ import {
   validAttachmentsOf,
 } from "../nft/masquerade.ts";
 import { CniError, ErrorCode, type Request, type Result } from "../protocol/types.ts";
-import type { Undo } from "./attachment.ts";
+import type { Undo } from "./undo.ts";
 
 /** Adds the attachment's elements and registers their removal with the ADD's undo stack. */
 export async function addAttachmentMasq(req: Request, addresses: string[], table: string, undo: Undo): Promise<void> {

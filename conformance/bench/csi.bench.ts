@@ -11,18 +11,18 @@
 // 3. The driver's resident memory (VmRSS) after creating 1,000 small dir volumes.
 // Without --endpoint it starts berth's driver as a child process with temp dirs, and removes
 // everything (volumes, mounts, loop devices, dirs) at the end or on SIGINT.
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { type BerthCsiProcess, startBerthCsi } from "../../testing/berth-csi-process.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { type CsiClient as Client, CsiClient, type Volume, type VolumeCapability } from "../csi/client.ts";
 import { forceUnmount, mountsUnder } from "../csi/kernel-view.ts";
 
 const MiB = 1024 * 1024;
 const ROOT = join(tmpdir(), `${testPrefix()}-csibench`);
-const REPO = new URL("../../", import.meta.url).pathname;
 
 interface Kind {
   label: string;
@@ -104,38 +104,15 @@ function percentile(samples: number[], p: number): number {
 
 const ms = (n: number) => `${n.toFixed(1)} ms`;
 
-/** Starts berth's driver in a child process so that its memory can be read from /proc. */
-async function startDriverChild(): Promise<{ endpoint: string; child: ChildProcess }> {
+/** Starts `berth csi` as a child process (its memory is read from /proc). */
+async function startDriverChild(): Promise<{ endpoint: string; driver: BerthCsiProcess }> {
   const socket = join(ROOT, "csi.sock");
-  const opts = { endpoint: `unix://${socket}`, nodeId: "bench-node", dataDir: join(ROOT, "data"), stateDir: join(ROOT, "state") };
-  mkdirSync(opts.dataDir, { recursive: true });
-  mkdirSync(opts.stateDir, { recursive: true });
-  // `berth csi` may not be wired into the CLI yet: call startCsiDriver from a two-line script.
-  const script = `
-    const { startCsiDriver } = await import(${JSON.stringify(join(REPO, "csi/server.ts"))});
-    const { default: pino } = await import("pino");
-    const d = await startCsiDriver({ ...JSON.parse(process.env.BENCH_DRIVER_OPTS), logger: pino({ level: "warn" }) });
-    process.on("SIGTERM", () => d.close().then(() => process.exit(0)));
-    process.send?.("ready");`;
-  const child = spawn(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], {
-    cwd: REPO,
-    env: { ...process.env, BENCH_DRIVER_OPTS: JSON.stringify(opts) },
-    stdio: ["ignore", "inherit", "inherit", "ipc"],
-  });
-  await new Promise<void>((resolve, reject) => {
-    child.once("message", () => resolve());
-    child.once("exit", (code) => reject(new Error(`the driver exited with ${code} before it was ready`)));
-  });
-  return { endpoint: opts.endpoint, child };
-}
-
-async function stopDriverChild(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  child.kill("SIGTERM");
-  const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
-  await exited;
-  clearTimeout(timer);
+  const dataDir = join(ROOT, "data");
+  const stateDir = join(ROOT, "state");
+  mkdirSync(dataDir, { recursive: true });
+  mkdirSync(stateDir, { recursive: true });
+  const driver = await startBerthCsi({ socket, dataDir, stateDir, nodeId: "bench-node" });
+  return { endpoint: `unix://${socket}`, driver };
 }
 
 function rssKiB(pid: number): number {
@@ -313,21 +290,21 @@ async function main(): Promise<number> {
   if (!Number.isInteger(volumeCount) || volumeCount < 0) throw new Error(`--volumes ${values.volumes} is not a whole number`);
   mkdirSync(ROOT, { recursive: true });
 
-  let child: ChildProcess | undefined;
+  let driver: BerthCsiProcess | undefined;
   let endpoint = values.endpoint;
   let pid = values.pid ? Number(values.pid) : undefined;
   if (!endpoint) {
     const started = await startDriverChild();
-    child = started.child;
+    driver = started.driver;
     endpoint = started.endpoint;
-    pid = child.pid;
+    pid = driver.child.pid;
   }
   const client = CsiClient.connect(endpoint);
   const track = new Tracker();
   const cleanup = async () => {
     await track.release(client);
     client.close();
-    if (child) await stopDriverChild(child);
+    if (driver) await driver.stop();
     for (const m of mountsUnder(ROOT)) forceUnmount(m);
     for (const loop of loopOf.values()) {
       try {
@@ -346,7 +323,7 @@ async function main(): Promise<number> {
     const nodeCaps = await client.call<{ capabilities: { rpc?: { type: string } | null }[] }>("Node", "NodeGetCapabilities", {});
     const staged = nodeCaps.capabilities.some((c) => c.rpc?.type === "STAGE_UNSTAGE_VOLUME");
     console.log(
-      `CSI benchmark against ${endpoint}${child ? " (berth, started by the bench)" : ""}, ${iterations} iterations per kind\n`,
+      `CSI benchmark against ${endpoint}${driver ? " (berth, started by the bench)" : ""}, ${iterations} iterations per kind\n`,
     );
     console.log(
       "kind               | driver up p50 / p90      | direct up p50 / p90      | ratio | driver down p50 / p90    | direct down p50 / p90    | ratio",
@@ -374,7 +351,7 @@ async function main(): Promise<number> {
       {},
     );
     if (plugin.capabilities.some((c) => c.service?.type === "GROUP_CONTROLLER_SERVICE")) {
-      const g = await benchGroupSnapshot(client, iterations, child ? join(ROOT, "data") : undefined, track);
+      const g = await benchGroupSnapshot(client, iterations, driver ? join(ROOT, "data") : undefined, track);
       await track.release(client);
       const label = `\ngroup snapshot, ${GROUP_SIZE} × 64 MiB ext4 volumes in use (${GROUP_DATA_MIB} MiB data each):`;
       const driverCol = `CreateVolumeGroupSnapshot p50 / p90 ${ms(percentile(g.driver, 50))} / ${ms(percentile(g.driver, 90))}`;

@@ -7,8 +7,8 @@ import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { startBerthCsi } from "../../testing/berth-csi-process.ts";
 import { testPrefix } from "../../testing/kernel.ts";
-import { startBerthCsi } from "./driver-process.ts";
 import { mountsUnder } from "./kernel-view.ts";
 import { runSuite, type SuiteOptions } from "./suite.ts";
 

@@ -9,8 +9,8 @@ import { execFile } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { type BerthCsiProcess, startBerthCsi } from "../../testing/berth-csi-process.ts";
 import { loopsTagged, makeScratch, mountsUnder } from "../../testing/storage.ts";
-import { type CsiDriverProcess, startBerthCsi } from "./driver-process.ts";
 
 const root = join(import.meta.dirname, "..", "..");
 const SANITY = process.env.CSI_SANITY ?? join(root, "build", "tools", "csi-sanity");
@@ -82,7 +82,7 @@ describe.skipIf(!present && !inCi)("csi-sanity (kubernetes-csi/csi-test v5.3.1) 
       const scratch = makeScratch();
       const socket = join(scratch.dir, "plugin", "csi.sock");
       mkdirSync(join(scratch.dir, "plugin"));
-      let driver: CsiDriverProcess | undefined;
+      let driver: BerthCsiProcess | undefined;
       try {
         driver = await startBerthCsi({
           socket,

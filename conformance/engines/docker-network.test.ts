@@ -16,6 +16,7 @@ import {
   missingForDockerTest,
   startDockerd,
   startDockerPlugin,
+  stopDockerPlugin,
 } from "../../testing/docker.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
@@ -44,6 +45,29 @@ async function startPlugin(): Promise<ChildProcess> {
   const plugin = await startDockerPlugin({ socket, args, onOutput: (text) => (childLog += text) });
   return plugin.child;
 }
+
+/** `docker network create` of a berth network (and berth IPAM) on the test's subnet, with `-o` options. */
+function networkCreate(name: string, ...options: string[]): string[] {
+  return [
+    "network",
+    "create",
+    "-d",
+    plugin,
+    "--ipam-driver",
+    plugin,
+    "--subnet",
+    subnet,
+    ...options.flatMap((o) => ["-o", o]),
+    name,
+  ];
+}
+
+/** `docker run -d` of a container on `network`, with `flags` before the image. */
+function runOn(name: string, network: string, flags: string[], ...command: string[]): string[] {
+  return ["run", "-d", "--name", name, "--network", network, ...flags, engine.image, ...command];
+}
+
+const SLEEP = ["sleep", "600"];
 
 async function call(endpoint: string, body: unknown): Promise<{ status: number; json: Record<string, unknown> }> {
   const r = await httpOverUnix(socket, endpoint, {
@@ -128,11 +152,7 @@ describe.skipIf(missing.length > 0)(
 
     afterAll(async () => {
       await engine?.cleanup();
-      if (child?.pid && child.exitCode === null) {
-        const exited = new Promise((r) => child!.once("exit", r));
-        process.kill(child.pid, "SIGTERM");
-        await exited;
-      }
+      await stopDockerPlugin(child);
       rmSync(socket, { force: true });
       try {
         execFileSync("nft", ["delete", "table", "inet", table], { stdio: "ignore" });
@@ -154,19 +174,7 @@ describe.skipIf(missing.length > 0)(
     });
 
     it("runs two containers on a berth network that ping each other, with addresses leased in berth's store; -p reaches a container from the host; docker network rm leaves no link, lease or nftables element", async () => {
-      await engine.docker([
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "--subnet",
-        subnet,
-        "-o",
-        `berth.bridge=${bridge}`,
-        "n1",
-      ]);
+      await engine.docker(networkCreate("n1", `berth.bridge=${bridge}`));
       const br = links().find((l) => l.ifname === bridge);
       expect(br).toBeDefined();
       expect(ipJson(["-4", "addr", "show", "dev", bridge])[0].addr_info.map((a: { local: string }) => a.local)).toEqual([
@@ -174,21 +182,17 @@ describe.skipIf(missing.length > 0)(
       ]);
 
       const port = await freePort();
-      await engine.docker(["run", "-d", "--name", `${prefix}a`, "--network", "n1", engine.image, "sleep", "600"]);
-      await engine.docker([
-        "run",
-        "-d",
-        "--name",
-        `${prefix}w`,
-        "--network",
-        "n1",
-        "-p",
-        `${port}:80`,
-        engine.image,
-        "sh",
-        "-c",
-        "echo served-by-w > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
-      ]);
+      await engine.docker(runOn(`${prefix}a`, "n1", [], ...SLEEP));
+      await engine.docker(
+        runOn(
+          `${prefix}w`,
+          "n1",
+          ["-p", `${port}:80`],
+          "sh",
+          "-c",
+          "echo served-by-w > /tmp/index.html; exec httpd -f -p 80 -h /tmp",
+        ),
+      );
       const a = await ipOf(`${prefix}a`);
       const w = await ipOf(`${prefix}w`);
       expect(a).toMatch(new RegExp(`^10\\.197\\.${third}\\.\\d+$`));
@@ -237,48 +241,12 @@ describe.skipIf(missing.length > 0)(
     });
 
     it("a host port already published makes the next container fail with the reason, and its address, veth and elements are released", async () => {
-      await engine.docker([
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "--subnet",
-        subnet,
-        "-o",
-        `berth.bridge=${bridge}`,
-        "n3",
-      ]);
+      await engine.docker(networkCreate("n3", `berth.bridge=${bridge}`));
       const port = await freePort();
-      await engine.docker([
-        "run",
-        "-d",
-        "--name",
-        `${prefix}p`,
-        "--network",
-        "n3",
-        "-p",
-        `${port}:80`,
-        engine.image,
-        "sleep",
-        "600",
-      ]);
+      await engine.docker(runOn(`${prefix}p`, "n3", ["-p", `${port}:80`], ...SLEEP));
       const first = await ipOf(`${prefix}p`);
       const elements = portmapElements();
-      const second = await engine.tryDocker([
-        "run",
-        "-d",
-        "--name",
-        `${prefix}q`,
-        "--network",
-        "n3",
-        "-p",
-        `${port}:80`,
-        engine.image,
-        "sleep",
-        "600",
-      ]);
+      const second = await engine.tryDocker(runOn(`${prefix}q`, "n3", ["-p", `${port}:80`], ...SLEEP));
       expect(second.code).not.toBe(0);
       expect(second.stderr).toContain(
         `publish ports: host port ${port}/tcp is already mapped to ${first} . 80 by another attachment`,
@@ -296,45 +264,17 @@ describe.skipIf(missing.length > 0)(
     it("cleans up at its next start what a container removed while the plugin was down held: veth pair, lease, port mapping, volume mount", {
       timeout: 240_000,
     }, async () => {
-      await engine.docker([
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "--subnet",
-        subnet,
-        "-o",
-        `berth.bridge=${bridge}`,
-        "n2",
-      ]);
+      await engine.docker(networkCreate("n2", `berth.bridge=${bridge}`));
       await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v9"]);
       const port = await freePort();
-      await engine.docker([
-        "run",
-        "-d",
-        "--name",
-        `${prefix}d`,
-        "--network",
-        "n2",
-        "-p",
-        `${port}:80`,
-        "-v",
-        "v9:/data",
-        engine.image,
-        "sleep",
-        "600",
-      ]);
+      await engine.docker(runOn(`${prefix}d`, "n2", ["-p", `${port}:80`, "-v", "v9:/data"], ...SLEEP));
       const addr = await ipOf(`${prefix}d`);
       const mountpoint = JSON.parse((await engine.docker(["volume", "inspect", "v9"])).stdout)[0].Mountpoint as string;
       expect(mountpoint).not.toBe("");
       expect(leases().map((l) => l.ip)).toEqual([addr]);
       expect(portmapElements().length).toBeGreaterThan(0);
 
-      const exited = new Promise((r) => child!.once("exit", r));
-      process.kill(child!.pid!, "SIGKILL");
-      await exited;
+      await stopDockerPlugin(child, "SIGKILL");
       // Docker retries each call to the dead plugin for a while, logs the failures and removes the container anyway.
       await engine.docker(["rm", "-f", `${prefix}d`], 200_000);
       expect(leases().map((l) => l.ip)).toEqual([addr]); // nobody released it
@@ -365,34 +305,10 @@ describe.skipIf(missing.length > 0)(
       const noSubnet = await engine.tryDocker(["network", "create", "-d", plugin, "--ipam-driver", plugin, "bad1"]);
       expect(noSubnet.code).not.toBe(0);
       expect(noSubnet.stderr).toContain("berth IPAM needs the network's subnet: docker network create --subnet CIDR");
-      const badOpt = await engine.tryDocker([
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "--subnet",
-        subnet,
-        "-o",
-        "bogus=1",
-        "bad2",
-      ]);
+      const badOpt = await engine.tryDocker(networkCreate("bad2", "bogus=1"));
       expect(badOpt.code).not.toBe(0);
       expect(badOpt.stderr).toContain('unknown network option "bogus" (known: berth.bridge, berth.mtu, berth.overlay)');
-      const badMtu = await engine.tryDocker([
-        "network",
-        "create",
-        "-d",
-        plugin,
-        "--ipam-driver",
-        plugin,
-        "--subnet",
-        subnet,
-        "-o",
-        "berth.mtu=9",
-        "bad3",
-      ]);
+      const badMtu = await engine.tryDocker(networkCreate("bad3", "berth.mtu=9"));
       expect(badMtu.stderr).toContain('option berth.mtu must be an integer 68-65535, got "9"');
       // Docker released what it asked the IPAM for when the network could not be made.
       expect(leases()).toEqual([]);

@@ -8,12 +8,14 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { startBerthCsi } from "../../testing/berth-csi-process.ts";
 import {
   DOCKER_PLUGIN_DIR,
   type DockerEngine,
   missingForDockerTest,
   startDockerd,
   startDockerPlugin,
+  stopDockerPlugin,
 } from "../../testing/docker.ts";
 import { testPrefix } from "../../testing/kernel.ts";
 import { httpOverUnix, until } from "../../testing/poll.ts";
@@ -43,11 +45,19 @@ async function startPlugin(): Promise<ChildProcess> {
   return plugin.child;
 }
 
-async function stopPlugin(p: ChildProcess | undefined, signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-  if (!p?.pid || p.exitCode !== null || p.signalCode !== null) return;
-  const exited = new Promise((r) => p.once("exit", r));
-  process.kill(p.pid, signal);
-  await exited;
+/** `docker volume create` of a berth volume with `--opt` options. */
+function volumeCreate(name: string, ...options: string[]): string[] {
+  return ["volume", "create", "-d", plugin, ...options.flatMap((o) => ["--opt", o]), name];
+}
+
+/** `docker run --rm` of a container with `volume` at /data. */
+function runWith(volume: string, ...command: string[]): string[] {
+  return ["run", "--rm", "-v", `${volume}:/data`, engine.image, ...command];
+}
+
+/** `docker run -d` of a sleeping container `<prefix><name>` with `volume` at /data. */
+function sleeperWith(name: string, volume: string): string[] {
+  return ["run", "-d", "--name", `${prefix}${name}`, "-v", `${volume}:/data`, engine.image, "sleep", "600"];
 }
 
 function call(endpoint: string, body: string, contentType = "application/vnd.docker.plugins.v1.2+json") {
@@ -85,6 +95,11 @@ function mountsUnder(dir: string): string[] {
     .split("\n")
     .map((l) => l.split(" ")[4] ?? "")
     .filter((m) => m.startsWith(`${dir}/`));
+}
+
+/** The mount points under our test dir of the volume with this id (its staging and its publications). */
+function mountsOfVolume(id: string | number | undefined): string[] {
+  return mountsUnder(base).filter((m) => m.includes(String(id)));
 }
 
 /** The loop devices backed by a file. */
@@ -137,7 +152,7 @@ describe.skipIf(missing.length > 0)(
     afterAll(async () => {
       // Containers first (Docker unmounts their volumes through the plugin), then the plugin.
       await engine?.cleanup();
-      await stopPlugin(child);
+      await stopDockerPlugin(child);
       rmSync(socket, { force: true });
       teardownKernelObjects(base);
       rmSync(base, { recursive: true, force: true });
@@ -174,7 +189,7 @@ describe.skipIf(missing.length > 0)(
     });
 
     it("creates a 64M volume that Docker inspects with its size; a container writing 100 MB gets ENOSPC; the next container reads the data", async () => {
-      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=64M", "v1"]);
+      await engine.docker(volumeCreate("v1", "size=64M"));
       const v = await inspect("v1");
       expect(v.Status.size).toBe(64 * MiB);
       expect(v.Status.kind).toBe("dir");
@@ -183,43 +198,37 @@ describe.skipIf(missing.length > 0)(
       const img = join(csiDir, "volumes", "images", `${v.Status.id}.img`);
       expect(statSync(img).size).toBe(64 * MiB);
 
-      const w = await engine.tryDocker([
-        "run",
-        "--rm",
-        "-v",
-        "v1:/data",
-        engine.image,
-        "sh",
-        "-c",
-        "dd if=/dev/zero of=/data/big bs=1M count=100; echo dd=$?; rm /data/big; echo kept > /data/hello",
-      ]);
+      const w = await engine.tryDocker(
+        runWith(
+          "v1",
+          "sh",
+          "-c",
+          "dd if=/dev/zero of=/data/big bs=1M count=100; echo dd=$?; rm /data/big; echo kept > /data/hello",
+        ),
+      );
       expect(w.stderr).toContain("No space left on device");
       expect(w.stdout).toContain("dd=1");
-      const r = await engine.docker(["run", "--rm", "-v", "v1:/data", engine.image, "cat", "/data/hello"]);
+      const r = await engine.docker(runWith("v1", "cat", "/data/hello"));
       expect(r.stdout.trim()).toBe("kept");
       // Both containers are gone: the volume is unpublished, and stays staged (loop device
       // attached, filesystem mounted) for the next container's quick start.
       const mountpoint = join(dockerDir, "mounts", String(v.Status.id));
       expect(mountsUnder(dockerDir)).not.toContain(mountpoint);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).not.toEqual([]);
+      expect(mountsOfVolume(v.Status.id)).not.toEqual([]);
       expect(loopsOf(img)).toHaveLength(1);
       expect((await inspect("v1")).Mountpoint).toBe("");
       expect((await inspect("v1")).Status.used).toBeGreaterThan(0);
       // Staged is not in use: docker volume rm succeeds and releases everything.
       await engine.docker(["volume", "rm", "v1"]);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      expect(mountsOfVolume(v.Status.id)).toEqual([]);
       await loopsGone(img);
       expect(images()).not.toContain(`${v.Status.id}.img`);
     });
 
     it("keeps a volume mounted while any container uses it, counted per container", async () => {
-      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v2"]);
+      await engine.docker(volumeCreate("v2", "size=32M"));
       // Three containers start at once: their Mounts of one volume are served one after another.
-      await Promise.all(
-        ["a", "b", "x"].map((n) =>
-          engine.docker(["run", "-d", "--name", `${prefix}${n}`, "-v", "v2:/data", engine.image, "sleep", "600"]),
-        ),
-      );
+      await Promise.all(["a", "b", "x"].map((n) => engine.docker(sleeperWith(n, "v2"))));
       expect((await inspect("v2")).Status.users).toBe(3);
       await engine.docker(["rm", "-f", `${prefix}x`]);
       const v = await inspect("v2");
@@ -235,7 +244,7 @@ describe.skipIf(missing.length > 0)(
       expect(mountsUnder(dockerDir)).not.toContain(v.Mountpoint);
       await engine.docker(["volume", "rm", "v2"]);
       expect(images()).not.toContain(`${v.Status.id}.img`);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      expect(mountsOfVolume(v.Status.id)).toEqual([]);
       await loopsGone(`${v.Status.id}.img`);
     });
 
@@ -267,8 +276,8 @@ describe.skipIf(missing.length > 0)(
     });
 
     it("refuses docker volume rm while a container uses the volume, in Docker and in the plugin", async () => {
-      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v3"]);
-      await engine.docker(["run", "-d", "--name", `${prefix}c`, "-v", "v3:/data", engine.image, "sleep", "600"]);
+      await engine.docker(volumeCreate("v3", "size=32M"));
+      await engine.docker(sleeperWith("c", "v3"));
       const rm = await engine.tryDocker(["volume", "rm", "v3"]);
       expect(rm.code).not.toBe(0);
       expect(rm.stderr).toContain("volume is in use");
@@ -283,11 +292,11 @@ describe.skipIf(missing.length > 0)(
     });
 
     it("survives kill -9 of the plugin while a container has the volume mounted; docker rm afterwards releases everything", async () => {
-      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v4"]);
-      await engine.docker(["run", "-d", "--name", `${prefix}k`, "-v", "v4:/data", engine.image, "sleep", "600"]);
+      await engine.docker(volumeCreate("v4", "size=32M"));
+      await engine.docker(sleeperWith("k", "v4"));
       await engine.docker(["exec", `${prefix}k`, "sh", "-c", "echo before > /data/f"]);
       const v = await inspect("v4");
-      await stopPlugin(child, "SIGKILL");
+      await stopDockerPlugin(child, "SIGKILL");
       expect(existsSync(socket)).toBe(true); // stale socket left behind
       expect((await engine.docker(["exec", `${prefix}k`, "cat", "/data/f"])).stdout.trim()).toBe("before");
       child = await startPlugin(); // replaces the stale socket
@@ -301,84 +310,52 @@ describe.skipIf(missing.length > 0)(
       expect((await call("/VolumeDriver.Path", JSON.stringify({ Name: "v4" }))).json).toEqual({ Mountpoint: "" });
       await engine.docker(["volume", "rm", "v4"]);
       expect(images()).not.toContain(`${v.Status.id}.img`);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      expect(mountsOfVolume(v.Status.id)).toEqual([]);
       await loopsGone(`${v.Status.id}.img`);
     });
 
     it("keeps an unused volume staged between containers and unstages it when the plugin stops", async () => {
-      await engine.docker(["volume", "create", "-d", plugin, "--opt", "size=32M", "v6"]);
+      await engine.docker(volumeCreate("v6", "size=32M"));
       const v = await inspect("v6");
       const img = `${v.Status.id}.img`;
-      await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "sh", "-c", "echo one > /data/f"]);
+      await engine.docker(runWith("v6", "sh", "-c", "echo one > /data/f"));
       expect(loopsOf(img)).toHaveLength(1);
-      const staged = mountsUnder(base).filter((m) => m.includes(String(v.Status.id)));
+      const staged = mountsOfVolume(v.Status.id);
       expect(staged).not.toEqual([]);
       // The next container finds it staged: the same loop device, the data there.
       const loop = loopsOf(img)[0];
-      const r = await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "cat", "/data/f"]);
+      const r = await engine.docker(runWith("v6", "cat", "/data/f"));
       expect(r.stdout.trim()).toBe("one");
       expect(loopsOf(img)).toEqual([loop]);
       // A plugin that stops releases the volumes no container uses.
-      await stopPlugin(child);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      await stopDockerPlugin(child);
+      expect(mountsOfVolume(v.Status.id)).toEqual([]);
       await loopsGone(img);
       child = await startPlugin();
-      const again = await engine.docker(["run", "--rm", "-v", "v6:/data", engine.image, "cat", "/data/f"]);
+      const again = await engine.docker(runWith("v6", "cat", "/data/f"));
       expect(again.stdout.trim()).toBe("one");
       await engine.docker(["volume", "rm", "v6"]);
-      expect(mountsUnder(base).filter((m) => m.includes(String(v.Status.id)))).toEqual([]);
+      expect(mountsOfVolume(v.Status.id)).toEqual([]);
       await loopsGone(img);
     });
 
     it("makes block volumes with xfs, and a volume from a snapshot cut by the CSI driver on the same state", async () => {
-      await engine.docker([
-        "volume",
-        "create",
-        "-d",
-        plugin,
-        "--opt",
-        "kind=block",
-        "--opt",
-        "fsType=xfs",
-        "--opt",
-        "size=320M",
-        "b1",
-      ]);
+      await engine.docker(volumeCreate("b1", "kind=block", "fsType=xfs", "size=320M"));
       const b = await inspect("b1");
       expect(b.Status).toMatchObject({ kind: "block", fsType: "xfs", size: 320 * MiB });
-      const w = await engine.docker([
-        "run",
-        "--rm",
-        "-v",
-        "b1:/data",
-        engine.image,
-        "sh",
-        "-c",
-        "echo snap-me > /data/f; grep -c ' /data xfs ' /proc/mounts",
-      ]);
+      const w = await engine.docker(runWith("b1", "sh", "-c", "echo snap-me > /data/f; grep -c ' /data xfs ' /proc/mounts"));
       expect(w.stdout.trim()).toBe("1");
 
       // The CSI driver serves the same volumes: a snapshot of the Docker volume, by its id.
       const csiSocket = join(base, "csi.sock");
-      const csi = spawn(
-        process.execPath,
-        [
-          "--import",
-          "tsx",
-          join(ROOT, "bin/cli.ts"),
-          "csi",
-          "--endpoint",
-          `unix://${csiSocket}`,
-          "--state-dir",
-          csiDir,
-          "--data-dir",
-          join(csiDir, "volumes"),
-        ],
-        { stdio: "ignore", cwd: ROOT },
-      );
+      const csi = await startBerthCsi({
+        socket: csiSocket,
+        stateDir: csiDir,
+        dataDir: join(csiDir, "volumes"),
+        fromSources: true,
+      });
       let snapshotId = "";
       try {
-        await until(() => existsSync(csiSocket), Boolean, "berth csi's socket", 30_000, 100);
         const client = CsiClient.connect(`unix://${csiSocket}`);
         try {
           const r = await client.call<{ snapshot?: { snapshot_id: string } }>("Controller", "CreateSnapshot", {
@@ -391,28 +368,14 @@ describe.skipIf(missing.length > 0)(
           client.close();
         }
       } finally {
-        const exited = new Promise((r) => csi.once("exit", r));
-        csi.kill("SIGTERM");
-        await exited;
+        await csi.stop();
       }
-      await engine.docker([
-        "volume",
-        "create",
-        "-d",
-        plugin,
-        "--opt",
-        "kind=block",
-        "--opt",
-        "fsType=xfs",
-        "--opt",
-        `from-snapshot=${snapshotId}`,
-        "b2",
-      ]);
+      await engine.docker(volumeCreate("b2", "kind=block", "fsType=xfs", `from-snapshot=${snapshotId}`));
       expect((await inspect("b2")).Status).toMatchObject({ kind: "block", "from-snapshot": snapshotId });
-      const r = await engine.docker(["run", "--rm", "-v", "b2:/data", engine.image, "cat", "/data/f"]);
+      const r = await engine.docker(runWith("b2", "cat", "/data/f"));
       expect(r.stdout.trim()).toBe("snap-me");
       // A snapshot of another shape is refused with the CSI driver's own words.
-      const misfit = await engine.tryDocker(["volume", "create", "-d", plugin, "--opt", `from-snapshot=${snapshotId}`, "b3"]);
+      const misfit = await engine.tryDocker(volumeCreate("b3", `from-snapshot=${snapshotId}`));
       expect(misfit.stderr).toContain(`snapshot ${snapshotId} holds a block/xfs volume, not dir/ext4`);
       await engine.docker(["volume", "rm", "b1", "b2"]);
     });
@@ -494,13 +457,14 @@ describe.skipIf(missing.length > 0)(
       ];
       for (const [endpoint, body, want] of cases) {
         const r = await call(endpoint, body);
-        expect(r.status, `${endpoint} ${body.slice(0, 60)}`).toBeGreaterThanOrEqual(400);
-        expect(Object.keys(r.json), `${endpoint} ${body.slice(0, 60)}`).toEqual(["Err"]);
-        expect(String(r.json.Err), `${endpoint} ${body.slice(0, 60)}`).toMatch(want);
+        const what = `${endpoint} ${body.slice(0, 60)}`;
+        expect(r.status, what).toBeGreaterThanOrEqual(400);
+        expect(Object.keys(r.json), what).toEqual(["Err"]);
+        expect(String(r.json.Err), what).toMatch(want);
         expect(String(r.json.Err)).not.toMatch(/\n\s+at /); // no stack trace
       }
       // Through Docker's CLI the same message reaches the user.
-      const cli = await engine.tryDocker(["volume", "create", "-d", plugin, "--opt", "size=0", "b9"]);
+      const cli = await engine.tryDocker(volumeCreate("b9", "size=0"));
       expect(cli.code).not.toBe(0);
       expect(cli.stderr).toContain('option size must be above zero, got "0"');
       expect(images().sort()).toEqual(before);

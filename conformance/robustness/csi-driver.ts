@@ -1,12 +1,13 @@
-// `berth csi` as its own process for the robustness suites: data, state and socket under one
-// temp dir named with the test prefix, reached only through its gRPC socket (the CSI suite's
-// client), its state database read (or, while it is down, written) directly, and a cleanup
-// that unmounts, detaches and removes everything under that dir with the system tools.
-import { type ChildProcess, spawn } from "node:child_process";
+// `berth csi` (started by testing/berth-csi-process.ts) as the robustness suites use it: data,
+// state and socket under one temp dir named with the test prefix, reached only through its gRPC
+// socket (the CSI suite's client), its state database read (or, while it is down, written)
+// directly, and a cleanup that unmounts, detaches and removes everything under that dir with
+// the system tools.
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
+import { type BerthCsiProcess, startBerthCsi } from "../../testing/berth-csi-process.ts";
 import { makeSharedDir, teardownKernelObjects } from "../../testing/storage.ts";
 import { CsiClient } from "../csi/client.ts";
 
@@ -23,9 +24,9 @@ export class DriverProcess {
   readonly socket: string;
   readonly dataDir: string;
   readonly stateDir: string;
-  child: ChildProcess | undefined;
   client: CsiClient | undefined;
-  stderr = "";
+  private process: BerthCsiProcess | undefined;
+  private lastLog = "";
 
   constructor(readonly prefix: string) {
     this.root = mkdtempSync(join(tmpdir(), `${prefix}-`));
@@ -36,6 +37,11 @@ export class DriverProcess {
     makeSharedDir(join(this.root, "kubelet"));
   }
 
+  /** What the driver (the running one, else the last one) wrote on stderr. */
+  get stderr(): string {
+    return this.process?.log() ?? this.lastLog;
+  }
+
   /** A path under the test's own kubelet dir. */
   path(name: string): string {
     return join(this.root, "kubelet", name);
@@ -43,38 +49,20 @@ export class DriverProcess {
 
   /** Starts the driver; resolves once the socket answers, rejects when it does not within `readyMs`. */
   async start(readyMs = 30_000): Promise<void> {
-    this.stderr = "";
-    const child = spawn(
-      process.execPath,
-      [
-        "--import",
-        "tsx",
-        join(REPO, "bin", "cli.ts"),
-        "csi",
-        "--endpoint",
-        `unix://${this.socket}`,
-        "--data-dir",
-        this.dataDir,
-        "--state-dir",
-        this.stateDir,
-        "--node-id",
-        "hostile-node",
-      ],
-      // Its own process group, so that a kill takes the tools it runs (mkfs, e2fsck) with it, as
-      // a service manager's would.
-      { cwd: REPO, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, BERTH_LOG_LEVEL: "info" }, detached: true },
-    );
-    this.child = child;
-    child.stderr?.on("data", (d: Buffer) => {
-      this.stderr += d.toString();
+    this.process = undefined;
+    this.lastLog = "";
+    this.process = await startBerthCsi({
+      socket: this.socket,
+      dataDir: this.dataDir,
+      stateDir: this.stateDir,
+      nodeId: "hostile-node",
+      fromSources: true,
+      ownProcessGroup: true,
+      readyMs,
     });
-    const exited = new Promise<never>((_, reject) =>
-      child.once("exit", (code, signal) => reject(new Error(`driver exited (${code ?? signal}): ${this.stderr}`))),
-    );
-    exited.catch(() => {});
     const client = CsiClient.connect(`unix://${this.socket}`);
     this.client = client;
-    await Promise.race([client.waitReady(readyMs), exited]);
+    await client.waitReady(readyMs);
   }
 
   call<T = unknown>(service: "Identity" | "Controller" | "Node", method: string, request: object): Promise<T> {
@@ -96,16 +84,11 @@ export class DriverProcess {
   async kill(): Promise<void> {
     this.client?.close();
     this.client = undefined;
-    const child = this.child;
-    this.child = undefined;
-    if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    const gone = new Promise((r) => child.once("exit", r));
-    try {
-      if (child.pid) process.kill(-child.pid, "SIGKILL");
-    } catch {
-      child.kill("SIGKILL");
-    }
-    await gone;
+    const proc = this.process;
+    this.process = undefined;
+    if (!proc) return;
+    await proc.kill();
+    this.lastLog = proc.log();
   }
 
   /** Rows of a state table, read-only. */

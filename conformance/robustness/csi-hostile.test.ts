@@ -41,6 +41,40 @@ async function expectCode(call: Promise<unknown>, code: string, message?: RegExp
   return e;
 }
 
+/** Creates a 16 MiB volume of `kind` for mount access with `fsType`; returns its id. */
+async function createVolume(d: DriverProcess, name: string, kind: string, fsType = ""): Promise<string> {
+  const { volume } = await d.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
+    name,
+    capacity_range: { required_bytes: 16 * MiB },
+    volume_capabilities: [mountCap(fsType)],
+    parameters: { kind },
+  });
+  return volume.volume_id;
+}
+
+function stage(d: DriverProcess, volume: string, staging: string, fsType = ""): Promise<unknown> {
+  return d.call("Node", "NodeStageVolume", {
+    volume_id: volume,
+    staging_target_path: staging,
+    volume_capability: mountCap(fsType),
+  });
+}
+
+function publish(d: DriverProcess, volume: string, staging: string, target: string): Promise<unknown> {
+  return d.call("Node", "NodePublishVolume", {
+    volume_id: volume,
+    staging_target_path: staging,
+    target_path: target,
+    volume_capability: mountCap(),
+  });
+}
+
+/** Neither a publication nor a staging at `path` in the state database. */
+function expectNotRecorded(d: DriverProcess, path: string): void {
+  expect(d.rows("publications").map((r) => r.target_path)).not.toContain(path);
+  expect(d.rows("stagings").map((r) => r.staging_path)).not.toContain(path);
+}
+
 /** The driver under test, a staged dir volume (publish cases) and an unstaged block+ext4 volume (stage cases). */
 interface Scene {
   d: DriverProcess;
@@ -52,24 +86,11 @@ interface Scene {
 async function newScene(prefix: string): Promise<Scene> {
   const d = new DriverProcess(prefix);
   await d.start();
-  const create = async (name: string, kind: string, fsType: string) =>
-    (
-      await d.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
-        name: `${prefix}-${name}`,
-        capacity_range: { required_bytes: 16 * MiB },
-        volume_capabilities: [mountCap(fsType)],
-        parameters: { kind },
-      })
-    ).volume.volume_id;
-  const dirVolume = await create("dir", "dir", "");
-  const blockVolume = await create("block", "block", "ext4");
+  const dirVolume = await createVolume(d, `${prefix}-dir`, "dir");
+  const blockVolume = await createVolume(d, `${prefix}-block`, "block", "ext4");
   const dirStaging = d.path("dir-staging");
   mkdirSync(dirStaging);
-  await d.call("Node", "NodeStageVolume", {
-    volume_id: dirVolume,
-    staging_target_path: dirStaging,
-    volume_capability: mountCap(),
-  });
+  await stage(d, dirVolume, dirStaging);
   return { d, dirVolume, dirStaging, blockVolume };
 }
 
@@ -194,44 +215,37 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
   /** After a refused call: the driver answers, and nothing about `path` is recorded or mounted. */
   const nothingLeft = async (s: Scene, path: string) => {
     expect(await s.d.alive(), "the driver still answers Probe").toBe(true);
-    expect(s.d.rows("publications").map((r) => r.target_path)).not.toContain(path);
-    expect(s.d.rows("stagings").map((r) => r.staging_path)).not.toContain(path);
+    expectNotRecorded(s.d, path);
     if (!path.includes("\u0000")) expect(mountAt(path)).toBeNull();
+  };
+
+  /** A hostile case's paths outside the test dir: removed after the case, and must not be created by it. */
+  const outsidePaths = (c: HostileCase, s: Scene) => {
+    const paths = c.outside?.(s) ?? [];
+    strays.push(...paths);
+    return {
+      notCreated() {
+        for (const p of paths) expect(existsSync(p), `${p} must not be created`).toBe(false);
+      },
+    };
   };
 
   it.each(HOSTILE)("NodePublishVolume, target $label: INVALID_ARGUMENT", async (c) => {
     const s = await ready();
     const target = c.path(s);
-    strays.push(...(c.outside?.(s) ?? []));
-    await expectCode(
-      s.d.call("Node", "NodePublishVolume", {
-        volume_id: s.dirVolume,
-        staging_target_path: s.dirStaging,
-        target_path: target,
-        volume_capability: mountCap(),
-      }),
-      "INVALID_ARGUMENT",
-      c.message,
-    );
+    const outside = outsidePaths(c, s);
+    await expectCode(publish(s.d, s.dirVolume, s.dirStaging, target), "INVALID_ARGUMENT", c.message);
     await nothingLeft(s, target);
-    for (const p of c.outside?.(s) ?? []) expect(existsSync(p), `${p} must not be created`).toBe(false);
+    outside.notCreated();
   });
 
   it.each(HOSTILE)("NodeStageVolume, staging path $label: INVALID_ARGUMENT", async (c) => {
     const s = await ready();
     const staging = c.path(s);
-    strays.push(...(c.outside?.(s) ?? []));
-    await expectCode(
-      s.d.call("Node", "NodeStageVolume", {
-        volume_id: s.blockVolume,
-        staging_target_path: staging,
-        volume_capability: mountCap("ext4"),
-      }),
-      "INVALID_ARGUMENT",
-      c.message,
-    );
+    const outside = outsidePaths(c, s);
+    await expectCode(stage(s.d, s.blockVolume, staging, "ext4"), "INVALID_ARGUMENT", c.message);
     await nothingLeft(s, staging);
-    for (const p of c.outside?.(s) ?? []) expect(existsSync(p), `${p} must not be created`).toBe(false);
+    outside.notCreated();
   });
 
   it("NodeStageVolume at a staging dir that is a symlink: INVALID_ARGUMENT", async () => {
@@ -240,15 +254,7 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
     const link = s.d.path("stage-link");
     mkdirSync(real);
     symlinkSync(real, link);
-    await expectCode(
-      s.d.call("Node", "NodeStageVolume", {
-        volume_id: s.blockVolume,
-        staging_target_path: link,
-        volume_capability: mountCap("ext4"),
-      }),
-      "INVALID_ARGUMENT",
-      /symlink/,
-    );
+    await expectCode(stage(s.d, s.blockVolume, link, "ext4"), "INVALID_ARGUMENT", /symlink/);
     await nothingLeft(s, link);
     expect(mountAt(real)).toBeNull();
   });
@@ -260,15 +266,7 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
     mkdirSync(real);
     symlinkSync(real, link);
     const staging = join(link, "stage");
-    await expectCode(
-      s.d.call("Node", "NodeStageVolume", {
-        volume_id: s.blockVolume,
-        staging_target_path: staging,
-        volume_capability: mountCap("ext4"),
-      }),
-      "INVALID_ARGUMENT",
-      /symlink/,
-    );
+    await expectCode(stage(s.d, s.blockVolume, staging, "ext4"), "INVALID_ARGUMENT", /symlink/);
     await nothingLeft(s, staging);
     expect(existsSync(join(real, "stage"))).toBe(false);
   });
@@ -282,13 +280,10 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
     mkdirSync(foreign);
     sh("mount", ["-t", "tmpfs", "-o", "size=1m", `${prefix}-foreign`, foreign]);
     const volume = method === "NodePublishVolume" ? s.dirVolume : s.blockVolume;
-    const request =
-      method === "NodePublishVolume"
-        ? { volume_id: volume, staging_target_path: s.dirStaging, target_path: foreign, volume_capability: mountCap() }
-        : { volume_id: volume, staging_target_path: foreign, volume_capability: mountCap("ext4") };
-    await expectCode(s.d.call("Node", method, request), "FAILED_PRECONDITION", /mount point/);
-    expect(s.d.rows("publications").map((r) => r.target_path)).not.toContain(foreign);
-    expect(s.d.rows("stagings").map((r) => r.staging_path)).not.toContain(foreign);
+    const call =
+      method === "NodePublishVolume" ? publish(s.d, volume, s.dirStaging, foreign) : stage(s.d, volume, foreign, "ext4");
+    await expectCode(call, "FAILED_PRECONDITION", /mount point/);
+    expectNotRecorded(s.d, foreign);
     const undo =
       method === "NodePublishVolume"
         ? s.d.call("Node", "NodeUnpublishVolume", { volume_id: volume, target_path: foreign })
@@ -301,12 +296,7 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
   it("NodeUnpublishVolume of a target that became a symlink to a foreign mount does not unmount it", async () => {
     const s = await ready();
     const target = s.d.path("swapped-target");
-    await s.d.call("Node", "NodePublishVolume", {
-      volume_id: s.dirVolume,
-      staging_target_path: s.dirStaging,
-      target_path: target,
-      volume_capability: mountCap(),
-    });
+    await publish(s.d, s.dirVolume, s.dirStaging, target);
     // The mount went away (a reboot), and the target was replaced by a symlink to someone's mount.
     sh("umount", [target]);
     rmdirSync(target);
@@ -326,11 +316,7 @@ describe("CSI driver: hostile target and staging paths", { timeout: 120_000 }, (
   it("a staging path whose missing parents are ordinary directories is created and works", async () => {
     const s = await ready();
     const staging = s.d.path("deep/er/stage");
-    await s.d.call("Node", "NodeStageVolume", {
-      volume_id: s.blockVolume,
-      staging_target_path: staging,
-      volume_capability: mountCap("ext4"),
-    });
+    await stage(s.d, s.blockVolume, staging, "ext4");
     expect(mountAt(staging)?.fstype).toBe("ext4");
     await s.d.call("Node", "NodeUnstageVolume", { volume_id: s.blockVolume, staging_target_path: staging });
     expect(mountAt(staging)).toBeNull();
@@ -351,39 +337,17 @@ describe("CSI driver: start-up with a hostile row in its state", { timeout: 120_
     const p = testPrefix();
     d = new DriverProcess(p);
     await d.start();
-    const create = async (n: string, kind: string, fsType: string) =>
-      (
-        await d!.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
-          name: `${p}-${n}`,
-          capacity_range: { required_bytes: 16 * MiB },
-          volume_capabilities: [mountCap(fsType)],
-          parameters: { kind },
-        })
-      ).volume.volume_id;
-    const published = await create("pub", "dir", "");
-    const staged = await create("stage", "block", "ext4");
-    const healthy = await create("ok", "dir", "");
+    const published = await createVolume(d, `${p}-pub`, "dir");
+    const staged = await createVolume(d, `${p}-stage`, "block", "ext4");
+    const healthy = await createVolume(d, `${p}-ok`, "dir");
     const staging = d.path("staging");
     const healthyStaging = d.path("healthy-staging");
     const healthyTarget = d.path("healthy-target");
     mkdirSync(staging);
     mkdirSync(healthyStaging);
-    await d.call("Node", "NodeStageVolume", {
-      volume_id: published,
-      staging_target_path: staging,
-      volume_capability: mountCap(),
-    });
-    await d.call("Node", "NodeStageVolume", {
-      volume_id: healthy,
-      staging_target_path: healthyStaging,
-      volume_capability: mountCap(),
-    });
-    await d.call("Node", "NodePublishVolume", {
-      volume_id: healthy,
-      staging_target_path: healthyStaging,
-      target_path: healthyTarget,
-      volume_capability: mountCap(),
-    });
+    await stage(d, published, staging);
+    await stage(d, healthy, healthyStaging);
+    await publish(d, healthy, healthyStaging, healthyTarget);
     await d.kill();
 
     // What a crash right after recording a hostile request would have left.
@@ -508,20 +472,11 @@ describe("CSI driver: start-up with a row it cannot read", { timeout: 120_000 },
     const p = testPrefix();
     d = new DriverProcess(p);
     await d.start();
-    const ids: string[] = [];
-    for (const n of ["good", "bad"]) {
-      const { volume } = await d.call<{ volume: { volume_id: string } }>("Controller", "CreateVolume", {
-        name: `${p}-${n}`,
-        capacity_range: { required_bytes: 16 * MiB },
-        volume_capabilities: [mountCap()],
-        parameters: { kind: "dir" },
-      });
-      ids.push(volume.volume_id);
-    }
-    const [good, bad] = ids as [string, string];
+    const good = await createVolume(d, `${p}-good`, "dir");
+    const bad = await createVolume(d, `${p}-bad`, "dir");
     const staging = d.path("staging");
     mkdirSync(staging);
-    await d.call("Node", "NodeStageVolume", { volume_id: good, staging_target_path: staging, volume_capability: mountCap() });
+    await stage(d, good, staging);
     await d.kill();
     d.write("UPDATE volumes SET access_types = '{not json' WHERE id = ?", bad);
 

@@ -2,38 +2,19 @@
 // links, addresses, routes, neighbours, FDB entries and traffic control (qdiscs, filters)
 // (vishvananda/netlink's shape).
 // Fast verbs are synchronous; slow ones (link delete, netns moves) have async variants
-// that run on the thread pool over a second socket, serialised by a per-socket queue.
-import { addon, isSysError } from "../addon.ts";
-import { Netns } from "../netns.ts";
+// that run on the thread pool over a second socket (transport.ts), serialised by a per-socket
+// queue. Each verb's request and the reading of its reply are one Exchange, written once;
+// sending it on this thread or on the thread pool is the only difference.
+import type { Netns } from "../netns.ts";
 import { type Addr, type AddrFilter, type AddrSpec, decodeAddr, encodeAddr } from "./address.ts";
-import {
-  Attrs,
-  forEachMessage,
-  InvalidValueError,
-  type MessageView,
-  MessageWriter,
-  NLM_F_ACK,
-  NLM_F_ACK_TLVS,
-  NLM_F_APPEND,
-  NLM_F_CREATE,
-  NLM_F_DUMP,
-  NLM_F_DUMP_INTR,
-  NLM_F_ECHO,
-  NLM_F_EXCL,
-  NLM_F_REPLACE,
-  NLM_F_REQUEST,
-  NLMSG_DONE,
-  NLMSG_ERROR,
-  NLMSGERR_ATTR_MSG,
-  parseError,
-} from "./codec.ts";
+import { RtnlBatch } from "./batch.ts";
+import { forEachMessage, type MessageWriter, NLM_F_ECHO, NLM_F_REQUEST, NLMSG_ERROR, parseError } from "./codec.ts";
 import {
   AF_BRIDGE,
   AF_INET,
   AF_INET6,
   AF_UNSPEC,
   afOf,
-  NETLINK_ROUTE,
   RTM_DELADDR,
   RTM_DELLINK,
   RTM_DELNEIGH,
@@ -54,7 +35,7 @@ import {
   RTM_NEWTFILTER,
   RTM_SETLINK,
 } from "./constants.ts";
-import { errnoNumber, NetlinkError } from "./error.ts";
+import { NetlinkError } from "./error.ts";
 import {
   type BridgePortChanges,
   type BridgeVlan,
@@ -118,45 +99,20 @@ import {
   qdiscParentId,
   writeTcmsg,
 } from "./tc.ts";
-
-const ACK = NLM_F_REQUEST | NLM_F_ACK;
-const CREATE = ACK | NLM_F_CREATE | NLM_F_EXCL;
-const REPLACE = ACK | NLM_F_CREATE | NLM_F_REPLACE;
-const APPEND = ACK | NLM_F_CREATE | NLM_F_APPEND;
-const DUMP = NLM_F_REQUEST | NLM_F_DUMP;
-/** Dumps interrupted by concurrent changes (NLM_F_DUMP_INTR) are retried this often. */
-const DUMP_ATTEMPTS = 5;
-
-type Encode = (w: MessageWriter) => void;
-type Decode<T> = (m: MessageView) => T | undefined;
-
-function toNetlinkError(e: unknown, op: string): unknown {
-  if (e instanceof NetlinkError) return e;
-  if (e instanceof InvalidValueError) return new NetlinkError(op, errnoNumber("EINVAL"), undefined, e.message);
-  if (isSysError(e)) return new NetlinkError(op, e.errno);
-  return e;
-}
-
-/** Throws the first NLMSG_ERROR (or failed NLMSG_DONE) in `reply`; returns whether a dump was interrupted. */
-function checkReply(reply: Buffer, op: string): boolean {
-  let interrupted = false;
-  forEachMessage(reply, (m) => {
-    if (m.flags & NLM_F_DUMP_INTR) interrupted = true;
-    if (m.type === NLMSG_ERROR) {
-      const ack = parseError(m);
-      if (ack.errno !== 0) throw new NetlinkError(op, ack.errno, ack.kernelMessage);
-    } else if (m.type === NLMSG_DONE && m.end - m.payload >= 4) {
-      const err = -m.buf.readInt32LE(m.payload);
-      if (err > 0) {
-        // A failed dump reports its error (and extack TLVs) in NLMSG_DONE.
-        const tlvStart = m.payload + 4;
-        const msg = m.flags & NLM_F_ACK_TLVS ? new Attrs(m.buf, tlvStart, m.end).string(NLMSGERR_ATTR_MSG) : undefined;
-        throw new NetlinkError(op, err, msg);
-      }
-    }
-  });
-  return interrupted;
-}
+import {
+  ACK,
+  APPEND,
+  CREATE,
+  checkReply,
+  type Decode,
+  dumpOf,
+  type Encode,
+  type Exchange,
+  REPLACE,
+  RtnlSocket,
+  raw,
+  requestOf,
+} from "./transport.ts";
 
 /** The link in a reply: a lookup's answer, or what a NLM_F_ECHO creation sent back. */
 function linkIn(reply: Buffer): Link | undefined {
@@ -192,6 +148,38 @@ function linkAddError(e: unknown, op: string, spec: LinkSpec): unknown {
   return e;
 }
 
+function linkGetOf(ref: LinkRef): Exchange<Link | null> {
+  const op = `link show ${ref}`;
+  return {
+    op,
+    message: (build) => build(RTM_GETLINK, NLM_F_REQUEST, (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS)),
+    reply: (reply) => linkOrNone(reply, op),
+  };
+}
+
+function linkListOf(): Exchange<Link[]> {
+  return dumpOf(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+}
+
+function linkDelOf(ref: LinkRef): Exchange<Buffer> {
+  return requestOf(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`, raw);
+}
+
+function addrListOf(filter: AddrFilter): Exchange<Addr[]> {
+  return dumpOf(
+    RTM_GETADDR,
+    (w) => {
+      const h = w.struct(8);
+      w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
+    },
+    (m) => {
+      const a = decodeAddr(m);
+      return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
+    },
+    "addr list",
+  );
+}
+
 /**
  * Where a socket's async verbs whose kernel part is short (linkGetAsync, addrListAsync,
  * RtnlBatch.runAsync) run, asked at each request. Such a request takes ~0.1 ms; the hop to the
@@ -208,25 +196,19 @@ export interface NetlinkScheduling {
 const INLINE: NetlinkScheduling = { shortRequestsInline: () => true };
 
 export class Rtnl {
-  private seq = (Math.random() * 0x7fffffff) >>> 0;
-  private readonly w = new MessageWriter(1024);
-  private asyncFd = -1;
-  private asyncQueue: Promise<unknown> = Promise.resolve();
-  private closed = false;
-
   private constructor(
-    /** The synchronous socket. */
-    readonly fd: number,
-    /** Our own fd on the target netns (-1: the namespace current at open time). */
-    private readonly nsFd: number,
-    /** Where this socket lives, for messages. */
-    readonly netnsPath: string | undefined,
+    private readonly socket: RtnlSocket,
     private readonly scheduling: NetlinkScheduling,
   ) {}
 
-  /** Whether a short async request runs on this thread now (see NetlinkScheduling). */
-  shortRequestsInline(): boolean {
-    return this.scheduling.shortRequestsInline();
+  /** The synchronous socket. */
+  get fd(): number {
+    return this.socket.fd;
+  }
+
+  /** Where this socket lives, for messages. */
+  get netnsPath(): string | undefined {
+    return this.socket.netnsPath;
   }
 
   /**
@@ -236,120 +218,36 @@ export class Rtnl {
    * places its short async requests (default: on this thread).
    */
   static open(netns?: Netns | string, scheduling: NetlinkScheduling = INLINE): Rtnl {
-    const a = addon();
-    if (netns === undefined) {
-      try {
-        return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0), -1, undefined, scheduling);
-      } catch (e) {
-        throw toNetlinkError(e, "open netlink socket");
-      }
-    }
-    // Keep our own handle on the namespace: async verbs open a second socket there later,
-    // and the caller may close its Netns as soon as this returns.
-    let nsFd: number;
-    let path: string;
-    if (typeof netns === "string") {
-      const ns = Netns.open(netns); // NetnsError: "network namespace /run/netns/x does not exist"
-      nsFd = ns.fd;
-      path = ns.path;
-    } else {
-      path = netns.path;
-      try {
-        nsFd = a.netnsOpen(`/proc/self/fd/${netns.fd}`);
-      } catch (e) {
-        throw toNetlinkError(e, `open netlink socket in ${path}`);
-      }
-    }
-    try {
-      return new Rtnl(a.nlOpen(NETLINK_ROUTE, 0, nsFd), nsFd, path, scheduling);
-    } catch (e) {
-      a.close(nsFd);
-      throw toNetlinkError(e, `open netlink socket in ${path}`);
-    }
+    return new Rtnl(RtnlSocket.open(netns), scheduling);
   }
 
   /** Closes the socket(s). An async request in flight finishes; queued ones are refused (EBADF). */
   close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    const a = addon();
-    a.close(this.fd);
-    void this.asyncQueue.finally(() => {
-      if (this.asyncFd >= 0) a.close(this.asyncFd);
-      if (this.nsFd >= 0) a.close(this.nsFd);
-    });
+    this.socket.close();
   }
 
-  private nextSeq(): number {
-    this.seq = (this.seq + 1) >>> 0 || 1;
-    return this.seq;
-  }
+  // ---------------------------------------------------------------- sending
 
-  private build(type: number, flags: number, encode: Encode): Buffer {
-    const w = this.w.begin(type, flags);
-    encode(w);
-    return w.finish(this.nextSeq());
+  /**
+   * Where every async verb's exchange goes: the thread pool, or this thread for one whose
+   * kernel part is short when the socket's scheduling allows it (the only place that asks).
+   */
+  private async sendAsync<T>(x: Exchange<T>, short: boolean): Promise<T> {
+    if (short && this.scheduling.shortRequestsInline()) return this.socket.send(x);
+    return this.socket.sendOnPool(x);
   }
-
-  private ensureOpen(op: string): void {
-    if (this.closed) throw new NetlinkError(op, errnoNumber("EBADF"), undefined, "netlink socket is closed");
-  }
-
-  // ---------------------------------------------------------------- generic exchange
 
   /**
    * Sends one request (set NLM_F_ACK in `flags` for anything but a get) and returns the raw
    * reply messages. Kernel errors become NetlinkError named after `op`.
    */
   request(type: number, flags: number, encode: Encode, op: string): Buffer {
-    return this.guarded(op, () => {
-      const reply = addon().nlTransact(this.fd, this.build(type, flags, encode));
-      checkReply(reply, op);
-      return reply;
-    });
+    return this.socket.send(requestOf(type, flags, encode, op, raw));
   }
 
   /** Dumps (NLM_F_DUMP) and decodes every reply message; retries interrupted dumps. */
   dump<T>(type: number, encode: Encode, decode: Decode<T>, op: string): T[] {
-    return this.guarded(op, () => {
-      for (let attempt = 1; ; attempt++) {
-        const reply = addon().nlTransact(this.fd, this.build(type, DUMP, encode));
-        if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
-        return decodeAll(reply, type, decode);
-      }
-    });
-  }
-
-  private asyncSocket(): number {
-    if (this.asyncFd < 0) {
-      this.asyncFd = this.nsFd >= 0 ? addon().nlOpen(NETLINK_ROUTE, 0, this.nsFd) : addon().nlOpen(NETLINK_ROUTE, 0);
-    }
-    return this.asyncFd;
-  }
-
-  /** `request` on the thread pool: for verbs where the kernel sleeps (link delete, netns move). */
-  requestAsync(type: number, flags: number, encode: Encode, op: string): Promise<Buffer> {
-    return this.enqueue(() =>
-      this.guardedAsync(op, async () => {
-        // The addon copies the request before this returns, so the shared writer is free again.
-        const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, flags, encode));
-        checkReply(reply, op);
-        return reply;
-      }),
-    );
-  }
-
-  /** `dump` on the thread pool, for very large tables (the decode still runs on this thread). */
-  dumpAsync<T>(type: number, encode: Encode, decode: Decode<T>, op: string): Promise<T[]> {
-    return this.enqueue(() =>
-      this.guardedAsync(op, async () => {
-        for (let attempt = 1; ; attempt++) {
-          const reply = await addon().nlTransactAsync(this.asyncSocket(), this.build(type, DUMP, encode));
-          if (checkReply(reply, op) && attempt < DUMP_ATTEMPTS) continue;
-          return decodeAll(reply, type, decode);
-        }
-      }),
-    );
+    return this.socket.send(dumpOf(type, encode, decode, op));
   }
 
   /**
@@ -358,42 +256,10 @@ export class Rtnl {
    * kernel's rtnl lock that concurrent ADDs' link creations hold.
    */
   batch(): RtnlBatch {
-    return new RtnlBatch(this, (type, flags, encode) => Buffer.from(this.build(type, flags, encode)));
-  }
-
-  /** Sends prebuilt messages (a batch) and returns every reply, synchronously or on the thread pool. */
-  transactRaw(buf: Buffer, op: string): Buffer {
-    return this.guarded(op, () => addon().nlTransact(this.fd, buf));
-  }
-
-  transactRawAsync(buf: Buffer, op: string): Promise<Buffer> {
-    return this.enqueue(() => this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), buf)));
-  }
-
-  /** Runs `io` on an open socket; whatever it throws becomes a NetlinkError named after `op`. */
-  private guarded<T>(op: string, io: () => T): T {
-    try {
-      this.ensureOpen(op);
-      return io();
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-  }
-
-  private async guardedAsync<T>(op: string, io: () => Promise<T>): Promise<T> {
-    try {
-      this.ensureOpen(op);
-      return await io();
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-  }
-
-  /** One exchange at a time on the async socket: replies are matched by reading in order. */
-  private enqueue<T>(run: () => Promise<T>): Promise<T> {
-    const p = this.asyncQueue.then(run, run);
-    this.asyncQueue = p.catch(() => undefined);
-    return p;
+    return new RtnlBatch((type, flags, encode) => Buffer.from(this.socket.build(type, flags, encode)), {
+      send: (x) => this.socket.send(x),
+      sendAsync: (x) => this.sendAsync(x, true),
+    });
   }
 
   // ---------------------------------------------------------------- links
@@ -429,13 +295,7 @@ export class Rtnl {
    * MAC, ... in the same round trip), or undefined from an older kernel.
    */
   linkAdd(spec: LinkSpec): Link | undefined {
-    const op = `link add ${spec.name}`;
-    const resolve = this.resolveAll(linkRefsOf(spec), op);
-    try {
-      return linkIn(this.request(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
-    } catch (e) {
-      throw linkAddError(e, op, spec);
-    }
+    return this.socket.send(this.linkAddOf(spec));
   }
 
   /**
@@ -444,46 +304,49 @@ export class Rtnl {
    * here first, synchronously.
    */
   async linkAddAsync(spec: LinkSpec): Promise<Link | undefined> {
+    return this.sendAsync(this.linkAddOf(spec), false);
+  }
+
+  private linkAddOf(spec: LinkSpec): Exchange<Link | undefined> {
     const op = `link add ${spec.name}`;
-    try {
-      const resolve = this.resolveAll(linkRefsOf(spec), op);
-      return linkIn(await this.requestAsync(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve), op));
-    } catch (e) {
-      throw linkAddError(e, op, spec);
-    }
+    const resolve = this.resolveAll(linkRefsOf(spec), op);
+    return {
+      op,
+      message: (build) => build(RTM_NEWLINK, CREATE | NLM_F_ECHO, (w) => encodeLinkAdd(w, spec, resolve)),
+      reply: (reply) => {
+        try {
+          checkReply(reply, op);
+        } catch (e) {
+          throw linkAddError(e, op, spec);
+        }
+        return linkIn(reply);
+      },
+    };
   }
 
   /** Changes a link; a name is resolved by the kernel (or first, when renaming). */
   linkSet(ref: LinkRef, changes: LinkChanges): void {
-    const op = `link set ${ref}`;
-    this.request(RTM_SETLINK, ACK, this.linkSetEncoder(ref, changes, op), op);
+    this.socket.send(this.linkSetOf(ref, changes));
   }
 
   /** linkSet on the thread pool, for moves to another netns (the kernel waits ~20 ms). */
-  linkSetAsync(ref: LinkRef, changes: LinkChanges): Promise<void> {
-    const op = `link set ${ref}`;
-    let encode: Encode;
-    try {
-      encode = this.linkSetEncoder(ref, changes, op);
-    } catch (e) {
-      return Promise.reject(e);
-    }
-    return this.requestAsync(RTM_SETLINK, ACK, encode, op).then(() => undefined);
+  async linkSetAsync(ref: LinkRef, changes: LinkChanges): Promise<void> {
+    await this.sendAsync(this.linkSetOf(ref, changes), false);
   }
 
-  private linkSetEncoder(ref: LinkRef, changes: LinkChanges, op: string): Encode {
+  private linkSetOf(ref: LinkRef, changes: LinkChanges): Exchange<Buffer> {
+    const op = `link set ${ref}`;
     // A rename carries the new name in IFLA_IFNAME, so the link must then be named by index.
     const renameByName = typeof ref === "string" && changes.name !== undefined;
     const resolve = this.resolveAll([changes.master, renameByName ? ref : undefined], op);
     const index = typeof ref === "number" ? ref : renameByName ? resolve(ref) : 0;
-    return (w) => encodeLinkSet(w, index, typeof ref === "string" ? ref : undefined, changes, resolve);
+    const encode: Encode = (w) => encodeLinkSet(w, index, typeof ref === "string" ? ref : undefined, changes, resolve);
+    return requestOf(RTM_SETLINK, ACK, encode, op, raw);
   }
 
   /** The link, or null when there is none by that name/index. */
   linkGet(ref: LinkRef): Link | null {
-    const op = `link show ${ref}`;
-    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-    return linkOrNone(this.transactRaw(this.build(RTM_GETLINK, NLM_F_REQUEST, encode), op), op);
+    return this.socket.send(linkGetOf(ref));
   }
 
   /**
@@ -491,32 +354,25 @@ export class Rtnl {
    * lock. On this thread instead when the socket's scheduling says so.
    */
   async linkGetAsync(ref: LinkRef): Promise<Link | null> {
-    if (this.shortRequestsInline()) return this.linkGet(ref);
-    const op = `link show ${ref}`;
-    const encode: Encode = (w) => encodeLinkRef(w, ref, RTEXT_FILTER_SKIP_STATS);
-    // Built inside the queued job (not transactRawAsync's prebuilt buffer): the writer is shared.
-    const reply = await this.enqueue(() =>
-      this.guardedAsync(op, () => addon().nlTransactAsync(this.asyncSocket(), this.build(RTM_GETLINK, NLM_F_REQUEST, encode))),
-    );
-    return linkOrNone(reply, op);
+    return this.sendAsync(linkGetOf(ref), true);
   }
 
   linkList(): Link[] {
-    return this.dump(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+    return this.socket.send(linkListOf());
   }
 
   /** linkList with the kernel's dump on the thread pool. */
-  linkListAsync(): Promise<Link[]> {
-    return this.dumpAsync(RTM_GETLINK, encodeLinkDump, decodeLink, "link list");
+  async linkListAsync(): Promise<Link[]> {
+    return this.sendAsync(linkListOf(), false);
   }
 
   /** Deletes a link (ENODEV when missing). Blocks ~20 ms in the kernel: prefer linkDelAsync. */
   linkDel(ref: LinkRef): void {
-    this.request(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`);
+    this.socket.send(linkDelOf(ref));
   }
 
-  linkDelAsync(ref: LinkRef): Promise<void> {
-    return this.requestAsync(RTM_DELLINK, ACK, (w) => encodeLinkRef(w, ref), `link del ${ref}`).then(() => undefined);
+  async linkDelAsync(ref: LinkRef): Promise<void> {
+    await this.sendAsync(linkDelOf(ref), false);
   }
 
   /** Per-port bridge settings (hairpin, learning, isolated) via AF_BRIDGE IFLA_PROTINFO. */
@@ -591,13 +447,12 @@ export class Rtnl {
   }
 
   addrList(filter: AddrFilter = {}): Addr[] {
-    return this.dump(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
+    return this.socket.send(addrListOf(filter));
   }
 
   /** addrList on the thread pool, or on this thread when the socket's scheduling says so. */
   async addrListAsync(filter: AddrFilter = {}): Promise<Addr[]> {
-    if (this.shortRequestsInline()) return this.addrList(filter);
-    return this.dumpAsync(RTM_GETADDR, addrDumpEncoder(filter), addrDumpDecoder(filter), "addr list");
+    return this.sendAsync(addrListOf(filter), true);
   }
 
   // ---------------------------------------------------------------- routes
@@ -794,110 +649,4 @@ export class Rtnl {
 function encodeLinkDump(w: MessageWriter): void {
   w.struct(IFINFOMSG_LEN);
   w.u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS); // counters are large and nobody here reads them
-}
-
-function decodeAll<T>(reply: Buffer, type: number, decode: Decode<T>): T[] {
-  const out: T[] = [];
-  // Replies to RTM_GETx are RTM_NEWx (= GETx - 2).
-  const want = type - 2;
-  forEachMessage(reply, (m) => {
-    if (m.type !== want) return;
-    const v = decode(m);
-    if (v !== undefined) out.push(v);
-  });
-  return out;
-}
-
-function addrDumpEncoder(filter: AddrFilter): Encode {
-  return (w) => {
-    const h = w.struct(8);
-    w.putU8(h, filter.family === undefined ? AF_UNSPEC : afOf(filter.family));
-  };
-}
-
-function addrDumpDecoder(filter: AddrFilter): Decode<Addr> {
-  return (m) => {
-    const a = decodeAddr(m);
-    return a && (filter.ifindex === undefined || a.ifindex === filter.ifindex) ? a : undefined;
-  };
-}
-
-/**
- * Requests that go to the kernel as one message: each is answered (ACK or error) in order,
- * and the kernel goes on past a failed one, so run() reports the first failure that is not
- * in that request's `ignore` list. Links are given by index (no lookups inside a batch).
- */
-export class RtnlBatch {
-  private readonly parts: Buffer[] = [];
-  private readonly steps: { op: string; ignore: readonly string[] }[] = [];
-
-  constructor(
-    private readonly nl: Rtnl,
-    private readonly build: (type: number, flags: number, encode: Encode) => Buffer,
-  ) {}
-
-  private push(type: number, flags: number, encode: Encode, op: string, ignore: readonly string[] = []): this {
-    try {
-      this.parts.push(this.build(type, flags, encode));
-    } catch (e) {
-      throw toNetlinkError(e, op);
-    }
-    this.steps.push({ op, ignore });
-    return this;
-  }
-
-  get size(): number {
-    return this.steps.length;
-  }
-
-  addrAdd(index: number, addr: AddrSpec): this {
-    return this.push(RTM_NEWADDR, CREATE, (w) => encodeAddr(w, index, addr, false), `addr add ${addr.cidr} dev ${index}`);
-  }
-
-  /** Flags, MTU, MAC and the like; a master given by name is not resolved here (use its index). */
-  linkSet(index: number, changes: LinkChanges): this {
-    const op = `link set ${index}`;
-    const byIndex = (ref: LinkRef) => (typeof ref === "number" ? ref : 0);
-    return this.push(RTM_SETLINK, ACK, (w) => encodeLinkSet(w, index, undefined, changes, byIndex), op);
-  }
-
-  routeAdd(spec: RouteSpec & { dev: number }, opts: { ignore?: readonly string[] } = {}): this {
-    return this.push(
-      RTM_NEWROUTE,
-      CREATE,
-      (w) => encodeRoute(w, spec, spec.dev, false),
-      `route add ${routeTitle(spec)}`,
-      opts.ignore,
-    );
-  }
-
-  run(): void {
-    if (this.parts.length === 0) return;
-    this.check(this.nl.transactRaw(Buffer.concat(this.parts), this.steps[0]!.op));
-  }
-
-  /** run() on the thread pool, or on this thread when the socket's scheduling says so. */
-  async runAsync(): Promise<void> {
-    if (this.parts.length === 0) return;
-    if (this.nl.shortRequestsInline()) return this.run();
-    this.check(await this.nl.transactRawAsync(Buffer.concat(this.parts), this.steps[0]!.op));
-  }
-
-  private check(reply: Buffer): void {
-    const first = this.parts[0]!.readUInt32LE(8);
-    let failure: NetlinkError | undefined;
-    let failedAt = Number.POSITIVE_INFINITY;
-    forEachMessage(reply, (m) => {
-      if (m.type !== NLMSG_ERROR) return;
-      const at = (m.seq - first) >>> 0;
-      const step = this.steps[at];
-      const ack = parseError(m);
-      if (!step || ack.errno === 0 || at > failedAt) return;
-      const err = new NetlinkError(step.op, ack.errno, ack.kernelMessage);
-      if (step.ignore.includes(err.code)) return;
-      failure = err;
-      failedAt = at;
-    });
-    if (failure) throw failure;
-  }
 }

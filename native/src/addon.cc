@@ -7,7 +7,13 @@ namespace {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   berth::InitNetns(env, exports);
   berth::InitNetlink(env, exports);
-  berth::InitStorage(env, exports);
+  berth::InitMount(env, exports);
+  berth::InitStatfs(env, exports);
+  berth::InitLoop(env, exports);
+  berth::InitFallocate(env, exports);
+  berth::InitClone(env, exports);
+  berth::InitFreeze(env, exports);
+  berth::InitQuota(env, exports);
   berth::InitUnixServe(env, exports);
   berth::InitDigest(env, exports);
   return exports;

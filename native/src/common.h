@@ -56,7 +56,13 @@ inline bool OptStrArg(const Napi::CallbackInfo& info, size_t i, std::string* out
 
 void InitNetns(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
-void InitStorage(Napi::Env env, Napi::Object exports);
+void InitMount(Napi::Env env, Napi::Object exports);
+void InitStatfs(Napi::Env env, Napi::Object exports);
+void InitLoop(Napi::Env env, Napi::Object exports);
+void InitFallocate(Napi::Env env, Napi::Object exports);
+void InitClone(Napi::Env env, Napi::Object exports);
+void InitFreeze(Napi::Env env, Napi::Object exports);
+void InitQuota(Napi::Env env, Napi::Object exports);
 void InitUnixServe(Napi::Env env, Napi::Object exports);
 void InitDigest(Napi::Env env, Napi::Object exports);
 

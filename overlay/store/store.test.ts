@@ -1,15 +1,19 @@
 // The ClusterStore contract, run against both implementations: the embedded SQLite store and a
 // real etcd process (random loopback ports, temp data dir, killed by PID afterwards).
+import { fork } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import Database from "better-sqlite3";
 import { Etcd3 } from "etcd3";
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { EtcdProcess } from "../../testing/etcd-process.ts";
 import { EtcdStore } from "./etcd.ts";
 import { LocalStore } from "./local.ts";
 import type { ClusterStore, ResetReason, WatchEvent } from "./store.ts";
+
+const IPAM_WORKER = join(import.meta.dirname, "../../testing/ipam-store-worker.ts");
 
 interface Harness {
   open(): ClusterStore;
@@ -310,5 +314,35 @@ describe("etcd store over TLS", () => {
       await anonymous.close();
     }
     expect(() => new EtcdStore({ endpoints: [secure!.endpoint], certFile: pki.clientCert })).toThrow(/needs the CA file/);
+  });
+});
+
+describe("embedded store opened while another process holds the new file", () => {
+  it("retries the immediate SQLITE_BUSY of switching to WAL, and then works", async () => {
+    // A second agent (or `berth status`) opening a store file whose first opener still holds
+    // its write lock: SQLite fails the WAL switch with SQLITE_BUSY at once, past the busy handler.
+    const dir = mkdtempSync(join(tmp, "held-"));
+    const child = fork(IPAM_WORKER, ["hold", dir, "400"], { execArgv: ["--import", "tsx"], stdio: "ignore" });
+    const exited = new Promise((r) => child.once("exit", r));
+    await new Promise<void>((resolve, reject) => {
+      child.once("message", () => resolve());
+      child.once("exit", (code) => reject(new Error(`holder exited early with ${code}`)));
+    });
+    const started = Date.now();
+    const store = new LocalStore({ path: join(dir, "ipam.db"), pollIntervalMs: 20 });
+    try {
+      expect(Date.now() - started).toBeGreaterThanOrEqual(200);
+      expect(await store.create("/k", "v", null)).toMatchObject({ ok: true });
+      expect((await store.get("/k"))?.value).toBe("v");
+    } finally {
+      await store.close();
+      await exited;
+    }
+    const raw = new Database(join(dir, "ipam.db"), { readonly: true });
+    try {
+      expect(raw.pragma("journal_mode", { simple: true })).toBe("wal");
+    } finally {
+      raw.close();
+    }
   });
 });

@@ -11,7 +11,7 @@ import { closeLeaseStores } from "../../ipam/host-local/host-local.ts";
 import { deleteBridgeTable } from "../../nft/macspoof.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
 import type { Result } from "../../protocol/types.ts";
-import { hostLinkName, networkTag } from "../attachment.ts";
+import { hostLinkName, networkTag } from "../link-names.ts";
 import { bridgePlugin } from "./bridge.ts";
 
 interface Container {

@@ -24,24 +24,16 @@ import {
   type Result,
   type Route,
 } from "../../protocol/types.ts";
-import {
-  createVethPair,
-  gcHostLinks,
-  hostLinkName,
-  kernelError,
-  networkTag,
-  openContainerNetns,
-  openNetnsIfPresent,
-  randomMac,
-  removePair,
-  settle,
-  Undo,
-  whileCreating,
-  withRtnl,
-} from "../attachment.ts";
+import { openContainerNetns, openNetnsIfPresent, withRtnl } from "../container-netns.ts";
+import { kernelError, settle } from "../errors.ts";
+import { gcHostLinks } from "../gc.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../ip-masq.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam-client.ts";
+import { hostLinkName, networkTag } from "../link-names.ts";
+import { randomMac } from "../mac.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
+import { Undo } from "../undo.ts";
+import { createVethPair, removePair, whileCreating } from "../veth.ts";
 
 /** The kernel refuses the 1,024th port of a bridge (EXFULL). */
 export const MAX_BRIDGE_PORTS = 1023;

@@ -2,7 +2,8 @@
 // chained, as the spec asks of a plugin that adds nothing to it.
 import type { Plugin, Request, Result } from "../../protocol/types.ts";
 import { CniError, ErrorCode } from "../../protocol/types.ts";
-import { kernelError, openContainerNetns, openNetnsIfPresent, withRtnl } from "../attachment.ts";
+import { openContainerNetns, openNetnsIfPresent, withRtnl } from "../container-netns.ts";
+import { kernelError } from "../errors.ts";
 
 async function add(req: Request): Promise<Result> {
   const ns = openContainerNetns(req);

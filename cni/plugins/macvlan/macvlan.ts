@@ -14,17 +14,12 @@ import {
   type Request,
   type Result,
 } from "../../protocol/types.ts";
-import {
-  deleteLinkIfPresent,
-  kernelError,
-  openContainerNetns,
-  openNetnsIfPresent,
-  settle,
-  Undo,
-  withRtnl,
-} from "../attachment.ts";
+import { openContainerNetns, openNetnsIfPresent, withRtnl } from "../container-netns.ts";
+import { kernelError, settle } from "../errors.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, ipamType } from "../ipam-client.ts";
+import { deleteLinkIfPresent } from "../link-removal.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
+import { Undo } from "../undo.ts";
 
 const schema = configSchema({
   master: field

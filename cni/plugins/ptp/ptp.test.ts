@@ -9,7 +9,7 @@ import { leaseRows } from "../../../testing/leases.ts";
 import { Sandbox } from "../../../testing/sandbox.ts";
 import { closeLeaseStores } from "../../ipam/host-local/host-local.ts";
 import { deleteTable } from "../../nft/masquerade.ts";
-import { networkTag } from "../attachment.ts";
+import { networkTag } from "../link-names.ts";
 import { ptpPlugin } from "./ptp.ts";
 
 interface Container {

@@ -19,22 +19,15 @@ import {
   type Result,
   type Route,
 } from "../../protocol/types.ts";
-import {
-  createVethPair,
-  gcHostLinks,
-  hostLinkName,
-  kernelError,
-  openContainerNetns,
-  openNetnsIfPresent,
-  removePair,
-  settle,
-  Undo,
-  whileCreating,
-  withRtnl,
-} from "../attachment.ts";
+import { openContainerNetns, openNetnsIfPresent, withRtnl } from "../container-netns.ts";
+import { kernelError, settle } from "../errors.ts";
+import { gcHostLinks } from "../gc.ts";
 import { addAttachmentMasq, checkAttachmentMasq, gcAttachmentMasq, removeAttachmentMasq } from "../ip-masq.ts";
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus } from "../ipam-client.ts";
+import { hostLinkName } from "../link-names.ts";
 import { checkSandbox, configureSandbox, type SandboxLink } from "../sandbox.ts";
+import { Undo } from "../undo.ts";
+import { createVethPair, removePair, whileCreating } from "../veth.ts";
 
 const schema = configSchema({
   ipMasq: field

@@ -35,7 +35,7 @@ async function main(argv: string[]): Promise<number> {
       return runAgentCommand(rest);
     }
     case "cni-server": {
-      const { runCniServerCommand } = await import("../cni/fastpath/main.ts");
+      const { runCniServerCommand } = await import("./cni-server.ts");
       return runCniServerCommand(rest);
     }
     case "csi": {

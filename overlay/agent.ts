@@ -220,9 +220,11 @@ export class Agent {
     if (this.config.cniSocket || this.cniListener) {
       // The CNI fast path: plugin launchers hand their invocations to this process.
       const { startCniServer } = await import("../cni/fastpath/server.ts");
+      const { BERTH_PLUGINS } = await import("./cni/registry.ts");
       const passed = this.cniListener;
       this.cniServer = await startCniServer({
         socketPath: this.config.cniSocket,
+        plugins: BERTH_PLUGINS,
         passed,
         log: (line) => this.logger.debug(line),
       });

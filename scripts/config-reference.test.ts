@@ -5,9 +5,9 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_PLUGINS } from "../cni/fastpath/plugins.ts";
 import { parseHostLocalConfig } from "../cni/ipam/ranges.ts";
 import { validateConfig } from "../cni/protocol/schema.ts";
+import { BERTH_PLUGINS } from "../overlay/cni/registry.ts";
 import { type Command, commands, EXAMPLE_CONFLIST, OUTPUT, ROOT, render } from "./config-reference.ts";
 
 let generated: string;
@@ -111,7 +111,7 @@ describe("configuration reference", () => {
     expect(readme, "README.md has a Configuration section with a json example").not.toBeNull();
     for (const conflist of [EXAMPLE_CONFLIST, JSON.parse(readme![1]!)]) {
       for (const conf of conflist.plugins as Record<string, unknown>[]) {
-        const load = DEFAULT_PLUGINS[conf.type as string];
+        const load = BERTH_PLUGINS[conf.type as string];
         expect(load, `${String(conf.type)} is a berth plugin`).toBeDefined();
         const plugin = await load!();
         if (plugin.schema) expect(() => validateConfig(conf, plugin.schema as never)).not.toThrow();

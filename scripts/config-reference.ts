@@ -11,12 +11,12 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { DEFAULT_PLUGINS } from "../cni/fastpath/plugins.ts";
 import { NETCONF_KEYS, RUNTIME_CONFIG_KEYS } from "../cni/protocol/config.ts";
 import type { Field, Shape } from "../cni/protocol/schema.ts";
 import type { Plugin } from "../cni/protocol/types.ts";
 import { VOLUME_PARAMETERS } from "../csi/controller.ts";
 import { VOLUME_OPTIONS } from "../csi/docker/volumes.ts";
+import { BERTH_PLUGINS } from "../overlay/cni/registry.ts";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..");
 export const OUTPUT = join(ROOT, "docs", "configuration.md");
@@ -299,7 +299,7 @@ export async function render(given?: Command[]): Promise<string> {
   for (const k of NETCONF_KEYS) if (!COMMON_KEYS[k]) throw new Error(`COMMON_KEYS lacks ${k}`);
   for (const k of RUNTIME_CONFIG_KEYS) if (!RUNTIME_CONFIG[k]) throw new Error(`RUNTIME_CONFIG lacks ${k}`);
   const cmds = given ?? (await commands());
-  const plugins = await Promise.all(Object.entries(DEFAULT_PLUGINS).map(async ([n, load]) => [n, await load()] as const));
+  const plugins = await Promise.all(Object.entries(BERTH_PLUGINS).map(async ([n, load]) => [n, await load()] as const));
 
   const out: string[] = [
     "# Configuration reference",

@@ -1,5 +1,6 @@
-// The plugins the agent serves on the fast path, by executable name. Loaded on first use, so
-// an agent that never sees a macvlan request never loads macvlan's code.
+// The CNI plugins of this layer by executable name, and the registry the fast path serves
+// them from. Loaded on first use, so a server that never sees a macvlan request never loads
+// macvlan's code. berth-overlay lives above this layer: overlay/cni/registry.ts adds it.
 import type { Plugin } from "../protocol/types.ts";
 
 export type PluginLoader = () => Promise<Plugin>;
@@ -7,14 +8,13 @@ export type PluginLoader = () => Promise<Plugin>;
 /** A registry entry: the plugin itself, or a loader for it. */
 export type PluginEntry = Plugin | PluginLoader;
 
-export const DEFAULT_PLUGINS: Readonly<Record<string, PluginLoader>> = {
+export const CNI_PLUGINS: Readonly<Record<string, PluginLoader>> = {
   "berth-bridge": async () => (await import("../plugins/bridge/bridge.ts")).bridgePlugin,
   "berth-ptp": async () => (await import("../plugins/ptp/ptp.ts")).ptpPlugin,
   "berth-loopback": async () => (await import("../plugins/loopback/loopback.ts")).loopbackPlugin,
   "berth-macvlan": async () => (await import("../plugins/macvlan/macvlan.ts")).macvlanPlugin,
   "berth-host-local": async () => (await import("../ipam/host-local/host-local.ts")).hostLocalPlugin,
   "berth-static": async () => (await import("../ipam/static/static.ts")).staticPlugin,
-  "berth-overlay": async () => (await import("../../overlay/cni/plugin.ts")).overlayPlugin,
   "berth-portmap": async () => (await import("../meta/portmap/portmap.ts")).portmapPlugin,
   "berth-firewall": async () => (await import("../meta/firewall/firewall.ts")).firewallPlugin,
   "berth-tuning": async () => (await import("../meta/tuning/tuning.ts")).tuningPlugin,

@@ -18,7 +18,7 @@ import { json, runInvocation, versionForError } from "../protocol/invocation.ts"
 import { ErrorCode, type InvocationHost, type LinkRetirer } from "../protocol/types.ts";
 import { NEWEST_VERSION } from "../protocol/version.ts";
 import { createLinkRetirer } from "./link-retirer.ts";
-import { DEFAULT_PLUGINS, type PluginEntry, PluginRegistry } from "./plugins.ts";
+import { type PluginEntry, PluginRegistry } from "./plugins.ts";
 import {
   decodeRequest,
   encodeResponse,
@@ -35,8 +35,8 @@ export const DEFAULT_CNI_SOCKET = "/run/berth/cni.sock";
 
 export interface CniServerOptions {
   socketPath?: string;
-  /** Plugins by executable name (default: every berth plugin, loaded lazily). */
-  plugins?: Readonly<Record<string, PluginEntry>>;
+  /** Plugins by executable name (every berth plugin: overlay/cni/registry.ts BERTH_PLUGINS). */
+  plugins: Readonly<Record<string, PluginEntry>>;
   /** Server diagnostics and every invocation's log lines, one line each. */
   log?: (line: string) => void;
   /** A connection that has not sent its whole request after this long is dropped (default 30 s). */
@@ -59,11 +59,11 @@ export class CniServerStartError extends Error {
   override name = "CniServerStartError";
 }
 
-export async function startCniServer(opts: CniServerOptions = {}): Promise<CniServer> {
+export async function startCniServer(opts: CniServerOptions): Promise<CniServer> {
   const passed = opts.passed;
   const socketPath = passed ? passed.path || `(descriptor ${passed.fd})` : (opts.socketPath ?? DEFAULT_CNI_SOCKET);
   const log = opts.log ?? (() => {});
-  const registry = new PluginRegistry(opts.plugins ?? DEFAULT_PLUGINS);
+  const registry = new PluginRegistry(opts.plugins);
   const serialiser = new KeyedSerialiser();
   const requestTimeoutMs = opts.requestTimeoutMs ?? 30_000;
   const ownUid = process.geteuid?.() ?? 0;

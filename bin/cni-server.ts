@@ -2,16 +2,17 @@
 // benchmark):
 //
 //   berth cni-server [--socket /run/berth/cni.sock] [--quiet]
-//   node --import tsx cni/fastpath/main.ts [...]   (from the source tree)
+//   node --import tsx bin/cni-server.ts [...]   (from the source tree)
 //
 // Prints "listening <path>" on stdout once the socket accepts; SIGTERM/SIGINT close it. Under
 // socket activation (a service manager passes the socket named "cni", or a single unnamed one)
 // that socket is served and --socket is not bound.
 import { parseArgs } from "node:util";
-import { ListenFdsError, type PassedListener, takeListener } from "../../native/listen-fds.ts";
-import { createLogger, LogFormatError, resolveLogFormat } from "../../native/log.ts";
-import { waitForStopSignal } from "../../native/signals.ts";
-import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "./server.ts";
+import { CniServerStartError, DEFAULT_CNI_SOCKET, startCniServer } from "../cni/fastpath/server.ts";
+import { ListenFdsError, type PassedListener, takeListener } from "../native/listen-fds.ts";
+import { createLogger, LogFormatError, resolveLogFormat } from "../native/log.ts";
+import { waitForStopSignal } from "../native/signals.ts";
+import { BERTH_PLUGINS } from "../overlay/cni/registry.ts";
 
 const USAGE = `usage: berth cni-server [--socket PATH] [--quiet] [--log-format json|text]
 
@@ -50,7 +51,7 @@ export async function runCniServerCommand(argv: string[]): Promise<number> {
   let server: Awaited<ReturnType<typeof startCniServer>>;
   try {
     const passed: PassedListener | undefined = takeListener("cni", { soleUnnamed: true });
-    server = await startCniServer({ socketPath: values.socket, log, passed });
+    server = await startCniServer({ socketPath: values.socket, plugins: BERTH_PLUGINS, log, passed });
   } catch (e) {
     if (!(e instanceof CniServerStartError || e instanceof ListenFdsError)) throw e;
     process.stderr.write(`berth cni-server: ${e.message}\n`);

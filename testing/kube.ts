@@ -114,6 +114,9 @@ export class KubeKit {
   /** Volume image files seen (their loop devices are named by the driver's path). */
   private readonly imagesSeen = new Set<string>();
 
+  /** agentLogLevel: the agent's --log-level (debug logs every CNI invocation it serves, with its duration). */
+  constructor(private readonly opts: { agentLogLevel?: string } = {}) {}
+
   get env(): NodeJS.ProcessEnv {
     return {
       ...process.env,
@@ -246,6 +249,8 @@ export class KubeKit {
       text = text.replace("args: [install, --root, /host,", `args: [install, --prefix, ${this.dirs.lib}, --root, /host,`);
       text = text.replace("berth uninstall --root /host", `berth uninstall --prefix ${this.dirs.lib} --root /host`);
       text = text.replace("--cluster-cidr=10.244.0.0/16", `--cluster-cidr=${CLUSTER_CIDR}`);
+      if (this.opts.agentLogLevel)
+        text = text.replace(/^(\s+)- --api-listen=(.*)$/m, `$1- --api-listen=$2\n$1- --log-level=${this.opts.agentLogLevel}`);
       writeFileSync(join(to, f), text);
     }
   }

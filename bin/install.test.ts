@@ -367,12 +367,7 @@ describe("berth install", () => {
     const overlay = freshDir("root");
     expect(berth(["install", "--root", overlay, "--network", "overlay", "--no-systemd"]).status).toBe(0);
     const conf = JSON.parse(readFileSync(join(overlay, "etc/cni/net.d/10-berth.conflist"), "utf8"));
-    expect(conf.plugins.map((p: { type: string }) => p.type)).toEqual([
-      "berth-overlay",
-      "berth-portmap",
-      "berth-firewall",
-      "berth-bandwidth",
-    ]);
+    expect(conf.plugins.map((p: { type: string }) => p.type)).toEqual(["berth-overlay", "berth-portmap", "berth-bandwidth"]);
     expect(existsSync(join(overlay, "etc/systemd"))).toBe(false);
     expect(existsSync(join(overlay, "etc/berth"))).toBe(false);
 

@@ -83,7 +83,7 @@ const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-co
   --cni-bin-dir DIR   where the berth-* plugins are copied (default ${DEFAULTS.cniBinDir})
   --cni-conf-dir DIR  where ${CONFLIST} is written (default ${DEFAULTS.cniConfDir})
   --network NET       bridge (default: berth-bridge, host-local, portmap, firewall, bandwidth),
-                      overlay (berth-overlay and the same meta plugins), none (no config)
+                      overlay (berth-overlay, portmap, bandwidth), none (no config)
   --subnet CIDR       the bridge network's range (default 10.86.0.0/16)
   --systemd-dir DIR   where berth.service, berth-cni.socket and berth-csi.socket go
                       (default ${DEFAULTS.systemdDir}), with ${ENV_FILE}

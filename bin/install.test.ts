@@ -17,6 +17,7 @@ import {
   readdirSync,
   readFileSync,
   readSync,
+  realpathSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -118,7 +119,11 @@ function freeThirdOctet(): number {
   throw new Error("no free 10.251.x.0/24 on this host");
 }
 
-function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_CNI_SOCKET: "off" }) {
+/** How a plugin is run: the launcher itself, or a command that runs it (cmd, args). */
+type Launch = (launcher: string) => [string, string[]];
+const direct: Launch = (launcher) => [launcher, []];
+
+function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_CNI_SOCKET: "off" }, launch = direct) {
   const p = testPrefix();
   const ns = `${p}ns`;
   const br = `${p}br`;
@@ -144,14 +149,15 @@ function bridgeRoundTrip(binDir: string, env: Record<string, string> = { BERTH_C
     ...env,
   });
   // The engine's PATH has no Node: the launcher runs the one recorded at install.
-  const add = run(join(binDir, "berth-bridge"), [], { env: { ...cniEnv("ADD"), PATH: "/nonexistent" }, input: conf });
+  const [cmd, args] = launch(join(binDir, "berth-bridge"));
+  const add = run(cmd, args, { env: { ...cniEnv("ADD"), PATH: "/nonexistent" }, input: conf });
   expect(add.stderr, add.stdout).toBe("");
   expect(add.status, add.stdout).toBe(0);
   const result = JSON.parse(add.stdout);
   expect(result.ips[0].address).toBe(`10.251.${third}.2/24`);
   const addrs = ipJson(["addr", "show", "eth0"], ns);
   expect(addrs[0].addr_info.map((a: { local: string }) => a.local)).toContain(`10.251.${third}.2`);
-  const del = run(join(binDir, "berth-bridge"), [], { env: { ...cniEnv("DEL"), PATH: "/nonexistent" }, input: conf });
+  const del = run(cmd, args, { env: { ...cniEnv("DEL"), PATH: "/nonexistent" }, input: conf });
   expect(del.stderr, del.stdout).toBe("");
   expect(del.status, del.stdout).toBe(0);
   expect(ipJson(["link", "show"], ns).map((l: { ifname: string }) => l.ifname)).toEqual(["lo"]);
@@ -313,16 +319,55 @@ describe("berth install", () => {
     expect(bad.stderr).toBe(`berth install: --node ${root}/no-node is not an executable file\n`);
   });
 
+  it("--copy-node puts the running Node under the prefix for a host without one; the cold path runs that copy", () => {
+    const base = freshDir("copy-node");
+    const prefix = join(base, "prefix");
+    const bin = join(base, "bin");
+    const flags = ["--prefix", prefix, "--cni-bin-dir", bin, "--network", "none", "--no-systemd"];
+    const r = berth(["install", ...flags, "--copy-node"]);
+    expect(r.stderr).toBe("");
+    expect(r.status).toBe(0);
+    const copy = join(prefix, "bin", "node");
+    // The Node the install ran (the release's bin/berth found it on PATH).
+    const systemNode = realpathSync(run("/bin/sh", ["-c", "command -v node"]).stdout.trim());
+    expect(sha(copy)).toBe(sha(systemNode));
+    expect(statSync(copy).mode & 0o777).toBe(0o755);
+    const launcher = readFileSync(join(bin, "berth-bridge"));
+    expect(launcher.includes(Buffer.from(`BERTH-INSTALL-PATHS-V1\0${copy}\0${prefix}/cni-node\0`))).toBe(true);
+    expect(readFileSync(join(prefix, "bin", "berth"), "utf8")).toContain(`NODE='${copy}'`);
+    const manifest = JSON.parse(readFileSync(join(prefix, "manifest.json"), "utf8"));
+    expect(manifest.node).toBe(copy);
+    expect(manifest.files).toContainEqual({ path: copy, sha256: sha(copy), kind: "exec" });
+
+    // Cold path with the system's Node hidden (a bind mount in a mount namespace of its own)
+    // and none on PATH: only the copy can run the plugin.
+    const hidden: Launch = (l) => [
+      "/usr/bin/unshare",
+      ["-m", "--propagation", "private", "/bin/sh", "-c", `/bin/mount --bind /dev/null ${systemNode} && exec "$0"`, l],
+    ];
+    bridgeRoundTrip(bin, { BERTH_CNI_SOCKET: "off" }, hidden);
+
+    // Run again from the installed command line (its Node is the copy): the copy stays.
+    const again = run(join(prefix, "bin", "berth"), ["install", ...flags]);
+    expect(again.stderr).toBe("");
+    expect(again.stdout).toMatch(/: 0 written, \d+ unchanged/);
+    expect(sha(copy)).toBe(sha(systemNode));
+
+    const both = berth(["install", ...flags, "--copy-node", "--node", systemNode]);
+    expect(both.status).toBe(2);
+    expect(both.stderr).toBe("berth install: --node and --copy-node exclude each other\n");
+
+    const un = berth(["uninstall", "--prefix", prefix]);
+    expect(un.status).toBe(0);
+    expect(existsSync(prefix)).toBe(false);
+    expect(existsSync(bin)).toBe(false);
+  });
+
   it("writes the overlay chain, another subnet, or no network config", () => {
     const overlay = freshDir("root");
     expect(berth(["install", "--root", overlay, "--network", "overlay", "--no-systemd"]).status).toBe(0);
     const conf = JSON.parse(readFileSync(join(overlay, "etc/cni/net.d/10-berth.conflist"), "utf8"));
-    expect(conf.plugins.map((p: { type: string }) => p.type)).toEqual([
-      "berth-overlay",
-      "berth-portmap",
-      "berth-firewall",
-      "berth-bandwidth",
-    ]);
+    expect(conf.plugins.map((p: { type: string }) => p.type)).toEqual(["berth-overlay", "berth-portmap", "berth-bandwidth"]);
     expect(existsSync(join(overlay, "etc/systemd"))).toBe(false);
     expect(existsSync(join(overlay, "etc/berth"))).toBe(false);
 

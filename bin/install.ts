@@ -6,7 +6,8 @@
 // units and /etc/berth/berth.env into the systemd dir. Each launcher copy carries the absolute
 // path of the Node binary running the install and of the bundles under the prefix
 // (cni/fastpath/launcher/launcher.c, berth_install_paths): a cold plugin call never depends on the
-// runtime's PATH or on where the bin dir is. Run from a checkout, install first stages the tree
+// runtime's PATH or on where the bin dir is; --copy-node puts a copy of that Node under the
+// prefix, for a target that has none (a Kubernetes node). Run from a checkout, install first stages the tree
 // `npm run release` would pack (scripts/release.mjs) and installs that.
 //
 // Every file written is recorded with its SHA-256 in <prefix>/manifest.json. From it:
@@ -61,6 +62,8 @@ export const DEFAULTS = {
 const ENV_FILE = "/etc/berth/berth.env";
 const STATE_DIR = "/var/lib/berth";
 const CONFLIST = "10-berth.conflist";
+/** Where --copy-node puts the Node binary, under the prefix. */
+const NODE_COPY = "bin/node";
 const MANIFEST = "manifest.json";
 /** The prefix the shipped units name; install writes its own prefix in their place. */
 const SHIPPED_PREFIX = "/usr/local/lib/berth";
@@ -70,7 +73,8 @@ const LAUNCHER_AREA = 4096;
 
 const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-conf-dir DIR]
                      [--network bridge|overlay|none] [--subnet CIDR]
-                     [--systemd-dir DIR | --no-systemd] [--root DIR] [--node PATH]
+                     [--systemd-dir DIR | --no-systemd] [--root DIR]
+                     [--node PATH | --copy-node]
                      [--dry-run] [--force]
        berth uninstall [--prefix DIR] [--root DIR] [--purge] [--dry-run] [--force]
 
@@ -79,7 +83,7 @@ const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-co
   --cni-bin-dir DIR   where the berth-* plugins are copied (default ${DEFAULTS.cniBinDir})
   --cni-conf-dir DIR  where ${CONFLIST} is written (default ${DEFAULTS.cniConfDir})
   --network NET       bridge (default: berth-bridge, host-local, portmap, firewall, bandwidth),
-                      overlay (berth-overlay and the same meta plugins), none (no config)
+                      overlay (berth-overlay, portmap, bandwidth), none (no config)
   --subnet CIDR       the bridge network's range (default 10.86.0.0/16)
   --systemd-dir DIR   where berth.service, berth-cni.socket and berth-csi.socket go
                       (default ${DEFAULTS.systemdDir}), with ${ENV_FILE}
@@ -87,6 +91,11 @@ const USAGE = `usage: berth install [--prefix DIR] [--cni-bin-dir DIR] [--cni-co
   --root DIR          install into an image or chroot: every path above is under DIR
   --node PATH         the Node binary plugins and the service run, as the target sees it
                       (default: the Node running this install; under --root, the target's)
+  --copy-node         copy the Node running this install to <prefix>/${NODE_COPY} and record
+                      that copy, for a target without a Node of its own (a Kubernetes node
+                      installed from berth's image); uninstall removes it. The copy needs the
+                      shared libraries that Node links (glibc and libstdc++; ldd names them)
+                      on the target. Implied when install runs from that copy
   --dry-run           print every path that would be written or removed; change nothing
   --force             replace files install did not write (or configs edited since);
                       uninstall: remove files changed since install
@@ -101,6 +110,8 @@ type Network = "bridge" | "overlay" | "none";
 export interface InstallOptions {
   /** The Node binary the plugins and the service run, as the target sees it. */
   node: string;
+  /** node is a copy of the running Node, written under the prefix. */
+  copyNode: boolean;
   prefix: string;
   cniBinDir: string;
   cniConfDir: string;
@@ -147,6 +158,7 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
   const o: InstallOptions = {
     ...DEFAULTS,
     node: process.execPath,
+    copyNode: false,
     network: "bridge",
     root: "/",
     dryRun: false,
@@ -163,6 +175,7 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
   if (command === "install") pathFlags["--node"] = "node";
   let systemdDirGiven = false;
   let noSystemd = false;
+  let nodeGiven = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     if (a === "--help" || a === "-h") return "help";
@@ -184,6 +197,7 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
       if (key !== "root" && p === "/") throw new InstallUsageError(`${flag} cannot be /`);
       o[key] = p;
       if (key === "systemdDir") systemdDirGiven = true;
+      if (key === "node") nodeGiven = true;
     } else if (flag === "--network" && command === "install") {
       const v = value();
       if (v !== "bridge" && v !== "overlay" && v !== "none")
@@ -193,6 +207,9 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
     else if (flag === "--no-systemd") {
       boolean();
       noSystemd = true;
+    } else if (flag === "--copy-node" && command === "install") {
+      boolean();
+      o.copyNode = true;
     } else if (flag === "--dry-run") {
       boolean();
       o.dryRun = true;
@@ -209,6 +226,10 @@ function parseArgs(command: "install" | "uninstall", argv: string[]): InstallOpt
   }
   if (noSystemd && systemdDirGiven) throw new InstallUsageError("--systemd-dir and --no-systemd exclude each other");
   if (noSystemd) o.systemdDir = null;
+  if (o.copyNode && nodeGiven) throw new InstallUsageError("--node and --copy-node exclude each other");
+  // Run again from the copy (the installed bin/berth names it): keep it, rather than record it and remove it.
+  if (!nodeGiven && o.root === "/" && process.execPath === join(o.prefix, NODE_COPY)) o.copyNode = true;
+  if (o.copyNode) o.node = join(o.prefix, NODE_COPY);
   if (o.subnet !== undefined && o.network !== "bridge")
     throw new InstallUsageError(`--subnet applies to --network bridge (the overlay's subnets are the agent's leases)`);
   return o;
@@ -353,7 +374,9 @@ function readRelease(dir: string, o: InstallOptions): Release {
   const release = JSON.parse(readFileSync(join(dir, "RELEASE.json"), "utf8")) as Release;
   // The recorded Node is the one every plugin and the service will run: it must load the addons.
   // Under a root without that Node yet, the running one (the default) is the best guess.
-  const node = nodeVersionOf(under(o.root, o.node)) ?? (o.node === process.execPath ? nodeVersionOf(process.execPath) : null);
+  const node = o.copyNode
+    ? nodeVersionOf(process.execPath)
+    : (nodeVersionOf(under(o.root, o.node)) ?? (o.node === process.execPath ? nodeVersionOf(process.execPath) : null));
   if (node && release.nodeModules !== undefined && release.nodeModules !== node.modules)
     throw new InstallUsageError(
       `this release's addons are built for Node ${release.nodeMajor}.x (ABI ${release.nodeModules}); ` +
@@ -414,6 +437,7 @@ function plan(release: string, files: string[], o: InstallOptions): Planned[] {
     }
     out.push({ path: join(o.prefix, rel), data, mode, kind: mode & 0o111 ? "exec" : "file" });
   }
+  if (o.copyNode) out.push({ path: o.node, data: readFileSync(process.execPath), mode: 0o755, kind: "exec" });
   const conf = networkConfig(release, o);
   if (conf) out.push({ path: join(o.cniConfDir, CONFLIST), data: conf, mode: 0o644, kind: "config" });
   if (o.systemdDir !== null) {
@@ -536,7 +560,7 @@ export function runInstall(argv: string[], out = (t: string) => process.stdout.w
   }
   const o = parsed;
   checkRoot(o);
-  if (o.root === "/" && o.node !== process.execPath) checkNode(o);
+  if (o.root === "/" && o.node !== process.execPath && !o.copyNode) checkNode(o);
   const source = releaseSource();
   try {
     const release = readRelease(source.dir, o);

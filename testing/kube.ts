@@ -5,6 +5,8 @@
 // The kit keeps everything under $WORK, so the manifests applied are the committed ones with host
 // paths moved there: kubelet's root, the CNI dirs, and berth's /run/berth, /var/lib/berth,
 // /usr/local/lib/berth (a host may run another berth); the agent's cluster CIDR is the kit's.
+// The installer and the uninstall Job get that lib dir as --prefix (mounted at the same path
+// under /host), so that the plugin launchers name the Node and bundles where the host has them.
 // Nothing else changes. Two stand-ins for what a cluster has and the kit has not: the kit runs
 // no kube-proxy, so an nftables rule of ours takes the `kubernetes` Service address (what
 // in-cluster clients dial) to the API server; and the plugin launchers reach the agent's socket
@@ -112,6 +114,9 @@ export class KubeKit {
   /** Volume image files seen (their loop devices are named by the driver's path). */
   private readonly imagesSeen = new Set<string>();
 
+  /** agentLogLevel: the agent's --log-level (debug logs every CNI invocation it serves, with its duration). */
+  constructor(private readonly opts: { agentLogLevel?: string } = {}) {}
+
   get env(): NodeJS.ProcessEnv {
     return {
       ...process.env,
@@ -165,6 +170,7 @@ export class KubeKit {
       throw new Error(`a kit cluster is already running in ${WORK} (${running.join(", ")}): stop it first`);
     }
     this.started = true;
+    removeInstalled();
     await sh("bash", [join(KIT, "scripts", "start-cluster.sh")], { env: this.env, timeoutMs: 240_000 });
     this.podCIDR = (await kubectl(["get", "node", NODE, "-o", "jsonpath={.spec.podCIDR}"])).trim();
     this.nodeIP = (
@@ -239,7 +245,12 @@ export class KubeKit {
       text = text.replace(/path: \/run\/berth\b/g, `path: ${this.dirs.run}`);
       text = text.replace(/path: \/var\/lib\/berth\b/g, `path: ${this.dirs.state}`);
       text = text.replace(/path: \/usr\/local\/lib\/berth\b/g, `path: ${this.dirs.lib}`);
+      text = text.replace(/mountPath: \/host\/usr\/local\/lib\/berth\b/g, `mountPath: /host${this.dirs.lib}`);
+      text = text.replace("args: [install, --root, /host,", `args: [install, --prefix, ${this.dirs.lib}, --root, /host,`);
+      text = text.replace("berth uninstall --root /host", `berth uninstall --prefix ${this.dirs.lib} --root /host`);
       text = text.replace("--cluster-cidr=10.244.0.0/16", `--cluster-cidr=${CLUSTER_CIDR}`);
+      if (this.opts.agentLogLevel)
+        text = text.replace(/^(\s+)- --api-listen=(.*)$/m, `$1- --api-listen=$2\n$1- --log-level=${this.opts.agentLogLevel}`);
       writeFileSync(join(to, f), text);
     }
   }
@@ -275,6 +286,7 @@ export class KubeKit {
     }
     run0("nft", ["delete", "table", "ip", this.nftTable]);
     // What the uninstall Job removes, in case it did not run.
+    removeInstalled();
     for (const l of ["berth0", "berth.1"])
       if (!this.linksBefore.includes(l) && links().includes(l)) run0("ip", ["link", "del", l]);
     if (!this.berthTableBefore) run0("nft", ["delete", "table", "inet", "berth"]);
@@ -283,6 +295,17 @@ export class KubeKit {
     run0("umount", ["-l", this.dirs.state]);
     rmSync(this.dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * What berth's installer wrote into the kit's CNI dirs (the kit itself puts no berth there:
+ * KubeKit.env), left when a run stopped before its uninstall Job: the next install would
+ * refuse to replace files it has no record of.
+ */
+function removeInstalled(): void {
+  const bin = join(WORK, "cni-bin");
+  for (const f of existsSync(bin) ? readdirSync(bin) : []) if (f.startsWith("berth-")) rmSync(join(bin, f), { force: true });
+  rmSync(join(WORK, "net.d", "10-berth.conflist"), { force: true });
 }
 
 /** Pid files in `dir` whose process is alive. */

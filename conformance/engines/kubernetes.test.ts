@@ -6,6 +6,7 @@
 // started on its own bridge network, which is taken away before berth is applied; what the kit
 // does differently from a cluster (host paths under its work dir, no kube-proxy) is in
 // testing/kube.ts.
+import { execFileSync, spawnSync } from "node:child_process";
 import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { get } from "node:http";
 import { join } from "node:path";
@@ -171,6 +172,74 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
     );
     expect(fromPod.trim()).toBe("hello-from-web");
   }, 180_000);
+
+  it("the installed plugins' cold path (no agent) runs the Node berth installed beside them: VERSION, ADD and DEL with no Node on PATH", async () => {
+    // What the launchers run when the agent is down (a restart, an upgrade): the Node the
+    // installer copied out of the image into berth's lib dir; the host's PATH plays no part.
+    const manifest = JSON.parse(readFileSync(join(DIRS.lib, "manifest.json"), "utf8")) as {
+      node: string;
+      files: { path: string; kind: string }[];
+    };
+    const nodeCopy = join(DIRS.lib, "bin", "node");
+    expect(manifest.node).toBe(nodeCopy);
+    expect(manifest.files).toContainEqual(expect.objectContaining({ path: nodeCopy, kind: "exec" }));
+    const launcher = join(WORK, "cni-bin", "berth-overlay");
+    expect(readFileSync(launcher).includes(Buffer.from(`BERTH-INSTALL-PATHS-V1\0${nodeCopy}\0${DIRS.lib}/cni-node\0`))).toBe(
+      true,
+    );
+    const cold = (command: string, input: string, extra: Record<string, string> = {}) =>
+      spawnSync(launcher, [], {
+        input,
+        encoding: "utf8",
+        timeout: 60_000,
+        // BERTH_CNI_SOCKET=off: the launcher goes straight to the cold path, as with no agent.
+        env: { PATH: "/nonexistent", BERTH_CNI_SOCKET: "off", CNI_COMMAND: command, CNI_PATH: join(WORK, "cni-bin"), ...extra },
+      });
+    const version = cold("VERSION", '{"cniVersion":"1.0.0"}');
+    expect(version.stderr).toBe("");
+    expect(JSON.parse(version.stdout).supportedVersions).toContain("1.0.0");
+
+    // A full ADD and DEL into a netns of ours, with the installed network's own plugin config
+    // (the agent's run and state dirs are the kit's stand-ins for /run/berth, /var/lib/berth).
+    const installed = JSON.parse(readFileSync(join(WORK, "net.d", "10-berth.conflist"), "utf8")) as {
+      cniVersion: string;
+      name: string;
+      plugins: Record<string, unknown>[];
+    };
+    const conf = JSON.stringify({
+      cniVersion: installed.cniVersion,
+      name: installed.name,
+      ...installed.plugins[0],
+      runDir: DIRS.run,
+      dataDir: join(DIRS.state, "overlay"),
+    });
+    const ns = `${kit.prefix}cold`;
+    const id = `${kit.prefix}coldctr`;
+    const cniEnv = { CNI_CONTAINERID: id, CNI_NETNS: `/run/netns/${ns}`, CNI_IFNAME: "eth0" };
+    execFileSync("ip", ["netns", "add", ns]);
+    let deleted = false;
+    try {
+      const add = cold("ADD", conf, cniEnv);
+      expect(add.stderr, add.stdout).toBe("");
+      expect(add.status).toBe(0);
+      const ip = (JSON.parse(add.stdout) as { ips: { address: string }[] }).ips[0]!.address.split("/")[0]!;
+      const net = podCIDR.split("/")[0]!.split(".").slice(0, 3).join(".");
+      expect(ip.startsWith(`${net}.`)).toBe(true);
+      expect(run0("ip", ["-n", ns, "-4", "-o", "addr", "show", "dev", "eth0"])).toContain(`${ip}/`);
+      expect(leaseRows(OVERLAY_IPAM, installed.name)).toContainEqual({ ip, container_id: id });
+      // On the pod network: a pod reaches the sandbox the cold path made.
+      expect(await kexec("a", `ping -c1 -W2 ${ip}`)).toContain("1 packets received");
+      const del = cold("DEL", conf, cniEnv);
+      expect(del.stderr, del.stdout).toBe("");
+      expect(del.status).toBe(0);
+      deleted = true;
+      expect(leaseRows(OVERLAY_IPAM, installed.name).map((r) => r.container_id)).not.toContain(id);
+      expect(run0("ip", ["-n", ns, "-o", "link", "show"]).trim().split("\n")).toHaveLength(1);
+    } finally {
+      if (!deleted) cold("DEL", conf, cniEnv);
+      run0("ip", ["netns", "del", ns]);
+    }
+  }, 120_000);
 
   it("a StatefulSet's berth-block volume keeps its data when the StatefulSet is deleted and created again", async () => {
     const sts = {

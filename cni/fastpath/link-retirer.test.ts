@@ -4,9 +4,8 @@ import { afterEach, beforeEach, describe, expect, it, onTestFinished } from "vit
 import { Rtnl } from "../../native/netlink/socket.ts";
 import { ipJson, testPrefix } from "../../testing/kernel.ts";
 import { type ScratchNetns, scratchNetns } from "../../testing/scratch-netns.ts";
-import { retireLinkIfPresent } from "../plugins/attachment.ts";
 import { retiredAlias } from "../plugins/link-names.ts";
-import { deleteRetiredLinks, takeOutOfService } from "../plugins/link-removal.ts";
+import { deleteRetiredLinks, retireLinkIfPresent, takeOutOfService } from "../plugins/link-removal.ts";
 import { createLinkRetirer } from "./link-retirer.ts";
 
 let prefix: string;

@@ -1,8 +1,10 @@
-// Taking links away: deleting one that may already be gone, taking one out of service for a
-// deferred delete, and deleting retired links a dead process left behind.
+// Taking links away: deleting one that may already be gone, or retiring it through the
+// invocation's host (req.host.linkRetirer), taking one out of service for a deferred delete,
+// and deleting retired links a dead process left behind.
 import { isNetlinkError } from "../../native/netlink/error.ts";
 import type { Rtnl } from "../../native/netlink/socket.ts";
 import { randomBytes } from "../digest.ts";
+import type { LinkRetirer } from "../protocol/types.ts";
 import { RETIRED_PREFIX, retiredFrom } from "./link-names.ts";
 
 /** Deletes a link, treating "already gone" as success. */
@@ -14,6 +16,14 @@ export async function deleteLinkIfPresent(nl: Rtnl, name: string): Promise<boole
     if (isNetlinkError(e, "ENODEV") || isNetlinkError(e, "ENOENT")) return false;
     throw e;
   }
+}
+
+/**
+ * Removes a host-side link, or retires it through `retirer` (the invocation's host's, see
+ * LinkRetirer); false when it was not there.
+ */
+export function retireLinkIfPresent(nl: Rtnl, name: string, retirer?: LinkRetirer): Promise<boolean> {
+  return retirer ? retirer(nl, name) : deleteLinkIfPresent(nl, name);
 }
 
 /** Deletes the retired links that were `name` (or whose old name passes `match`); returns how many went. */

@@ -5,9 +5,9 @@ import type { Link } from "../../native/netlink/link.ts";
 import { Rtnl } from "../../native/netlink/socket.ts";
 import type { Netns } from "../../native/netns.ts";
 import { CniError, ErrorCode, type Request } from "../protocol/types.ts";
-import { retireLinkIfPresent } from "./attachment.ts";
+
 import { kernelError } from "./errors.ts";
-import { deleteLinkIfPresent, deleteRetiredLinks, takeOutOfService } from "./link-removal.ts";
+import { deleteLinkIfPresent, deleteRetiredLinks, retireLinkIfPresent, takeOutOfService } from "./link-removal.ts";
 import { randomMac } from "./mac.ts";
 import type { Undo } from "./undo.ts";
 

@@ -715,7 +715,6 @@ function truncateLongWal(db: Database.Database, path: string, timeoutMs: number)
   }
 }
 
-/** SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT). */
 /**
  * Runs `open` (opening a SQLite database and setting it up) again, after a short random pause,
  * while it fails with SQLITE_BUSY and `timeoutMs` has not run out. Switching a new database to
@@ -734,6 +733,7 @@ export function retryWhileBusy<T>(open: () => T, timeoutMs: number): T {
   }
 }
 
+/** SQLITE_BUSY and its extended codes (SQLITE_BUSY_RECOVERY, _SNAPSHOT, _TIMEOUT). */
 function isBusy(e: unknown): boolean {
   const code = (e as { code?: unknown })?.code;
   return typeof code === "string" && code.startsWith("SQLITE_BUSY");

@@ -376,7 +376,9 @@ export class ControllerService {
   }
 
   async getCapacity(req: GetCapacityRequest__Output): Promise<GetCapacityResponse> {
-    const caps = req.volume_capabilities?.length ? parseCapabilities("volume_capabilities", req.volume_capabilities) : [];
+    const caps = req.volume_capabilities?.length
+      ? parseCapabilities("volume_capabilities", req.volume_capabilities, { requireMode: false })
+      : [];
     const shape = volumeShape(caps, req.parameters ?? {});
     const segment = req.accessible_topology?.segments?.[TOPOLOGY_KEY];
     if (segment !== undefined && segment !== this.d.nodeId) return { available_capacity: "0" };

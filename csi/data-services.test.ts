@@ -236,4 +236,22 @@ describe("capacity", () => {
     expect(before - after).toBeGreaterThan(500 * MiB);
     expect(before - after).toBeLessThan(530 * MiB);
   });
+
+  it("GetCapacity takes capabilities without an access mode, as external-provisioner's capacity tracking sends them", async () => {
+    // csi-provisioner asks per StorageClass with the access type alone (mount or block).
+    const withMode = await t.controller.GetCapacity({ volume_capabilities: [mountCap()] });
+    for (const [cap, parameters] of [
+      [{ mount: {} }, {}],
+      [{ mount: {} }, { kind: "block" }],
+      [{ block: {} }, { kind: "block" }],
+    ] as const) {
+      const r = await t.controller.GetCapacity({ volume_capabilities: [cap], parameters });
+      expect(Number(r.available_capacity)).toBeGreaterThan(0);
+      expect(Math.abs(Number(r.available_capacity) - Number(withMode.available_capacity))).toBeLessThan(16 * MiB);
+    }
+    // A mode it names is still checked: node-local volumes serve no MULTI_NODE mode.
+    await expect(
+      t.controller.GetCapacity({ volume_capabilities: [{ mount: {}, access_mode: { mode: "MULTI_NODE_MULTI_WRITER" } }] }),
+    ).rejects.toMatchObject({ code: 3 });
+  });
 });

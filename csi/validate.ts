@@ -102,12 +102,26 @@ export interface Capability {
   mountGroup: string;
 }
 
+export interface CapabilityRules {
+  /**
+   * Whether the access mode must be given (default true). GetCapacity asks about a kind of
+   * volume, not a use of one: external-provisioner's capacity tracking sends the access type
+   * alone, and its objects never appear if that is refused.
+   */
+  requireMode?: boolean;
+}
+
 /** Parses one capability; rejects what berth cannot serve (node-local: no MULTI_NODE modes). */
-export function parseCapability(field: string, cap: VolumeCapability__Output | null | undefined): Capability {
+export function parseCapability(
+  field: string,
+  cap: VolumeCapability__Output | null | undefined,
+  rules: CapabilityRules = {},
+): Capability {
   if (!cap) throw invalidArgument(`${field} is required`);
   const mode = cap.access_mode?.mode ?? "UNKNOWN";
-  if (mode === "UNKNOWN") throw invalidArgument(`${field}.access_mode is required`);
-  if (!SUPPORTED_MODES.has(mode)) throw invalidArgument(`${field}: access mode ${mode} is not supported by node-local volumes`);
+  if (mode === "UNKNOWN" && rules.requireMode !== false) throw invalidArgument(`${field}.access_mode is required`);
+  if (mode !== "UNKNOWN" && !SUPPORTED_MODES.has(mode))
+    throw invalidArgument(`${field}: access mode ${mode} is not supported by node-local volumes`);
   if (cap.access_type === "block" || (cap.block && !cap.mount)) {
     return { accessType: "block", mode, fsType: "", mountFlags: [], mountGroup: "" };
   }
@@ -122,9 +136,13 @@ export function parseCapability(field: string, cap: VolumeCapability__Output | n
   throw invalidArgument(`${field}: access_type (block or mount) is required`);
 }
 
-export function parseCapabilities(field: string, caps: VolumeCapability__Output[] | undefined): Capability[] {
+export function parseCapabilities(
+  field: string,
+  caps: VolumeCapability__Output[] | undefined,
+  rules: CapabilityRules = {},
+): Capability[] {
   if (!caps || caps.length === 0) throw invalidArgument(`${field} is required`);
-  return caps.map((c, i) => parseCapability(`${field}[${i}]`, c));
+  return caps.map((c, i) => parseCapability(`${field}[${i}]`, c, rules));
 }
 
 export function isReadOnlyMode(mode: string): boolean {

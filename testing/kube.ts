@@ -12,8 +12,8 @@
 // in-cluster clients dial) to the API server; and the plugin launchers reach the agent's socket
 // through BERTH_CNI_SOCKET in containerd's environment (the default /run/berth/cni.sock is the
 // host's).
-import { execFile, execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { execFile, execFileSync, spawn } from "node:child_process";
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join } from "node:path";
 import { testPrefix } from "./kernel.ts";
 import { until } from "./poll.ts";
@@ -107,6 +107,7 @@ export class KubeKit {
   /** Our stand-in for kube-proxy's rule for the `kubernetes` Service. */
   private readonly nftTable = `${this.prefix}svc`;
   private started = false;
+  private capacityTracking = false;
   private linksBefore: string[] = [];
   private berthTableBefore = false;
   podCIDR = "";
@@ -191,6 +192,66 @@ export class KubeKit {
     this.renderManifests(join(deploy, "uninstall"), join(this.dirs.manifests, "uninstall"));
   }
 
+  /**
+   * Turns storage capacity tracking on. On 1.20 it is alpha: the CSIStorageCapacity gate on the
+   * API server and the scheduler, and storage.k8s.io/v1alpha1 served. The kit starts both
+   * without, so each is restarted with its own command line plus those flags, by the PID in the
+   * kit's pid file, the kit's way (own session, log appended, pid file updated: stop-cluster.sh
+   * stops the new process). Call it before deployBerth: a CSIDriver created while the gate is
+   * off loses its storageCapacity field, which cannot change afterwards.
+   */
+  async enableStorageCapacity(): Promise<void> {
+    this.capacityTracking = true;
+    const gate = "--feature-gates=CSIStorageCapacity=true";
+    await this.restartKitProcess("kube-apiserver", [gate, "--runtime-config=storage.k8s.io/v1alpha1=true"]);
+    await until(
+      () =>
+        kubectl(["get", "--raw", "/apis/storage.k8s.io/v1alpha1"]).then(
+          () => true,
+          () => false,
+        ),
+      (ok) => ok,
+      "the API server serving storage.k8s.io/v1alpha1",
+      120_000,
+      500,
+    );
+    const port = await this.restartKitProcess("kube-scheduler", [gate]);
+    await until(
+      () =>
+        sh("curl", ["-fsSk", `https://127.0.0.1:${port}/healthz`]).then(
+          () => true,
+          () => false,
+        ),
+      (ok) => ok,
+      "the scheduler healthy",
+      60_000,
+      500,
+    );
+  }
+
+  /** Restarts a kit process with `extra` flags; returns its --secure-port. */
+  private async restartKitProcess(name: string, extra: string[]): Promise<string> {
+    const pidFile = join(WORK, "run", `${name}.pid`);
+    const pid = Number(readFileSync(pidFile, "utf8").trim());
+    const argv = readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").filter(Boolean);
+    if (!argv[0] || basename(argv[0]) !== name) throw new Error(`pid ${pid} in ${pidFile} is not ${name}: ${argv.join(" ")}`);
+    const gone = () => !existsSync(`/proc/${pid}`) || /^\S+ \S+ Z/.test(readFileSync(`/proc/${pid}/stat`, "utf8"));
+    process.kill(pid, "SIGTERM");
+    const ended = await until(gone, (g) => g, `${name} (pid ${pid}) gone after SIGTERM`, 20_000, 100).catch(() => false);
+    if (!ended) {
+      process.kill(pid, "SIGKILL");
+      await until(gone, (g) => g, `${name} (pid ${pid}) gone after SIGKILL`, 10_000, 100);
+    }
+    const log = openSync(join(WORK, "logs", `${name}.log`), "a");
+    const env = { ...process.env };
+    delete env.NODE_EXTRA_CA_CERTS;
+    const child = spawn(argv[0], [...argv.slice(1), ...extra], { detached: true, stdio: ["ignore", log, log], env });
+    closeSync(log);
+    child.unref();
+    writeFileSync(pidFile, `${child.pid}\n`);
+    return argv.find((a) => a.startsWith("--secure-port="))?.split("=")[1] ?? "";
+  }
+
   /** Takes the kit's own pod network away (its config file; no pods may be on it). */
   removeKitNetwork(): void {
     rmSync(join(WORK, "net.d", "10-k8s.conflist"), { force: true });
@@ -213,6 +274,22 @@ export class KubeKit {
         60_000,
         250,
       );
+      // With capacity tracking on, the scheduler places no pod with a berth claim on a node
+      // until the provisioner has published that node's capacity.
+      if (this.capacityTracking) {
+        await until(
+          async () =>
+            (
+              JSON.parse(await kubectl(["get", "csistoragecapacities.v1alpha1.storage.k8s.io", "-A", "-o", "json"])) as {
+                items: { storageClassName: string; capacity?: string }[];
+              }
+            ).items,
+          (items) => ["berth-dir", "berth-block"].every((c) => items.some((i) => i.storageClassName === c && i.capacity)),
+          "CSIStorageCapacity objects for berth-dir and berth-block",
+          120_000,
+          500,
+        );
+      }
     } catch (e) {
       throw new Error(`${(e as Error).message}\n${await this.logs()}`);
     }

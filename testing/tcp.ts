@@ -1,7 +1,7 @@
 // TCP through a port mapping, for the portmap tests: a one-shot `busybox nc -l` server in a
 // netns and a client, sent only once the server is listening (on a loaded machine the server's
 // process can take seconds to start, and a send before that is refused by the pod's kernel).
-import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 
 const servers: ChildProcess[] = [];
 
@@ -21,9 +21,13 @@ function listening(netns: string, port: number): boolean {
 
 /** Starts `busybox nc -l` on `port` in `netns`; resolves once it listens, with what it will have received. */
 export async function tcpServer(netns: string, port: number): Promise<{ received: Promise<string> }> {
+  // Its stdin stays open: busybox nc closes the connection once its stdin ends, and a server
+  // reading /dev/null could close before a slow client has written (the client then dies of
+  // EPIPE with nothing delivered).
   const child = spawn("ip", ["netns", "exec", netns, "busybox", "nc", "-l", "-p", String(port)], {
-    stdio: ["ignore", "pipe", "pipe"],
+    stdio: ["pipe", "pipe", "pipe"],
   });
+  child.stdin!.on("error", () => {});
   servers.push(child);
   let got = "";
   child.stdout!.on("data", (d) => {
@@ -42,7 +46,10 @@ export async function tcpServer(netns: string, port: number): Promise<{ received
 /** Sends `text` to `address:port` with `busybox nc` (from `netns`, when given). */
 export function tcpSend(address: string, port: number, text: string, netns?: string): void {
   const cmd = netns ? ["ip", "netns", "exec", netns, "busybox"] : ["busybox"];
-  execFileSync(cmd[0]!, [...cmd.slice(1), "nc", "-w", "2", address, String(port)], { encoding: "utf8", input: text });
+  const r = spawnSync(cmd[0]!, [...cmd.slice(1), "nc", "-w", "2", address, String(port)], { encoding: "utf8", input: text });
+  if (r.status !== 0 || (r.error && (r.error as NodeJS.ErrnoException).code !== "EPIPE"))
+    throw new Error(`nc ${address} ${port}: ${r.error?.message ?? `exit ${r.status ?? r.signal}`} ${r.stderr}`);
+  if (r.error) throw new Error(`nc ${address} ${port}: EPIPE, exit ${r.status ?? r.signal}: ${r.stderr}`);
 }
 
 /**

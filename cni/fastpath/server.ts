@@ -81,7 +81,7 @@ export async function startCniServer(opts: CniServerOptions): Promise<CniServer>
     requestTimeoutMs,
     open,
     pending: new Set(),
-    linkRetirer: retirement.retire,
+    host: fastPathHost(retirement.retire),
   };
   let listenFd: number;
   let ino: number | undefined;
@@ -198,8 +198,8 @@ interface ConnectionContext {
   open: Set<Socket>;
   /** Every accepted connection until it is answered or dropped: close() waits for them. */
   pending: Set<Promise<void>>;
-  /** This server's link retirer (InvocationHost.linkRetirer). */
-  linkRetirer: LinkRetirer;
+  /** What this server offers every invocation (Request.host), with its own link retirer. */
+  host: InvocationHost;
 }
 
 /**
@@ -313,7 +313,7 @@ async function serveConnection(c: AcceptedConnection, ctx: ConnectionContext): P
   conn.setBusy(true);
   inFlight++;
   const key = serialisationKey(req);
-  const run = () => invoke(ctx.registry, req, c.pid, ctx.log, fastPathHost(ctx.linkRetirer));
+  const run = () => invoke(ctx.registry, req, c.pid, ctx.log, ctx.host);
   const started = performance.now();
   // The work finishes even if the launcher went away meanwhile: the kernel state must stay consistent.
   const res = await (key ? ctx.serialiser.run(key, run) : run()).finally(() => inFlight--);

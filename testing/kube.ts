@@ -91,6 +91,23 @@ export const kubeconfig = join(WORK, "admin.kubeconfig");
 export const kubectl = (args: string[], input?: string, timeoutMs = 60_000) =>
   sh(join(WORK, "bin", "kubectl"), [`--kubeconfig=${kubeconfig}`, ...args], { input, timeoutMs });
 
+/** berth's StorageClasses (deploy/kubernetes/20-csidriver.yaml). */
+export const STORAGE_CLASSES = ["berth-dir", "berth-block"];
+
+/** A CSIStorageCapacity object (storage.k8s.io/v1alpha1, as Kubernetes 1.20 serves it). */
+export interface StorageCapacity {
+  storageClassName: string;
+  capacity?: string;
+  nodeTopology?: { matchLabels?: Record<string, string> };
+  metadata: { ownerReferences?: { kind: string; name: string }[] };
+}
+
+/** Every CSIStorageCapacity object in the cluster. */
+export async function storageCapacities(): Promise<StorageCapacity[]> {
+  const list = await kubectl(["get", "csistoragecapacities.v1alpha1.storage.k8s.io", "-A", "-o", "json"]);
+  return (JSON.parse(list) as { items: StorageCapacity[] }).items;
+}
+
 /** The kit's cluster with berth's images imported; berth deployed on demand. */
 export class KubeKit {
   readonly prefix = testPrefix();
@@ -278,13 +295,8 @@ export class KubeKit {
       // until the provisioner has published that node's capacity.
       if (this.capacityTracking) {
         await until(
-          async () =>
-            (
-              JSON.parse(await kubectl(["get", "csistoragecapacities.v1alpha1.storage.k8s.io", "-A", "-o", "json"])) as {
-                items: { storageClassName: string; capacity?: string }[];
-              }
-            ).items,
-          (items) => ["berth-dir", "berth-block"].every((c) => items.some((i) => i.storageClassName === c && i.capacity)),
+          storageCapacities,
+          (items) => STORAGE_CLASSES.every((c) => items.some((i) => i.storageClassName === c && i.capacity)),
           "CSIStorageCapacity objects for berth-dir and berth-block",
           120_000,
           500,

@@ -11,7 +11,19 @@ import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { get } from "node:http";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { BUSYBOX, KubeKit, kubectl, links, missingForKube, mountsUnder, NODE, run0, WORK } from "../../testing/kube.ts";
+import {
+  BUSYBOX,
+  KubeKit,
+  kubectl,
+  links,
+  missingForKube,
+  mountsUnder,
+  NODE,
+  run0,
+  STORAGE_CLASSES,
+  storageCapacities,
+  WORK,
+} from "../../testing/kube.ts";
 import { leaseRows } from "../../testing/leases.ts";
 import { until as untilValue } from "../../testing/poll.ts";
 
@@ -358,28 +370,8 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
   // CreateSnapshot, volumes from snapshots).
 
   it("storage capacity: the provisioner publishes this node's free space per class, and a pod whose volume cannot fit is not scheduled", async () => {
-    interface Capacity {
-      storageClassName: string;
-      capacity?: string;
-      nodeTopology?: { matchLabels?: Record<string, string> };
-      metadata: { ownerReferences?: { kind: string; name: string }[] };
-    }
-    const list = async () =>
-      (
-        JSON.parse(await kubectl(["get", "csistoragecapacities.v1alpha1.storage.k8s.io", "-A", "-o", "json"])) as {
-          items: Capacity[];
-        }
-      ).items;
-    const classes = ["berth-dir", "berth-block"];
-    const caps = await until(
-      "a CSIStorageCapacity with a capacity for each berth class",
-      list,
-      (items) => classes.every((c) => items.some((i) => i.storageClassName === c && i.capacity)),
-      120_000,
-      1000,
-    ).catch(async (e) => {
-      throw new Error(`${(e as Error).message}\n${await logs()}`);
-    });
+    // deployBerth waited for them: one per class, each with a capacity.
+    const caps = await storageCapacities();
     // berth's volumes live on the state dir's filesystem: what it reports is at most its size.
     const fsBytes = Number(
       run0("stat", ["-f", "-c", "%b*%S", DIRS.state])
@@ -387,7 +379,7 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
         .split("*")
         .reduce((a, b) => a * Number(b), 1),
     );
-    for (const c of classes) {
+    for (const c of STORAGE_CLASSES) {
       const cap = caps.find((i) => i.storageClassName === c)!;
       expect(cap.nodeTopology?.matchLabels?.["topology.berth/node"]).toBe(NODE);
       expect(cap.metadata.ownerReferences?.[0]).toMatchObject({ kind: "DaemonSet", name: "berth-csi" });

@@ -47,9 +47,8 @@ export async function tcpServer(netns: string, port: number): Promise<{ received
 export function tcpSend(address: string, port: number, text: string, netns?: string): void {
   const cmd = netns ? ["ip", "netns", "exec", netns, "busybox"] : ["busybox"];
   const r = spawnSync(cmd[0]!, [...cmd.slice(1), "nc", "-w", "2", address, String(port)], { encoding: "utf8", input: text });
-  if (r.status !== 0 || (r.error && (r.error as NodeJS.ErrnoException).code !== "EPIPE"))
-    throw new Error(`nc ${address} ${port}: ${r.error?.message ?? `exit ${r.status ?? r.signal}`} ${r.stderr}`);
-  if (r.error) throw new Error(`nc ${address} ${port}: EPIPE, exit ${r.status ?? r.signal}: ${r.stderr}`);
+  if (r.error || r.status !== 0)
+    throw new Error(`nc ${address} ${port}: ${r.error ? `${r.error.message}, ` : ""}exit ${r.status ?? r.signal}: ${r.stderr}`);
 }
 
 /**

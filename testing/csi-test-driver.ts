@@ -46,15 +46,41 @@ function promisify<C extends grpc.Client>(client: C): AsyncClient<C> {
   });
 }
 
-export interface TestDriver {
-  root: string;
-  dataDir: string;
-  stateDir: string;
-  socket: string;
+export interface CsiClients {
   identity: AsyncClient<IdentityClient>;
   controller: AsyncClient<ControllerClient>;
   group: AsyncClient<GroupControllerClient>;
   node: AsyncClient<NodeClient>;
+  /** Closes the clients' channels. */
+  close(): void;
+}
+
+/** gRPC clients of every CSI service of the driver at `endpoint` (unix:///path). */
+export function csiClients(endpoint: string): CsiClients {
+  const pkg = loadCsiPackage();
+  const creds = grpc.credentials.createInsecure();
+  const raw = {
+    identity: new pkg.csi.v1.Identity(endpoint, creds),
+    controller: new pkg.csi.v1.Controller(endpoint, creds),
+    group: new pkg.csi.v1.GroupController(endpoint, creds),
+    node: new pkg.csi.v1.Node(endpoint, creds),
+  };
+  return {
+    identity: promisify(raw.identity),
+    controller: promisify(raw.controller),
+    group: promisify(raw.group),
+    node: promisify(raw.node),
+    close: () => {
+      for (const c of Object.values(raw)) c.close();
+    },
+  };
+}
+
+export interface TestDriver extends CsiClients {
+  root: string;
+  dataDir: string;
+  stateDir: string;
+  socket: string;
   running: RunningCsiDriver | undefined;
   start(extra?: Partial<CsiDriverOptions>): Promise<void>;
   stop(): Promise<void>;
@@ -68,21 +94,14 @@ export async function createTestDriver(prefix: string, nodeId = "test-node"): Pr
   // Staging and target paths live in an rshared bind, as under kubelet's root dir.
   const kubelet = join(root, "kubelet");
   makeSharedDir(kubelet);
-  const pkg = loadCsiPackage();
   const socket = join(root, "plugin", "csi.sock");
   const endpoint = `unix://${socket}`;
-  const mk = () => ({
-    identity: promisify(new pkg.csi.v1.Identity(endpoint, grpc.credentials.createInsecure())),
-    controller: promisify(new pkg.csi.v1.Controller(endpoint, grpc.credentials.createInsecure())),
-    group: promisify(new pkg.csi.v1.GroupController(endpoint, grpc.credentials.createInsecure())),
-    node: promisify(new pkg.csi.v1.Node(endpoint, grpc.credentials.createInsecure())),
-  });
   const t: TestDriver = {
     root,
     dataDir: join(root, "data"),
     stateDir: join(root, "state"),
     socket,
-    ...mk(),
+    ...csiClients(endpoint),
     running: undefined,
     async start(extra = {}) {
       t.running = await startCsiDriver({

@@ -29,6 +29,9 @@ const SERVICE_IP = "10.96.0.1";
 export const CLUSTER_CIDR = "10.207.0.0/16";
 export const BUSYBOX = "localhost/k8s/busybox:1.35";
 
+/** The snapshot CRDs in the kit's Kubernetes source (external-snapshotter's; v1beta1 stored). */
+export const SNAPSHOT_CRDS = join(WORK, "src", "kubernetes", "cluster", "addons", "volumesnapshots", "crd");
+
 /** What the kit needs built before a cluster can start (scripts/setup.sh's kube step). */
 export function missingForKube(): string[] {
   const need = [
@@ -38,6 +41,7 @@ export function missingForKube(): string[] {
     join(WORK, "cni-plugins", "bin", "loopback"),
     join(WORK, "images", "pause.tar"),
     join(WORK, "images", "busybox.tar"),
+    SNAPSHOT_CRDS,
   ];
   const missing = need.filter((p) => !existsSync(p));
   for (const c of ["containerd", "ctr", "etcd", "runc"]) {
@@ -90,6 +94,14 @@ export function mountsUnder(dir: string): string[] {
 export const kubeconfig = join(WORK, "admin.kubeconfig");
 export const kubectl = (args: string[], input?: string, timeoutMs = 60_000) =>
   sh(join(WORK, "bin", "kubectl"), [`--kubeconfig=${kubeconfig}`, ...args], { input, timeoutMs });
+
+/** A Kubernetes resource quantity ("123456Ki", "2Gi", "1500M", "1048576") in bytes. */
+export function quantityBytes(q: string): number {
+  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$/.exec(q);
+  if (!m) throw new Error(`not a quantity: ${q}`);
+  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15 };
+  return Number(m[1]) * (m[2] ? unit[m[2] as keyof typeof unit] : 1);
+}
 
 /** berth's StorageClasses (deploy/kubernetes/20-csidriver.yaml). */
 export const STORAGE_CLASSES = ["berth-dir", "berth-block"];

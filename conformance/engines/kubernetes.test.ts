@@ -19,11 +19,21 @@ import {
   missingForKube,
   mountsUnder,
   NODE,
+  quantityBytes,
+  REPO,
   run0,
+  SNAPSHOT_CRDS,
   STORAGE_CLASSES,
   storageCapacities,
   WORK,
 } from "../../testing/kube.ts";
+import {
+  claim,
+  deleteSnapshotLikeCsiSnapshotter,
+  expandLikeCsiResizer,
+  nodeDriver,
+  snapshotLikeCsiSnapshotter,
+} from "../../testing/kube-sidecars.ts";
 import { leaseRows } from "../../testing/leases.ts";
 import { until as untilValue } from "../../testing/poll.ts";
 
@@ -57,14 +67,6 @@ function httpGet(host: string, port: number): Promise<string> {
   });
 }
 
-/** A Kubernetes resource quantity ("123456Ki", "2Gi", "1500M", "1048576") in bytes. */
-function quantityBytes(q: string): number {
-  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$/.exec(q);
-  if (!m) throw new Error(`not a quantity: ${q}`);
-  const unit = { Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15 };
-  return Number(m[1]) * (m[2] ? unit[m[2] as keyof typeof unit] : 1);
-}
-
 interface PodView {
   status: { phase: string; podIP?: string; podIPs?: { ip: string }[] };
   spec: { nodeName?: string };
@@ -90,6 +92,39 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
   /** Host ends of the pods' veths (on berth0) while the pods ran. */
   const podLinks: string[] = [];
   const logs = () => kit.logs();
+  /** Waits for the pods to be Ready; on failure says why (their description, `also`'s, berth's logs). */
+  const waitReady = (pods: string[], timeoutS: number, also: string[] = []) =>
+    kubectl(
+      ["-n", "bt", "wait", "--for=condition=Ready", ...pods.map((p) => `pod/${p}`), `--timeout=${timeoutS}s`],
+      undefined,
+      (timeoutS + 10) * 1000,
+    ).catch(async (e) => {
+      const why = await kubectl(["-n", "bt", "describe", ...pods.map((p) => `pod/${p}`), ...also]).catch(() => "");
+      throw new Error(`${(e as Error).message}\n${why}\n${await logs()}`);
+    });
+  /** A claim of `size` in `cls` (WaitForFirstConsumer: bound when its first pod is scheduled). */
+  const pvc = (name: string, cls: string, size: string, dataSource?: Record<string, string>) => ({
+    apiVersion: "v1",
+    kind: "PersistentVolumeClaim",
+    metadata: { name, namespace: "bt" },
+    spec: {
+      accessModes: ["ReadWriteOnce"],
+      storageClassName: cls,
+      resources: { requests: { storage: size } },
+      ...(dataSource ? { dataSource } : {}),
+    },
+  });
+  /** A pod with `claim` at /data, Ready. */
+  const startWithClaim = async (name: string, claimName: string) => {
+    const p = pod(name, { volumeMounts: [{ name: "data", mountPath: "/data" }] });
+    (p.spec as Record<string, unknown>).volumes = [{ name: "data", persistentVolumeClaim: { claimName } }];
+    await kubectl(["apply", "-f", "-"], JSON.stringify(p));
+    await waitReady([name], 120, ["pvc"]);
+  };
+  const deletePod = (name: string) =>
+    kubectl(["-n", "bt", "delete", "pod", name, "--wait=true", "--timeout=90s"], undefined, 100_000);
+  /** The size of the filesystem at /data in the pod, in bytes. */
+  const dataSize = async (name: string) => Number((await kexec(name, "df -k /data | tail -1")).trim().split(/\s+/)[1]) * 1024;
 
   beforeAll(async () => {
     await kit.start();
@@ -132,13 +167,7 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
       "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www",
     ]);
     await kubectl(["apply", "-f", "-"], JSON.stringify({ apiVersion: "v1", kind: "List", items: [pod("a"), web] }));
-    await kubectl(["-n", "bt", "wait", "--for=condition=Ready", "pod/a", "pod/web", "--timeout=90s"], undefined, 100_000).catch(
-      async (e) => {
-        throw new Error(
-          `${(e as Error).message}\n${await kubectl(["-n", "bt", "describe", "pods"]).catch(() => "")}\n${await logs()}`,
-        );
-      },
-    );
+    await waitReady(["a", "web"], 90);
     const ip = async (name: string) =>
       (JSON.parse(await kubectl(["-n", "bt", "get", "pod", name, "-o", "json"])) as PodView).status.podIP!;
     const [a, w] = [await ip("a"), await ip("web")];
@@ -311,13 +340,7 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
         60_000,
         500,
       );
-      await kubectl(["-n", "bt", "wait", "--for=condition=Ready", "pod/db-0", "--timeout=120s"], undefined, 130_000).catch(
-        async (e) => {
-          throw new Error(
-            `${(e as Error).message}\n${await kubectl(["-n", "bt", "describe", "pod/db-0", "pvc"]).catch(() => "")}\n${await logs()}`,
-          );
-        },
-      );
+      await waitReady(["db-0"], 120, ["pvc"]);
     };
     await kubectl(["apply", "-f", "-"], JSON.stringify(sts));
     await ready();
@@ -349,25 +372,112 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
       { name: "scratch", csi: { driver: "berth.csi.local", volumeAttributes: { size: "32Mi" } } },
     ];
     await kubectl(["apply", "-f", "-"], JSON.stringify(eph));
-    await kubectl(["-n", "bt", "wait", "--for=condition=Ready", "pod/eph", "--timeout=90s"], undefined, 100_000).catch(
-      async (e) => {
-        throw new Error(
-          `${(e as Error).message}\n${await kubectl(["-n", "bt", "describe", "pod/eph"]).catch(() => "")}\n${await logs()}`,
-        );
-      },
-    );
+    await waitReady(["eph"], 90);
     expect((await kexec("eph", "echo scratch-data > /scratch/f && cat /scratch/f")).trim()).toBe("scratch-data");
     // 40 MB do not fit in 32 MiB.
     const full = await kexec("eph", "dd if=/dev/zero of=/scratch/big bs=1M count=40 2>&1; echo rc=$?");
     expect(full).toMatch(/No space left on device|rc=1/);
-    await kubectl(["-n", "bt", "delete", "pod", "eph", "--wait=true", "--timeout=90s"], undefined, 100_000);
+    await deletePod("eph");
   }, 200_000);
 
-  // PVC expansion and VolumeSnapshot restore through Kubernetes are not tested here: csi-resizer
-  // and csi-snapshotter (deploy/kubernetes/addons/) are not built by the kit, and snapshots need
-  // the snapshot CRDs and controller, which it has not either. The CSI calls they make are
-  // covered by csi-sanity and the CSI suites (ControllerExpandVolume, NodeExpandVolume,
-  // CreateSnapshot, volumes from snapshots).
+  // The kit has no csi-resizer or csi-snapshotter (nor the snapshot controller):
+  // testing/kube-sidecars.ts stands in for them, making their CSI call and API writes for one
+  // object. Everything after them is the cluster's own: the API server's checks of the claim,
+  // kubelet's stage and NodeExpandVolume and its update of the claim, the provisioner's
+  // CreateVolume from the snapshot.
+  it("a PVC is expanded: the claim's request grows, and kubelet stages the volume at the new size and records it", async () => {
+    const csi = nodeDriver();
+    try {
+      await kubectl(["apply", "-f", "-"], JSON.stringify(pvc("grow", "berth-dir", "32Mi")));
+      await startWithClaim("grow", "grow");
+      await kexec("grow", "echo kept > /data/before && sync");
+      const before = await dataSize("grow");
+      expect(before).toBeLessThanOrEqual(32 * 2 ** 20);
+      // 40 MB do not fit yet.
+      expect(await kexec("grow", "dd if=/dev/zero of=/data/big bs=1M count=40 2>&1; echo rc=$?")).toMatch(/rc=1/);
+      await kexec("grow", "rm -f /data/big");
+      // Offline: berth advertises OFFLINE expansion where ext4 cannot grow while mounted.
+      await deletePod("grow");
+      await kubectl([
+        "-n",
+        "bt",
+        "patch",
+        "pvc",
+        "grow",
+        "-p",
+        JSON.stringify({ spec: { resources: { requests: { storage: "96Mi" } } } }),
+      ]);
+      const { capacityBytes, nodeExpansionRequired } = await expandLikeCsiResizer(csi, "bt", "grow");
+      expect(capacityBytes).toBeGreaterThanOrEqual(96 * 2 ** 20);
+      expect(nodeExpansionRequired).toBe(true);
+      expect((await claim("bt", "grow")).status.conditions?.map((c) => c.type)).toEqual(["FileSystemResizePending"]);
+
+      await startWithClaim("grow", "grow");
+      // kubelet's NodeExpandVolume succeeded: it sets the claim's capacity and clears the condition.
+      const done = await until(
+        "the claim's status at the new size",
+        () => claim("bt", "grow"),
+        (c) => quantityBytes(c.status.capacity?.storage ?? "0") >= 96 * 2 ** 20 && (c.status.conditions ?? []).length === 0,
+        60_000,
+        500,
+      ).catch(async (e) => {
+        throw new Error(
+          `${(e as Error).message}\n${await kubectl(["-n", "bt", "describe", "pod/grow", "pvc/grow"])}\n${await logs()}`,
+        );
+      });
+      expect(done.status.capacity?.storage).toBe(String(capacityBytes));
+      expect((await kexec("grow", "cat /data/before")).trim()).toBe("kept");
+      const after = await dataSize("grow");
+      expect(after).toBeGreaterThan(before + 50 * 2 ** 20);
+      expect(await kexec("grow", "dd if=/dev/zero of=/data/big bs=1M count=40 2>&1; echo rc=$?")).toMatch(/rc=0/);
+      await deletePod("grow");
+      await kubectl(["-n", "bt", "delete", "pvc", "grow", "--wait=true", "--timeout=60s"], undefined, 70_000);
+    } finally {
+      csi.close();
+    }
+  }, 300_000);
+
+  it("a VolumeSnapshot of a PVC is restored into a new PVC with the same data", async () => {
+    const csi = nodeDriver();
+    try {
+      await kubectl(["apply", "-f", SNAPSHOT_CRDS]);
+      await kubectl(["wait", "--for=condition=established", "--timeout=60s", "-f", SNAPSHOT_CRDS], undefined, 70_000);
+      await kubectl(["apply", "-f", join(REPO, "deploy", "kubernetes", "snapshot")]);
+
+      await kubectl(["apply", "-f", "-"], JSON.stringify(pvc("orig", "berth-block", "32Mi")));
+      await startWithClaim("orig", "orig");
+      const data = (await kexec("orig", "cat /proc/sys/kernel/random/uuid | tee /data/id; sync")).trim();
+      expect(data).toMatch(/^[0-9a-f-]{36}$/);
+
+      const vs = {
+        apiVersion: "snapshot.storage.k8s.io/v1beta1",
+        kind: "VolumeSnapshot",
+        metadata: { name: "orig-snap", namespace: "bt" },
+        spec: { volumeSnapshotClassName: "berth", source: { persistentVolumeClaimName: "orig" } },
+      };
+      await kubectl(["apply", "-f", "-"], JSON.stringify(vs));
+      const snapshotId = await snapshotLikeCsiSnapshotter(csi, "bt", "orig-snap");
+      // Written after the snapshot: not in the restored volume.
+      await kexec("orig", "echo later > /data/later && sync");
+
+      const source = { apiGroup: "snapshot.storage.k8s.io", kind: "VolumeSnapshot", name: "orig-snap" };
+      await kubectl(["apply", "-f", "-"], JSON.stringify(pvc("restored", "berth-block", "32Mi", source)));
+      await startWithClaim("restored", "restored");
+      expect((await kexec("restored", "cat /data/id")).trim()).toBe(data);
+      expect(await kexec("restored", "ls /data")).not.toContain("later");
+      const volumes = await Promise.all(["orig", "restored"].map(async (c) => (await claim("bt", c)).spec.volumeName));
+      expect(volumes[1]).toBeTruthy();
+      expect(volumes[1]).not.toBe(volumes[0]);
+
+      for (const p of ["orig", "restored"]) await deletePod(p);
+      await deleteSnapshotLikeCsiSnapshotter(csi, "bt", "orig-snap", snapshotId);
+      const { entries } = await csi.controller.ListSnapshots({ snapshot_id: snapshotId });
+      expect(entries).toEqual([]);
+      await kubectl(["-n", "bt", "delete", "pvc", "orig", "restored", "--wait=true", "--timeout=60s"], undefined, 70_000);
+    } finally {
+      csi.close();
+    }
+  }, 300_000);
 
   it("storage capacity: the provisioner publishes this node's free space per class, and a pod whose volume cannot fit is not scheduled", async () => {
     // deployBerth waited for them: one per class, each with a capacity.

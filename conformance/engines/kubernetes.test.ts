@@ -479,6 +479,37 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
     }
   }, 300_000);
 
+  // What csi-resizer v1.1 and csi-snapshotter v4.0 (deploy/kubernetes/addons/, under the
+  // berth-csi ServiceAccount) call, as their own RBAC files (kubernetes-csi/external-resizer
+  // and external-snapshotter, deploy/kubernetes/) grant it.
+  const calls = (verbs: string[], resource: string) => verbs.map((verb) => `${verb} ${resource}`);
+  const SIDECAR_CALLS = [
+    ...calls(["get", "list", "watch", "patch"], "persistentvolumes"),
+    ...calls(["get", "list", "watch"], "persistentvolumeclaims"),
+    ...calls(["patch"], "persistentvolumeclaims/status"),
+    ...calls(["get", "list", "watch"], "pods"),
+    ...calls(["list", "watch", "create", "update", "patch"], "events"),
+    ...calls(["get", "list", "watch"], "volumesnapshotclasses.snapshot.storage.k8s.io"),
+    ...calls(["create", "get", "list", "watch", "update", "delete", "patch"], "volumesnapshotcontents.snapshot.storage.k8s.io"),
+    ...calls(["update", "patch"], "volumesnapshotcontents.snapshot.storage.k8s.io/status"),
+  ];
+
+  it("RBAC: berth-csi's ServiceAccount may make the calls of csi-resizer and csi-snapshotter, and not more than it needs", async () => {
+    const as = "--as=system:serviceaccount:berth-system:berth-csi";
+    /** kubectl auth can-i for "verb resource[/subresource]": its answer's last line ("yes", "no"). */
+    const canI = async (call: string) => {
+      const [verb, resource] = call.split(" ");
+      const [res, sub] = resource!.split("/");
+      const args = ["auth", "can-i", verb!, res!, as, ...(sub ? [`--subresource=${sub}`] : [])];
+      return (await kubectl(args).catch((e) => (e as Error).message)).trim().split("\n").at(-1);
+    };
+    const denied: string[] = [];
+    for (const call of SIDECAR_CALLS) if ((await canI(call)) !== "yes") denied.push(call);
+    expect(denied).toEqual([]);
+    // Least privilege: no secrets, no deleting claims or nodes.
+    for (const call of ["get secrets", "delete persistentvolumeclaims", "delete nodes"]) expect(await canI(call)).not.toBe("yes");
+  }, 60_000);
+
   it("storage capacity: the provisioner publishes this node's free space per class, and a pod whose volume cannot fit is not scheduled", async () => {
     // deployBerth waited for them: one per class, each with a capacity.
     const caps = await storageCapacities();

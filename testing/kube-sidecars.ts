@@ -26,7 +26,11 @@ interface Meta {
 export interface Claim {
   metadata: Meta;
   spec: { volumeName?: string; resources: { requests: { storage: string } } };
-  status: { phase?: string; capacity?: { storage: string }; conditions?: { type: string; status: string }[] };
+  status: {
+    phase?: string;
+    capacity?: { storage: string };
+    conditions?: { type: string; status: string; lastTransitionTime?: string; message?: string }[];
+  };
 }
 interface Volume {
   metadata: Meta;
@@ -109,7 +113,7 @@ export async function expandLikeCsiResizer(
             status: "True",
             lastTransitionTime: now,
             message: "Waiting for user to (re-)start a pod to finish file system resize of volume on node.",
-          } as { type: string; status: string },
+          },
         ],
       }
     : { ...pvc.status, capacity: { storage: size }, conditions: [] };

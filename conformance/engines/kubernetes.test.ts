@@ -396,7 +396,8 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
       // 40 MB do not fit yet.
       expect(await kexec("grow", "dd if=/dev/zero of=/data/big bs=1M count=40 2>&1; echo rc=$?")).toMatch(/rc=1/);
       await kexec("grow", "rm -f /data/big");
-      // Offline: berth advertises OFFLINE expansion where ext4 cannot grow while mounted.
+      // Offline, which either kind of expansion berth advertises allows (OFFLINE where ext4
+      // cannot grow while mounted, as on these machines).
       await deletePod("grow");
       await kubectl([
         "-n",

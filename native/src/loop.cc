@@ -97,28 +97,23 @@ Napi::Value LoopAttach(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-Napi::Value LoopDetach(const Napi::CallbackInfo& info) {
+// An argument-less ioctl on /dev/loop<n> (the first argument), thrown as `name` on failure.
+Napi::Value LoopIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   Napi::Env env = info.Env();
   int n = IntArg(info, 0, "loop number");
   int fd = OpenLoop(n, O_RDONLY);
   if (fd < 0) ThrowSys(env, errno, "open", "/dev/loop" + std::to_string(n));
-  int rc = ioctl(fd, LOOP_CLR_FD, 0);
+  int rc = ioctl(fd, request, 0);
   int err = errno;
   close(fd);
-  if (rc != 0) ThrowSys(env, err, "LOOP_CLR_FD", "/dev/loop" + std::to_string(n));
+  if (rc != 0) ThrowSys(env, err, name, "/dev/loop" + std::to_string(n));
   return env.Undefined();
 }
 
+Napi::Value LoopDetach(const Napi::CallbackInfo& info) { return LoopIoctl(info, LOOP_CLR_FD, "LOOP_CLR_FD"); }
+
 Napi::Value LoopSetCapacity(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  int n = IntArg(info, 0, "loop number");
-  int fd = OpenLoop(n, O_RDONLY);
-  if (fd < 0) ThrowSys(env, errno, "open", "/dev/loop" + std::to_string(n));
-  int rc = ioctl(fd, LOOP_SET_CAPACITY, 0);
-  int err = errno;
-  close(fd);
-  if (rc != 0) ThrowSys(env, err, "LOOP_SET_CAPACITY", "/dev/loop" + std::to_string(n));
-  return env.Undefined();
+  return LoopIoctl(info, LOOP_SET_CAPACITY, "LOOP_SET_CAPACITY");
 }
 
 // loopStatus(n): LOOP_GET_STATUS64, or null when the device has no backing file (ENXIO).

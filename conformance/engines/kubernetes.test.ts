@@ -458,6 +458,12 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
       };
       await kubectl(["apply", "-f", "-"], JSON.stringify(vs));
       const snapshotId = await snapshotLikeCsiSnapshotter(csi, "bt", "orig-snap");
+      // The snapshot's image on the node, read back from berth's state dir.
+      const snapshotImages = () =>
+        run0("find", [DIRS.state, "-name", `${snapshotId}.img`])
+          .split("\n")
+          .filter(Boolean);
+      expect(snapshotImages()).toHaveLength(1);
       // Written after the snapshot: not in the restored volume.
       await kexec("orig", "echo later > /data/later && sync");
 
@@ -474,6 +480,7 @@ describe.skipIf(missing.length > 0).sequential("berth on Kubernetes (kubectl app
       await deleteSnapshotLikeCsiSnapshotter(csi, "bt", "orig-snap", snapshotId);
       const { entries } = await csi.controller.ListSnapshots({ snapshot_id: snapshotId });
       expect(entries).toEqual([]);
+      expect(snapshotImages()).toEqual([]);
       await kubectl(["-n", "bt", "delete", "pvc", "orig", "restored", "--wait=true", "--timeout=60s"], undefined, 70_000);
     } finally {
       csi.close();

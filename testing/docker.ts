@@ -46,6 +46,22 @@ export function missingForDockerTest(): string[] {
   return [DOCKERD, "/usr/bin/docker", BUSYBOX, "/usr/sbin/runc"].filter((f) => !existsSync(f));
 }
 
+/** `docker network create` argv of a berth network with berth IPAM (`plugin`) on `subnet`, with `-o` options. */
+export function berthNetworkCreate(plugin: string, subnet: string, name: string, options: string[] = []): string[] {
+  return [
+    "network",
+    "create",
+    "-d",
+    plugin,
+    "--ipam-driver",
+    plugin,
+    "--subnet",
+    subnet,
+    ...options.flatMap((o) => ["-o", o]),
+    name,
+  ];
+}
+
 export interface DockerResult {
   stdout: string;
   stderr: string;

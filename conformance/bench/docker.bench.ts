@@ -15,6 +15,7 @@ import { rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import {
+  berthNetworkCreate,
   DOCKER_PLUGIN_DIR,
   type DockerEngine,
   missingForDockerTest,
@@ -110,19 +111,7 @@ async function main(): Promise<number> {
   child = (await startDockerPlugin({ socket, args, env: { ...process.env, BERTH_LOG_LEVEL: "warn" } })).child;
   engine = await startDockerd(join(base, "engine"));
   const d = engine.docker;
-  await d([
-    "network",
-    "create",
-    "-d",
-    plugin,
-    "--ipam-driver",
-    plugin,
-    "--subnet",
-    `10.196.${octet}.0/24`,
-    "-o",
-    `berth.bridge=${prefix}n`,
-    "nb",
-  ]);
+  await d(berthNetworkCreate(plugin, `10.196.${octet}.0/24`, "nb", [`berth.bridge=${prefix}n`]));
   await d([
     "network",
     "create",

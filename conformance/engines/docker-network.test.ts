@@ -11,6 +11,7 @@ import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  berthNetworkCreate,
   DOCKER_PLUGIN_DIR,
   type DockerEngine,
   missingForDockerTest,
@@ -47,20 +48,7 @@ async function startPlugin(): Promise<ChildProcess> {
 }
 
 /** `docker network create` of a berth network (and berth IPAM) on the test's subnet, with `-o` options. */
-function networkCreate(name: string, ...options: string[]): string[] {
-  return [
-    "network",
-    "create",
-    "-d",
-    plugin,
-    "--ipam-driver",
-    plugin,
-    "--subnet",
-    subnet,
-    ...options.flatMap((o) => ["-o", o]),
-    name,
-  ];
-}
+const networkCreate = (name: string, ...options: string[]) => berthNetworkCreate(plugin, subnet, name, options);
 
 /** `docker run -d` of a container on `network`, with `flags` before the image. */
 function runOn(name: string, network: string, flags: string[], ...command: string[]): string[] {
